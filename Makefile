@@ -1,0 +1,74 @@
+# Two commands on a fresh machine:
+#   make reproduce   set up, restore or rebuild data/, run the whole `dvc repro`
+#   make test        set up, run the test suite
+# Python 3.11+ with pip and venv is all they need.
+
+PYTHON ?= python3
+VENV ?= .venv
+# Installed before the project so pip never pulls the multi-GB CUDA build on a CPU machine.
+# Override for a GPU machine, e.g. make setup TORCH_SPEC="torch==2.13.0 --index-url ..."
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.rgvlm-installed
+
+# Keep every tool's cache inside the project (CI machines, read-only homes).
+export PATH := $(abspath $(BIN)):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export DVC_SITE_CACHE_DIR := $(abspath .cache/dvc-site)
+export MPLCONFIGDIR := $(abspath .cache/matplotlib)
+export IPYTHONDIR := $(abspath .cache/ipython)
+export JUPYTER_CONFIG_DIR := $(abspath .cache/jupyter-config)
+export JUPYTER_DATA_DIR := $(abspath .cache/jupyter-data)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PYGAME_HIDE_SUPPORT_PROMPT := 1
+
+.PHONY: setup data restore-data reproduce test lint lab notebooks clean-outputs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (rgvlm)" >/dev/null
+	touch $@
+
+# Rebuild data/ from params.yaml and record it in data.dvc (after changing env/dataset params).
+data: setup
+	$(BIN)/python -m rgvlm.data collect
+	$(BIN)/dvc commit -f data.dvc
+
+# data/ as data.dvc records it: pulled from the DVC remote if one is configured, else rebuilt
+# byte for byte by the generator, then checked against data.dvc.
+restore-data: setup
+	@if $(BIN)/dvc status data.dvc 2>/dev/null | grep -q "up to date"; then \
+		echo "data/ is up to date with data.dvc"; \
+	elif [ -n "$$($(BIN)/dvc remote list)" ] && $(BIN)/dvc pull data.dvc; then \
+		echo "data/ pulled from the DVC remote"; \
+	else \
+		echo "no DVC remote with the data: rebuilding data/ from params.yaml"; \
+		$(BIN)/python -m rgvlm.data collect && \
+		$(BIN)/dvc commit -f data.dvc >/dev/null && \
+		git diff --quiet -- data.dvc || { echo "data/ rebuilt but differs from data.dvc: were env/dataset params changed? run 'make data'"; exit 1; }; \
+	fi
+
+reproduce: restore-data
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check rgvlm tests benchmarks notebooks/*.py
+
+# JupyterLab on the project, with the venv as its kernel (add --allow-root when running as root).
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=. $(LAB_ARGS)
+
+# Regenerate the .ipynb from their paired jupytext .py files (the reviewable source).
+notebooks: setup
+	$(BIN)/jupytext --sync notebooks/*.py

@@ -1,0 +1,286 @@
+"""Reading and checking ``params.yaml``: every knob of the pipeline, validated up front.
+
+Each pipeline section has one ``*_config`` function that turns the raw mapping into a
+frozen dataclass, or raises :class:`ParamError` naming the key, the value and what is
+allowed, before any expensive work starts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rgvlm.envs import MAX_SUBTASKS, MIN_SUBTASKS
+
+MIXTURE_KINDS = ("expert", "noisy", "partial")
+SPLITS = ("seen", "fresh")
+
+
+class ParamError(ValueError):
+    """A parameter with a value outside what is allowed."""
+
+    def __init__(self, key: str, value: Any, expected: str):
+        self.key, self.value, self.expected = key, value, expected
+        super().__init__(f"params: {key}={value!r} is invalid: expected {expected}")
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """The whole parameters file as a dict."""
+    with open(path, encoding="utf-8") as handle:
+        params = yaml.safe_load(handle) or {}
+    if not isinstance(params, dict):
+        raise ParamError(str(path), type(params).__name__, "a mapping of sections")
+    return params
+
+
+# -- small checkers -------------------------------------------------------------------
+def _section(raw: Any, name: str) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise ParamError(name, raw, "a mapping")
+    return raw
+
+
+def _get(raw: Mapping[str, Any], section: str, key: str, default: Any = ...) -> Any:
+    if key in raw:
+        return raw[key]
+    if default is ...:
+        raise ParamError(f"{section}.{key}", None, "a value (the key is missing)")
+    return default
+
+
+def _check_unknown(raw: Mapping[str, Any], section: str, known: set[str]) -> None:
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ParamError(f"{section}.{unknown[0]}", raw[unknown[0]], f"one of the keys {sorted(known)}")
+
+
+def _int(value: Any, key: str, low: int | None = None, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ParamError(key, value, "an integer")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"{'' if low is None else low}..{'' if high is None else high}"
+        raise ParamError(key, value, f"an integer in {bounds}")
+    return value
+
+
+def _float(value: Any, key: str, low: float | None = None, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ParamError(key, value, "a number")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ParamError(key, value, f"a number in [{low}, {high}]")
+    return float(value)
+
+
+def _ks(value: Any, key: str) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ParamError(key, value, f"a non-empty list of sub-task counts in {MIN_SUBTASKS}..{MAX_SUBTASKS}")
+    ks = tuple(_int(k, f"{key}[{i}]", MIN_SUBTASKS, MAX_SUBTASKS) for i, k in enumerate(value))
+    if len(set(ks)) != len(ks):
+        raise ParamError(key, value, "a list without repeats")
+    return ks
+
+
+def _str_list(value: Any, key: str, allowed: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value):
+        raise ParamError(key, value, "a non-empty list of names")
+    if allowed is not None:
+        for i, v in enumerate(value):
+            if v not in allowed:
+                raise ParamError(f"{key}[{i}]", v, f"one of {', '.join(allowed)}")
+    if len(set(value)) != len(value):
+        raise ParamError(key, value, "a list without repeats")
+    return tuple(value)
+
+
+# -- sections -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EnvConfig:
+    """Construction arguments of the suite's levels (shared by collection, replay, eval)."""
+
+    room_size: int = 6
+    objs_per_room: int = 2
+    door_subtask_prob: float = 0.3
+    steps_per_subtask: int = 64
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "room_size": self.room_size,
+            "objs_per_room": self.objs_per_room,
+            "door_subtask_prob": self.door_subtask_prob,
+            "steps_per_subtask": self.steps_per_subtask,
+        }
+
+
+def env_config(raw: Any) -> EnvConfig:
+    raw = _section(raw, "env")
+    _check_unknown(raw, "env", {"room_size", "objs_per_room", "door_subtask_prob", "steps_per_subtask"})
+    d = EnvConfig()
+    return EnvConfig(
+        room_size=_int(_get(raw, "env", "room_size", d.room_size), "env.room_size", 5, 10),
+        objs_per_room=_int(_get(raw, "env", "objs_per_room", d.objs_per_room), "env.objs_per_room", 2, 3),
+        door_subtask_prob=_float(
+            _get(raw, "env", "door_subtask_prob", d.door_subtask_prob), "env.door_subtask_prob", 0.0, 1.0
+        ),
+        steps_per_subtask=_int(
+            _get(raw, "env", "steps_per_subtask", d.steps_per_subtask), "env.steps_per_subtask", 16, 1000
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """What the offline dataset holds; see :mod:`rgvlm.data.collect`."""
+
+    seed: int
+    ks: tuple[int, ...]
+    episodes_per_k: int
+    mixture: dict[str, float] = field(hash=False)
+    noise_epsilon: float
+    wander_steps: tuple[int, int]
+
+
+def dataset_config(raw: Any) -> DatasetConfig:
+    raw = _section(raw, "dataset")
+    _check_unknown(
+        raw, "dataset", {"seed", "ks", "episodes_per_k", "mixture", "noise_epsilon", "wander_steps"}
+    )
+    mixture_raw = _section(_get(raw, "dataset", "mixture"), "dataset.mixture")
+    for kind in mixture_raw:
+        if kind not in MIXTURE_KINDS:
+            raise ParamError(f"dataset.mixture.{kind}", mixture_raw[kind], f"one of the kinds {', '.join(MIXTURE_KINDS)}")
+    mixture = {
+        kind: _float(mixture_raw.get(kind, 0.0), f"dataset.mixture.{kind}", 0.0, 1.0) for kind in MIXTURE_KINDS
+    }
+    if abs(sum(mixture.values()) - 1.0) > 1e-6:
+        raise ParamError("dataset.mixture", dict(mixture_raw), "shares that sum to 1")
+    wander = _get(raw, "dataset", "wander_steps")
+    if not isinstance(wander, (list, tuple)) or len(wander) != 2:
+        raise ParamError("dataset.wander_steps", wander, "a [min, max] pair of step counts")
+    low = _int(wander[0], "dataset.wander_steps[0]", 0)
+    high = _int(wander[1], "dataset.wander_steps[1]", low)
+    return DatasetConfig(
+        seed=_int(_get(raw, "dataset", "seed"), "dataset.seed", 0, 999),
+        ks=_ks(_get(raw, "dataset", "ks"), "dataset.ks"),
+        episodes_per_k=_int(_get(raw, "dataset", "episodes_per_k"), "dataset.episodes_per_k", 1),
+        mixture=mixture,
+        noise_epsilon=_float(_get(raw, "dataset", "noise_epsilon"), "dataset.noise_epsilon", 0.0, 1.0),
+        wander_steps=(low, high),
+    )
+
+
+@dataclass(frozen=True)
+class RewardsConfig:
+    """Which reward sets the rewards stage writes."""
+
+    methods: tuple[str, ...]
+    fusion_dense: tuple[str, ...]
+    fusion_lambdas: tuple[float, ...]
+
+
+def rewards_config(raw: Any, available: tuple[str, ...]) -> RewardsConfig:
+    raw = _section(raw, "rewards")
+    _check_unknown(raw, "rewards", {"methods", "fusion"})
+    methods = _str_list(_get(raw, "rewards", "methods"), "rewards.methods", available)
+    fusion = _section(raw.get("fusion", {"dense": [], "lambdas": []}), "rewards.fusion")
+    _check_unknown(fusion, "rewards.fusion", {"dense", "lambdas"})
+    dense = tuple(fusion.get("dense") or ())
+    for i, name in enumerate(dense):
+        if name not in methods or name == "sparse":
+            raise ParamError(f"rewards.fusion.dense[{i}]", name, f"a dense method listed in rewards.methods ({', '.join(m for m in methods if m != 'sparse')})")
+    if dense and "sparse" not in methods:
+        raise ParamError("rewards.methods", list(methods), "a list including 'sparse' when rewards.fusion.dense is set")
+    lambdas_raw = fusion.get("lambdas") or []
+    if not isinstance(lambdas_raw, (list, tuple)):
+        raise ParamError("rewards.fusion.lambdas", lambdas_raw, "a list of numbers >= 0")
+    lambdas = tuple(_float(v, f"rewards.fusion.lambdas[{i}]", 0.0) for i, v in enumerate(lambdas_raw))
+    if dense and not lambdas:
+        raise ParamError("rewards.fusion.lambdas", lambdas_raw, "at least one lambda when rewards.fusion.dense is set")
+    return RewardsConfig(methods=methods, fusion_dense=dense, fusion_lambdas=lambdas)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Which (reward set, seed) runs to train, and the IQL hyperparameters of all of them."""
+
+    reward_sets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    device: str
+    iql: dict[str, Any] = field(hash=False)
+
+
+TRAIN_KEYS = {"reward_sets", "seeds", "device"}
+
+
+def train_config(raw: Any) -> TrainConfig:
+    """``train`` holds the run list plus any :class:`rgvlm.rl.iql.IQLConfig` field."""
+    from dataclasses import fields
+
+    from rgvlm.rl.iql import IQLConfig
+
+    raw = _section(raw, "train")
+    iql_fields = {f.name for f in fields(IQLConfig)}
+    _check_unknown(raw, "train", TRAIN_KEYS | iql_fields)
+    seeds_raw = _get(raw, "train", "seeds")
+    if not isinstance(seeds_raw, (list, tuple)) or not seeds_raw:
+        raise ParamError("train.seeds", seeds_raw, "a non-empty list of integers >= 0")
+    seeds = tuple(_int(s, f"train.seeds[{i}]", 0) for i, s in enumerate(seeds_raw))
+    if len(set(seeds)) != len(seeds):
+        raise ParamError("train.seeds", seeds_raw, "a list without repeats")
+    device = _get(raw, "train", "device", "auto")
+    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ParamError("train.device", device, "auto, cpu, cuda or cuda:N")
+    iql = {k: v for k, v in raw.items() if k in iql_fields}
+    try:
+        IQLConfig(**iql)
+    except (TypeError, ValueError) as error:
+        raise ParamError("train", iql, f"valid IQL hyperparameters ({error})") from error
+    return TrainConfig(
+        reward_sets=_str_list(_get(raw, "train", "reward_sets"), "train.reward_sets"),
+        seeds=seeds,
+        device=str(device),
+        iql=iql,
+    )
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Where and how often each trained run is rolled out."""
+
+    seed: int
+    ks: tuple[int, ...]
+    splits: tuple[str, ...]
+    episodes_per_k: int
+    bootstrap_samples: int
+    device: str
+
+
+def evaluation_config(raw: Any) -> EvaluationConfig:
+    raw = _section(raw, "evaluation")
+    _check_unknown(raw, "evaluation", {"seed", "ks", "splits", "episodes_per_k", "bootstrap_samples", "device"})
+    device = _get(raw, "evaluation", "device", "cpu")
+    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ParamError("evaluation.device", device, "auto, cpu, cuda or cuda:N")
+    return EvaluationConfig(
+        seed=_int(_get(raw, "evaluation", "seed"), "evaluation.seed", 0, 999),
+        ks=_ks(_get(raw, "evaluation", "ks"), "evaluation.ks"),
+        splits=_str_list(_get(raw, "evaluation", "splits"), "evaluation.splits", SPLITS),
+        episodes_per_k=_int(_get(raw, "evaluation", "episodes_per_k"), "evaluation.episodes_per_k", 1),
+        bootstrap_samples=_int(_get(raw, "evaluation", "bootstrap_samples", 2000), "evaluation.bootstrap_samples", 100),
+        device=str(device),
+    )
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` means CUDA when there is a GPU, else the CPU."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ParamError("device", device, "auto or cpu: this machine has no CUDA GPU")
+    return device

@@ -1,0 +1,27 @@
+"""Every path the pipeline reads or writes, relative to the repository root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PARAMS = ROOT / "params.yaml"
+DVC_YAML = ROOT / "dvc.yaml"
+NOTEBOOKS = ROOT / "notebooks"
+
+#: The offline dataset (tracked by data.dvc). Immutable once built.
+DATA = ROOT / "data"
+
+#: Stage outputs cached by DVC (never inside data/: DVC refuses overlapping outputs).
+OUTPUTS = ROOT / "outputs"
+REWARDS = OUTPUTS / "rewards"
+MODELS = OUTPUTS / "models"
+EVALUATION = OUTPUTS / "evaluation"
+
+#: What a reader sees without running anything (committed to git).
+REPORTS = ROOT / "reports"
+REPORT_NOTEBOOKS = REPORTS / "notebooks"
+FIGURES = REPORTS / "figures"
+METRICS = REPORTS / "metrics"
+BENCHMARKS = REPORTS / "benchmarks"
+INDEX_HTML = REPORTS / "index.html"

@@ -1,0 +1,111 @@
+"""Running one pipeline stage: its notebook through papermill, then rendered to HTML.
+
+``python -m rgvlm.pipeline STAGE`` is the ``cmd`` of every stage in ``dvc.yaml``. The
+stage's notebook is the ``notebooks/*.ipynb`` among its ``deps``, and the parameters
+injected are exactly the ``params`` keys the stage declares, read from ``params.yaml``:
+a section ``train`` becomes the variable ``train`` (a dict) in the notebook, overriding
+the defaults of its ``parameters`` cell. The executed notebook goes to
+``outputs/notebooks/`` (cached by DVC) and its HTML to ``reports/notebooks/`` (in git).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rgvlm import paths
+from rgvlm.data.storage import write_bytes_atomic
+from rgvlm.params import ParamError, load_params
+
+EXECUTED_NOTEBOOKS = paths.OUTPUTS / "notebooks"
+
+
+def stage_spec(stage: str, dvc_yaml: Path = paths.DVC_YAML) -> dict[str, Any]:
+    """The stage's entry in ``dvc.yaml``."""
+    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    if stage not in stages:
+        raise SystemExit(f"stage {stage!r} is not in {dvc_yaml}; stages: {', '.join(stages)}")
+    return stages[stage]
+
+
+def stage_notebook(spec: dict[str, Any], stage: str) -> Path:
+    notebooks = [d for d in spec.get("deps", []) if str(d).startswith("notebooks/") and str(d).endswith(".ipynb")]
+    if len(notebooks) != 1:
+        raise SystemExit(f"stage {stage!r} must list exactly one notebooks/*.ipynb in its deps, found {notebooks}")
+    return paths.ROOT / notebooks[0]
+
+
+def stage_parameters(spec: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters the stage declares: whole sections, or dotted keys within one."""
+    injected: dict[str, Any] = {}
+    for key in spec.get("params", []):
+        if not isinstance(key, str):
+            raise SystemExit(f"params entry {key!r}: the runner reads keys of params.yaml only")
+        section, *parts = key.split(".")
+        value: Any = params
+        for part in [section, *parts]:
+            if not isinstance(value, dict) or part not in value:
+                raise ParamError(key, None, "a key in params.yaml (the stage declares it)")
+            value = value[part]
+        if not parts:
+            injected[section] = value
+            continue
+        node = injected.setdefault(section, {})
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return injected
+
+
+def render_html(executed: Path, html_path: Path) -> None:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    notebook = nbformat.read(executed, as_version=4)
+    body, _ = HTMLExporter().from_notebook_node(notebook)
+    write_bytes_atomic(html_path, body.encode("utf-8"))
+
+
+def run_stage(stage: str, params_path: Path = paths.PARAMS) -> None:
+    """Execute the stage's notebook with its declared parameters and render it."""
+    import papermill
+
+    spec = stage_spec(stage)
+    notebook = stage_notebook(spec, stage)
+    parameters = stage_parameters(spec, load_params(params_path))
+    EXECUTED_NOTEBOOKS.mkdir(parents=True, exist_ok=True)
+    executed = EXECUTED_NOTEBOOKS / notebook.name
+    html = paths.REPORT_NOTEBOOKS / (notebook.stem + ".html")
+    started = time.perf_counter()
+    # Keep Jupyter, IPython and matplotlib caches out of the user's home (CI machines).
+    for variable, folder in (("MPLCONFIGDIR", "matplotlib"), ("IPYTHONDIR", "ipython")):
+        os.environ.setdefault(variable, str(paths.ROOT / ".cache" / folder))
+    try:
+        papermill.execute_notebook(
+            str(notebook), str(executed), parameters=parameters, kernel_name="python3",
+            cwd=str(paths.ROOT), progress_bar=False, log_output=False,
+        )
+    finally:
+        # Render even a failed run: the HTML shows the traceback where it happened.
+        if executed.exists():
+            render_html(executed, html)
+    print(f"stage {stage}: {notebook.name} ran in {time.perf_counter() - started:.1f}s -> {html.relative_to(paths.ROOT)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rgvlm.pipeline", description=__doc__)
+    parser.add_argument("stage", help="a stage name from dvc.yaml")
+    parser.add_argument("--params", default=str(paths.PARAMS), help="parameters file")
+    args = parser.parse_args(argv)
+    run_stage(args.stage, Path(args.params))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Figures, drawn from the metrics files only (never from numbers typed in)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+SPLIT_TITLES = {"seen": "layouts seen in the dataset", "fresh": "fresh seeds (randomised initial states)"}
+METRIC_LABELS = {"completion": "proportion of sub-tasks completed", "success": "full-task success rate"}
+
+
+def method_order(methods: list[str]) -> list[str]:
+    """Sparse first, the oracle last (it is a reference), the rest alphabetically between."""
+    rest = sorted(m for m in methods if m not in ("sparse", "oracle"))
+    return [m for m in ("sparse",) if m in methods] + rest + [m for m in ("oracle",) if m in methods]
+
+
+def metric_by_k(summary: pd.DataFrame, metric: str, title: str, methods: list[str] | None = None) -> plt.Figure:
+    """Mean ``metric`` against k per reward method, one panel per split, 95% intervals.
+
+    ``summary`` is the table of :func:`rgvlm.evaluation.summarize`.
+    """
+    sns.set_theme(style="whitegrid", context="notebook")
+    methods = method_order(methods or sorted(summary["method"].unique()))
+    splits = [s for s in SPLIT_TITLES if s in set(summary["split"])]
+    palette = dict(zip(methods, sns.color_palette("colorblind", len(methods)), strict=True))
+    fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4.2), sharey=True, squeeze=False)
+    for ax, split in zip(axes[0], splits, strict=True):
+        for offset, method in enumerate(methods):
+            rows = summary[(summary["split"] == split) & (summary["method"] == method)].sort_values("k")
+            if rows.empty:
+                continue
+            x = rows["k"] + (offset - (len(methods) - 1) / 2) * 0.06  # dodge overlapping bars
+            mean = rows[f"{metric}_mean"]
+            err = [mean - rows[f"{metric}_low"], rows[f"{metric}_high"] - mean]
+            style = "--" if method == "oracle" else "-"
+            ax.errorbar(x, mean, yerr=err, label=method, color=palette[method], linestyle=style, marker="o", capsize=3)
+        ax.set_title(SPLIT_TITLES[split])
+        ax.set_xlabel("number of sub-tasks k")
+        ax.set_xticks(sorted(summary["k"].unique()))
+        ax.set_ylim(-0.02, 1.02)
+    axes[0][0].set_ylabel(METRIC_LABELS[metric])
+    axes[0][-1].legend(title="reward", loc="upper right", fontsize="small")
+    fig.suptitle(title, fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(log: pd.DataFrame, columns: list[str], title: str) -> plt.Figure:
+    """Training metrics against update step, mean over seeds with a band, per method."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.6), squeeze=False)
+    for ax, column in zip(axes[0], columns, strict=True):
+        sns.lineplot(data=log, x="step", y=column, hue="method", ax=ax, errorbar=("pi", 100),
+                     hue_order=method_order(sorted(log["method"].unique())))
+        ax.set_title(column)
+        if ax is not axes[0][-1]:
+            ax.get_legend().remove()
+    fig.suptitle(title, fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: plt.Figure, path) -> None:
+    """Save as PNG with a fixed DPI and no timestamp metadata, then close."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, metadata={"Software": None})
+    tmp.replace(path)
+    plt.close(fig)

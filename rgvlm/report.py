@@ -1,0 +1,129 @@
+"""The report a reader opens first: ``reports/index.html``.
+
+Every number in it is read from the metrics files under ``reports/metrics/``; every
+figure is a file under ``reports/figures/`` drawn from them. The title and a provenance
+section say which reward methods, which LVLM backend and model, and which parameters
+made the results. Rewards from the scripted annotator are labelled as such, never as
+an LVLM's.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rgvlm import paths
+from rgvlm.data.storage import write_bytes_atomic
+from rgvlm.plots import METRIC_LABELS, SPLIT_TITLES, method_order
+
+
+def lvlm_label(provenance: dict[str, Any]) -> str:
+    """Who made a reward set's labels, in words."""
+    lvlm = provenance.get("lvlm")
+    if not lvlm:
+        return "no LVLM"
+    if lvlm.get("backend") == "scripted":
+        return "scripted annotator (privileged ground truth + noise; not an LVLM)"
+    return f"LVLM {lvlm.get('model')} via {lvlm.get('backend')}"
+
+
+def provenance_title(methods: dict[str, dict[str, Any]]) -> str:
+    """A one-line summary of where the rewards came from, for titles."""
+    labels = sorted({lvlm_label(p) for p in methods.values()})
+    return "rewards: " + ", ".join(method_order(list(methods))) + " | labels by: " + "; ".join(labels)
+
+
+def _fmt_interval(mean: float, low: float, high: float) -> str:
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def results_table(summary: pd.DataFrame, metric: str) -> str:
+    """HTML table: rows method x split, columns k; cells mean [95% interval]."""
+    ks = sorted(summary["k"].unique())
+    head = "".join(f"<th>k={k}</th>" for k in ks)
+    rows = []
+    for split in [s for s in SPLIT_TITLES if s in set(summary["split"])]:
+        for method in method_order(sorted(summary["method"].unique())):
+            cells = []
+            for k in ks:
+                match = summary[(summary["method"] == method) & (summary["split"] == split) & (summary["k"] == k)]
+                if match.empty:
+                    cells.append("<td>-</td>")
+                    continue
+                r = match.iloc[0]
+                cells.append(f"<td>{_fmt_interval(r[f'{metric}_mean'], r[f'{metric}_low'], r[f'{metric}_high'])}</td>")
+            rows.append(f"<tr><td>{html.escape(method)}</td><td>{split}</td>{''.join(cells)}</tr>")
+    return f"<table><tr><th>reward</th><th>split</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _json_block(obj: Any) -> str:
+    return f"<pre>{html.escape(json.dumps(obj, indent=1, sort_keys=True))}</pre>"
+
+
+def _card_table(card: dict[str, Any]) -> str:
+    frame = pd.DataFrame(card["per_k"])
+    columns = ["k", "episodes", "transitions", "mean_length", "success_rate", "mean_completion",
+               "share_expert", "share_noisy", "share_partial", "success_expert", "success_noisy", "success_partial"]
+    return frame[[c for c in columns if c in frame]].to_html(index=False, border=0)
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1.5em; }
+td, th { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
+td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; }
+pre { background: #f6f6f6; padding: 0.6em; font-size: 0.8em; overflow-x: auto; }
+.note { background: #fff6d6; padding: 0.5em 0.8em; border-left: 4px solid #e0b000; }
+"""
+
+
+def build_index(metrics_dir: Path = paths.METRICS, out_path: Path = paths.INDEX_HTML) -> str:
+    """Write ``index.html`` from the metrics files; returns the HTML."""
+    evaluation = json.loads((metrics_dir / "evaluation.json").read_text())
+    card = json.loads((metrics_dir / "dataset.json").read_text())
+    summary = pd.DataFrame(evaluation["summary"])
+    methods = evaluation["provenance"]["reward_methods"]
+    title = provenance_title(methods)
+    figures = sorted(p.name for p in (out_path.parent / "figures").glob("*.png"))
+    scripted = any(lvlm_label(p).startswith("scripted") for p in methods.values())
+    notebooks = sorted(p.name for p in (out_path.parent / "notebooks").glob("*.html"))
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>rgvlm report: {html.escape(title)}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>rgvlm report</h1><p><b>{html.escape(title)}</b></p>",
+    ]
+    if scripted:
+        parts.append("<p class='note'>Labels made by the <b>scripted annotator</b>: answers computed from the "
+                     "dataset's privileged ground truth with configured noise. It is not an LVLM.</p>")
+    for name in [f for f in figures if f.startswith("completion_by_k")] + [f for f in figures if not f.startswith("completion_by_k")]:
+        parts.append(f"<figure><img src='figures/{name}' alt='{name}'><figcaption>{name}</figcaption></figure>")
+    for metric in ("completion", "success"):
+        parts.append(f"<h2>{METRIC_LABELS[metric].capitalize()}: mean over training seeds [95% bootstrap interval]</h2>")
+        parts.append(results_table(summary, metric))
+    episodes = int(summary["num_episodes"].max()) if not summary.empty else 0
+    seeds = int(summary["num_seeds"].max()) if not summary.empty else 0
+    parts.append(f"<p>{seeds} training seeds per reward method; up to {episodes} evaluation episodes per "
+                 "(method, split, k) cell. Source: <code>reports/metrics/evaluation.json</code>.</p>")
+    parts.append("<h2>Provenance</h2><h3>Reward methods</h3>")
+    parts.append("<table><tr><th>reward</th><th>labels by</th><th>source</th></tr>" + "".join(
+        f"<tr><td>{html.escape(m)}</td><td>{html.escape(lvlm_label(methods[m]))}</td>"
+        f"<td>{html.escape(str(methods[m].get('source', methods[m].get('method', ''))))}</td></tr>"
+        for m in method_order(list(methods))) + "</table>")
+    parts.append("<h3>Training and evaluation parameters</h3>")
+    parts.append(_json_block({k: v for k, v in evaluation["provenance"].items() if k != "reward_methods"}))
+    parts.append(f"<h2>Dataset card</h2><p>{card['episodes']} episodes, {card['transitions']} transitions, "
+                 f"{card['distinct_missions']} distinct missions, overall success {card['success_rate']:.3f}.</p>")
+    parts.append(_card_table(card))
+    parts.append(_json_block(card["parameters"]))
+    if notebooks:
+        parts.append("<h2>Stage notebooks (executed)</h2><ul>" + "".join(
+            f"<li><a href='notebooks/{n}'>{n}</a></li>" for n in notebooks) + "</ul>")
+    parts.append("</body></html>\n")
+    text = "".join(parts)
+    write_bytes_atomic(out_path, text.encode("utf-8"))
+    return text

@@ -1,0 +1,37 @@
+"""Shared fixtures: small datasets built by the project's own generator."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from rgvlm.data.collect import collect_dataset, params_record  # noqa: E402
+from rgvlm.data.storage import load_dataset, save_dataset  # noqa: E402
+from rgvlm.params import dataset_config, env_config  # noqa: E402
+
+TINY_DATASET = {
+    "seed": 0,
+    "ks": [1, 2, 3],
+    "episodes_per_k": 6,
+    "mixture": {"expert": 0.5, "noisy": 0.25, "partial": 0.25},
+    "noise_epsilon": 0.3,
+    "wander_steps": [4, 8],
+}
+
+
+def build_dataset(directory, raw=None):
+    env_cfg, cfg = env_config({}), dataset_config(raw or TINY_DATASET)
+    episodes, arrays, stats = collect_dataset(env_cfg, cfg)
+    save_dataset(directory, {**params_record(env_cfg, cfg), "bot_failures": stats["bot_failures"]}, episodes, arrays)
+    return load_dataset(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """18 episodes, k = 1..3, every kind of the mixture."""
+    return build_dataset(tmp_path_factory.mktemp("tiny-data"))

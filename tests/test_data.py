@@ -1,0 +1,115 @@
+"""The offline dataset: determinism, mixture, replay, storage, parameter checks."""
+
+from __future__ import annotations
+
+import filecmp
+
+import numpy as np
+import pytest
+
+from rgvlm.data.collect import check_dataset_params, episode_kinds
+from rgvlm.data.replay import replay_dataset_episode
+from rgvlm.params import ParamError, dataset_config, env_config
+
+from .conftest import TINY_DATASET, build_dataset
+
+
+def test_rebuild_is_byte_identical(tmp_path, tiny_dataset):
+    a = build_dataset(tmp_path / "a")
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    build_dataset(tmp_path / "b")
+    match, mismatch, errors = filecmp.cmpfiles(tmp_path / "a", tmp_path / "b", files, shallow=False)
+    assert not mismatch and not errors and len(match) == 8
+    assert a.num_transitions == tiny_dataset.num_transitions
+
+
+def test_other_seed_gives_other_data(tmp_path, tiny_dataset):
+    other = build_dataset(tmp_path / "c", {**TINY_DATASET, "seed": 1})
+    assert [e["seed"] for e in other.episodes] != [e["seed"] for e in tiny_dataset.episodes]
+
+
+def test_mixture_shares_and_kinds(tiny_dataset):
+    kinds = [e["kind"] for e in tiny_dataset.episodes if e["k"] == 2]
+    assert sorted(kinds) == ["expert"] * 3 + ["noisy"] * 2 + ["partial"]  # 6 x (.5, .25, .25), largest remainder
+    experts = [e for e in tiny_dataset.episodes if e["kind"] == "expert"]
+    assert all(e["success"] and e["final_progress"] == e["k"] for e in experts)
+    for e in tiny_dataset.episodes:
+        if e["kind"] == "partial":
+            assert not tiny_dataset.terminals[tiny_dataset.episode_steps(tiny_dataset.episodes.index(e))].any() or e["success"]
+
+
+def test_largest_remainder_shares_sum_exactly():
+    cfg = dataset_config({**TINY_DATASET, "episodes_per_k": 7, "mixture": {"expert": 0.34, "noisy": 0.33, "partial": 0.33}})
+    kinds = episode_kinds(cfg, 1)
+    assert len(kinds) == 7 and {kinds.count(k) for k in ("expert", "noisy", "partial")} == {3, 2}
+
+
+def test_arrays_are_consistent(tiny_dataset):
+    d = tiny_dataset
+    assert d.obs_grid.shape[0] == d.num_transitions + len(d.episodes)
+    assert d.rewards.sum() == sum(e["success"] for e in d.episodes)
+    assert np.all(d.rewards[d.terminals] == 1.0) and np.all(d.rewards[~d.terminals] == 0.0)
+    assert np.all(d.progress >= d.progress_before) and np.all(d.progress <= d.k_of_step)
+    last = np.array([e["step_start"] + e["length"] - 1 for e in d.episodes])
+    assert list(d.progress[last]) == [e["final_progress"] for e in d.episodes]
+    assert d.actions.min() >= 0 and d.actions.max() < 6
+
+
+def test_replay_regenerates_observations_rewards_and_progress(tiny_dataset):
+    d = tiny_dataset
+    for index in range(0, len(d.episodes), 5):
+        e = d.episodes[index]
+        replayed = replay_dataset_episode(d, index, tile_size=8)
+        rows = slice(e["obs_start"], e["obs_start"] + e["length"] + 1)
+        np.testing.assert_array_equal(replayed["grid"], d.obs_grid[rows])
+        np.testing.assert_array_equal(replayed["carry"], d.obs_carry[rows])
+        np.testing.assert_array_equal(replayed["rewards"], d.rewards[d.episode_steps(index)])
+        np.testing.assert_array_equal(replayed["progress"], d.progress[d.episode_steps(index)])
+        assert replayed["mission"] == e["mission"]
+        assert replayed["frames"].shape == (e["length"] + 1, 88, 88, 3)
+        again = replay_dataset_episode(d, index, tile_size=8)
+        np.testing.assert_array_equal(again["frames"], replayed["frames"])
+
+
+def test_stale_data_is_detected(tiny_dataset):
+    check_dataset_params(tiny_dataset.manifest, env_config({}), dataset_config(TINY_DATASET))
+    with pytest.raises(ValueError, match="make data"):
+        check_dataset_params(tiny_dataset.manifest, env_config({}), dataset_config({**TINY_DATASET, "episodes_per_k": 7}))
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "expected"),
+    [
+        ({"ks": [0, 1]}, "dataset.ks[0]", "1..6"),
+        ({"ks": [7]}, "dataset.ks[0]", "1..6"),
+        ({"episodes_per_k": -3}, "dataset.episodes_per_k", "1.."),
+        ({"mixture": {"expert": 0.5, "noisy": 0.2, "partial": 0.2}}, "dataset.mixture", "sum to 1"),
+        ({"mixture": {"expert": 0.5, "bogus": 0.5}}, "dataset.mixture.bogus", "expert, noisy, partial"),
+        ({"noise_epsilon": 1.5}, "dataset.noise_epsilon", "[0.0, 1.0]"),
+        ({"wander_steps": [9, 3]}, "dataset.wander_steps[1]", "9.."),
+        ({"epsiodes_per_k": 3}, "dataset.epsiodes_per_k", "one of the keys"),
+    ],
+)
+def test_bad_dataset_params_name_key_value_and_allowed(change, key, expected):
+    with pytest.raises(ParamError) as error:
+        dataset_config({**TINY_DATASET, **change})
+    assert error.value.key == key
+    assert key in str(error.value) and expected in str(error.value)
+
+
+def test_bad_env_params_are_rejected():
+    with pytest.raises(ParamError, match="env.room_size"):
+        env_config({"room_size": 2})
+    with pytest.raises(ParamError, match="env.objs_per_room"):
+        env_config({"objs_per_room": 9})
+
+
+def test_collect_cli_fails_before_work_on_bad_params(tmp_path, capsys):
+    from rgvlm.data.__main__ import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text("dataset:\n  seed: 0\n  ks: [1, 9]\n  episodes_per_k: 2\n  mixture: {expert: 1.0}\n"
+                      "  noise_epsilon: 0.1\n  wander_steps: [1, 2]\n")
+    with pytest.raises(ParamError, match=r"dataset.ks\[1\]=9"):
+        main(["collect", "--params", str(params), "--out", str(tmp_path / "data")])
+    assert not (tmp_path / "data").exists()
