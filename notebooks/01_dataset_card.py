@@ -72,10 +72,10 @@ plt.show()
 index = next(i for i, e in enumerate(data.episodes) if e["kind"] == "expert" and e["k"] == min(2, max(dataset["ks"])))
 replayed = replay_dataset_episode(data, index, tile_size=12)
 steps = data.episode_steps(index)
-completion_steps = [t + 1 for t, (a, b) in enumerate(zip(data.progress_before[steps], data.progress[steps])) if b > a]
+completion_steps = [t + 1 for t, (a, b) in enumerate(zip(data.progress_before[steps], data.progress[steps], strict=True)) if b > a]
 shown = [0, *completion_steps]
-fig, axes = plt.subplots(1, len(shown), figsize=(3 * len(shown), 3.2))
-for ax, t in zip(axes, shown):
+fig, axes = plt.subplots(1, len(shown), figsize=(3 * len(shown), 3.2), squeeze=False)
+for ax, t in zip(axes[0], shown, strict=True):
     ax.imshow(replayed["frames"][t])
     ax.set_title(f"t = {t}")
     ax.axis("off")

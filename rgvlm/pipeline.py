@@ -63,6 +63,23 @@ def stage_parameters(spec: dict[str, Any], params: dict[str, Any]) -> dict[str, 
     return injected
 
 
+def validate_parameters(parameters: dict[str, Any]) -> None:
+    """Check every injected section with its validator, before a kernel starts."""
+    from rgvlm.params import dataset_config, env_config, evaluation_config, rewards_config, train_config
+    from rgvlm.rewards import REWARD_METHODS
+
+    validators = {
+        "env": env_config,
+        "dataset": dataset_config,
+        "rewards": lambda raw: rewards_config(raw, tuple(REWARD_METHODS)),
+        "train": train_config,
+        "evaluation": evaluation_config,
+    }
+    for section, raw in parameters.items():
+        if section in validators:
+            validators[section](raw)
+
+
 def render_html(executed: Path, html_path: Path) -> None:
     import nbformat
     from nbconvert import HTMLExporter
@@ -79,6 +96,7 @@ def run_stage(stage: str, params_path: Path = paths.PARAMS) -> None:
     spec = stage_spec(stage)
     notebook = stage_notebook(spec, stage)
     parameters = stage_parameters(spec, load_params(params_path))
+    validate_parameters(parameters)
     EXECUTED_NOTEBOOKS.mkdir(parents=True, exist_ok=True)
     executed = EXECUTED_NOTEBOOKS / notebook.name
     html = paths.REPORT_NOTEBOOKS / (notebook.stem + ".html")
@@ -103,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stage", help="a stage name from dvc.yaml")
     parser.add_argument("--params", default=str(paths.PARAMS), help="parameters file")
     args = parser.parse_args(argv)
-    run_stage(args.stage, Path(args.params))
+    try:
+        run_stage(args.stage, Path(args.params))
+    except ParamError as error:
+        print(f"stage {args.stage}: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -68,7 +68,7 @@ class _Expert:
         self.failures = 0
 
     def action(self, taken: int | None, rng: np.random.Generator) -> int:
-        for attempt in range(2):
+        for _attempt in range(2):
             try:
                 with contextlib.redirect_stdout(io.StringIO()):
                     action = int(self.bot.replan(taken))

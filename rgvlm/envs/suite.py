@@ -146,7 +146,8 @@ class OrderedSubtasksLevel(RoomGridLevel):
             room_size=room_size,
             num_rows=NUM_ROOM_ROWS,
             num_cols=NUM_ROOM_COLS,
-            max_steps=steps_per_subtask * num_subtasks,
+            # One allowance per sub-task plus one for exploring: the bot sees only its 7x7 view.
+            max_steps=steps_per_subtask * (num_subtasks + 1),
             **kwargs,
         )
 

@@ -86,6 +86,10 @@ def train_run(
     log: list[dict] = []
     if checkpoint.exists():
         load_checkpoint(learner, checkpoint)
+    if learner.step > config.num_steps:  # trained longer than now asked: start over
+        checkpoint.unlink()
+        learner = IQLLearner(config, device=device, seed=seed)
+    elif checkpoint.exists():
         if log_path.exists():
             log = [row for row in json.loads(log_path.read_text()) if row["step"] <= learner.step]
 

@@ -1,0 +1,559 @@
+"""Discrete-action, language-conditioned Implicit Q-Learning (Kostrikov et al., 2021).
+
+IQL never queries the critic on actions outside the dataset:
+
+* V(s) is fitted by expectile regression (expectile ``tau``) to min(target Q1, Q2)(s, a) on
+  dataset actions, so with ``tau -> 1`` it approaches the best *in-data* action value;
+* Q(s, a) is fitted to ``r + gamma * (1 - done) * V(s')``;
+* the policy is extracted by advantage-weighted regression: maximise
+  ``min(exp(beta * (Q - V)), adv_clip) * log pi(a | s)`` on dataset actions.
+
+The order inside one update follows the authors' reference implementation
+(``ikostrikov/implicit_q_learning``): V step first; the policy and the Q step then use the
+*updated* V (advantage and bootstrap target); finally the target critic is Polyak-averaged.
+
+Everything is plain eager PyTorch and device agnostic. The loss functions are pure
+module-level functions so they can be checked by hand and reused with ``torch.func``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from rgvlm.rl.networks import DiscreteCritic, DiscretePolicy, EncoderSpec, ValueNetwork
+
+__all__ = [
+    "IQLConfig",
+    "IQLLearner",
+    "TransitionBatch",
+    "critic_loss",
+    "expectile_loss",
+    "load_checkpoint",
+    "make_uniform_sampler",
+    "policy_loss",
+    "save_checkpoint",
+    "train",
+    "value_loss",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+
+# Fields that only steer the training loop; a checkpoint may be resumed with different values.
+_LOOP_FIELDS = frozenset({"num_steps", "log_every", "checkpoint_every"})
+
+
+@dataclass
+class IQLConfig:
+    """Hyper-parameters of IQL and sizes of the networks. Validated on construction."""
+
+    gamma: float = 0.99  # discount factor, in [0, 1)
+    tau: float = 0.7  # expectile of the value loss, in (0, 1); 0.5 = mean, -> 1 = max over data actions
+    beta: float = 3.0  # inverse temperature of the advantage weights exp(beta * adv), >= 0
+    adv_clip: float = 100.0  # upper clip of the advantage weights, > 0
+    lr: float = 3e-4  # Adam learning rate used for critic, value and policy, > 0
+    batch_size: int = 256  # transitions per update (used by the caller's sampler), > 0
+    polyak: float = 0.005  # target-critic averaging rate: target <- (1-polyak)*target + polyak*online
+    hidden_dim: int = 256  # width of the hidden layers of every head MLP
+    num_layers: int = 2  # number of hidden layers of every head MLP
+    grid_height: int = 11  # rows H of the symbolic grid
+    grid_width: int = 11  # columns W of the symbolic grid
+    num_actions: int = 6  # size of the discrete action space
+    mission_slots: int = 6  # clause slots S of the mission tensor
+    mission_embed_dim: int = 384  # sentence-embedding size E of a clause
+    cell_embed_dim: int = 16  # embedding size of a grid cell (type + colour + state tables)
+    conv_channels: int = 32  # channels of the two 3x3 convolutions of the grid encoder; 0 = none (MLP)
+    obs_feature_dim: int = 128  # output size of the grid+carry encoder
+    slot_dim: int = 32  # per-clause projection size of the mission encoder
+    mission_feature_dim: int = 128  # output size of the mission encoder
+    state_feature_dim: int = 256  # output size of the joint state encoder (input of head MLPs)
+    egocentric: bool = False  # re-express the grid around the agent (centre, facing up) before encoding
+    num_steps: int = 1_000_000  # total gradient updates of a run
+    log_every: int = 1_000  # updates between two on_log calls
+    checkpoint_every: int = 50_000  # updates between two checkpoints
+
+    def __post_init__(self) -> None:
+        def fail(name: str, allowed: str) -> None:
+            raise ValueError(f"IQLConfig.{name} = {getattr(self, name)!r} is invalid: must be {allowed}")
+
+        floats = ("gamma", "tau", "beta", "adv_clip", "lr", "polyak")
+        for name in floats:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                fail(name, "a finite real number")
+        ints = (
+            "batch_size",
+            "hidden_dim",
+            "num_layers",
+            "grid_height",
+            "grid_width",
+            "num_actions",
+            "mission_slots",
+            "mission_embed_dim",
+            "cell_embed_dim",
+            "conv_channels",
+            "obs_feature_dim",
+            "slot_dim",
+            "mission_feature_dim",
+            "state_feature_dim",
+            "num_steps",
+            "log_every",
+            "checkpoint_every",
+        )
+        for name in ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                fail(name, "an int")
+
+        if not 0.0 <= self.gamma < 1.0:
+            fail("gamma", "in [0, 1)")
+        if not 0.0 < self.tau < 1.0:
+            fail("tau", "in (0, 1) (0.5 = mean regression, close to 1 = max over data actions)")
+        if self.beta < 0.0:
+            fail("beta", ">= 0 (0 = plain behaviour cloning)")
+        if self.adv_clip <= 0.0:
+            fail("adv_clip", "> 0")
+        if self.lr <= 0.0:
+            fail("lr", "> 0")
+        if not 0.0 < self.polyak <= 1.0:
+            fail("polyak", "in (0, 1] (1 = copy the online critic every step)")
+        if self.num_layers < 0:
+            fail("num_layers", ">= 0")
+        if self.num_actions < 2:
+            fail("num_actions", ">= 2")
+        if self.num_steps < 0:
+            fail("num_steps", ">= 0")
+        if self.conv_channels < 0:
+            fail("conv_channels", ">= 0 (0 = no convolution: flattened cell embeddings)")
+        for name in ints:
+            if name not in ("num_layers", "num_actions", "num_steps", "conv_channels") and getattr(self, name) <= 0:
+                fail(name, "> 0")
+
+    def encoder_spec(self) -> EncoderSpec:
+        """The :class:`EncoderSpec` shared by every head of the learner."""
+        return EncoderSpec(
+            height=self.grid_height,
+            width=self.grid_width,
+            mission_slots=self.mission_slots,
+            mission_embed_dim=self.mission_embed_dim,
+            cell_embed_dim=self.cell_embed_dim,
+            conv_channels=self.conv_channels,
+            obs_dim=self.obs_feature_dim,
+            slot_dim=self.slot_dim,
+            mission_dim=self.mission_feature_dim,
+            out_dim=self.state_feature_dim,
+            egocentric=self.egocentric,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Batch
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TransitionBatch:
+    """A batch of B transitions (s, a, r, s', done) sharing the contract of ``rgvlm.rl.networks``.
+
+    ``done`` is 1.0 only at true terminal states (goal reached / failure), *not* at time-outs,
+    so that bootstrapping continues through truncated episodes. The mission is the same for s
+    and s', hence only one ``mission`` field.
+    """
+
+    grid: torch.Tensor  # uint8 [B, H, W, 3]
+    carry: torch.Tensor  # uint8 [B, 2]
+    mission: torch.Tensor  # float [B, S, E]
+    action: torch.Tensor  # int64 [B]
+    reward: torch.Tensor  # float32 [B]
+    next_grid: torch.Tensor  # uint8 [B, H, W, 3]
+    next_carry: torch.Tensor  # uint8 [B, 2]
+    done: torch.Tensor  # float32 [B]
+
+    def to(self, device: torch.device | str) -> TransitionBatch:
+        """Copy of the batch with every tensor on ``device``."""
+        return TransitionBatch(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
+
+
+BATCH_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TransitionBatch))
+
+Sampler = Callable[[torch.Generator], TransitionBatch]
+
+
+def make_uniform_sampler(
+    tensors: Mapping[str, torch.Tensor],
+    batch_size: int,
+    mission_table: torch.Tensor | None = None,
+) -> Sampler:
+    """Sampler drawing ``batch_size`` transitions uniformly with replacement.
+
+    ``tensors`` maps every :class:`TransitionBatch` field name to a tensor whose first dim
+    indexes transitions (extra keys are ignored). All tensors should live on the learner's
+    device; indices are drawn on the generator's device and moved to the data's device.
+
+    ``mission_table`` (optional, ``[M, S, E]``): when given, ``tensors["mission"]`` holds int64
+    indices into it instead of per-transition embeddings -- saves ``S*E`` floats per transition
+    when many transitions share a handful of missions.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size = {batch_size!r} is invalid: must be an int > 0")
+    missing = [name for name in BATCH_FIELDS if name not in tensors]
+    if missing:
+        raise KeyError(f"dataset tensors lack the TransitionBatch fields {missing}")
+    data = {name: tensors[name] for name in BATCH_FIELDS}
+    sizes = {name: int(t.shape[0]) for name, t in data.items()}
+    n = sizes["action"]
+    if n == 0 or any(size != n for size in sizes.values()):
+        raise ValueError(f"dataset tensors must share a non-zero first dimension, got {sizes}")
+    if mission_table is not None and data["mission"].dtype != torch.int64:
+        raise ValueError("with a mission_table, tensors['mission'] must hold int64 indices")
+    data_device = data["action"].device
+
+    def sample(generator: torch.Generator) -> TransitionBatch:
+        idx = torch.randint(n, (batch_size,), generator=generator, device=generator.device)
+        idx = idx.to(data_device)
+        fields = {name: t[idx] for name, t in data.items()}
+        if mission_table is not None:
+            fields["mission"] = mission_table[fields["mission"]]
+        return TransitionBatch(**fields)
+
+    return sample
+
+
+# --------------------------------------------------------------------------------------------
+# Losses (pure functions)
+# --------------------------------------------------------------------------------------------
+
+
+def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
+    """Asymmetric L2: ``mean(|tau - 1(diff < 0)| * diff**2)`` with ``diff = target_q - v``.
+
+    Positive residuals (V below the target) are weighted ``tau`` and negative ones ``1 - tau``,
+    so for ``tau > 0.5`` the minimiser sits above the mean, towards the upper tail.
+    """
+    weight = torch.where(diff < 0, 1.0 - tau, tau)
+    return (weight * diff.square()).mean()
+
+
+def value_loss(v: torch.Tensor, target_q_min: torch.Tensor, tau: float) -> torch.Tensor:
+    """Expectile regression of ``v`` [B] onto ``min(target Q1, Q2)(s, a)`` [B] (target detached)."""
+    return expectile_loss(target_q_min.detach() - v, tau)
+
+
+def critic_loss(
+    q1_sa: torch.Tensor,
+    q2_sa: torch.Tensor,
+    reward: torch.Tensor,
+    done: torch.Tensor,
+    next_v: torch.Tensor,
+    gamma: float,
+) -> torch.Tensor:
+    """``mean((y - q1)^2) + mean((y - q2)^2)`` with ``y = r + gamma * (1 - done) * V(s')`` detached."""
+    target = (reward + gamma * (1.0 - done) * next_v).detach()
+    return (target - q1_sa).square().mean() + (target - q2_sa).square().mean()
+
+
+def policy_loss(
+    logits: torch.Tensor, action: torch.Tensor, adv: torch.Tensor, beta: float, clip: float
+) -> torch.Tensor:
+    """Advantage-weighted regression: ``-mean(min(exp(beta*adv), clip) * log pi(action | s))``.
+
+    The weights are detached: gradients only flow into the policy logits. ``exp`` may overflow to
+    ``inf`` for huge advantages; the clip maps that back to ``clip``.
+    """
+    weights = torch.exp(beta * adv.detach()).clamp(max=clip)
+    log_prob = F.log_softmax(logits, dim=-1).gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+    return -(weights * log_prob).mean()
+
+
+# --------------------------------------------------------------------------------------------
+# Learner
+# --------------------------------------------------------------------------------------------
+
+
+def _gather_actions(q: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """Q values of the taken actions: ``q`` [B, 2, A], ``action`` [B] -> [B, 2]."""
+    index = action.long().view(-1, 1, 1).expand(-1, q.shape[1], 1)
+    return q.gather(-1, index).squeeze(-1)
+
+
+class IQLLearner:
+    """Networks, target critic, optimisers and step counter of one IQL run.
+
+    Construction is deterministic given ``seed``: the networks are initialised on the CPU
+    under ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng`` (the caller's global RNG
+    is untouched), then moved to ``device``, so the initial weights do not depend on the
+    device. ``self.generator`` (a ``torch.Generator`` on ``device`` seeded with ``seed``) is the
+    RNG used for batch sampling by :func:`train`; it is part of :meth:`state_dict`.
+    """
+
+    def __init__(self, config: IQLConfig, device: torch.device | str = "cpu", seed: int = 0) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        spec = config.encoder_spec()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            critic = DiscreteCritic(config.num_actions, config.hidden_dim, config.num_layers, spec)
+            value = ValueNetwork(config.hidden_dim, config.num_layers, spec)
+            policy = DiscretePolicy(config.num_actions, config.hidden_dim, config.num_layers, spec)
+        self.critic = critic.to(self.device)
+        self.value = value.to(self.device)
+        self.policy = policy.to(self.device)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+
+        # The fused kernel is several times faster than the per-parameter loop for these many
+        # small tensors; it exists for CPU and CUDA, elsewhere fall back to the default.
+        fused = True if self.device.type in ("cpu", "cuda") else None
+        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=config.lr, fused=fused)
+        self.value_optim = torch.optim.Adam(self.value.parameters(), lr=config.lr, fused=fused)
+        self.policy_optim = torch.optim.Adam(self.policy.parameters(), lr=config.lr, fused=fused)
+
+        # Cached for the Polyak update; load_state_dict copies in place, so these stay valid.
+        self._online_critic_params = list(self.critic.parameters())
+        self._target_critic_params = list(self.target_critic.parameters())
+
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(self.seed)
+        self.step = 0  # completed updates
+
+    # ---------------------------------------------------------------- training step
+
+    def update(self, batch: TransitionBatch) -> dict[str, torch.Tensor]:
+        """One IQL gradient step on ``batch``; returns detached scalar tensors (no host sync)."""
+        cfg = self.config
+        s = (batch.grid, batch.carry, batch.mission)
+
+        # 1. Value: expectile regression onto min of the *target* twin Q at dataset actions.
+        with torch.no_grad():
+            target_q_sa = _gather_actions(self.target_critic(*s), batch.action).min(dim=1).values
+        v = self.value(*s)
+        v_loss = value_loss(v, target_q_sa, cfg.tau)
+        self.value_optim.zero_grad(set_to_none=True)
+        v_loss.backward()
+        self.value_optim.step()
+
+        # V(s) for the advantage and V(s') for the bootstrap, both with the updated value net,
+        # as in the reference implementation; one forward pass over [s; s'].
+        with torch.no_grad():
+            both = self.value(
+                torch.cat([batch.grid, batch.next_grid]),
+                torch.cat([batch.carry, batch.next_carry]),
+                torch.cat([batch.mission, batch.mission]),
+            )
+            v_s, next_v = both.chunk(2)
+            adv = target_q_sa - v_s
+
+        # 2. Policy: advantage-weighted regression on dataset actions.
+        pi_loss = policy_loss(self.policy(*s), batch.action, adv, cfg.beta, cfg.adv_clip)
+        self.policy_optim.zero_grad(set_to_none=True)
+        pi_loss.backward()
+        self.policy_optim.step()
+
+        # 3. Critic: TD regression of both Q heads onto r + gamma * (1 - done) * V(s').
+        q_sa = _gather_actions(self.critic(*s), batch.action)
+        q_loss = critic_loss(q_sa[:, 0], q_sa[:, 1], batch.reward, batch.done, next_v, cfg.gamma)
+        self.critic_optim.zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.critic_optim.step()
+
+        # 4. Target critic: target <- target + polyak * (online - target).
+        with torch.no_grad():
+            torch._foreach_lerp_(self._target_critic_params, self._online_critic_params, cfg.polyak)
+
+        self.step += 1
+        return {
+            "value_loss": v_loss.detach(),
+            "critic_loss": q_loss.detach(),
+            "policy_loss": pi_loss.detach(),
+            "q_mean": q_sa.detach().mean(),
+            "v_mean": v.detach().mean(),
+            "adv_mean": adv.mean(),
+        }
+
+    # ---------------------------------------------------------------- inference
+
+    def _inputs(self, grid: torch.Tensor, carry: torch.Tensor, mission: torch.Tensor):
+        return grid.to(self.device), carry.to(self.device), mission.to(self.device)
+
+    @torch.no_grad()
+    def act(
+        self,
+        grid: torch.Tensor,
+        carry: torch.Tensor,
+        mission: torch.Tensor,
+        greedy: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Actions ``[B]`` (int64) for batched observations: argmax of the policy logits, or a
+        sample from the categorical policy (using ``generator``, or the global RNG if None)."""
+        logits = self.policy(*self._inputs(grid, carry, mission))
+        if greedy:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+    @torch.no_grad()
+    def predict(self, grid: torch.Tensor, carry: torch.Tensor, mission: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Diagnostics for a batch of states: ``q`` = min(Q1, Q2) [B, A] of the online critic,
+        ``v`` [B] and policy ``logits`` [B, A]."""
+        s = self._inputs(grid, carry, mission)
+        return {
+            "q": self.critic(*s).min(dim=1).values,
+            "v": self.value(*s),
+            "logits": self.policy(*s),
+        }
+
+    # ---------------------------------------------------------------- (de)serialisation
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: weights, target, optimisers, step, sampling RNG."""
+        return {
+            "config": dataclasses.asdict(self.config),
+            "seed": self.seed,
+            "step": self.step,
+            "critic": self.critic.state_dict(),
+            "target_critic": self.target_critic.state_dict(),
+            "value": self.value.state_dict(),
+            "policy": self.policy.state_dict(),
+            "critic_optim": self.critic_optim.state_dict(),
+            "value_optim": self.value_optim.state_dict(),
+            "policy_optim": self.policy_optim.state_dict(),
+            "generator_device": self.generator.device.type,
+            "generator_state": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output. Raises ValueError if the stored config differs
+        from this learner's in anything but the loop fields (num_steps, log_every,
+        checkpoint_every)."""
+        ours = dataclasses.asdict(self.config)
+        theirs = dict(state["config"])
+        diff = {k: (theirs.get(k), ours[k]) for k in ours if k not in _LOOP_FIELDS and theirs.get(k) != ours[k]}
+        if diff:
+            raise ValueError(f"checkpoint config differs from the learner's: {{field: (ckpt, ours)}} = {diff}")
+        self.critic.load_state_dict(state["critic"])
+        self.target_critic.load_state_dict(state["target_critic"])
+        self.value.load_state_dict(state["value"])
+        self.policy.load_state_dict(state["policy"])
+        self.critic_optim.load_state_dict(state["critic_optim"])
+        self.value_optim.load_state_dict(state["value_optim"])
+        self.policy_optim.load_state_dict(state["policy_optim"])
+        self.seed = int(state["seed"])
+        self.step = int(state["step"])
+        if state["generator_device"] == self.generator.device.type:
+            self.generator.set_state(state["generator_state"].cpu())
+        else:
+            # CPU and CUDA generators have incompatible state formats; the batch stream cannot be
+            # continued, so derive a fresh but deterministic one.
+            warnings.warn(
+                f"checkpoint sampling RNG was on {state['generator_device']}, learner is on "
+                f"{self.generator.device.type}: reseeding it; the resumed run will not match an "
+                "uninterrupted one bit for bit",
+                stacklevel=2,
+            )
+            self.generator.manual_seed(self.seed + self.step)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints and training loop
+# --------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(learner: IQLLearner, path: str | os.PathLike[str]) -> None:
+    """Write ``learner.state_dict()`` atomically: temp file in the same directory, fsync,
+    ``os.replace`` -- a crash mid-write never leaves a truncated checkpoint at ``path``."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(learner.state_dict(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(learner: IQLLearner, path: str | os.PathLike[str]) -> None:
+    """Load a checkpoint written by :func:`save_checkpoint` into ``learner``."""
+    state = torch.load(os.fspath(path), map_location=learner.device, weights_only=True)
+    learner.load_state_dict(state)
+
+
+LogFn = Callable[[int, dict[str, float], float], None]
+
+
+def train(
+    learner: IQLLearner,
+    sampler: Sampler,
+    num_steps: int | None = None,
+    log_every: int | None = None,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    checkpoint_every: int | None = None,
+    on_log: LogFn | None = None,
+) -> dict[str, float]:
+    """Run updates until ``learner.step == num_steps`` (a total, not an increment).
+
+    * If ``checkpoint_path`` exists, the learner is first restored from it (weights, optimisers,
+      target, step and the sampling generator), so a resumed run equals an uninterrupted one
+      bit for bit on CPU.
+    * Each step draws ``sampler(learner.generator)`` and calls ``learner.update``.
+    * Every ``log_every`` steps, ``on_log(step, metrics_as_floats, updates_per_second)`` is
+      called; this is the only host sync of the loop (skipped entirely if ``on_log`` is None).
+    * Every ``checkpoint_every`` steps and at the end a checkpoint is written atomically.
+
+    ``None`` for num_steps / log_every / checkpoint_every means "take it from the config";
+    0 disables logging / periodic checkpoints. Returns the last metrics as floats ({} if no
+    update was run).
+    """
+    cfg = learner.config
+    num_steps = cfg.num_steps if num_steps is None else num_steps
+    log_every = cfg.log_every if log_every is None else log_every
+    checkpoint_every = cfg.checkpoint_every if checkpoint_every is None else checkpoint_every
+    for name, value in (("num_steps", num_steps), ("log_every", log_every), ("checkpoint_every", checkpoint_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} = {value!r} is invalid: must be an int >= 0")
+
+    last_saved = -1  # step of the checkpoint on disk, to avoid rewriting an identical one
+    if checkpoint_path is not None and os.path.exists(checkpoint_path):
+        load_checkpoint(learner, checkpoint_path)
+        last_saved = learner.step
+
+    metrics: dict[str, torch.Tensor] = {}
+    tick, tick_step = time.perf_counter(), learner.step
+    while learner.step < num_steps:
+        metrics = learner.update(sampler(learner.generator))
+        step = learner.step
+        if on_log is not None and log_every and step % log_every == 0:
+            # One stacked transfer instead of one sync per metric.
+            values = torch.stack(list(metrics.values())).tolist()
+            now = time.perf_counter()  # after the sync, so the rate covers finished work
+            rate = (step - tick_step) / max(now - tick, 1e-9)
+            on_log(step, dict(zip(metrics.keys(), values, strict=True)), rate)
+            tick, tick_step = time.perf_counter(), step
+        if checkpoint_path is not None and checkpoint_every and step % checkpoint_every == 0:
+            save_checkpoint(learner, checkpoint_path)
+            last_saved = step
+    if checkpoint_path is not None and last_saved != learner.step:
+        save_checkpoint(learner, checkpoint_path)
+    if not metrics:
+        return {}
+    return dict(zip(metrics.keys(), torch.stack(list(metrics.values())).tolist(), strict=True))

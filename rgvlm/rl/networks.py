@@ -1,0 +1,294 @@
+"""Encoders and network heads for language-conditioned discrete-action IQL.
+
+Inputs (the fixed contract shared with the data pipeline):
+
+* ``grid``    -- uint8 ``[B, H, W, 3]`` fully observed symbolic MiniGrid grid, channels
+  ``(object type 0..10, colour 0..5, state 0..3)``.
+* ``carry``   -- uint8 ``[B, 2]`` = ``(object type 0..10, colour 0..5)`` of the carried object.
+* ``mission`` -- float ``[B, S, E]``: the mission split into ``S`` clause slots, each clause
+  embedded by a frozen sentence encoder; unused slots are all-zero vectors.
+
+Every module here is a plain ``nn.Module`` without Python-side state: no buffers that change
+during ``forward``, no in-place ops, no ``.item()``. That keeps them usable with
+``torch.func.functional_call`` + ``torch.func.vmap`` over stacked parameters of many runs.
+
+Each head (:class:`DiscreteCritic`, :class:`ValueNetwork`, :class:`DiscretePolicy`) owns its
+own :class:`StateEncoder`; nothing is shared between critic, value and policy (and the two Q
+functions of the twin critic also have separate encoders), which is the standard IQL set-up and
+avoids one loss shaping the features of another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# Sizes of the MiniGrid symbolic vocabularies (minigrid.core.constants).
+NUM_OBJECT_TYPES = 11
+NUM_COLOURS = 6
+NUM_STATES = 4
+
+
+def mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int) -> nn.Sequential:
+    """``num_layers`` hidden ``Linear -> ReLU`` blocks of width ``hidden_dim``, then a Linear."""
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(num_layers):
+        layers += [nn.Linear(dim, hidden_dim), nn.ReLU()]
+        dim = hidden_dim
+    layers.append(nn.Linear(dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+AGENT_TYPE = 10  # minigrid OBJECT_TO_IDX["agent"]; its cell's state channel is the direction
+WALL_TYPE = 2  # minigrid OBJECT_TO_IDX["wall"]: what lies outside the grid
+# MiniGrid's direction vectors (x, y): 0 east, 1 south, 2 west, 3 north.
+DIRECTIONS = ((1, 0), (0, 1), (-1, 0), (0, -1))
+
+
+def egocentric_index_table(height: int, width: int) -> torch.Tensor:
+    """For every (agent cell, direction): which grid cell each cell of the egocentric window shows.
+
+    The window is ``(2H-1) x (2W-1)`` with the agent at its centre facing up, so the whole grid
+    stays visible from any position. Returns int64 ``[H*W*4, (2H-1)*(2W-1)]``; the index
+    ``H*W`` stands for "outside the grid" (read as a wall).
+    """
+    rows, cols = 2 * height - 1, 2 * width - 1
+    table = torch.full((height * width * 4, rows * cols), height * width, dtype=torch.int64)
+    for y in range(height):
+        for x in range(width):
+            for d, (fx, fy) in enumerate(DIRECTIONS):
+                rx, ry = DIRECTIONS[(d + 1) % 4]  # the agent's right
+                for r in range(rows):
+                    for c in range(cols):
+                        ahead, right = (height - 1) - r, c - (width - 1)
+                        sx, sy = x + ahead * fx + right * rx, y + ahead * fy + right * ry
+                        if 0 <= sx < width and 0 <= sy < height:
+                            table[(y * width + x) * 4 + d, r * cols + c] = sy * width + sx
+    return table
+
+
+class EgocentricView(nn.Module):
+    """Re-expresses the full grid around the agent: agent at the centre, facing up.
+
+    An MLP then sees "wall ahead" or "the red door two cells to the left" on the same input
+    units wherever the agent stands, which an allocentric flat grid would force it to learn
+    separately for every position and heading. Pure indexing (argmax + gather): no parameters,
+    differentiable-free and vmap-friendly.
+    """
+
+    def __init__(self, height: int, width: int) -> None:
+        super().__init__()
+        self.height, self.width = height, width
+        self.register_buffer("table", egocentric_index_table(height, width), persistent=False)
+
+    @property
+    def out_shape(self) -> tuple[int, int]:
+        return 2 * self.height - 1, 2 * self.width - 1
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        """long ``[B, H, W, 3]`` -> long ``[B, 2H-1, 2W-1, 3]``."""
+        batch = grid.shape[0]
+        cells = grid.reshape(batch, self.height * self.width, 3)
+        agent = (cells[..., 0] == AGENT_TYPE).to(torch.int64).argmax(dim=1)  # [B]
+        direction = cells.gather(1, agent.view(batch, 1, 1).expand(batch, 1, 3))[:, 0, 2]
+        outside = torch.tensor([WALL_TYPE, 0, 0], dtype=cells.dtype, device=cells.device).expand(batch, 1, 3)
+        padded = torch.cat([cells, outside], dim=1)  # [B, H*W + 1, 3]
+        source = self.table[agent * 4 + direction]  # [B, window]
+        view = padded.gather(1, source.unsqueeze(-1).expand(-1, -1, 3))
+        return view.reshape(batch, *self.out_shape, 3)
+
+
+class ObservationEncoder(nn.Module):
+    """Symbolic grid + carried object -> feature vector ``[B, out_dim]``.
+
+    Each cell is embedded as the sum of a type, a colour and a state embedding, giving an
+    ``[B, embed_dim, H, W]`` image that goes through two 3x3 convolutions (padding 1, so the
+    spatial size is kept and absolute positions survive the flatten). With ``channels=0`` the
+    cells are one-hot encoded, flattened and mixed by one Linear (an MLP encoder, many times
+    cheaper on a CPU; the CPU profile uses it). With ``egocentric=True`` the grid is first
+    re-expressed around the agent (:class:`EgocentricView`). The carried object is
+    embedded with the *same* type/colour tables (a carried red key should look like a red key
+    on the floor) and concatenated with the flattened conv features before the final Linear.
+    """
+
+    def __init__(
+        self,
+        height: int = 11,
+        width: int = 11,
+        embed_dim: int = 16,
+        channels: int = 32,
+        out_dim: int = 128,
+        egocentric: bool = False,
+    ) -> None:
+        super().__init__()
+        self.height = height
+        self.width = width
+        self.channels = channels
+        self.view = EgocentricView(height, width) if egocentric else None
+        if egocentric:  # the layers below see the (2H-1) x (2W-1) window
+            height, width = 2 * height - 1, 2 * width - 1
+        if channels > 0:
+            self.type_embed = nn.Embedding(NUM_OBJECT_TYPES, embed_dim)
+            self.colour_embed = nn.Embedding(NUM_COLOURS, embed_dim)
+            self.state_embed = nn.Embedding(NUM_STATES, embed_dim)
+            self.conv = nn.Sequential(
+                nn.Conv2d(embed_dim, channels, kernel_size=3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(channels, channels, kernel_size=3, padding=1),
+                nn.ReLU(),
+            )
+            self.out = nn.Linear(channels * height * width + embed_dim, out_dim)
+        else:
+            # A Linear on one-hot cells equals per-position embeddings summed and flattened,
+            # without embedding_dense_backward, which dominated the CPU update time.
+            cell = NUM_OBJECT_TYPES + NUM_COLOURS + NUM_STATES
+            self.out = nn.Linear(cell * height * width + NUM_OBJECT_TYPES + NUM_COLOURS, out_dim)
+            offsets = torch.tensor([0, NUM_OBJECT_TYPES, NUM_OBJECT_TYPES + NUM_COLOURS])
+            self.register_buffer("feature_offsets", offsets, persistent=False)
+            positions = torch.arange(height * width).repeat_interleave(3) * cell
+            self.register_buffer("position_offsets", positions, persistent=False)
+            carry = torch.tensor([0, NUM_OBJECT_TYPES]) + cell * height * width
+            self.register_buffer("carry_offsets", carry, persistent=False)
+
+    def forward(self, grid: torch.Tensor, carry: torch.Tensor) -> torch.Tensor:
+        if tuple(grid.shape[-3:]) != (self.height, self.width, 3):
+            raise ValueError(f"grid must have shape [B, {self.height}, {self.width}, 3], got {tuple(grid.shape)}")
+        g = grid.long()  # uint8 indices cannot index an Embedding
+        if self.view is not None:
+            g = self.view(g)
+        c = carry.long()
+        if self.channels == 0:
+            # One-hot by scatter into one flat vector: position p's feature f sits at p*CELL + f.
+            batch, cells = g.shape[0], g.shape[1] * g.shape[2]
+            ids = (g.reshape(batch, cells, 3) + self.feature_offsets).reshape(batch, cells * 3)
+            ids = ids + self.position_offsets
+            carried = c + self.carry_offsets
+            x = torch.zeros(batch, self.out.in_features, device=g.device).scatter(1, torch.cat([ids, carried], 1), 1.0)
+            return self.out(x)
+        cells = self.type_embed(g[..., 0]) + self.colour_embed(g[..., 1]) + self.state_embed(g[..., 2])
+        x = self.conv(cells.permute(0, 3, 1, 2))  # [B, E, H, W] for Conv2d
+        carried = self.type_embed(c[..., 0]) + self.colour_embed(c[..., 1])
+        return self.out(torch.cat([x.flatten(start_dim=1), carried], dim=-1))
+
+
+class MissionEncoder(nn.Module):
+    """Clause-slot mission embeddings ``[B, S, E]`` -> ``[B, out_dim]``.
+
+    A Linear shared across slots projects each clause to ``slot_dim`` (followed by a ReLU, so
+    the two Linears do not collapse into one); the slots are then flattened *in order* (clause i is sub-task i, so the order carries meaning) and mixed by a
+    Linear. Empty (all-zero) slots map to the projection bias, which the network can learn to
+    recognise as "no clause".
+    """
+
+    def __init__(self, embed_dim: int = 384, slots: int = 6, slot_dim: int = 32, out_dim: int = 128) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.slots = slots
+        self.slot_proj = nn.Linear(embed_dim, slot_dim)
+        self.out = nn.Linear(slots * slot_dim, out_dim)
+
+    def forward(self, mission: torch.Tensor) -> torch.Tensor:
+        if tuple(mission.shape[-2:]) != (self.slots, self.embed_dim):
+            raise ValueError(f"mission must have shape [B, {self.slots}, {self.embed_dim}], got {tuple(mission.shape)}")
+        per_slot = torch.relu(self.slot_proj(mission))  # [B, S, slot_dim]
+        return self.out(per_slot.flatten(start_dim=-2))
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Sizes of a :class:`StateEncoder`; one spec is shared by all heads of a learner."""
+
+    height: int = 11  # grid rows
+    width: int = 11  # grid columns
+    mission_slots: int = 6  # clause slots S in the mission tensor
+    mission_embed_dim: int = 384  # sentence-embedding size E of each clause
+    cell_embed_dim: int = 16  # per-cell embedding size (type+colour+state tables)
+    conv_channels: int = 32  # channels of both 3x3 convolutions
+    obs_dim: int = 128  # output of ObservationEncoder
+    slot_dim: int = 32  # per-clause projection size in MissionEncoder
+    mission_dim: int = 128  # output of MissionEncoder
+    out_dim: int = 256  # output of StateEncoder (input of the head MLP)
+    egocentric: bool = False  # re-express the grid around the agent before encoding it
+
+
+class StateEncoder(nn.Module):
+    """(grid, carry, mission) -> ``[B, spec.out_dim]``: concat of both encoders -> ReLU -> Linear -> ReLU."""
+
+    def __init__(self, spec: EncoderSpec | None = None) -> None:
+        super().__init__()
+        spec = spec if spec is not None else EncoderSpec()
+        self.obs = ObservationEncoder(
+            spec.height, spec.width, spec.cell_embed_dim, spec.conv_channels, spec.obs_dim, spec.egocentric
+        )
+        self.mission = MissionEncoder(spec.mission_embed_dim, spec.mission_slots, spec.slot_dim, spec.mission_dim)
+        self.out = nn.Linear(spec.obs_dim + spec.mission_dim, spec.out_dim)
+
+    def forward(self, grid: torch.Tensor, carry: torch.Tensor, mission: torch.Tensor) -> torch.Tensor:
+        joint = torch.cat([self.obs(grid, carry), self.mission(mission)], dim=-1)
+        return torch.relu(self.out(torch.relu(joint)))
+
+
+class QNetwork(nn.Module):
+    """One Q function: state -> ``[B, num_actions]``."""
+
+    def __init__(
+        self,
+        num_actions: int = 6,
+        hidden_dim: int = 256,
+        num_layers: int = 2,
+        spec: EncoderSpec | None = None,
+    ) -> None:
+        super().__init__()
+        spec = spec if spec is not None else EncoderSpec()
+        self.encoder = StateEncoder(spec)
+        self.head = mlp(spec.out_dim, hidden_dim, num_layers, num_actions)
+
+    def forward(self, grid: torch.Tensor, carry: torch.Tensor, mission: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(grid, carry, mission))
+
+
+class DiscreteCritic(nn.Module):
+    """Twin Q functions with independent encoders.
+
+    ``forward`` returns a single tensor of shape ``[B, 2, num_actions]``: index 0 along dim 1 is
+    Q1, index 1 is Q2. A single output (rather than a tuple) keeps ``vmap``/``functional_call``
+    simple for callers that stack many runs.
+    """
+
+    def __init__(
+        self,
+        num_actions: int = 6,
+        hidden_dim: int = 256,
+        num_layers: int = 2,
+        spec: EncoderSpec | None = None,
+    ) -> None:
+        super().__init__()
+        self.q1 = QNetwork(num_actions, hidden_dim, num_layers, spec)
+        self.q2 = QNetwork(num_actions, hidden_dim, num_layers, spec)
+
+    def forward(self, grid: torch.Tensor, carry: torch.Tensor, mission: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.q1(grid, carry, mission), self.q2(grid, carry, mission)], dim=1)
+
+
+class ValueNetwork(nn.Module):
+    """State value V(s): state -> ``[B]``."""
+
+    def __init__(self, hidden_dim: int = 256, num_layers: int = 2, spec: EncoderSpec | None = None) -> None:
+        super().__init__()
+        spec = spec if spec is not None else EncoderSpec()
+        self.encoder = StateEncoder(spec)
+        self.head = mlp(spec.out_dim, hidden_dim, num_layers, 1)
+
+    def forward(self, grid: torch.Tensor, carry: torch.Tensor, mission: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(grid, carry, mission)).squeeze(-1)
+
+
+class DiscretePolicy(QNetwork):
+    """Categorical policy: state -> unnormalised action logits ``[B, num_actions]``.
+
+    The same architecture as one Q function (its own encoder and head); only the meaning of
+    the outputs differs.
+    """

@@ -1,0 +1,144 @@
+"""The real pipeline on the tiny profile: `dvc repro` of real papermill notebooks in a
+temporary clone, then no-op repro, selective rerun, bad parameters and a DVC remote round trip."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def tree_digest(*folders: Path) -> dict[str, str]:
+    return {
+        str(path): hashlib.sha256(path.read_bytes()).hexdigest()
+        for folder in folders
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A copy of the working tree (tracked and untracked-but-not-ignored files) as a fresh
+    git repository on the tiny profile, with data/ built and `dvc repro` run once."""
+    dst = tmp_path_factory.mktemp("clone") / "rgvlm"
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True)
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dst / name)
+    shutil.copy2(ROOT / "profiles" / "tiny.yaml", dst / "params.yaml")
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "PYTHONPATH": str(dst),  # the clone's package, not the one installed in the venv
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_SITE_CACHE_DIR": str(dst / ".cache" / "dvc-site"),
+        "MPLCONFIGDIR": str(dst / ".cache" / "matplotlib"),
+        "GIT_AUTHOR_NAME": "rgvlm tests", "GIT_AUTHOR_EMAIL": "tests@rgvlm.invalid",
+        "GIT_COMMITTER_NAME": "rgvlm tests", "GIT_COMMITTER_EMAIL": "tests@rgvlm.invalid",
+    }
+    run(["git", "init", "-q"], dst, env)
+    run(["git", "add", "-A"], dst, env)
+    run(["git", "commit", "-qm", "tiny profile"], dst, env)
+    run([sys.executable, "-m", "rgvlm.data", "collect", "--workers", "1"], dst, env)
+    run(["dvc", "commit", "-f", "-q", "data.dvc"], dst, env)
+    repro = run(["dvc", "repro"], dst, env)
+    return dst, env, repro
+
+
+def test_repro_runs_every_stage_and_writes_the_report(project):
+    dst, _, repro = project
+    for stage in ("dataset_card", "rewards", "train", "evaluate", "report"):
+        assert f"Running stage '{stage}'" in repro.stdout
+    for name in ("01_dataset_card", "02_rewards", "03_train", "04_evaluate", "05_report"):
+        assert (dst / "reports" / "notebooks" / f"{name}.html").stat().st_size > 10_000
+    for figure in ("completion_by_k.png", "success_by_k.png", "training_curves.png"):
+        assert (dst / "reports" / "figures" / figure).read_bytes()[:4] == b"\x89PNG"
+    evaluation = json.loads((dst / "reports" / "metrics" / "evaluation.json").read_text())
+    methods = {row["method"] for row in evaluation["summary"]}
+    assert methods == {"sparse", "oracle", "sparse+oracle@0.5"}
+    assert {row["k"] for row in evaluation["summary"]} == {1, 2}
+    assert {row["split"] for row in evaluation["summary"]} == {"seen", "fresh"}
+    assert all(row["num_seeds"] == 2 and row["num_episodes"] == 4 for row in evaluation["summary"])
+    index = (dst / "reports" / "index.html").read_text()
+    assert "labels by: no LVLM" in index
+    first = evaluation["summary"][0]
+    assert f"{first['completion_mean']:.3f} [{first['completion_low']:.3f}, {first['completion_high']:.3f}]" in index
+    card = json.loads((dst / "reports" / "metrics" / "dataset.json").read_text())
+    assert card["episodes"] == 12 and [row["k"] for row in card["per_k"]] == [1, 2]
+    log = (dst / "reports" / "metrics" / "training.csv").read_text().splitlines()
+    assert log[0].startswith("method,seed,step") and len(log) == 1 + 3 * 2 * 4  # runs x (40 / 10) rows
+
+
+def test_second_repro_does_nothing(project):
+    dst, env, _ = project
+    again = run(["dvc", "repro"], dst, env)
+    assert "Running stage" not in again.stdout
+    assert "up to date" in run(["dvc", "status"], dst, env).stdout
+
+
+def test_bad_parameter_fails_before_the_kernel_starts(project):
+    dst, env, _ = project
+    bad = yaml.safe_load((dst / "params.yaml").read_text())
+    bad["evaluation"]["ks"] = [1, 9]
+    params_file = dst / "bad-params.yaml"
+    params_file.write_text(yaml.safe_dump(bad))
+    result = run([sys.executable, "-m", "rgvlm.pipeline", "evaluate", "--params", str(params_file)], dst, env, check=False)
+    assert result.returncode == 2
+    assert "evaluation.ks[1]=9" in result.stderr and "1..6" in result.stderr
+    assert "Executing" not in result.stderr
+
+
+def test_dvc_remote_round_trip_is_bit_identical(project, tmp_path):
+    dst, env, _ = project
+    remote = tmp_path / "remote"
+    run(["dvc", "remote", "add", "-d", "shared", str(remote)], dst, env)
+    try:
+        run(["dvc", "push", "-q"], dst, env)
+        before = tree_digest(dst / "data", dst / "outputs")
+        assert any("/outputs/models/" in name for name in before) and any("/outputs/rewards/" in name for name in before)
+        for folder in ("data", "outputs", ".dvc/cache"):
+            shutil.rmtree(dst / folder)
+        run(["dvc", "pull", "-q"], dst, env)
+        assert tree_digest(dst / "data", dst / "outputs") == before
+        assert "up to date" in run(["dvc", "status"], dst, env).stdout
+    finally:
+        run(["dvc", "remote", "remove", "shared"], dst, env)
+
+
+def test_training_param_change_reruns_training_and_what_follows_only(project):
+    dst, env, _ = project
+    original = (dst / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["train"]["num_steps"] = 50
+    (dst / "params.yaml").write_text(yaml.safe_dump(params))
+    try:
+        changed = run(["dvc", "repro"], dst, env).stdout
+    finally:
+        (dst / "params.yaml").write_text(original)
+    ran = {stage for stage in ("dataset_card", "rewards", "train", "evaluate", "report") if f"Running stage '{stage}'" in changed}
+    assert ran == {"train", "evaluate", "report"}
+    # Back to the original parameters: the runs trained longer are retrained, not reused.
+    run(["dvc", "repro"], dst, env)
+    log = json.loads((dst / "outputs" / "models" / "sparse" / "seed0.log.json").read_text())
+    assert log[-1]["step"] == 40
