@@ -30,6 +30,7 @@ export PYGAME_HIDE_SUPPORT_PROMPT := 1
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
+	mkdir -p .cache
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
