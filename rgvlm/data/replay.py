@@ -7,7 +7,7 @@ seed gives the same layout and mission, and the same actions the same states.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -21,20 +21,23 @@ def replay(
     actions: Sequence[int],
     env_kwargs: dict | None = None,
     tile_size: int = 16,
-    frames: bool = True,
+    frames: bool | Collection[int] = True,
 ) -> dict[str, np.ndarray | list]:
-    """Replay an episode. Returns ``frames`` uint8 [T+1, h, w, 3] (if asked), the
+    """Replay an episode. Returns ``frames`` uint8 [T+1, h, w, 3] (if asked; a collection of
+    time indices renders only those, in increasing order, as [len, h, w, 3]), the
     symbolic ``grid`` [T+1, H, W, 3] and ``carry`` [T+1, 2], ``rewards`` [T] and the
     privileged ``progress`` [T], and the ``mission``."""
     env = make_env(env_id, **(env_kwargs or {}))
     reset_quietly(env, seed)
     grids, carries, images, rewards, progress = [], [], [], [], []
 
+    wanted = None if isinstance(frames, bool) else set(frames)
+
     def observe() -> None:
         grid, carry = encode_observation(env)
         grids.append(grid)
         carries.append(carry)
-        if frames:
+        if (frames is True) or (wanted is not None and len(grids) - 1 in wanted):
             images.append(render_frame(env, tile_size))
 
     observe()
@@ -54,12 +57,13 @@ def replay(
         "rewards": np.asarray(rewards, dtype=np.float32),
         "progress": np.asarray(progress, dtype=np.int8),
     }
-    if frames:
-        out["frames"] = np.stack(images)
+    if frames is not False:
+        out["frames"] = np.stack(images) if images else np.zeros((0, 0, 0, 3), dtype=np.uint8)
     return out
 
 
-def replay_dataset_episode(dataset: OfflineDataset, index: int, tile_size: int = 16, frames: bool = True) -> dict:
+def replay_dataset_episode(dataset: OfflineDataset, index: int, tile_size: int = 16,
+                           frames: bool | Collection[int] = True) -> dict:
     """Replay episode ``index`` of ``dataset`` with the environment settings it was built with."""
     e = dataset.episodes[index]
     actions = dataset.actions[dataset.episode_steps(index)]

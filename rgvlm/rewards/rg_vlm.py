@@ -1,0 +1,199 @@
+"""RG-VLM: per-transition rewards from a two-stage LVLM query (Lee et al., 2025).
+
+Each episode is cut into windows of ``window_length`` transitions (``window_stride`` apart).
+For a window the LVLM sees frames (every ``frame_stride``-th observation, plus the last),
+the numbered actions and the mission, and is asked
+
+1. (stage 1) for a free-text analysis of how the actions move the task forward, then
+2. (stage 2) given that analysis and the same context, for one integer score 0..10 per
+   action as JSON (``{"scores": [...]}``); stage 2 may use another, cheaper model.
+
+A stage-2 answer that fails the parser is re-asked up to ``max_reasks`` times with the
+reason appended to the prompt; after that the window's scores fall back to
+``fallback_score`` and the event is counted. Overlapping windows are averaged per
+transition; reward = score / 10. Prompt templates are editable files under ``prompts/``;
+their text is part of every cache key.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rgvlm import paths
+from rgvlm.data.replay import replay_dataset_episode
+from rgvlm.data.storage import OfflineDataset
+from rgvlm.envs import ACTION_NAMES
+from rgvlm.rewards.base import RewardResult
+from rgvlm.vlm.base import LVLMClient, LVLMRequest
+from rgvlm.vlm.parsing import SCORE_MAX, parse_scores
+from rgvlm.vlm.scripted import WindowTruth
+
+PROMPTS = paths.ROOT / "prompts"
+
+
+@dataclass(frozen=True)
+class RGVLMConfig:
+    """How windows are cut and queried."""
+
+    window_length: int = 16  # transitions per query
+    window_stride: int = 16  # start-to-start distance; < window_length overlaps windows
+    frame_stride: int = 4  # every n-th observation of the window is shown (and its last)
+    tile_size: int = 16  # pixels per grid cell in the frames
+    max_reasks: int = 2  # stage-2 re-asks after an answer the parser rejects
+    fallback_score: int = 0  # score of every action of a window whose answers all failed
+    stage1_max_new_tokens: int = 512
+    stage2_max_new_tokens: int = 256
+    prompt_dir: str = str(PROMPTS)
+
+    def __post_init__(self) -> None:
+        for name in ("window_length", "window_stride", "frame_stride", "tile_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"rg_vlm.{name}={getattr(self, name)}: expected an integer >= 1")
+        if self.max_reasks < 0:
+            raise ValueError(f"rg_vlm.max_reasks={self.max_reasks}: expected >= 0")
+        if not 0 <= self.fallback_score <= SCORE_MAX:
+            raise ValueError(f"rg_vlm.fallback_score={self.fallback_score}: expected 0..{SCORE_MAX}")
+
+
+@dataclass(frozen=True)
+class Window:
+    episode: int
+    start: int  # first transition, relative to the episode
+    end: int  # one past the last transition
+
+
+def episode_windows(length: int, window_length: int, stride: int) -> list[tuple[int, int]]:
+    """[start, end) windows covering every transition of an episode of ``length`` steps; the
+    last one may be shorter."""
+    windows = []
+    for start in range(0, length, stride):
+        windows.append((start, min(start + window_length, length)))
+        if start + window_length >= length:
+            break
+    return windows
+
+
+def frame_indices(start: int, end: int, frame_stride: int) -> list[int]:
+    """Observation indices shown for the window: start, every ``frame_stride``-th, and end."""
+    shown = list(range(start, end + 1, frame_stride))
+    return shown if shown[-1] == end else [*shown, end]
+
+
+def load_templates(prompt_dir: str | Path) -> tuple[str, str]:
+    directory = Path(prompt_dir)
+    return (directory / "rg_vlm_stage1.txt").read_text(), (directory / "rg_vlm_stage2.txt").read_text()
+
+
+def png_bytes(frame: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def _actions_text(actions: np.ndarray) -> str:
+    return "\n".join(f"{i + 1}. {ACTION_NAMES[int(a)]}" for i, a in enumerate(actions))
+
+
+def label_rg_vlm(
+    dataset: OfflineDataset,
+    stage1: LVLMClient,
+    stage2: LVLMClient,
+    config: RGVLMConfig = RGVLMConfig(),
+    needs_images: bool = True,
+) -> tuple[RewardResult, dict]:
+    """Label every transition; returns the reward set and the labelling statistics."""
+    started = time.perf_counter()
+    template1, template2 = load_templates(config.prompt_dir)
+    windows: list[Window] = []
+    context: list[tuple[str, tuple[bytes, ...], np.ndarray, WindowTruth, WindowTruth]] = []
+    completed_all = dataset.progress.astype(np.int16) - dataset.progress_before.astype(np.int16)
+    for index, episode in enumerate(dataset.episodes):
+        spans = episode_windows(episode["length"], config.window_length, config.window_stride)
+        shown = {t: None for s, e in spans for t in frame_indices(s, e, config.frame_stride)}
+        frames = {}
+        if needs_images:
+            rendered = replay_dataset_episode(dataset, index, config.tile_size, frames=sorted(shown))["frames"]
+            frames = {t: png_bytes(f) for t, f in zip(sorted(shown), rendered, strict=True)}
+        steps = dataset.episode_steps(index)
+        actions, completed = dataset.actions[steps], completed_all[steps]
+        for s, e in spans:
+            images = tuple(frames[t] for t in frame_indices(s, e, config.frame_stride)) if needs_images else ()
+            done_texts = []
+            progress = int(dataset.progress_before[steps][s])
+            for count in completed[s:e]:
+                done_texts += episode["subtasks"][progress : progress + int(count)]
+                progress += int(count)
+            names = tuple(ACTION_NAMES[int(a)] for a in actions[s:e])
+            truth1 = WindowTruth(1, tuple(int(c) for c in completed[s:e]), names, tuple(done_texts))
+            truth2 = WindowTruth(2, truth1.completed, names, truth1.subtasks_completed)
+            windows.append(Window(index, s, e))
+            context.append((episode["mission"], images, actions[s:e], truth1, truth2))
+
+    def fields(goal: str, images: tuple, acts: np.ndarray) -> dict:
+        return {"goal": goal, "num_frames": len(images) if images else "no", "actions": _actions_text(acts),
+                "num_actions": len(acts)}
+
+    analyses = stage1.generate([
+        LVLMRequest(prompt=template1.format(**fields(goal, images, acts)), images=images,
+                    max_new_tokens=config.stage1_max_new_tokens, annotation=truth1)
+        for goal, images, acts, truth1, _ in context
+    ])
+    prompts2 = [template2.format(**fields(goal, images, acts), analysis=analysis.text)
+                for (goal, images, acts, _, _), analysis in zip(context, analyses, strict=True)]
+    scores: list[tuple[int, ...] | None] = [None] * len(windows)
+    errors: Counter[str] = Counter()
+    reasks = 0
+    pending = list(range(len(windows)))
+    notes = [""] * len(windows)
+    for attempt in range(config.max_reasks + 1):
+        if not pending:
+            break
+        answers = stage2.generate([
+            LVLMRequest(prompt=prompts2[i] + notes[i], images=context[i][1],
+                        max_new_tokens=config.stage2_max_new_tokens, annotation=context[i][4])
+            for i in pending
+        ])
+        still = []
+        for i, answer in zip(pending, answers, strict=True):
+            parsed = parse_scores(answer.text, len(context[i][2]))
+            if parsed.ok:
+                scores[i] = parsed.scores
+                continue
+            errors[parsed.error] += 1
+            notes[i] += (f"\nYour previous answer was invalid ({parsed.detail}). "
+                         f"Answer with JSON only: exactly {len(context[i][2])} integers from 0 to 10.")
+            still.append(i)
+        if attempt < config.max_reasks:
+            reasks += len(still)
+        pending = still
+    fallbacks = len(pending)
+
+    total = np.zeros(dataset.num_transitions, dtype=np.float64)
+    count = np.zeros(dataset.num_transitions, dtype=np.int64)
+    for window, window_scores in zip(windows, scores, strict=True):
+        base = dataset.episodes[window.episode]["step_start"]
+        values = window_scores if window_scores is not None else (config.fallback_score,) * (window.end - window.start)
+        total[base + window.start : base + window.end] += values
+        count[base + window.start : base + window.end] += 1
+    rewards = (total / np.maximum(count, 1) / SCORE_MAX).astype(np.float32)
+
+    stats = {
+        "windows": len(windows),
+        "stage2_errors": dict(errors),
+        "reasks": reasks,
+        "fallback_windows": fallbacks,
+        "wall_time_s": round(time.perf_counter() - started, 3),
+    }
+    lvlm = {"backend": stage1.backend, "model": stage1.model, "stage2_backend": stage2.backend,
+            "stage2_model": stage2.model, "settings": stage1.generation_settings()}
+    provenance = {"method": "rg_vlm", "source": "two-stage LVLM query (analysis, then 0-10 score per action)",
+                  "lvlm": lvlm, "config": {k: v for k, v in vars(config).items() if k != "prompt_dir"}}
+    return RewardResult("rg_vlm", rewards, provenance=provenance, cost={**stats}), stats

@@ -1,0 +1,321 @@
+"""LVLM backend for any OpenAI-compatible chat-completions server.
+
+Works with OpenAI itself, Gemini's OpenAI-compatible endpoint, vLLM and ``transformers serve``:
+``POST {base_url}/chat/completions`` with the images as ``data:image/png;base64,...`` URLs
+(in order, before the text) and the prompt as the last content part.
+
+Transient failures (HTTP 429, any 5xx, connection errors, timeouts, malformed bodies) are
+retried with exponential backoff and full jitter; ``Retry-After`` is honoured (capped at
+``backoff_max_s``). Other 4xx answers fail at once. Each response's ``meta`` records how many
+retries it took and the failure reasons seen, in order.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from rgvlm.vlm.base import LVLMError, LVLMRequest, LVLMResponse
+
+log = logging.getLogger(__name__)
+
+REACHABLE_TIMEOUT_S = 5.0
+
+
+class _Retryable(Exception):
+    """One attempt failed in a way worth retrying."""
+
+    def __init__(self, reason: str, detail: str, retry_after: float | None = None):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header given in seconds; None when absent or not a number."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None  # HTTP-date form: fall back to our own backoff
+    return seconds if seconds >= 0 else None
+
+
+def _message_text(body: Any) -> str | None:
+    """``choices[0].message.content`` as text, or None when the body does not have it."""
+    try:
+        content = body["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # some servers answer with content parts
+        texts = [part.get("text") for part in content if isinstance(part, dict)]
+        if texts and all(isinstance(t, str) for t in texts):
+            return "".join(texts)
+    return None
+
+
+def _usage(body: dict[str, Any]) -> tuple[int, int]:
+    usage = body.get("usage") or {}
+    if not isinstance(usage, dict):
+        return 0, 0
+    try:
+        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    except (TypeError, ValueError):
+        return 0, 0
+
+
+class OpenAIClient:
+    """:class:`~rgvlm.vlm.base.LVLMClient` for an OpenAI-compatible ``/chat/completions`` server.
+
+    ``api_key_env`` names the environment variable holding the key; ``None`` sends no
+    ``Authorization`` header (local vLLM / ``transformers serve``). ``sleep`` and ``rng`` are
+    injectable so that tests need not wait for real backoff.
+    """
+
+    backend = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        max_concurrency: int = 8,
+        timeout_s: float = 60.0,
+        max_retries: int = 5,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 30.0,
+        temperature: float = 0.0,
+        seed: int | None = 0,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ):
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"base_url={base_url!r}: must start with http:// or https:// (e.g. http://localhost:8000/v1)"
+            )
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"model={model!r}: must be a non-empty served model name")
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise ValueError(f"max_concurrency={max_concurrency!r}: must be an integer >= 1")
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s={timeout_s!r}: must be > 0 seconds")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries={max_retries!r}: must be an integer >= 0")
+        if not backoff_base_s >= 0:
+            raise ValueError(f"backoff_base_s={backoff_base_s!r}: must be >= 0 seconds")
+        if not backoff_max_s >= 0:
+            raise ValueError(f"backoff_max_s={backoff_max_s!r}: must be >= 0 seconds")
+        if not temperature >= 0:
+            raise ValueError(f"temperature={temperature!r}: must be >= 0")
+
+        api_key: str | None = None
+        if api_key_env is not None:
+            api_key = os.environ.get(api_key_env, "").strip()
+            if not api_key:
+                raise LVLMError(
+                    f"environment variable {api_key_env} is not set (or empty); the OpenAI-compatible "
+                    f"backend at {base_url} needs an API key. Fix: `export {api_key_env}=...`, or set "
+                    "api_key_env to null for servers without auth (local vLLM / transformers serve)."
+                )
+
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key_env = api_key_env
+        self.max_concurrency = max_concurrency
+        self.timeout_s = float(timeout_s)
+        self.max_retries = max_retries
+        self.backoff_base_s = float(backoff_base_s)
+        self.backoff_max_s = float(backoff_max_s)
+        self.temperature = float(temperature)
+        self.seed = seed
+        self._sleep = sleep
+        self._rng = rng if rng is not None else random.Random(0)
+        self._rng_lock = threading.Lock()
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(self.timeout_s),
+            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
+            headers=self._headers,
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> OpenAIClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- protocol --------------------------------------------------------------------------
+
+    def generation_settings(self) -> dict[str, Any]:
+        """What changes the answer besides the request (part of the response-cache key).
+
+        ``base_url`` is deliberately left out: the same served model behind another URL
+        (another vLLM replica, a proxy, a different port) gives the same answers and should
+        share cache entries. ``max_tokens`` comes from each request's ``max_new_tokens``,
+        which is already part of the request key.
+        """
+        return {
+            "api": "openai-chat-completions",
+            "temperature": self.temperature,
+            "seed": self.seed,
+            "max_tokens": "request.max_new_tokens",
+            "image_encoding": "png-data-url",
+        }
+
+    def check_reachable(self, timeout_s: float = REACHABLE_TIMEOUT_S) -> int:
+        """Cheap ``GET {base_url}/models``; any HTTP answer counts as reachable.
+
+        Returns the status code; raises :class:`LVLMError` when no connection can be made.
+        """
+        url = f"{self.base_url}/models"
+        try:
+            response = self._http.get(url, timeout=min(timeout_s, self.timeout_s))
+        except httpx.TransportError as exc:
+            raise LVLMError(
+                f"cannot reach the OpenAI-compatible server at {self.base_url} ({type(exc).__name__}: {exc}). "
+                "Fix: start the server (e.g. `vllm serve MODEL` or `transformers serve`) or correct base_url "
+                "(it must include the API prefix, e.g. http://localhost:8000/v1)."
+            ) from exc
+        return response.status_code
+
+    def generate(self, requests: list[LVLMRequest], return_exceptions: bool = False) -> list[LVLMResponse | LVLMError]:
+        """Answer every request, in order, with at most ``max_concurrency`` in flight.
+
+        With ``return_exceptions=True`` a request that failed (retries exhausted, or a
+        non-retryable 4xx) yields its :class:`LVLMError` in its slot and the others are kept;
+        otherwise the first failure (in request order) is raised.
+        """
+        requests = list(requests)
+        if not requests:
+            return []
+        workers = min(self.max_concurrency, len(requests))
+        results: list[LVLMResponse | LVLMError] = []
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-lvlm") as pool:
+            futures = [pool.submit(self._answer, request) for request in requests]
+            try:
+                for future in futures:
+                    try:
+                        results.append(future.result())
+                    except LVLMError as exc:
+                        if not return_exceptions:
+                            raise
+                        results.append(exc)
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+        return results
+
+    # -- one request -----------------------------------------------------------------------
+
+    def _payload(self, request: LVLMRequest) -> dict[str, Any]:
+        content: list[dict[str, Any]] = [
+            {
+                "type": "image_url",
+                "image_url": {"url": "data:image/png;base64," + base64.b64encode(image).decode("ascii")},
+            }
+            for image in request.images
+        ]
+        content.append({"type": "text", "text": request.prompt})
+        messages: list[dict[str, Any]] = []
+        if request.system is not None:
+            messages.append({"role": "system", "content": request.system})
+        messages.append({"role": "user", "content": content})
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": request.max_new_tokens,
+            "temperature": self.temperature,
+        }
+        if self.seed is not None:
+            payload["seed"] = self.seed
+        return payload
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(self.backoff_max_s, retry_after)
+        with self._rng_lock:
+            return self._rng.uniform(0.0, min(self.backoff_max_s, self.backoff_base_s * 2**attempt))
+
+    def _attempt(self, url: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any], httpx.Response]:
+        try:
+            response = self._http.post(url, json=payload)
+        except httpx.TimeoutException as exc:
+            raise _Retryable("timeout", f"timeout after {self.timeout_s}s ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise _Retryable("connection", f"{type(exc).__name__}: {exc}") from exc
+        status = response.status_code
+        if status == 429 or status >= 500:
+            raise _Retryable(
+                str(status),
+                f"HTTP {status}: {response.text[:200]!r}",
+                _parse_retry_after(response.headers.get("Retry-After")),
+            )
+        if status >= 400:
+            raise LVLMError(f"{url} answered HTTP {status} (not retried): {response.text[:200]!r}")
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise _Retryable("malformed", f"HTTP {status} with non-JSON body: {response.text[:200]!r}") from exc
+        text = _message_text(body)
+        if text is None:
+            raise _Retryable(
+                "malformed",
+                f"HTTP {status} without choices[0].message.content: {response.text[:200]!r}",
+            )
+        return text, body, response
+
+    def _answer(self, request: LVLMRequest) -> LVLMResponse:
+        url = f"{self.base_url}/chat/completions"
+        payload = self._payload(request)
+        reasons: list[str] = []
+        started = time.monotonic()
+        for attempt in range(self.max_retries + 1):
+            try:
+                text, body, response = self._attempt(url, payload)
+            except _Retryable as failure:
+                reasons.append(failure.reason)
+                if attempt >= self.max_retries:
+                    raise LVLMError(
+                        f"{url} (model {self.model}) failed after {attempt + 1} attempt(s) "
+                        f"[{', '.join(reasons)}]; last: {failure.detail}"
+                    ) from failure
+                delay = self._backoff(attempt, failure.retry_after)
+                log.debug("retrying %s in %.2fs after %s", url, delay, failure.detail)
+                self._sleep(delay)
+                continue
+            prompt_tokens, completion_tokens = _usage(body)
+            choice = body["choices"][0]
+            return LVLMResponse(
+                text=text,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                meta={
+                    "retries": attempt,
+                    "failures": reasons,
+                    "latency_s": time.monotonic() - started,
+                    "finish_reason": choice.get("finish_reason") if isinstance(choice, dict) else None,
+                    "status": response.status_code,
+                },
+            )
+        raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,388 @@
+"""OpenAIClient against a real local HTTP server (stdlib, 127.0.0.1, started by each test)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+
+from rgvlm.vlm.base import LVLMClient, LVLMError, LVLMRequest, LVLMResponse
+from rgvlm.vlm.openai_backend import OpenAIClient
+
+KEY_ENV = "RGVLM_TEST_OPENAI_KEY"
+KEY = "sk-test-123"
+PNG_PREFIX = "data:image/png;base64,"
+
+
+def png(color: tuple[int, int, int], size: int = 4) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def completion(text: str, prompt_tokens: int = 11, completion_tokens: int = 3) -> dict:
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
+    }
+
+
+# An action is (status, headers, body bytes) or the string "hang".
+Action = tuple[int, dict[str, str], bytes] | str
+
+
+def ok(text: str, **usage: int) -> Action:
+    return 200, {"Content-Type": "application/json"}, json.dumps(completion(text, **usage)).encode()
+
+
+class FakeServer:
+    """OpenAI-compatible stub: ``/v1/models`` and ``/v1/chat/completions`` answered by ``behaviour``."""
+
+    def __init__(self, behaviour: Callable[[dict, dict], Action]):
+        self.behaviour = behaviour
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.posts: list[tuple[dict, dict]] = []  # (json body, headers)
+        self.in_flight = 0
+        self.max_in_flight = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+                try:
+                    self.send_response(status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:  # client gave up (timeout) before we answered
+                    self.close_connection = True
+
+            def do_GET(self):
+                if self.path == "/v1/models":
+                    self._send(200, {"Content-Type": "application/json"}, b'{"object":"list","data":[]}')
+                else:
+                    self._send(404, {}, b"not found")
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path != "/v1/chat/completions":
+                    self._send(404, {}, b"not found")
+                    return
+                payload = json.loads(body)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                with server.lock:
+                    server.posts.append((payload, headers))
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    action = server.behaviour(payload, headers)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+                if action == "hang":
+                    server.stop.wait(10.0)  # released at teardown
+                    self.close_connection = True
+                    return
+                self._send(*action)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def serve():
+    servers: list[FakeServer] = []
+
+    def start(behaviour: Callable[[dict, dict], Action]) -> FakeServer:
+        servers.append(FakeServer(behaviour))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    return KEY_ENV
+
+
+class Sleeps(list):
+    """Injected sleep: records the delays instead of waiting."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+def make_client(server: FakeServer, api_key_env: str | None, **kwargs) -> tuple[OpenAIClient, Sleeps]:
+    sleeps = Sleeps()
+    kwargs.setdefault("timeout_s", 5.0)
+    client = OpenAIClient(server.base_url, "test-model", api_key_env=api_key_env, sleep=sleeps, **kwargs)
+    return client, sleeps
+
+
+def prompt_of(payload: dict) -> str:
+    return payload["messages"][-1]["content"][-1]["text"]
+
+
+def images_of(payload: dict) -> list[bytes]:
+    parts = payload["messages"][-1]["content"][:-1]
+    urls = [part["image_url"]["url"] for part in parts]
+    assert all(part["type"] == "image_url" for part in parts)
+    assert all(url.startswith(PNG_PREFIX) for url in urls)
+    return [base64.b64decode(url[len(PNG_PREFIX) :]) for url in urls]
+
+
+# -- happy path ---------------------------------------------------------------------------
+
+
+def test_happy_path_images_in_order_auth_and_usage(serve, key):
+    red, green, blue = png((255, 0, 0)), png((0, 255, 0)), png((0, 0, 255))
+    requests = [
+        LVLMRequest(prompt="p0"),
+        LVLMRequest(prompt="p1", images=(red,)),
+        LVLMRequest(prompt="p2", images=(green, blue), system="You judge progress."),
+        LVLMRequest(prompt="p3", images=(blue, red), max_new_tokens=7),
+        LVLMRequest(prompt="p4", images=(green,)),
+    ]
+    sent = {r.prompt: r for r in requests}
+    problems: list[str] = []
+
+    def behaviour(payload: dict, headers: dict) -> Action:
+        prompt = prompt_of(payload)
+        request = sent[prompt]
+        if headers.get("authorization") != f"Bearer {KEY}":
+            problems.append(f"auth {headers.get('authorization')!r}")
+        if images_of(payload) != list(request.images):
+            problems.append(f"images of {prompt}")
+        if payload["model"] != "test-model" or payload["max_tokens"] != request.max_new_tokens:
+            problems.append(f"model/max_tokens of {prompt}")
+        if payload["temperature"] != 0.0 or payload["seed"] != 0:
+            problems.append(f"sampling of {prompt}")
+        roles = [m["role"] for m in payload["messages"]]
+        if roles != (["system", "user"] if request.system else ["user"]):
+            problems.append(f"roles {roles}")
+        index = int(prompt[1:])
+        return ok(f"answer {prompt}", prompt_tokens=100 + index, completion_tokens=index)
+
+    server = serve(behaviour)
+    client, sleeps = make_client(server, key)
+    with client:
+        assert isinstance(client, LVLMClient)
+        assert client.backend == "openai"
+        assert client.check_reachable() == 200
+        responses = client.generate(requests)
+    assert problems == []
+    assert len(server.posts) == 5
+    assert [r.text for r in responses] == [f"answer p{i}" for i in range(5)]
+    assert [(r.prompt_tokens, r.completion_tokens) for r in responses] == [(100 + i, i) for i in range(5)]
+    assert all(r.meta["retries"] == 0 and r.meta["failures"] == [] for r in responses)
+    assert responses[0].meta["finish_reason"] == "stop"
+    assert sleeps == []
+    system = server.posts[[prompt_of(p) for p, _ in server.posts].index("p2")][0]["messages"][0]
+    assert system == {"role": "system", "content": "You judge progress."}
+
+
+def test_no_auth_header_without_key_and_usage_defaults(serve):
+    seen: list[str | None] = []
+
+    def behaviour(payload: dict, headers: dict) -> Action:
+        seen.append(headers.get("authorization"))
+        return 200, {}, json.dumps({"choices": [{"message": {"content": "x"}}]}).encode()
+
+    client, _ = make_client(serve(behaviour), None, seed=None)
+    with client:
+        (response,) = client.generate([LVLMRequest(prompt="q")])
+    assert seen == [None]
+    assert (response.text, response.prompt_tokens, response.completion_tokens) == ("x", 0, 0)
+
+
+def test_generation_settings_leave_out_base_url(key):
+    a = OpenAIClient("http://127.0.0.1:1/v1", "m", api_key_env=key, temperature=0.5, seed=3)
+    b = OpenAIClient("https://example.invalid/v1/", "m", api_key_env=key, temperature=0.5, seed=3)
+    c = OpenAIClient("http://127.0.0.1:1/v1", "m", api_key_env=key, temperature=0.5, seed=4)
+    assert a.generation_settings() == b.generation_settings() != c.generation_settings()
+    assert a.generation_settings()["temperature"] == 0.5
+    assert "base_url" not in a.generation_settings()
+    for client in (a, b, c):
+        client.close()
+
+
+# -- faults -------------------------------------------------------------------------------
+
+FAULTS_THEN_OK: list[Action] = [
+    (429, {"Retry-After": "0"}, b'{"error": "rate limited"}'),
+    (500, {}, b"internal error"),
+    (200, {"Content-Type": "application/json"}, b"<html>not json"),
+    "hang",
+    ok("finally"),
+]
+
+
+def scripted(script: list[Action]) -> Callable[[dict, dict], Action]:
+    """Answers the next action of the script per POST (the last one repeats)."""
+    lock = threading.Lock()
+    state = {"i": 0}
+
+    def behaviour(payload: dict, headers: dict) -> Action:
+        with lock:
+            i = min(state["i"], len(script) - 1)
+            state["i"] += 1
+        return script[i]
+
+    return behaviour
+
+
+def test_faults_in_turn_are_retried_with_reasons(serve, key):
+    server = serve(scripted(FAULTS_THEN_OK))
+    client, sleeps = make_client(server, key, timeout_s=1.5, backoff_base_s=1.0, backoff_max_s=30.0)
+    with client:
+        (response,) = client.generate([LVLMRequest(prompt="q")])
+    assert response.text == "finally"
+    assert response.meta["retries"] == 4
+    assert response.meta["failures"] == ["429", "500", "malformed", "timeout"]
+    assert len(server.posts) == 5
+    # Retry-After: 0 honoured, then full jitter within min(max, base * 2**attempt).
+    assert len(sleeps) == 4 and sleeps[0] == 0
+    for attempt, delay in enumerate(sleeps[1:], start=1):
+        assert 0 <= delay <= 2**attempt
+
+
+def test_retry_after_is_capped_and_jitter_bounded(serve, key):
+    script: list[Action] = [(503, {"Retry-After": "120"}, b""), (429, {}, b""), ok("done")]
+    client, sleeps = make_client(serve(scripted(script)), key, backoff_base_s=10.0, backoff_max_s=15.0)
+    with client:
+        (response,) = client.generate([LVLMRequest(prompt="q")])
+    assert response.text == "done" and response.meta["failures"] == ["503", "429"]
+    assert sleeps[0] == 15.0  # Retry-After capped at backoff_max_s
+    assert 0 <= sleeps[1] <= 15.0  # min(15, 10 * 2**1)
+
+
+def test_retries_exhausted_raise(serve, key):
+    server = serve(scripted(FAULTS_THEN_OK))
+    client, sleeps = make_client(server, key, max_retries=2)
+    with client, pytest.raises(LVLMError, match=r"3 attempt.*429, 500, malformed"):
+        client.generate([LVLMRequest(prompt="q")])
+    assert len(server.posts) == 3 and len(sleeps) == 2
+
+
+def test_return_exceptions_keeps_the_good_ones(serve, key):
+    def behaviour(payload: dict, headers: dict) -> Action:
+        prompt = prompt_of(payload)
+        return (500, {}, b"always broken") if prompt == "bad" else ok(f"ok {prompt}")
+
+    server = serve(behaviour)
+    client, _ = make_client(server, key, max_retries=2, max_concurrency=2)
+    requests = [LVLMRequest(prompt=p) for p in ("a", "bad", "c", "d")]
+    with client:
+        results = client.generate(requests, return_exceptions=True)
+        assert [type(r) for r in results] == [LVLMResponse, LVLMError, LVLMResponse, LVLMResponse]
+        assert [r.text for r in results if isinstance(r, LVLMResponse)] == ["ok a", "ok c", "ok d"]
+        assert "500" in str(results[1]) and "always broken" in str(results[1])
+        with pytest.raises(LVLMError, match="500"):
+            client.generate(requests)
+    assert sum(prompt_of(p) == "bad" for p, _ in server.posts) == 6  # 3 attempts per generate
+
+
+def test_bad_request_fails_at_once(serve, key):
+    server = serve(lambda payload, headers: (400, {}, b'{"error": "unknown field: foo"}' + b"x" * 500))
+    client, sleeps = make_client(server, key, max_retries=5)
+    with client, pytest.raises(LVLMError) as info:
+        client.generate([LVLMRequest(prompt="q")])
+    message = str(info.value)
+    assert "400" in message and "unknown field: foo" in message and "x" * 300 not in message
+    assert len(server.posts) == 1 and sleeps == []
+
+
+# -- concurrency --------------------------------------------------------------------------
+
+
+def test_concurrency_is_bounded(serve, key):
+    def behaviour(payload: dict, headers: dict) -> Action:
+        time.sleep(0.2)
+        return ok(f"ok {prompt_of(payload)}")
+
+    server = serve(behaviour)
+    client, _ = make_client(server, key, max_concurrency=4)
+    with client:
+        responses = client.generate([LVLMRequest(prompt=str(i)) for i in range(8)])
+    assert [r.text for r in responses] == [f"ok {i}" for i in range(8)]
+    assert 1 < server.max_in_flight <= 4
+
+
+# -- bad input ----------------------------------------------------------------------------
+
+
+def test_missing_key_variable(monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with pytest.raises(LVLMError, match=rf"{KEY_ENV}.*export {KEY_ENV}=.*null"):
+        OpenAIClient("http://127.0.0.1:8000/v1", "m", api_key_env=KEY_ENV)
+    monkeypatch.setenv(KEY_ENV, "  ")
+    with pytest.raises(LVLMError, match=KEY_ENV):
+        OpenAIClient("http://127.0.0.1:8000/v1", "m", api_key_env=KEY_ENV)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"base_url": "localhost:8000"}, "base_url"),
+        ({"max_concurrency": 0}, "max_concurrency"),
+        ({"timeout_s": 0}, "timeout_s"),
+        ({"max_retries": -1}, "max_retries"),
+    ],
+)
+def test_invalid_parameters(kwargs, name):
+    arguments = {"base_url": "http://127.0.0.1:8000/v1", "model": "m", "api_key_env": None, **kwargs}
+    with pytest.raises(ValueError, match=rf"{name}={kwargs[name]!r}"):
+        OpenAIClient(**arguments)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_server(key):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    sleeps = Sleeps()
+    with OpenAIClient(url, "m", api_key_env=key, max_retries=1, timeout_s=2.0, sleep=sleeps) as client:
+        with pytest.raises(LVLMError, match=rf"{url}.*Fix"):
+            client.check_reachable()
+        with pytest.raises(LVLMError, match=r"connection, connection"):
+            client.generate([LVLMRequest(prompt="q")])
+    assert len(sleeps) == 1
+
+
+def test_any_http_answer_counts_as_reachable(serve, key):
+    server = serve(lambda payload, headers: ok("x"))
+    root = server.base_url.removesuffix("/v1")  # /models is 404 there
+    with OpenAIClient(root, "m", api_key_env=key) as client:
+        assert client.check_reachable() == 404
