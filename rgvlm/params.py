@@ -284,3 +284,67 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ParamError("device", device, "auto or cpu: this machine has no CUDA GPU")
     return device
+
+
+BACKENDS = ("scripted", "transformers", "openai")
+LABELING_KEYS = {
+    "backend", "model", "stage2_model", "base_url", "api_key_env", "max_concurrency", "timeout_s",
+    "max_retries", "device", "dtype", "batch_size", "scripted", "window_length", "window_stride",
+    "frame_stride", "tile_size", "max_reasks", "fallback_score", "prices",
+}
+
+
+@dataclass(frozen=True)
+class LabelingConfig:
+    """Which LVLM labels the dataset (RG-VLM), and how it is queried."""
+
+    backend: str
+    model: str | None
+    stage2_model: str | None
+    base_url: str | None
+    api_key_env: str | None
+    max_concurrency: int
+    timeout_s: float
+    max_retries: int
+    device: str
+    dtype: str
+    batch_size: int
+    scripted: dict[str, Any] = field(hash=False)
+    rg_vlm: dict[str, Any] = field(hash=False)
+    prices: dict[str, float] = field(hash=False)  # USD per 1M prompt / completion tokens
+
+
+def labeling_config(raw: Any, max_trajectory_length: int | None = None) -> LabelingConfig:
+    """Check ``labeling``; ``max_trajectory_length`` (the dataset's longest time limit) bounds
+    the window length."""
+    raw = _section(raw, "labeling")
+    _check_unknown(raw, "labeling", LABELING_KEYS)
+    backend = _get(raw, "labeling", "backend", "scripted")
+    if backend not in BACKENDS:
+        raise ParamError("labeling.backend", backend, f"one of {', '.join(BACKENDS)}")
+    model = raw.get("model")
+    if backend in ("transformers", "openai") and not model:
+        raise ParamError("labeling.model", model, f"a model name or path for the {backend} backend")
+    base_url = raw.get("base_url")
+    if backend == "openai" and not (isinstance(base_url, str) and base_url.startswith(("http://", "https://"))):
+        raise ParamError("labeling.base_url", base_url, "an http(s) URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1")
+    rg_vlm = {key: raw[key] for key in ("window_length", "window_stride", "frame_stride", "tile_size", "max_reasks", "fallback_score") if key in raw}
+    for key, value in rg_vlm.items():
+        _int(value, f"labeling.{key}", 0 if key in ("max_reasks", "fallback_score") else 1)
+    if max_trajectory_length is not None and rg_vlm.get("window_length", 16) > max_trajectory_length:
+        raise ParamError("labeling.window_length", rg_vlm["window_length"],
+                         f"at most {max_trajectory_length}, the longest trajectory the dataset allows")
+    scripted = _section(raw.get("scripted", {}), "labeling.scripted")
+    prices = _section(raw.get("prices", {}), "labeling.prices")
+    for key, value in prices.items():
+        _float(value, f"labeling.prices.{key}", 0.0)
+    return LabelingConfig(
+        backend=backend, model=model, stage2_model=raw.get("stage2_model"), base_url=base_url,
+        api_key_env=raw.get("api_key_env", "OPENAI_API_KEY"),
+        max_concurrency=_int(raw.get("max_concurrency", 8), "labeling.max_concurrency", 1),
+        timeout_s=_float(raw.get("timeout_s", 60.0), "labeling.timeout_s", 0.1),
+        max_retries=_int(raw.get("max_retries", 5), "labeling.max_retries", 0),
+        device=str(raw.get("device", "auto")), dtype=str(raw.get("dtype", "auto")),
+        batch_size=_int(raw.get("batch_size", 4), "labeling.batch_size", 1),
+        scripted=dict(scripted), rg_vlm=rg_vlm, prices={k: float(v) for k, v in prices.items()},
+    )

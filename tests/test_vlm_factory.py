@@ -1,0 +1,61 @@
+"""Building LVLM clients from the `labeling` parameters: every bad input fails before labelling."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from rgvlm.params import ParamError, labeling_config
+from rgvlm.vlm import make_clients
+from rgvlm.vlm.scripted import ScriptedAnnotator
+
+
+def fails_on(raw, key, **kwargs):
+    with pytest.raises(ParamError) as error:
+        make_clients(labeling_config(raw, **kwargs))
+    assert error.value.key == key, str(error.value)
+    return str(error.value)
+
+
+def test_scripted_is_the_default_and_shares_one_client():
+    stage1, stage2 = make_clients(labeling_config({}))
+    assert isinstance(stage1, ScriptedAnnotator) and stage1 is stage2
+
+
+def test_unknown_backend():
+    assert "scripted, transformers, openai" in fails_on({"backend": "gemini"}, "labeling.backend")
+
+
+def test_missing_api_key_variable(monkeypatch):
+    monkeypatch.delenv("RGVLM_TEST_KEY", raising=False)
+    message = fails_on({"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1",
+                        "api_key_env": "RGVLM_TEST_KEY"}, "labeling.api_key_env")
+    assert "RGVLM_TEST_KEY" in message
+
+
+def test_unreachable_server():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    message = fails_on({"backend": "openai", "model": "m", "base_url": f"http://127.0.0.1:{port}/v1",
+                        "api_key_env": None, "timeout_s": 2}, "labeling.base_url")
+    assert str(port) in message
+
+
+def test_model_path_that_does_not_exist(tmp_path):
+    missing = tmp_path / "no-such-model"
+    assert str(missing) in fails_on({"backend": "transformers", "model": str(missing)}, "labeling.model")
+
+
+def test_missing_model_and_base_url():
+    fails_on({"backend": "transformers"}, "labeling.model")
+    fails_on({"backend": "openai", "model": "gpt"}, "labeling.base_url")
+
+
+def test_window_longer_than_the_trajectory_limit():
+    assert "at most 128" in fails_on({"window_length": 200}, "labeling.window_length", max_trajectory_length=128)
+
+
+def test_bad_scripted_noise():
+    fails_on({"scripted": {"malformed_rate": 3}}, "labeling.scripted")
