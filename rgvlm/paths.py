@@ -14,6 +14,8 @@ DATA = ROOT / "data"
 
 #: Stage outputs cached by DVC (never inside data/: DVC refuses overlapping outputs).
 OUTPUTS = ROOT / "outputs"
+LABELS = OUTPUTS / "labels"  # LVLM-made reward sets (the labelling stage)
+LVLM_CACHE = OUTPUTS / "lvlm_cache"  # every LVLM answer, content-addressed
 REWARDS = OUTPUTS / "rewards"
 MODELS = OUTPUTS / "models"
 EVALUATION = OUTPUTS / "evaluation"

@@ -65,7 +65,14 @@ def stage_parameters(spec: dict[str, Any], params: dict[str, Any]) -> dict[str, 
 
 def validate_parameters(parameters: dict[str, Any]) -> None:
     """Check every injected section with its validator, before a kernel starts."""
-    from rgvlm.params import dataset_config, env_config, evaluation_config, rewards_config, train_config
+    from rgvlm.params import (
+        dataset_config,
+        env_config,
+        evaluation_config,
+        labeling_config,
+        rewards_config,
+        train_config,
+    )
     from rgvlm.rewards import REWARD_METHODS
 
     validators = {
@@ -74,6 +81,7 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
         "rewards": lambda raw: rewards_config(raw, tuple(REWARD_METHODS)),
         "train": train_config,
         "evaluation": evaluation_config,
+        "labeling": labeling_config,
     }
     for section, raw in parameters.items():
         if section in validators:

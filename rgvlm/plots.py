@@ -13,6 +13,13 @@ SPLIT_TITLES = {"seen": "layouts seen in the dataset", "fresh": "fresh seeds (ra
 METRIC_LABELS = {"completion": "proportion of sub-tasks completed", "success": "full-task success rate"}
 
 
+def wrap(title: str, width: int = 100) -> str:
+    """Long provenance titles on several lines instead of clipped."""
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width) for line in title.split("\n"))
+
+
 def method_order(methods: list[str]) -> list[str]:
     """Sparse first, the oracle last (it is a reference), the rest alphabetically between."""
     rest = sorted(m for m in methods if m not in ("sparse", "oracle"))
@@ -45,7 +52,7 @@ def metric_by_k(summary: pd.DataFrame, metric: str, title: str, methods: list[st
         ax.set_ylim(-0.02, 1.02)
     axes[0][0].set_ylabel(METRIC_LABELS[metric])
     axes[0][-1].legend(title="reward", loc="upper right", fontsize="small")
-    fig.suptitle(title, fontsize="medium")
+    fig.suptitle(wrap(title), fontsize="medium")
     fig.tight_layout()
     return fig
 
@@ -60,7 +67,26 @@ def training_curves(log: pd.DataFrame, columns: list[str], title: str) -> plt.Fi
         ax.set_title(column)
         if ax is not axes[0][-1]:
             ax.get_legend().remove()
-    fig.suptitle(title, fontsize="medium")
+    fig.suptitle(wrap(title), fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+def label_quality_bars(quality: dict, title: str) -> plt.Figure:
+    """Each reward set's agreement with ground-truth progress (Spearman, AUROC)."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    methods = method_order(list(quality))
+    frame = pd.DataFrame(
+        [{"reward": m, "metric": label, "value": quality[m][key]}
+         for m in methods for key, label in (("spearman_progress", "Spearman with progress"),
+                                              ("auroc_completion", "AUROC: step completed a sub-task"))]
+    )
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.6 * len(methods)), 4.2))
+    sns.barplot(data=frame, x="reward", y="value", hue="metric", ax=ax)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    fig.suptitle(wrap(title), fontsize="medium")
     fig.tight_layout()
     return fig
 

@@ -109,6 +109,25 @@ def build_index(metrics_dir: Path = paths.METRICS, out_path: Path = paths.INDEX_
     seeds = int(summary["num_seeds"].max()) if not summary.empty else 0
     parts.append(f"<p>{seeds} training seeds per reward method; up to {episodes} evaluation episodes per "
                  "(method, split, k) cell. Source: <code>reports/metrics/evaluation.json</code>.</p>")
+    quality_path, labeling_path = metrics_dir / "label_quality.json", metrics_dir / "labeling.json"
+    if quality_path.exists():
+        quality = json.loads(quality_path.read_text())
+        parts.append("<h2>Label quality: agreement with the privileged ground truth</h2>")
+        parts.append("<table><tr><th>reward</th><th>labels by</th><th>Spearman with progress</th>"
+                     "<th>AUROC (step completed a sub-task)</th></tr>" + "".join(
+            f"<tr><td>{html.escape(m)}</td><td>{html.escape(lvlm_label(quality[m]['provenance']))}</td>"
+            f"<td>{quality[m]['spearman_progress']:.3f}</td><td>{quality[m]['auroc_completion']:.3f}</td></tr>"
+            for m in method_order(list(quality))) + "</table>")
+    if labeling_path.exists():
+        labeling = json.loads(labeling_path.read_text())
+        cost = labeling["cost"]
+        parts.append(f"<h2>Labelling cost ({html.escape(lvlm_label(labeling['provenance']))})</h2>")
+        keys = ["windows", "lvlm_calls", "cache_hits", "prompt_tokens", "completion_tokens", "reasks",
+                "fallback_windows", "wall_time_s", "estimated_cost_usd"]
+        parts.append("<table><tr>" + "".join(f"<th>{k}</th>" for k in keys) + "</tr><tr>"
+                     + "".join(f"<td>{cost.get(k, '-')}</td>" for k in keys) + "</tr></table>")
+        parts.append(f"<p>Stage-2 answers the parser rejected, by reason: {html.escape(str(cost.get('stage2_errors', {})))}."
+                     " Source: <code>reports/metrics/labeling.json</code>.</p>")
     parts.append("<h2>Provenance</h2><h3>Reward methods</h3>")
     parts.append("<table><tr><th>reward</th><th>labels by</th><th>source</th></tr>" + "".join(
         f"<tr><td>{html.escape(m)}</td><td>{html.escape(lvlm_label(methods[m]))}</td>"

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("dataset_card", "label", "rewards", "train", "evaluate", "report")
 pytestmark = pytest.mark.slow
 
 
@@ -68,20 +69,24 @@ def project(tmp_path_factory):
 
 def test_repro_runs_every_stage_and_writes_the_report(project):
     dst, _, repro = project
-    for stage in ("dataset_card", "rewards", "train", "evaluate", "report"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in repro.stdout
-    for name in ("01_dataset_card", "02_rewards", "03_train", "04_evaluate", "05_report"):
+    for name in ("01_dataset_card", "02_label", "03_rewards", "04_train", "05_evaluate", "06_report"):
         assert (dst / "reports" / "notebooks" / f"{name}.html").stat().st_size > 10_000
-    for figure in ("completion_by_k.png", "success_by_k.png", "training_curves.png"):
+    for figure in ("completion_by_k.png", "success_by_k.png", "training_curves.png", "label_quality.png"):
         assert (dst / "reports" / "figures" / figure).read_bytes()[:4] == b"\x89PNG"
     evaluation = json.loads((dst / "reports" / "metrics" / "evaluation.json").read_text())
     methods = {row["method"] for row in evaluation["summary"]}
-    assert methods == {"sparse", "oracle", "sparse+oracle@0.5"}
+    assert methods == {"sparse", "rg_vlm", "sparse+rg_vlm@0.5"}
     assert {row["k"] for row in evaluation["summary"]} == {1, 2}
     assert {row["split"] for row in evaluation["summary"]} == {"seen", "fresh"}
     assert all(row["num_seeds"] == 2 and row["num_episodes"] == 4 for row in evaluation["summary"])
     index = (dst / "reports" / "index.html").read_text()
-    assert "labels by: no LVLM" in index
+    assert "scripted annotator" in index.split("</title>")[0]  # never presented as an LVLM
+    labeling = json.loads((dst / "reports" / "metrics" / "labeling.json").read_text())
+    assert labeling["provenance"]["lvlm"]["backend"] == "scripted" and labeling["cost"]["lvlm_calls"] > 0
+    quality = json.loads((dst / "reports" / "metrics" / "label_quality.json").read_text())
+    assert quality["oracle"]["auroc_completion"] == 1.0 and 0.5 < quality["rg_vlm"]["auroc_completion"] <= 1.0
     first = evaluation["summary"][0]
     assert f"{first['completion_mean']:.3f} [{first['completion_low']:.3f}, {first['completion_high']:.3f}]" in index
     card = json.loads((dst / "reports" / "metrics" / "dataset.json").read_text())
@@ -116,7 +121,7 @@ def test_dvc_remote_round_trip_is_bit_identical(project, tmp_path):
     try:
         run(["dvc", "push", "-q"], dst, env)
         before = tree_digest(dst / "data", dst / "outputs")
-        assert any("/outputs/models/" in name for name in before) and any("/outputs/rewards/" in name for name in before)
+        assert all(any(f"/outputs/{folder}/" in name for name in before) for folder in ("models", "rewards", "labels", "lvlm_cache"))
         for folder in ("data", "outputs", ".dvc/cache"):
             shutil.rmtree(dst / folder)
         run(["dvc", "pull", "-q"], dst, env)
@@ -136,9 +141,17 @@ def test_training_param_change_reruns_training_and_what_follows_only(project):
         changed = run(["dvc", "repro"], dst, env).stdout
     finally:
         (dst / "params.yaml").write_text(original)
-    ran = {stage for stage in ("dataset_card", "rewards", "train", "evaluate", "report") if f"Running stage '{stage}'" in changed}
+    ran = {stage for stage in STAGES if f"Running stage '{stage}'" in changed}
     assert ran == {"train", "evaluate", "report"}
     # Back to the original parameters: the runs trained longer are retrained, not reused.
     run(["dvc", "repro"], dst, env)
     log = json.loads((dst / "outputs" / "models" / "sparse" / "seed0.log.json").read_text())
     assert log[-1]["step"] == 40
+
+
+def test_cached_relabel_asks_no_lvlm(project):
+    """Rerunning the labelling stage from scratch answers everything from the response cache."""
+    dst, env, _ = project
+    run(["dvc", "repro", "--force", "--single-item", "label"], dst, env)
+    labeling = json.loads((dst / "reports" / "metrics" / "labeling.json").read_text())
+    assert labeling["cost"]["lvlm_calls"] == 0 and labeling["cost"]["cache_hits"] > 0

@@ -20,8 +20,7 @@ from PIL import Image
 from rgvlm.vlm.base import LVLMRequest
 from rgvlm.vlm.cache import CachedClient, ResponseCache
 from rgvlm.vlm.openai_backend import OpenAIClient
-
-from .vlm_models import build_tiny_vlm
+from rgvlm.vlm.tiny_models import build_tiny_vlm
 
 pytestmark = pytest.mark.slow
 

@@ -126,6 +126,12 @@ class OfflineDataset:
         before[starts] = 0
         return before
 
+    @property
+    def max_episode_limit(self) -> int:
+        """The longest trajectory the dataset's environments allow (time limit of its largest k)."""
+        steps_per_subtask = self.manifest["env"]["steps_per_subtask"]
+        return steps_per_subtask * (max(e["k"] for e in self.episodes) + 1)
+
     @cached_property
     def k_of_step(self) -> np.ndarray:
         """Number of sub-tasks of each transition's mission, int64 [N]."""

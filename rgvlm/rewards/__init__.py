@@ -13,9 +13,22 @@ from rgvlm.rewards.fusion import fuse, fused_name
 from rgvlm.rewards.oracle import oracle_rewards
 from rgvlm.rewards.sparse import sparse_rewards
 
+
+def rg_vlm_rewards(dataset: OfflineDataset) -> RewardResult:
+    """The RG-VLM reward set written by the labelling stage (LVLM queries live there)."""
+    from rgvlm import paths
+
+    result = load_rewards(paths.LABELS, "rg_vlm")
+    if result.rewards.shape != (dataset.num_transitions,):
+        raise ValueError(f"outputs/labels/rg_vlm.npy labels {result.rewards.shape[0]} transitions, "
+                         f"the dataset has {dataset.num_transitions}: rerun the labelling stage")
+    return result
+
+
 REWARD_METHODS: dict[str, Callable[[OfflineDataset], RewardResult]] = {
     "sparse": sparse_rewards,
     "oracle": oracle_rewards,
+    "rg_vlm": rg_vlm_rewards,
 }
 
 __all__ = [

@@ -197,3 +197,12 @@ def label_rg_vlm(
     provenance = {"method": "rg_vlm", "source": "two-stage LVLM query (analysis, then 0-10 score per action)",
                   "lvlm": lvlm, "config": {k: v for k, v in vars(config).items() if k != "prompt_dir"}}
     return RewardResult("rg_vlm", rewards, provenance=provenance, cost={**stats}), stats
+
+
+def labeling_cost(usage, stats: dict, prices: dict[str, float]) -> dict:
+    """The cost record of a labelling run: calls, cache hits, tokens, time and an estimate in
+    USD from ``prices`` (``prompt_per_million`` / ``completion_per_million``)."""
+    counts = usage.as_dict()
+    usd = (counts["prompt_tokens"] * prices.get("prompt_per_million", 0.0)
+           + counts["completion_tokens"] * prices.get("completion_per_million", 0.0)) / 1e6
+    return {**counts, **stats, "estimated_cost_usd": round(usd, 4)}

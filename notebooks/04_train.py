@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 3. Language-conditioned IQL, one run per (reward set, seed)
+# # 4. Language-conditioned IQL, one run per (reward set, seed)
 #
 # Discrete-action IQL (`rgvlm/rl/iql.py`): twin Q with Polyak targets, V by expectile
 # regression, policy by advantage-weighted regression. Missions are embedded once per clause

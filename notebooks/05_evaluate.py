@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 4. Evaluation: rollouts on k = 1..6, seen layouts and fresh seeds
+# # 5. Evaluation: rollouts on k = 1..6, seen layouts and fresh seeds
 #
 # Every trained run is rolled out (greedy policy) on the same start states: layouts that appear
 # in the dataset (`seen`) and fresh seeds that no dataset episode used (`fresh`, the paper's

@@ -1,4 +1,4 @@
-"""Tiny, randomly initialised vision-language models built offline, for tests.
+"""Tiny, randomly initialised vision-language models built offline, for tests and benchmarks.
 
 ``build_tiny_vlm(kind, directory)`` writes a model + processor to ``directory`` (with
 ``save_pretrained``) and returns it; it loads back by path with ``AutoProcessor`` /

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 2. Rewards: one reward per transition, for every reward method
+# # 3. Rewards: one reward per transition, for every reward method
 #
 # Every method maps the offline dataset to one reward per transition, with a record of its cost
 # and provenance (`rgvlm/rewards/`). Written to `outputs/rewards/<name>.npy` + `.json` (cached by
@@ -8,6 +8,7 @@
 # - `sparse`: 1 on the step that completes the whole mission (the environment's signal).
 # - `oracle`: the number of sub-tasks the step completed, from the privileged ground truth.
 #   An upper bound for dense rewards, never available to a real learner.
+# - `rg_vlm`: the labelling stage's scores / 10 (stage 2).
 # - fusions `sparse+<dense>@<lambda>`: sparse + lambda * dense.
 
 # %% tags=["parameters"]
@@ -28,6 +29,18 @@ data = load_dataset(paths.DATA)
 results = compute_reward_sets(data, config.methods, config.fusion_dense, config.fusion_lambdas)
 for result in results:
     save_rewards(paths.REWARDS, result)
+
+# %% [markdown]
+# Label quality: each reward set's agreement with the privileged ground truth (Spearman with the
+# sub-tasks each step completed; AUROC for "this step completed a sub-task").
+
+# %%
+from rgvlm.data.storage import write_json_atomic
+from rgvlm.evaluation.label_quality import label_quality
+
+quality = {r.method: {**label_quality(data, r.rewards), "provenance": r.provenance} for r in results}
+write_json_atomic(paths.METRICS / "label_quality.json", quality)
+pd.DataFrame({m: {k: v for k, v in q.items() if k != "provenance"} for m, q in quality.items()}).T
 
 # %% [markdown]
 # Mean reward per transition and per episode, by episode kind: a useful dense reward gives
