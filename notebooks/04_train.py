@@ -1,11 +1,13 @@
 # %% [markdown]
-# # 4. Language-conditioned IQL, one run per (reward set, seed)
+# # 4. Language-conditioned IQL: every (reward set, seed) run at once
 #
 # Discrete-action IQL (`rgvlm/rl/iql.py`): twin Q with Polyak targets, V by expectile
 # regression, policy by advantage-weighted regression. Missions are embedded once per clause
 # by the frozen all-MiniLM-L6-v2 sentence encoder; observations are the symbolic full grid and
-# the carried object. Runs resume from `outputs/models/` if interrupted. Training curves go to
-# `reports/metrics/training.csv` (`dvc plots show`).
+# the carried object. All runs train together as one stack of parameters (`rgvlm/rl/multirun.py`:
+# `torch.func.vmap` over the runs, the dataset resident on the device; `train.compile` and
+# `train.cuda_graphs` are opt-in). An interrupted stage resumes from `outputs/models/`. Training
+# curves go to `reports/metrics/training.csv` (`dvc plots show`).
 
 # %% tags=["parameters"]
 from rgvlm.params import load_params
@@ -24,7 +26,7 @@ from rgvlm.data.storage import write_json_atomic
 from rgvlm.params import resolve_device, train_config
 from rgvlm.rewards import load_rewards
 from rgvlm.rl.missions import ENCODER_NAME, MissionEmbedder
-from rgvlm.rl.runs import iql_config_for, train_run
+from rgvlm.rl.runs import iql_config_for, train_runs
 
 config = train_config(train)
 device = resolve_device(config.device)
@@ -37,17 +39,22 @@ print(f"device {device}; {data.num_transitions} transitions; {len(data.missions)
       f"{len(reward_sets) * len(config.seeds)} runs of {iql_config.num_steps} updates")
 
 # %%
-rows = []
-for name, result in reward_sets.items():
-    for seed in config.seeds:
-        rows += train_run(data, mission_table, name, result.rewards, seed, iql_config, device, paths.MODELS)
-        last = rows[-1] if rows else {}
-        print(f"{name:>24} seed {seed}: step {last.get('step')}, {last.get('updates_per_s', 0):.0f} updates/s")
+def progress(rows):
+    print(f"step {rows[0]['step']}: {rows[0]['run_updates_per_s']:.0f} run-updates/s, "
+          f"mean critic loss {sum(r['critic_loss'] for r in rows) / len(rows):.4f}")
+
+
+rows = train_runs(data, mission_table, {name: r.rewards for name, r in reward_sets.items()}, config.seeds,
+                  iql_config, device, paths.MODELS, compile=config.compile, cuda_graphs=config.cuda_graphs,
+                  on_log=progress)
 write_json_atomic(paths.MODELS / "runs.json", {
     "reward_sets": list(config.reward_sets), "seeds": list(config.seeds), "device": device,
-    "iql": asdict(iql_config), "mission_encoder": ENCODER_NAME,
+    "iql": asdict(iql_config), "mission_encoder": ENCODER_NAME, "compile": config.compile,
+    "cuda_graphs": config.cuda_graphs,
 })
-log = pd.DataFrame(rows)
+columns = ["reward_set", "seed", "step", "value_loss", "critic_loss", "policy_loss", "q_mean", "v_mean", "adv_mean",
+           "updates_per_s", "run_updates_per_s"]
+log = pd.DataFrame(rows)[columns]
 paths.METRICS.mkdir(parents=True, exist_ok=True)
 log.rename(columns={"reward_set": "method"}).to_csv(paths.METRICS / "training.csv", index=False, float_format="%.6g")
 log.groupby("reward_set").last()

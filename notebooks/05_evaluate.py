@@ -23,7 +23,7 @@ from rgvlm.evaluation import evaluate_runs, evaluation_episodes, summarize
 from rgvlm.params import EnvConfig, evaluation_config, resolve_device
 from rgvlm.rewards import load_rewards
 from rgvlm.rl.missions import MissionEmbedder
-from rgvlm.rl.runs import load_learner
+from rgvlm.rl.runs import load_stacked_policy
 
 config = evaluation_config(evaluation)
 device = resolve_device(config.device)
@@ -36,13 +36,10 @@ embedder = MissionEmbedder(device="cpu")
 print(f"{len(runs)} runs x {len(episodes)} episodes on {device}")
 
 # %%
-def act_of(name, seed):
-    return load_learner(paths.MODELS, name, seed, device).act
-
-
-records = evaluate_runs(act_of, runs, episodes, env_config, embedder.embed, device,
-                        on_run=lambda n, s, r: print(f"{n:>24} seed {s}: completion {pd.DataFrame(r)['completion'].mean():.3f}"))
+policies = load_stacked_policy(paths.MODELS, runs, device)  # all runs' policies, one vmapped call per step
+records = evaluate_runs(policies, runs, episodes, env_config, embedder.embed, device)
 frame = pd.DataFrame(records)
+print(frame.groupby(['method', 'run_seed'])['completion'].mean().round(3).to_string())
 paths.EVALUATION.mkdir(parents=True, exist_ok=True)
 frame.to_csv(paths.EVALUATION / "episodes.csv", index=False)
 summary = summarize(frame, samples=config.bootstrap_samples, seed=config.seed)

@@ -211,9 +211,11 @@ class TrainConfig:
     seeds: tuple[int, ...]
     device: str
     iql: dict[str, Any] = field(hash=False)
+    compile: bool = False  # torch.compile the vmapped update
+    cuda_graphs: bool = False  # ... in mode "reduce-overhead", which captures CUDA graphs (GPU only)
 
 
-TRAIN_KEYS = {"reward_sets", "seeds", "device"}
+TRAIN_KEYS = {"reward_sets", "seeds", "device", "compile", "cuda_graphs"}
 
 
 def train_config(raw: Any) -> TrainConfig:
@@ -235,6 +237,13 @@ def train_config(raw: Any) -> TrainConfig:
     if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
         raise ParamError("train.device", device, "auto, cpu, cuda or cuda:N")
     iql = {k: v for k, v in raw.items() if k in iql_fields}
+    flags = {}
+    for key in ("compile", "cuda_graphs"):
+        flags[key] = raw.get(key, False)
+        if not isinstance(flags[key], bool):
+            raise ParamError(f"train.{key}", flags[key], "true or false")
+    if flags["cuda_graphs"] and device == "cpu":
+        raise ParamError("train.cuda_graphs", True, "false on device cpu (CUDA graphs need a GPU)")
     try:
         IQLConfig(**iql)
     except (TypeError, ValueError) as error:
@@ -244,6 +253,7 @@ def train_config(raw: Any) -> TrainConfig:
         seeds=seeds,
         device=str(device),
         iql=iql,
+        **flags,
     )
 
 

@@ -132,3 +132,32 @@ def test_bot_solves_every_k(k):
         assert success and progress[-1] == k
         assert rewards[-1] == 1.0 and sum(rewards) == 1.0
         assert all(b >= a for a, b in zip(progress, progress[1:], strict=False))
+
+
+def test_fast_encoding_equals_minigrid_encode_and_skipping_the_agent_view_keeps_dynamics():
+    """encode_observation's one-pass encoding equals Grid.encode (plus the agent cell), and a
+    rollout with agent_view_obs=False visits exactly the same states."""
+    from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
+
+    rng = np.random.default_rng(0)
+    actions = rng.integers(0, 6, 120)
+    full, lean = make_env(env_id_for(3)), make_env(env_id_for(3))
+    lean.unwrapped.agent_view_obs = False
+    for env in (full, lean):
+        reset_quietly(env, 11)
+    assert set(lean.unwrapped.gen_obs()) == {"mission", "direction"}
+    assert "image" in full.unwrapped.gen_obs()
+    for action in actions:
+        u = full.unwrapped
+        reference = u.grid.encode()
+        x, y = u.agent_pos
+        reference[x, y] = (OBJECT_TO_IDX["agent"], COLOR_TO_IDX["red"], u.agent_dir)
+        grid, carry = encode_observation(full)
+        np.testing.assert_array_equal(grid, reference.transpose(1, 0, 2))
+        lean_grid, lean_carry = encode_observation(lean)
+        np.testing.assert_array_equal(lean_grid, grid)
+        np.testing.assert_array_equal(lean_carry, carry)
+        out_full, out_lean = full.step(int(action)), lean.step(int(action))
+        assert out_full[1:4] == out_lean[1:4]
+        if out_full[2] or out_full[3]:
+            break

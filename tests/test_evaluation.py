@@ -32,9 +32,12 @@ def zero_missions(missions):
 def test_rollout_measures_completion(tiny_dataset):
     episodes = evaluation_episodes(tiny_dataset, (1, 2), ("fresh",), 2, 0)
     # A policy that only turns left never completes anything and runs to the time limit.
-    records = rollout(lambda g, c, m: torch.zeros(g.shape[0], dtype=torch.long), episodes, EnvConfig(), zero_missions)
-    assert all(r["progress"] == 0 and not r["success"] for r in records)
-    assert [r["steps"] for r in records] == [64 * (e.k + 1) for e in episodes]
+    records = rollout(lambda g, c, m: torch.zeros(g.shape[:2], dtype=torch.long), episodes, EnvConfig(),
+                      zero_missions, num_runs=2)
+    assert len(records) == 2
+    for run_records in records:
+        assert all(r["progress"] == 0 and not r["success"] for r in run_records)
+        assert [r["steps"] for r in run_records] == [64 * (e.k + 1) for e in episodes]
 
 
 def test_rollout_of_the_expert_succeeds():
@@ -49,9 +52,9 @@ def test_rollout_of_the_expert_succeeds():
         def act(grid, carry, mission, bot=bot, mirror=mirror):
             action = int(bot.replan())
             mirror.step(action)
-            return torch.tensor([action])
+            return torch.tensor([[action]])
 
-        record = rollout(act, [start], EnvConfig(), zero_missions)[0]
+        record = rollout(act, [start], EnvConfig(), zero_missions)[0][0]
         assert record["success"] and record["progress"] == k and record["completion"] == 1.0
         assert record["steps"] < 64 * (k + 1)
 
@@ -88,3 +91,20 @@ def test_bad_evaluation_params(change, key):
     with pytest.raises(ParamError) as error:
         evaluation_config({**raw, **change})
     assert error.value.key == key
+
+
+def test_runs_rolled_out_together_equal_runs_rolled_out_alone(tiny_dataset):
+    """Lockstep rollout of several runs (padded active sets) = each run on its own."""
+    episodes = evaluation_episodes(tiny_dataset, (1, 2), ("seen", "fresh"), 2, 0)
+
+    def policy(offset):
+        # Deterministic in the observation, different per run: a pseudo-random walk.
+        return lambda g, c, m: ((g.long().sum(dim=(-1, -2, -3)) * 7 + offset) % 6)
+
+    def stacked(g, c, m):
+        return torch.stack([policy(r)(g[r], c[r], m[r]) for r in range(g.shape[0])])
+
+    together = rollout(stacked, episodes, EnvConfig(), zero_missions, num_runs=3)
+    for r in range(3):
+        alone = rollout(lambda g, c, m, r=r: policy(r)(g[0], c[0], m[0])[None], episodes, EnvConfig(), zero_missions)
+        assert together[r] == alone[0]

@@ -232,6 +232,15 @@ class OrderedSubtasksLevel(RoomGridLevel):
         info.update(self.progress_info())
         return obs, reward, terminated, truncated, info
 
+    #: False skips MiniGrid's 7x7 egocentric observation on every step (about half the cost of
+    #: a step); rollouts that read :func:`encode_observation` instead set it (evaluation).
+    agent_view_obs: bool = True
+
+    def gen_obs(self):
+        if self.agent_view_obs:
+            return super().gen_obs()
+        return {"mission": self.mission, "direction": self.agent_dir}
+
     def progress_info(self) -> dict:
         """Privileged ground truth: never part of what a learner observes."""
         return {
@@ -254,6 +263,7 @@ def grid_shape(room_size: int = 6) -> tuple[int, int]:
 
 
 EMPTY_CARRY = (OBJECT_TO_IDX["empty"], 0)
+EMPTY_CELL = (OBJECT_TO_IDX["empty"], 0, 0)
 
 
 def encode_observation(env) -> tuple[np.ndarray, np.ndarray]:
@@ -264,15 +274,18 @@ def encode_observation(env) -> tuple[np.ndarray, np.ndarray]:
     (object type, colour; (empty, 0) when the agent carries nothing).
     """
     u = env.unwrapped
-    grid = u.grid.encode()  # [W, H, 3], indexed [x, y]
+    # Equal to u.grid.encode().transpose(1, 0, 2), several times faster: Grid.grid is a flat
+    # row-major (y, x) list, so one pass over it needs no per-cell bounds checks.
+    cells = [EMPTY_CELL if obj is None else obj.encode() for obj in u.grid.grid]
+    grid = np.array(cells, dtype=np.uint8).reshape(u.grid.height, u.grid.width, 3)
     x, y = u.agent_pos
-    grid[x, y] = (OBJECT_TO_IDX["agent"], COLOR_TO_IDX["red"], u.agent_dir)
+    grid[y, x] = (OBJECT_TO_IDX["agent"], COLOR_TO_IDX["red"], u.agent_dir)
     carry = (
         (OBJECT_TO_IDX[u.carrying.type], COLOR_TO_IDX[u.carrying.color])
         if u.carrying is not None
         else EMPTY_CARRY
     )
-    return np.ascontiguousarray(grid.transpose(1, 0, 2)), np.asarray(carry, dtype=np.uint8)
+    return grid, np.asarray(carry, dtype=np.uint8)
 
 
 def render_frame(env, tile_size: int = 16) -> np.ndarray:

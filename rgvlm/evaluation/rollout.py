@@ -1,5 +1,5 @@
-"""Vectorised evaluation rollouts: every episode of a run steps in lockstep, one batched
-policy call per step.
+"""Vectorised evaluation rollouts: every episode of every run steps in lockstep, with one
+batched call of the stacked policies per step.
 
 Episodes are drawn on two splits of initial states:
 - ``seen``: layouts (seeds) that appear in the offline dataset;
@@ -19,7 +19,7 @@ from rgvlm.envs import encode_observation, env_id_for, make_env, reset_quietly
 from rgvlm.envs.seeds import fresh_seed
 from rgvlm.params import EnvConfig
 
-#: act(grid uint8 [B,H,W,3], carry uint8 [B,2], mission float [B,S,E]) -> actions long [B]
+#: act(grid uint8 [R,M,H,W,3], carry uint8 [R,M,2], mission float [R,M,S,E]) -> actions long [R,M]
 ActFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -56,64 +56,77 @@ def rollout(
     episodes: list[EvalEpisode],
     env_config: EnvConfig,
     embed_missions: Callable[[list[str]], np.ndarray],
+    num_runs: int = 1,
     device: str | torch.device = "cpu",
-) -> list[dict]:
-    """Run ``act`` on every episode until success or time-out.
+) -> list[list[dict]]:
+    """Roll ``num_runs`` policies out on every episode, all in lockstep, until success or
+    time-out.
 
-    Returns one record per episode: k, split, seed, mission, steps, progress (sub-tasks
-    done), completion (progress / k) and success.
+    ``act`` gets the observations of the active episodes of every run as ``[R, M, ...]``
+    tensors (M = the most episodes any run still has running; shorter rows are padded with
+    a repeat and their actions ignored) and returns actions ``[R, M]``: one batched policy
+    call per step for all runs. Returns, per run, one record per episode: k, split, seed,
+    mission, steps, progress (sub-tasks done), completion (progress / k) and success.
     """
-    envs = [make_env(env_id_for(ep.k), **env_config.kwargs()) for ep in episodes]
-    for env, ep in zip(envs, episodes, strict=True):
-        reset_quietly(env, ep.seed)
-    missions = [env.unwrapped.mission for env in envs]
+    runs, count = num_runs, len(episodes)
+    envs = [[make_env(env_id_for(ep.k), **env_config.kwargs()) for ep in episodes] for _ in range(runs)]
+    for row in envs:
+        for env, ep in zip(row, episodes, strict=True):
+            env.unwrapped.agent_view_obs = False  # the policy reads encode_observation only
+            reset_quietly(env, ep.seed)
+    missions = [env.unwrapped.mission for env in envs[0]]  # the same start states for every run
     mission_vectors = torch.as_tensor(embed_missions(missions), device=device)
-    steps = np.zeros(len(envs), dtype=np.int64)
-    done = np.zeros(len(envs), dtype=bool)
-    success = np.zeros(len(envs), dtype=bool)
+    first = [encode_observation(env) for env in envs[0]]
+    grid = np.stack([np.stack([o[0] for o in first])] * runs)  # [R, E, H, W, 3], updated in place
+    carry = np.stack([np.stack([o[1] for o in first])] * runs)
+    steps = np.zeros((runs, count), dtype=np.int64)
+    done = np.zeros((runs, count), dtype=bool)
+    success = np.zeros((runs, count), dtype=bool)
     while not done.all():
-        active = np.flatnonzero(~done)
-        observations = [encode_observation(envs[i]) for i in active]
-        grid = torch.as_tensor(np.stack([o[0] for o in observations]), device=device)
-        carry = torch.as_tensor(np.stack([o[1] for o in observations]), device=device)
+        active = [np.flatnonzero(~row) for row in done]
+        width = max(len(a) for a in active)
+        index = np.stack([np.resize(a, width) if len(a) else np.zeros(width, dtype=np.int64) for a in active])
+        rows = np.arange(runs)[:, None]
         with torch.no_grad():
-            actions = act(grid, carry, mission_vectors[torch.as_tensor(active, device=device)]).cpu().numpy()
-        for i, action in zip(active, actions, strict=True):
-            _, reward, terminated, truncated, _ = envs[i].step(int(action))
-            steps[i] += 1
-            if terminated or truncated:
-                done[i] = True
-                success[i] = bool(terminated and reward > 0)
+            actions = act(torch.as_tensor(grid[rows, index], device=device),
+                          torch.as_tensor(carry[rows, index], device=device),
+                          mission_vectors[torch.as_tensor(index, device=device)]).cpu().numpy()
+        for r, episode_ids in enumerate(active):
+            for e, action in zip(episode_ids, actions[r, : len(episode_ids)], strict=True):
+                env = envs[r][e]
+                _, reward, terminated, truncated, _ = env.step(int(action))
+                steps[r, e] += 1
+                grid[r, e], carry[r, e] = encode_observation(env)
+                if terminated or truncated:
+                    done[r, e] = True
+                    success[r, e] = bool(terminated and reward > 0)
     records = []
-    for i, (env, ep) in enumerate(zip(envs, episodes, strict=True)):
-        progress = env.unwrapped.instrs.progress
-        records.append(
-            {
-                "k": ep.k, "split": ep.split, "seed": ep.seed, "mission": missions[i], "steps": int(steps[i]),
-                "progress": int(progress), "completion": progress / ep.k, "success": bool(success[i]),
-            }
-        )
-        env.close()
+    for r in range(runs):
+        run_records = []
+        for e, ep in enumerate(episodes):
+            progress = envs[r][e].unwrapped.instrs.progress
+            run_records.append({
+                "k": ep.k, "split": ep.split, "seed": ep.seed, "mission": missions[e], "steps": int(steps[r, e]),
+                "progress": int(progress), "completion": progress / ep.k, "success": bool(success[r, e]),
+            })
+            envs[r][e].close()
+        records.append(run_records)
     return records
 
 
 def evaluate_runs(
-    load_act: Callable[[str, int], ActFn],
+    act: ActFn,
     runs: list[tuple[str, int]],
     episodes: list[EvalEpisode],
     env_config: EnvConfig,
     embed_missions: Callable[[list[str]], np.ndarray],
     device: str = "cpu",
-    on_run: Callable[[str, int, list[dict]], None] | None = None,
 ) -> list[dict]:
-    """Roll out every (reward set, seed) run on the same episodes; one record per episode
-    with ``method`` and ``run_seed`` added."""
+    """Roll out every (reward set, seed) run on the same episodes at once; ``act`` is the
+    stacked policy of ``runs`` (in that order). One record per (run, episode), with
+    ``method`` and ``run_seed`` added."""
+    per_run = rollout(act, episodes, env_config, embed_missions, num_runs=len(runs), device=device)
     records = []
-    for reward_set, seed in runs:
-        run_records = rollout(load_act(reward_set, seed), episodes, env_config, embed_missions, device)
-        for record in run_records:
-            record.update(method=reward_set, run_seed=seed)
-        if on_run is not None:
-            on_run(reward_set, seed, run_records)
-        records += run_records
+    for (reward_set, seed), run_records in zip(runs, per_run, strict=True):
+        records += [{**record, "method": reward_set, "run_seed": seed} for record in run_records]
     return records

@@ -44,6 +44,7 @@ __all__ = [
     "make_uniform_sampler",
     "policy_loss",
     "save_checkpoint",
+    "save_state_atomic",
     "train",
     "value_loss",
 ]
@@ -474,15 +475,20 @@ class IQLLearner:
 
 
 def save_checkpoint(learner: IQLLearner, path: str | os.PathLike[str]) -> None:
-    """Write ``learner.state_dict()`` atomically: temp file in the same directory, fsync,
-    ``os.replace`` -- a crash mid-write never leaves a truncated checkpoint at ``path``."""
+    """Write ``learner.state_dict()`` atomically (see :func:`save_state_atomic`)."""
+    save_state_atomic(learner.state_dict(), path)
+
+
+def save_state_atomic(state: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """``torch.save`` atomically: temp file in the same directory, fsync, ``os.replace`` --
+    a crash mid-write never leaves a truncated checkpoint at ``path``."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(learner.state_dict(), f)
+            torch.save(dict(state), f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

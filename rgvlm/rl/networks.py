@@ -20,6 +20,7 @@ avoids one loss shaping the features of another.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,8 @@ WALL_TYPE = 2  # minigrid OBJECT_TO_IDX["wall"]: what lies outside the grid
 DIRECTIONS = ((1, 0), (0, 1), (-1, 0), (0, -1))
 
 
+# Cached: the pure-Python build takes about a second for 11x11, and every encoder needs one.
+@functools.lru_cache(maxsize=8)
 def egocentric_index_table(height: int, width: int) -> torch.Tensor:
     """For every (agent cell, direction): which grid cell each cell of the egocentric window shows.
 
@@ -82,7 +85,7 @@ class EgocentricView(nn.Module):
     def __init__(self, height: int, width: int) -> None:
         super().__init__()
         self.height, self.width = height, width
-        self.register_buffer("table", egocentric_index_table(height, width), persistent=False)
+        self.register_buffer("table", egocentric_index_table(height, width).clone(), persistent=False)
 
     @property
     def out_shape(self) -> tuple[int, int]:

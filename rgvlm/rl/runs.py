@@ -1,17 +1,24 @@
-"""Training every (reward set, seed) run of the pipeline, resumably.
+"""Training every (reward set, seed) run of the pipeline at once, resumably.
 
-Each run's checkpoint lives in ``outputs/models/<reward set>/seed<seed>.pt`` beside a
-fingerprint of what it was trained from (IQL config, reward set content, dataset). A
-rerun resumes a run whose fingerprint matches, skips one that is finished, and starts
-over one whose inputs changed, so an interrupted training stage loses at most
-``checkpoint_every`` updates.
+All runs that still need training form one :class:`~rgvlm.rl.multirun.MultiRunIQL` stack
+(stacked parameters, one vmapped update, the dataset resident on the device). While it
+trains, the whole stack is checkpointed atomically to ``outputs/models/_stack.pt`` with the
+fingerprints of its runs and their training log; when it finishes, every run is exported
+to ``outputs/models/<reward set>/seed<seed>.pt`` (the :class:`IQLLearner` format evaluation
+loads) beside its fingerprint (IQL config, reward set content, dataset, seed) and its log.
+
+A rerun skips every run whose fingerprint matches and that reached ``num_steps``, resumes
+the stack if its runs are exactly the ones left, and otherwise trains the runs left from the
+start. A run's result does not depend on which other runs share its stack (see
+:func:`rgvlm.rl.multirun.sample_indices`), so adding a reward set trains only the new runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,7 +26,8 @@ import numpy as np
 import torch
 
 from rgvlm.data.storage import OfflineDataset, write_json_atomic
-from rgvlm.rl.iql import IQLConfig, IQLLearner, load_checkpoint, make_uniform_sampler, train
+from rgvlm.rl.iql import IQLConfig, IQLLearner, save_state_atomic
+from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy, save_multirun
 
 
 def transition_tensors(dataset: OfflineDataset, rewards: np.ndarray, device: str) -> dict[str, torch.Tensor]:
@@ -64,48 +72,97 @@ def run_paths(models_dir: Path, reward_set: str, seed: int) -> tuple[Path, Path,
     return base.with_suffix(".pt"), base.with_suffix(".fingerprint.json"), base.with_suffix(".log.json")
 
 
-def train_run(
+STACK_CHECKPOINT = "_stack.pt"
+
+
+def _finished(models_dir: Path, reward_set: str, seed: int, fingerprint: dict, num_steps: int) -> bool:
+    checkpoint, fingerprint_path, log_path = run_paths(models_dir, reward_set, seed)
+    if not (checkpoint.exists() and fingerprint_path.exists() and log_path.exists()):
+        return False
+    if json.loads(fingerprint_path.read_text()) != fingerprint:
+        return False
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=True)["step"]) == num_steps
+
+
+def train_runs(
     dataset: OfflineDataset,
     mission_table: torch.Tensor,
-    reward_set: str,
-    rewards: np.ndarray,
-    seed: int,
+    reward_sets: dict[str, np.ndarray],
+    seeds: Sequence[int],
     config: IQLConfig,
     device: str,
     models_dir: Path,
-    on_log: Callable[[dict], None] | None = None,
+    compile: bool = False,
+    cuda_graphs: bool = False,
+    on_log: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
-    """Train (or resume, or skip if finished) one run; returns its log rows."""
-    checkpoint, fingerprint_path, log_path = run_paths(models_dir, reward_set, seed)
-    fingerprint = run_fingerprint(config, rewards, dataset, seed)
-    if fingerprint_path.exists() and json.loads(fingerprint_path.read_text()) != fingerprint:
-        for stale in (checkpoint, log_path):
-            stale.unlink(missing_ok=True)  # inputs changed: the old checkpoint is not this run
-    write_json_atomic(fingerprint_path, fingerprint)
-    learner = IQLLearner(config, device=device, seed=seed)
+    """Train every (reward set, seed) run not already finished, as one stack; returns the log
+    rows of all runs (one row per run per ``log_every`` updates)."""
+    runs = [(name, seed) for name in reward_sets for seed in seeds]
+    fingerprints = {run: run_fingerprint(config, reward_sets[run[0]], dataset, run[1]) for run in runs}
+    todo = [run for run in runs if not _finished(models_dir, *run, fingerprints[run], config.num_steps)]
+    if todo:
+        _train_stack(dataset, mission_table, reward_sets, todo, fingerprints, config, device, models_dir,
+                     compile, cuda_graphs, on_log)
+    rows: list[dict] = []
+    for name, seed in runs:
+        rows += json.loads(run_paths(models_dir, name, seed)[2].read_text())
+    return rows
+
+
+def _train_stack(dataset, mission_table, reward_sets, todo, fingerprints, config, device, models_dir,
+                 compile, cuda_graphs, on_log) -> None:
+    names = list(dict.fromkeys(name for name, _ in todo))
+    data = DeviceTransitions(dataset, [reward_sets[name] for name in names], mission_table, device)
+    trainer = MultiRunIQL(config, [seed for _, seed in todo], [names.index(name) for name, _ in todo],
+                          device=device, compile=compile, cuda_graphs=cuda_graphs)
+    stack_path = models_dir / STACK_CHECKPOINT
+    identity = [{"reward_set": name, **fingerprints[(name, seed)]} for name, seed in todo]
     log: list[dict] = []
-    if checkpoint.exists():
-        load_checkpoint(learner, checkpoint)
-    if learner.step > config.num_steps:  # trained longer than now asked: start over
-        checkpoint.unlink()
-        learner = IQLLearner(config, device=device, seed=seed)
-    elif checkpoint.exists():
-        if log_path.exists():
-            log = [row for row in json.loads(log_path.read_text()) if row["step"] <= learner.step]
+    if stack_path.exists():
+        state = torch.load(stack_path, map_location=device, weights_only=True)
+        if state["extra"].get("runs") == identity and state["step"] <= config.num_steps:
+            trainer.load_state_dict(state)
+            log = [row for row in state["extra"]["log"] if row["step"] <= trainer.step]
+    tick, tick_step = time.perf_counter(), trainer.step
+    while trainer.step < config.num_steps:
+        metrics = trainer.update(trainer.sample(data))
+        step = trainer.step
+        if config.log_every and step % config.log_every == 0:
+            values = torch.stack(list(metrics.values())).cpu()  # one host sync per log step
+            now = time.perf_counter()
+            rate = (step - tick_step) / max(now - tick, 1e-9)  # stack updates per second
+            rows = [{"reward_set": name, "seed": seed, "step": step,
+                     **{k: float(values[i, r]) for i, k in enumerate(metrics)},
+                     "updates_per_s": rate, "run_updates_per_s": rate * len(todo)}
+                    for r, (name, seed) in enumerate(todo)]
+            log += rows
+            if on_log is not None:
+                on_log(rows)
+            tick, tick_step = time.perf_counter(), step
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.num_steps:
+            save_multirun(trainer, stack_path, {"runs": identity, "log": log})
+    # Export each run, then drop the stack: a crash in between leaves the stack to resume from.
+    for r, (name, seed) in enumerate(todo):
+        checkpoint, fingerprint_path, log_path = run_paths(models_dir, name, seed)
+        save_state_atomic(trainer.run_state(r), checkpoint)
+        write_json_atomic(fingerprint_path, fingerprints[(name, seed)])
+        write_json_atomic(log_path, [row for row in log if row["reward_set"] == name and row["seed"] == seed])
+    stack_path.unlink(missing_ok=True)
 
-    def record(step: int, metrics: dict[str, float], rate: float) -> None:
-        row = {"reward_set": reward_set, "seed": seed, "step": step, **metrics, "updates_per_s": rate}
-        log.append(row)
-        # Written at every log step; on resume, rows past the checkpoint are dropped.
-        write_json_atomic(log_path, log)
-        if on_log is not None:
-            on_log(row)
 
-    tensors = transition_tensors(dataset, rewards, device)
-    sampler = make_uniform_sampler(tensors, config.batch_size, mission_table=mission_table)
-    train(learner, sampler, checkpoint_path=checkpoint, on_log=record)
-    write_json_atomic(log_path, log)
-    return log
+def load_stacked_policy(models_dir: Path, runs: Sequence[tuple[str, int]], device: str) -> StackedPolicy:
+    """The greedy policies of ``runs`` (reward set, seed), stacked for one batched call."""
+    states = []
+    for reward_set, seed in runs:
+        checkpoint, _, _ = run_paths(models_dir, reward_set, seed)
+        if not checkpoint.exists():
+            raise FileNotFoundError(f"no trained model for reward set {reward_set!r}, seed {seed}: {checkpoint}")
+        states.append(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    configs = {json.dumps(state["config"], sort_keys=True) for state in states}
+    if len(configs) != 1:
+        raise ValueError(f"runs {list(runs)} were trained with different IQL configs; retrain them together")
+    return StackedPolicy(IQLConfig(**states[0]["config"]), [state["policy"] for state in states], device)
 
 
 def load_learner(models_dir: Path, reward_set: str, seed: int, device: str) -> IQLLearner:

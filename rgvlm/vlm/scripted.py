@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -61,6 +61,19 @@ class WindowTruth:
     subtasks_completed: tuple[str, ...]  # the sub-task text each completion refers to, in order
 
 
+@runtime_checkable
+class ScriptedTruth(Protocol):
+    """Ground truth of a query type that answers itself (privileged, scripted annotator only).
+
+    ``scripted_answer`` must return text in exactly the format the method's prompt asks a real
+    LVLM for, so it goes through the same parser; it draws all randomness from ``rng``
+    (seeded by the noise seed and the prompt) and applies ``noise`` (score_sd,
+    misattribution, malformed_rate) in the way its docstring states.
+    """
+
+    def scripted_answer(self, rng: np.random.Generator, noise: ScriptedNoise) -> str: ...
+
+
 class ScriptedAnnotator:
     """A stand-in for an LVLM that reads the privileged ground truth (see module docstring)."""
 
@@ -94,9 +107,14 @@ class ScriptedAnnotator:
 
     def answer(self, request: LVLMRequest) -> str:
         truth = request.annotation
-        if not isinstance(truth, WindowTruth):
-            raise ValueError("the scripted annotator needs the window's ground truth in request.annotation")
         rng = self._rng(request)
+        if isinstance(truth, ScriptedTruth):
+            # The comparison methods' query types (sub-task lists and programs, ratings,
+            # preferences) carry their own ground truth and know how to answer from it.
+            return truth.scripted_answer(rng, self.noise)
+        if not isinstance(truth, WindowTruth):
+            raise ValueError("the scripted annotator needs the query's ground truth in request.annotation "
+                             f"(a WindowTruth or a ScriptedTruth), got {type(truth).__name__}")
         if truth.stage == 1:
             lines = []
             texts = iter(truth.subtasks_completed)

@@ -1,0 +1,349 @@
+"""Many IQL runs trained at once: stacked parameters, one vmapped update, data on the device.
+
+Every (reward set, seed) run of the pipeline has the same networks and hyper-parameters;
+only its initial weights (its seed), its batches and its rewards differ. So R runs are one
+set of *stacked* parameters (a leading run dimension, ``torch.func.stack_module_state``),
+and one update is
+
+1. the value step: ``vmap(grad(value objective))`` over the runs, then one fused Adam step
+   on the stacked value parameters;
+2. the policy and critic steps, with the *updated* V (as in the reference implementation and
+   :meth:`rgvlm.rl.iql.IQLLearner.update`): ``vmap(grad(...))``, two fused Adam steps;
+3. the Polyak average of the stacked target critic.
+
+The per-run objectives call the same pure loss functions as the eager learner, and Adam is
+element-wise, so run r of the stack follows the same trajectory as an eager
+:class:`~rgvlm.rl.iql.IQLLearner` with seed r given the same batches (``tests/test_multirun.py``
+checks this). The eager learner stays as the cross-check and as the baseline of
+``benchmarks/iql_throughput.py``.
+
+Batches come from a counter-based sampler: the indices of run r at step t are a hash of
+(r's seed, t), so a run's batch stream does not depend on which other runs share the stack,
+needs no generator state in checkpoints, and can be captured in a CUDA graph. Runs with the
+same seed but different reward sets see the same initial weights and the same batches
+(common random numbers): their differences come from the rewards alone.
+
+``compile=True`` wraps both gradient functions in ``torch.compile``; ``cuda_graphs=True``
+compiles them with ``mode="reduce-overhead"``, which captures CUDA graphs on a GPU. Both are
+opt-in; the eager path is the default and the reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+
+from rgvlm.data.storage import OfflineDataset
+from rgvlm.rl.iql import (
+    IQLConfig,
+    IQLLearner,
+    TransitionBatch,
+    _gather_actions,
+    critic_loss,
+    policy_loss,
+    save_state_atomic,
+    value_loss,
+)
+
+METRIC_NAMES = ("value_loss", "critic_loss", "policy_loss", "q_mean", "v_mean", "adv_mean")
+
+# splitmix64 constants, written as signed int64 (torch has no uint64 arithmetic).
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15
+_MIX1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
+_MIX2 = -7723592293110705685  # 0x94D049BB133111EB
+_SAMPLING_STREAM = 0x5EED5EED  # keeps the batch stream apart from the weight initialisation
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (``>>`` is arithmetic on signed tensors)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """The splitmix64 finaliser on int64 tensors (wrapping multiplication), element-wise."""
+    z = x + _GOLDEN
+    z = (z ^ _shift_right(z, 30)) * _MIX1
+    z = (z ^ _shift_right(z, 27)) * _MIX2
+    return z ^ _shift_right(z, 31)
+
+
+def sample_indices(seeds: torch.Tensor, step: torch.Tensor, batch_size: int, n: int) -> torch.Tensor:
+    """Indices ``[R, batch_size]`` in ``[0, n)`` for each run's seed at update ``step``.
+
+    A pure function of (seed, step, position): the same on every device and independent of
+    the other runs. The modulo bias is below n / 2**63, nothing for datasets of any size.
+    """
+    counter = step.to(torch.int64) * batch_size + torch.arange(batch_size, device=seeds.device)
+    keys = splitmix64(seeds.to(torch.int64) * 0x100000001 + _SAMPLING_STREAM)
+    mixed = splitmix64(keys[:, None] ^ counter[None, :])
+    return (mixed & 0x7FFFFFFFFFFFFFFF) % n
+
+
+class DeviceTransitions:
+    """The offline dataset resident on the device, with one reward row per reward set.
+
+    Observations are stored once (``[num_obs, H, W, 3]``) and indexed per transition, so the
+    dataset costs about one grid per step, whatever the number of runs.
+    """
+
+    def __init__(self, dataset: OfflineDataset, rewards: Sequence[np.ndarray], mission_table: torch.Tensor,
+                 device: str | torch.device) -> None:
+        n = dataset.num_transitions
+        for i, r in enumerate(rewards):
+            if np.shape(r) != (n,):
+                raise ValueError(f"reward row {i} has shape {np.shape(r)}, the dataset has {n} transitions")
+        on = lambda array: torch.as_tensor(np.ascontiguousarray(array), device=device)  # noqa: E731
+        self.num_transitions = n
+        self.obs_grid = on(dataset.obs_grid)
+        self.obs_carry = on(dataset.obs_carry)
+        self.obs_index = on(dataset.obs_index)
+        self.next_obs_index = on(dataset.next_obs_index)
+        self.mission_index = on(dataset.mission_of_step)
+        self.mission_table = mission_table.to(device=device, dtype=torch.float32)
+        self.action = on(dataset.actions.astype(np.int64))
+        # Time-outs are not terminal: only success ends an episode for bootstrapping.
+        self.done = on(dataset.terminals.astype(np.float32))
+        self.rewards = on(np.stack([np.asarray(r, dtype=np.float32) for r in rewards]))  # [K, N]
+
+    def batch(self, indices: torch.Tensor, reward_rows: torch.Tensor) -> TransitionBatch:
+        """Transitions ``indices`` [R, B] with run r's rewards from row ``reward_rows[r]``."""
+        obs, next_obs = self.obs_index[indices], self.next_obs_index[indices]
+        return TransitionBatch(
+            grid=self.obs_grid[obs],
+            carry=self.obs_carry[obs],
+            mission=self.mission_table[self.mission_index[indices]],
+            action=self.action[indices],
+            reward=self.rewards[reward_rows[:, None], indices],
+            next_grid=self.obs_grid[next_obs],
+            next_carry=self.obs_carry[next_obs],
+            done=self.done[indices],
+        )
+
+
+def _stack(modules: Sequence[torch.nn.Module], device: torch.device) -> dict[str, torch.Tensor]:
+    """Stacked parameters (leaves on ``device``), in ``named_parameters`` order."""
+    params, _ = stack_module_state(list(modules))  # buffers are constants shared by all runs
+    return {name: p.detach().to(device).requires_grad_(True) for name, p in params.items()}
+
+
+class MultiRunIQL:
+    """R independent IQL runs (one per entry of ``seeds``) with stacked parameters.
+
+    ``update(batch)`` takes a batch whose tensors have a leading run dimension ``[R, B, ...]``
+    and returns each metric as an ``[R]`` tensor (no host sync). ``reward_rows[r]`` says
+    which reward row of a :class:`DeviceTransitions` run r trains on (see :meth:`sample`).
+    """
+
+    def __init__(self, config: IQLConfig, seeds: Sequence[int], reward_rows: Sequence[int] | None = None,
+                 device: torch.device | str = "cpu", compile: bool = False, cuda_graphs: bool = False) -> None:
+        if not seeds:
+            raise ValueError("MultiRunIQL needs at least one run (seeds is empty)")
+        self.config = config
+        self.device = torch.device(device)
+        self.seeds = [int(s) for s in seeds]
+        self.num_runs = len(self.seeds)
+        rows = list(reward_rows) if reward_rows is not None else [0] * self.num_runs
+        if len(rows) != self.num_runs:
+            raise ValueError(f"reward_rows has {len(rows)} entries for {self.num_runs} runs")
+        self.compile, self.cuda_graphs = bool(compile), bool(cuda_graphs)
+        if self.cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs a CUDA device, the trainer is on {self.device}")
+
+        # Each run starts exactly where an eager learner with its seed would.
+        learners = [IQLLearner(config, device="cpu", seed=s) for s in self.seeds]
+        template = learners[0]
+        self._critic = template.critic.to(self.device)
+        self._value = template.value.to(self.device)
+        self._policy = template.policy.to(self.device)
+        self.critic = _stack([ln.critic for ln in learners], self.device)
+        self.value = _stack([ln.value for ln in learners], self.device)
+        self.policy = _stack([ln.policy for ln in learners], self.device)
+        self.target_critic = {k: v.detach().clone().requires_grad_(False) for k, v in self.critic.items()}
+
+        fused = True if self.device.type in ("cpu", "cuda") else None
+        # capturable keeps Adam's step counters on the device, which CUDA-graph capture needs.
+        capturable = self.device.type == "cuda"
+        make = lambda group: torch.optim.Adam(list(group.values()), lr=config.lr, fused=fused,  # noqa: E731
+                                              capturable=capturable)
+        self.critic_optim, self.value_optim, self.policy_optim = make(self.critic), make(self.value), make(self.policy)
+
+        self.seed_tensor = torch.tensor(self.seeds, dtype=torch.int64, device=self.device)
+        self.reward_rows = torch.tensor(rows, dtype=torch.int64, device=self.device)
+        self.step = 0
+
+        value_grad = vmap(grad_and_value(self._value_objective, has_aux=True))
+        actor_critic_grad = vmap(grad_and_value(self._actor_critic_objective, argnums=(0, 1), has_aux=True))
+        if self.compile or self.cuda_graphs:
+            mode = "reduce-overhead" if self.cuda_graphs else "default"
+            value_grad = torch.compile(value_grad, mode=mode, dynamic=False)
+            actor_critic_grad = torch.compile(actor_critic_grad, mode=mode, dynamic=False)
+        self._value_grad, self._actor_critic_grad = value_grad, actor_critic_grad
+
+    # ------------------------------------------------------------ per-run objectives
+
+    def _value_objective(self, value_p, target_p, grid, carry, mission, action):
+        s = (grid, carry, mission)
+        target_q_sa = _gather_actions(functional_call(self._critic, target_p, s), action).min(dim=1).values
+        v = functional_call(self._value, value_p, s)
+        loss = value_loss(v, target_q_sa, self.config.tau)
+        return loss, (target_q_sa.detach(), v.detach().mean())
+
+    def _actor_critic_objective(self, policy_p, critic_p, value_p, target_q_sa, grid, carry, mission, action,
+                                reward, next_grid, next_carry, done):
+        cfg = self.config
+        s = (grid, carry, mission)
+        # V(s) and V(s') from the updated value net in one forward pass; value_p is not differentiated.
+        both = functional_call(self._value, value_p, (torch.cat([grid, next_grid]), torch.cat([carry, next_carry]),
+                                                       torch.cat([mission, mission])))
+        v_s, next_v = both.detach().chunk(2)
+        adv = target_q_sa - v_s
+        pi_loss = policy_loss(functional_call(self._policy, policy_p, s), action, adv, cfg.beta, cfg.adv_clip)
+        q_sa = _gather_actions(functional_call(self._critic, critic_p, s), action)
+        q_loss = critic_loss(q_sa[:, 0], q_sa[:, 1], reward, done, next_v, cfg.gamma)
+        # The two losses depend on disjoint parameters, so one sum gives each its own gradient.
+        return pi_loss + q_loss, (pi_loss.detach(), q_loss.detach(), q_sa.detach().mean(), adv.mean())
+
+    # ------------------------------------------------------------ training
+
+    def sample(self, data: DeviceTransitions) -> TransitionBatch:
+        """This step's batch of every run: ``[R, batch_size, ...]``."""
+        step = torch.tensor(self.step, dtype=torch.int64, device=self.device)
+        indices = sample_indices(self.seed_tensor, step, self.config.batch_size, data.num_transitions)
+        return data.batch(indices, self.reward_rows)
+
+    @staticmethod
+    def _apply(optim: torch.optim.Optimizer, params: dict[str, torch.Tensor], grads: Mapping[str, torch.Tensor]):
+        for name, p in params.items():
+            p.grad = grads[name]
+        optim.step()
+        for p in params.values():
+            p.grad = None
+
+    def update(self, batch: TransitionBatch) -> dict[str, torch.Tensor]:
+        """One IQL update of every run; ``batch`` tensors are ``[R, B, ...]``. Returns ``[R]`` metrics."""
+        b = batch
+        v_grads, (v_loss, (target_q_sa, v_mean)) = self._value_grad(
+            self.value, self.target_critic, b.grid, b.carry, b.mission, b.action)
+        self._apply(self.value_optim, self.value, v_grads)
+
+        value_now = {k: v.detach() for k, v in self.value.items()}
+        (pi_grads, q_grads), (_, (pi_loss, q_loss, q_mean, adv_mean)) = self._actor_critic_grad(
+            self.policy, self.critic, value_now, target_q_sa, b.grid, b.carry, b.mission, b.action, b.reward,
+            b.next_grid, b.next_carry, b.done)
+        self._apply(self.policy_optim, self.policy, pi_grads)
+        self._apply(self.critic_optim, self.critic, q_grads)
+
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.target_critic.values()), [p.detach() for p in self.critic.values()],
+                                 self.config.polyak)
+        self.step += 1
+        metrics = (v_loss, q_loss, pi_loss, q_mean, v_mean, adv_mean)
+        return {name: value.detach().clone() for name, value in zip(METRIC_NAMES, metrics, strict=True)}
+
+    # ------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume every run exactly (the sampler needs only ``step``)."""
+        detached = lambda group: {k: v.detach().clone() for k, v in group.items()}  # noqa: E731
+        return {
+            "config": dataclasses.asdict(self.config),
+            "seeds": list(self.seeds),
+            "reward_rows": self.reward_rows.tolist(),
+            "step": self.step,
+            "critic": detached(self.critic),
+            "target_critic": detached(self.target_critic),
+            "value": detached(self.value),
+            "policy": detached(self.policy),
+            "critic_optim": self.critic_optim.state_dict(),
+            "value_optim": self.value_optim.state_dict(),
+            "policy_optim": self.policy_optim.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if list(state["seeds"]) != self.seeds or list(state["reward_rows"]) != self.reward_rows.tolist():
+            raise ValueError(f"checkpoint holds runs {state['seeds']} / rows {state['reward_rows']}, "
+                             f"this trainer {self.seeds} / {self.reward_rows.tolist()}")
+        ours = dataclasses.asdict(self.config)
+        diff = {k: (state["config"].get(k), v) for k, v in ours.items()
+                if k not in ("num_steps", "log_every", "checkpoint_every") and state["config"].get(k) != v}
+        if diff:
+            raise ValueError(f"checkpoint config differs from the trainer's: {{field: (ckpt, ours)}} = {diff}")
+        with torch.no_grad():
+            for name in ("critic", "target_critic", "value", "policy"):
+                for key, tensor in getattr(self, name).items():
+                    tensor.copy_(state[name][key])
+        self.critic_optim.load_state_dict(state["critic_optim"])
+        self.value_optim.load_state_dict(state["value_optim"])
+        self.policy_optim.load_state_dict(state["policy_optim"])
+        self.step = int(state["step"])
+
+    def run_state(self, r: int) -> dict[str, Any]:
+        """Run r alone, in the format of :meth:`IQLLearner.state_dict` (what evaluation loads)."""
+        def unstack(group: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: v[r].detach().cpu().clone() for k, v in group.items()}
+
+        def optim_state(optim: torch.optim.Optimizer) -> dict[str, Any]:
+            full = optim.state_dict()
+            per_param = {i: {k: (v[r].cpu().clone() if torch.is_tensor(v) and v.dim() > 0 else
+                                 torch.as_tensor(v).cpu().clone().reshape(()))
+                             for k, v in st.items()} for i, st in full["state"].items()}
+            groups = [{**g, "capturable": False} for g in full["param_groups"]]  # a CPU learner may load it
+            return {"state": per_param, "param_groups": groups}
+
+        generator = torch.Generator().manual_seed(self.seeds[r])
+        return {
+            "config": dataclasses.asdict(self.config),
+            "seed": self.seeds[r],
+            "step": self.step,
+            "critic": unstack(self.critic),
+            "target_critic": unstack(self.target_critic),
+            "value": unstack(self.value),
+            "policy": unstack(self.policy),
+            "critic_optim": optim_state(self.critic_optim),
+            "value_optim": optim_state(self.value_optim),
+            "policy_optim": optim_state(self.policy_optim),
+            "generator_device": "cpu",
+            "generator_state": generator.get_state(),
+        }
+
+    def learner(self, r: int, device: torch.device | str = "cpu") -> IQLLearner:
+        """Run r as an eager :class:`IQLLearner` (for acting, or for cross-checking)."""
+        learner = IQLLearner(self.config, device=device, seed=self.seeds[r])
+        learner.load_state_dict(self.run_state(r))
+        return learner
+
+
+def save_multirun(trainer: MultiRunIQL, path, extra: Mapping[str, Any] | None = None) -> None:
+    """Atomic checkpoint of the whole stack (plus ``extra``, e.g. the runs' fingerprint and log)."""
+    save_state_atomic({**trainer.state_dict(), "extra": dict(extra or {})}, path)
+
+
+class StackedPolicy:
+    """The greedy policies of several trained runs, evaluated in one vmapped call.
+
+    ``policy_states`` are the ``policy`` entries of the runs' :meth:`IQLLearner.state_dict`;
+    calling the object maps observations ``[R, M, ...]`` to actions ``[R, M]`` (the
+    :data:`rgvlm.evaluation.rollout.ActFn` contract).
+    """
+
+    def __init__(self, config: IQLConfig, policy_states: Sequence[Mapping[str, torch.Tensor]],
+                 device: torch.device | str = "cpu") -> None:
+        from rgvlm.rl.networks import DiscretePolicy
+
+        self.device = torch.device(device)
+        self.num_runs = len(policy_states)
+        self._policy = DiscretePolicy(config.num_actions, config.hidden_dim, config.num_layers,
+                                      config.encoder_spec()).to(self.device)
+        self.params = {name: torch.stack([state[name] for state in policy_states]).to(self.device)
+                       for name, _ in self._policy.named_parameters()}
+        self._logits = vmap(lambda p, g, c, m: functional_call(self._policy, p, (g, c, m)))
+
+    @torch.no_grad()
+    def __call__(self, grid: torch.Tensor, carry: torch.Tensor, mission: torch.Tensor) -> torch.Tensor:
+        return self._logits(self.params, grid.to(self.device), carry.to(self.device),
+                            mission.to(self.device)).argmax(dim=-1)
