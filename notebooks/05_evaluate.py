@@ -19,7 +19,7 @@ import pandas as pd
 from rgvlm import paths
 from rgvlm.data import load_dataset
 from rgvlm.data.storage import write_json_atomic
-from rgvlm.evaluation import evaluate_runs, evaluation_episodes, summarize
+from rgvlm.evaluation import evaluate_runs, evaluation_episodes, summarize, summarize_overall
 from rgvlm.params import EnvConfig, evaluation_config, resolve_device
 from rgvlm.rewards import load_rewards
 from rgvlm.rl.missions import MissionEmbedder
@@ -43,6 +43,7 @@ print(frame.groupby(['method', 'run_seed'])['completion'].mean().round(3).to_str
 paths.EVALUATION.mkdir(parents=True, exist_ok=True)
 frame.to_csv(paths.EVALUATION / "episodes.csv", index=False)
 summary = summarize(frame, samples=config.bootstrap_samples, seed=config.seed)
+overall = summarize_overall(frame, samples=config.bootstrap_samples, seed=config.seed)  # seen vs fresh, all k
 
 # %%
 provenance = {
@@ -52,5 +53,6 @@ provenance = {
     "dataset": {"env": data.manifest["env"], "dataset": data.manifest["dataset"]},
     "policy": "greedy (argmax of the IQL policy)",
 }
-write_json_atomic(paths.METRICS / "evaluation.json", {"provenance": provenance, "summary": summary.to_dict("records")})
+write_json_atomic(paths.METRICS / "evaluation.json", {"provenance": provenance, "summary": summary.to_dict("records"),
+                                                    "overall": overall.to_dict("records")})
 summary.pivot_table(index=["method", "split"], columns="k", values="completion_mean").round(3)

@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 import time
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,9 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
         "evaluation": evaluation_config,
         "labeling": labeling_config,
     }
+    # Each comparison method validates its own section (rgvlm/rewards/<method>.py).
+    for method in ("vlm_car", "erl_vlm", "rl_vlm_f", "embedding"):
+        validators[method] = lambda raw, method=method: import_module(f"rgvlm.rewards.{method}").config_from_params(raw)
     for section, raw in parameters.items():
         if section in validators:
             validators[section](raw)

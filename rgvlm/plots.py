@@ -26,14 +26,17 @@ def method_order(methods: list[str]) -> list[str]:
     return [m for m in ("sparse",) if m in methods] + rest + [m for m in ("oracle",) if m in methods]
 
 
-def metric_by_k(summary: pd.DataFrame, metric: str, title: str, methods: list[str] | None = None) -> plt.Figure:
+def metric_by_k(summary: pd.DataFrame, metric: str, title: str, methods: list[str] | None = None,
+                splits: list[str] | None = None) -> plt.Figure:
     """Mean ``metric`` against k per reward method, one panel per split, 95% intervals.
 
-    ``summary`` is the table of :func:`rgvlm.evaluation.summarize`.
+    ``summary`` is the table of :func:`rgvlm.evaluation.summarize`; ``methods`` (in that
+    order) and ``splits`` select what is drawn (default: everything).
     """
     sns.set_theme(style="whitegrid", context="notebook")
-    methods = method_order(methods or sorted(summary["method"].unique()))
-    splits = [s for s in SPLIT_TITLES if s in set(summary["split"])]
+    methods = [m for m in (methods or method_order(sorted(summary["method"].unique())))
+               if m in set(summary["method"])]
+    splits = [s for s in SPLIT_TITLES if s in set(summary["split"]) and (splits is None or s in splits)]
     palette = dict(zip(methods, sns.color_palette("colorblind", len(methods)), strict=True))
     fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4.2), sharey=True, squeeze=False)
     for ax, split in zip(axes[0], splits, strict=True):
@@ -51,7 +54,29 @@ def metric_by_k(summary: pd.DataFrame, metric: str, title: str, methods: list[st
         ax.set_xticks(sorted(summary["k"].unique()))
         ax.set_ylim(-0.02, 1.02)
     axes[0][0].set_ylabel(METRIC_LABELS[metric])
-    axes[0][-1].legend(title="reward", loc="upper right", fontsize="small")
+    axes[0][-1].legend(title="reward", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    fig.suptitle(wrap(title), fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+def generalisation_bars(overall: pd.DataFrame, metric: str, title: str) -> plt.Figure:
+    """Seen layouts vs fresh seeds per reward method, pooled over k, with 95% intervals."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    methods = method_order(sorted(overall["method"].unique()))
+    splits = [s for s in SPLIT_TITLES if s in set(overall["split"])]
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(methods) + 2), 4.2))
+    width = 0.8 / len(splits)
+    colours = sns.color_palette("colorblind", len(splits))
+    for i, split in enumerate(splits):
+        rows = overall[overall["split"] == split].set_index("method").reindex(methods)
+        x = [j + (i - (len(splits) - 1) / 2) * width for j in range(len(methods))]
+        mean = rows[f"{metric}_mean"]
+        err = [mean - rows[f"{metric}_low"], rows[f"{metric}_high"] - mean]
+        ax.bar(x, mean, width, yerr=err, capsize=3, label=SPLIT_TITLES[split], color=colours[i])
+    ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+    ax.set_ylabel(f"{METRIC_LABELS[metric]}\n(all k pooled)")
+    ax.legend(fontsize="small")
     fig.suptitle(wrap(title), fontsize="medium")
     fig.tight_layout()
     return fig

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from rgvlm import paths
@@ -35,6 +36,93 @@ def provenance_title(methods: dict[str, dict[str, Any]]) -> str:
     """A one-line summary of where the rewards came from, for titles."""
     labels = sorted({lvlm_label(p) for p in methods.values()})
     return "rewards: " + ", ".join(method_order(list(methods))) + " | labels by: " + "; ".join(labels)
+
+
+COMPARISON_METHODS = ("vlm_car", "erl_vlm", "rl_vlm_f", "embedding")
+
+
+def fusion_lambda(name: str, dense: str = "rg_vlm") -> float | None:
+    """lambda of a reward set named ``sparse+<dense>@<lambda>`` (None for any other name)."""
+    prefix = f"sparse+{dense}@"
+    return float(name[len(prefix):]) if name.startswith(prefix) else None
+
+
+def figure4_left_methods(methods: list[str], headline: str) -> list[str]:
+    """Figure 4 left: Sparse, Sparse + RG-VLM (the headline lambda), RG-VLM alone, every
+    comparison method, and the oracle as the upper reference."""
+    wanted = ["sparse", headline, "rg_vlm", *COMPARISON_METHODS, "oracle"]
+    return [m for m in wanted if m in methods]
+
+
+def figure4_right_methods(methods: list[str]) -> list[str]:
+    """Figure 4 right, the fusion ablation: Sparse, RG-VLM alone and Sparse + RG-VLM for each lambda."""
+    fusions = sorted((m for m in methods if fusion_lambda(m) is not None), key=fusion_lambda)
+    return [m for m in ("sparse", "rg_vlm") if m in methods] + fusions
+
+
+def _cell(summary: pd.DataFrame, method: str, split: str, k: int, metric: str) -> pd.Series | None:
+    match = summary[(summary["method"] == method) & (summary["split"] == split) & (summary["k"] == k)]
+    return None if match.empty else match.iloc[0]
+
+
+def story(summary: pd.DataFrame, headline: str, split: str = "fresh", metric: str = "completion") -> list[str]:
+    """The paper's two claims checked on these numbers, in sentences built from the metrics.
+
+    1. Dense LVLM rewards help more as k grows: the gap RG-VLM minus Sparse, per k.
+    2. Sparse + RG-VLM beats each alone: per k, whether its mean is above both and whether
+       the 95% intervals separate.
+    """
+    ks = sorted(summary["k"].unique())
+    have = set(summary["method"])
+    lines = []
+    if {"rg_vlm", "sparse"} <= have:
+        gaps = []
+        for k in ks:
+            a, b = _cell(summary, "rg_vlm", split, k, metric), _cell(summary, "sparse", split, k, metric)
+            if a is not None and b is not None:
+                gaps.append((k, a[f"{metric}_mean"] - b[f"{metric}_mean"]))
+        if len(gaps) >= 2:
+            slope = float(np.polyfit([k for k, _ in gaps], [g for _, g in gaps], 1)[0])
+            grows = "grows" if slope > 0 else "does not grow"
+            lines.append(
+                f"Claim 1 (dense LVLM rewards help more as k grows), {split} split, {metric}: RG-VLM minus Sparse is "
+                + ", ".join(f"{g:+.3f} at k={k}" for k, g in gaps)
+                + f"; the least-squares slope over k is {slope:+.4f} per sub-task, so the advantage {grows} with k here.")
+    if {headline, "rg_vlm", "sparse"} <= have:
+        wins, separated = [], []
+        for k in ks:
+            cells = {m: _cell(summary, m, split, k, metric) for m in (headline, "rg_vlm", "sparse")}
+            if any(c is None for c in cells.values()):
+                continue
+            fused = cells[headline]
+            above = all(fused[f"{metric}_mean"] > cells[m][f"{metric}_mean"] for m in ("rg_vlm", "sparse"))
+            clear = all(fused[f"{metric}_low"] > cells[m][f"{metric}_high"] for m in ("rg_vlm", "sparse"))
+            wins.append((k, above))
+            separated.append((k, clear))
+        won = [k for k, above in wins if above]
+        clear = [k for k, c in separated if c]
+        lines.append(
+            f"Claim 2 (Sparse + RG-VLM beats each alone), {headline}, {split} split, {metric}: its mean is above both "
+            f"at k in {won or 'none'} of {[k for k, _ in wins]}; its 95% interval lies above both intervals at k in "
+            f"{clear or 'none'}.")
+    return lines
+
+
+def cost_table(metrics_dir: Path) -> str:
+    """One row per labelling stage: LVLM calls, tokens, cache hits, time and estimated cost."""
+    keys = ["lvlm_calls", "cache_hits", "prompt_tokens", "completion_tokens", "reasks", "wall_time_s",
+            "estimated_cost_usd"]
+    rows = []
+    for path in sorted(metrics_dir.glob("labeling_*.json")):
+        record = json.loads(path.read_text())
+        method = path.stem.removeprefix("labeling_")
+        cost = record["cost"]
+        rows.append(f"<tr><td>{html.escape(method)}</td><td>{html.escape(lvlm_label(record['provenance']))}</td>"
+                    + "".join(f"<td>{cost.get(k, '-')}</td>" for k in keys) + "</tr>")
+    if not rows:
+        return ""
+    return ("<table><tr><th>method</th><th>labels by</th>" + "".join(f"<th>{k}</th>" for k in keys) + "</tr>"
+            + "".join(rows) + "</table>")
 
 
 def _fmt_interval(mean: float, low: float, high: float) -> str:
@@ -82,8 +170,10 @@ pre { background: #f6f6f6; padding: 0.6em; font-size: 0.8em; overflow-x: auto; }
 """
 
 
-def build_index(metrics_dir: Path = paths.METRICS, out_path: Path = paths.INDEX_HTML) -> str:
-    """Write ``index.html`` from the metrics files; returns the HTML."""
+def build_index(metrics_dir: Path = paths.METRICS, out_path: Path = paths.INDEX_HTML,
+                headline: str = "sparse+rg_vlm@1", split: str = "fresh") -> str:
+    """Write ``index.html`` from the metrics files; returns the HTML. ``headline`` is the
+    fusion drawn in Figure 4 left and checked in the claims; ``split`` the split they use."""
     evaluation = json.loads((metrics_dir / "evaluation.json").read_text())
     card = json.loads((metrics_dir / "dataset.json").read_text())
     summary = pd.DataFrame(evaluation["summary"])
@@ -100,8 +190,13 @@ def build_index(metrics_dir: Path = paths.METRICS, out_path: Path = paths.INDEX_
     if scripted:
         parts.append("<p class='note'>Labels made by the <b>scripted annotator</b>: answers computed from the "
                      "dataset's privileged ground truth with configured noise. It is not an LVLM.</p>")
-    for name in [f for f in figures if f.startswith("completion_by_k")] + [f for f in figures if not f.startswith("completion_by_k")]:
+    first = [f for f in ("fig4_left.png", "fig4_right.png", "generalisation.png") if f in figures]
+    for name in first + [f for f in figures if f not in first]:
         parts.append(f"<figure><img src='figures/{name}' alt='{name}'><figcaption>{name}</figcaption></figure>")
+    claims = story(summary, headline, split)
+    if claims:
+        parts.append("<h2>Does the paper's story hold here?</h2><ul>"
+                     + "".join(f"<li>{html.escape(line)}</li>" for line in claims) + "</ul>")
     for metric in ("completion", "success"):
         parts.append(f"<h2>{METRIC_LABELS[metric].capitalize()}: mean over training seeds [95% bootstrap interval]</h2>")
         parts.append(results_table(summary, metric))
@@ -109,7 +204,7 @@ def build_index(metrics_dir: Path = paths.METRICS, out_path: Path = paths.INDEX_
     seeds = int(summary["num_seeds"].max()) if not summary.empty else 0
     parts.append(f"<p>{seeds} training seeds per reward method; up to {episodes} evaluation episodes per "
                  "(method, split, k) cell. Source: <code>reports/metrics/evaluation.json</code>.</p>")
-    quality_path, labeling_path = metrics_dir / "label_quality.json", metrics_dir / "labeling.json"
+    quality_path = metrics_dir / "label_quality.json"
     if quality_path.exists():
         quality = json.loads(quality_path.read_text())
         parts.append("<h2>Label quality: agreement with the privileged ground truth</h2>")
@@ -118,16 +213,11 @@ def build_index(metrics_dir: Path = paths.METRICS, out_path: Path = paths.INDEX_
             f"<tr><td>{html.escape(m)}</td><td>{html.escape(lvlm_label(quality[m]['provenance']))}</td>"
             f"<td>{quality[m]['spearman_progress']:.3f}</td><td>{quality[m]['auroc_completion']:.3f}</td></tr>"
             for m in method_order(list(quality))) + "</table>")
-    if labeling_path.exists():
-        labeling = json.loads(labeling_path.read_text())
-        cost = labeling["cost"]
-        parts.append(f"<h2>Labelling cost ({html.escape(lvlm_label(labeling['provenance']))})</h2>")
-        keys = ["windows", "lvlm_calls", "cache_hits", "prompt_tokens", "completion_tokens", "reasks",
-                "fallback_windows", "wall_time_s", "estimated_cost_usd"]
-        parts.append("<table><tr>" + "".join(f"<th>{k}</th>" for k in keys) + "</tr><tr>"
-                     + "".join(f"<td>{cost.get(k, '-')}</td>" for k in keys) + "</tr></table>")
-        parts.append(f"<p>Stage-2 answers the parser rejected, by reason: {html.escape(str(cost.get('stage2_errors', {})))}."
-                     " Source: <code>reports/metrics/labeling.json</code>.</p>")
+    costs = cost_table(metrics_dir)
+    if costs:
+        parts.append("<h2>Labelling cost per method</h2>" + costs
+                     + "<p>Sources: <code>reports/metrics/labeling_*.json</code>. Calls are the queries sent to the "
+                       "backend in this run; cache hits were answered from <code>outputs/lvlm_cache/</code>.</p>")
     parts.append("<h2>Provenance</h2><h3>Reward methods</h3>")
     parts.append("<table><tr><th>reward</th><th>labels by</th><th>source</th></tr>" + "".join(
         f"<tr><td>{html.escape(m)}</td><td>{html.escape(lvlm_label(methods[m]))}</td>"

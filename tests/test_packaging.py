@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 import jupytext
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,3 +51,18 @@ def test_stages_declare_existing_params_and_profiles_share_sections():
         assert stage["cmd"] == f"python -m rgvlm.pipeline {name}"
         for key in stage.get("params", []):
             assert key.split(".")[0] in params, (name, key)
+
+
+@pytest.mark.parametrize("profile", ["params.yaml", "profiles/tiny.yaml", "profiles/gpu.yaml"])
+def test_every_profile_passes_the_stage_validators(profile):
+    """Each profile's sections pass the checks the stage runner applies before a kernel starts."""
+    from rgvlm.params import load_params
+    from rgvlm.pipeline import validate_parameters
+
+    params = load_params(ROOT / profile)
+    with_cpu = {**params, "train": {**params["train"], "device": "auto"}} if profile.endswith("gpu.yaml") else params
+    if profile.endswith("gpu.yaml"):  # CUDA graphs need a GPU; check the rest of the section on this machine
+        with_cpu["train"] = {**with_cpu["train"], "cuda_graphs": False}
+    validate_parameters(with_cpu)
+    assert set(params) >= {"env", "dataset", "labeling", "vlm_car", "erl_vlm", "rl_vlm_f", "embedding", "rewards",
+                           "train", "evaluation", "report"}

@@ -15,7 +15,10 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("dataset_card", "label", "rewards", "train", "evaluate", "report")
+LABELLED = ("rg_vlm", "vlm_car", "erl_vlm", "rl_vlm_f", "embedding")
+STAGES = ("dataset_card", *(f"label_{m}" for m in LABELLED), "rewards", "train", "evaluate", "report")
+NOTEBOOKS = ("01_dataset_card", "02a_rg_vlm", "02b_vlm_car", "02c_erl_vlm", "02d_rl_vlm_f", "02e_embedding",
+             "03_rewards", "04_train", "05_evaluate", "06_report")
 pytestmark = pytest.mark.slow
 
 
@@ -71,28 +74,35 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
     dst, _, repro = project
     for stage in STAGES:
         assert f"Running stage '{stage}'" in repro.stdout
-    for name in ("01_dataset_card", "02_label", "03_rewards", "04_train", "05_evaluate", "06_report"):
+    for name in NOTEBOOKS:
         assert (dst / "reports" / "notebooks" / f"{name}.html").stat().st_size > 10_000
-    for figure in ("completion_by_k.png", "success_by_k.png", "training_curves.png", "label_quality.png"):
+    for figure in ("fig4_left.png", "fig4_right.png", "generalisation.png", "success_by_k.png",
+                   "training_curves.png", "label_quality.png"):
         assert (dst / "reports" / "figures" / figure).read_bytes()[:4] == b"\x89PNG"
     evaluation = json.loads((dst / "reports" / "metrics" / "evaluation.json").read_text())
     methods = {row["method"] for row in evaluation["summary"]}
-    assert methods == {"sparse", "rg_vlm", "sparse+rg_vlm@0.5"}
+    assert methods == {"sparse", "rg_vlm", "sparse+rg_vlm@0.5", *LABELLED[1:]}
     assert {row["k"] for row in evaluation["summary"]} == {1, 2}
     assert {row["split"] for row in evaluation["summary"]} == {"seen", "fresh"}
     assert all(row["num_seeds"] == 2 and row["num_episodes"] == 4 for row in evaluation["summary"])
     index = (dst / "reports" / "index.html").read_text()
     assert "scripted annotator" in index.split("</title>")[0]  # never presented as an LVLM
-    labeling = json.loads((dst / "reports" / "metrics" / "labeling.json").read_text())
-    assert labeling["provenance"]["lvlm"]["backend"] == "scripted" and labeling["cost"]["lvlm_calls"] > 0
+    for method in LABELLED:
+        labeling = json.loads((dst / "reports" / "metrics" / f"labeling_{method}.json").read_text())
+        if method == "embedding":  # an embedding model, no LVLM
+            assert labeling["cost"]["lvlm_calls"] == 0
+            continue
+        assert labeling["provenance"]["lvlm"]["backend"] == "scripted" and labeling["cost"]["lvlm_calls"] > 0, method
+    assert "Labelling cost per method" in index and "Does the paper" in index
     quality = json.loads((dst / "reports" / "metrics" / "label_quality.json").read_text())
     assert quality["oracle"]["auroc_completion"] == 1.0 and 0.5 < quality["rg_vlm"]["auroc_completion"] <= 1.0
+    assert set(LABELLED) <= set(quality)
     first = evaluation["summary"][0]
     assert f"{first['completion_mean']:.3f} [{first['completion_low']:.3f}, {first['completion_high']:.3f}]" in index
     card = json.loads((dst / "reports" / "metrics" / "dataset.json").read_text())
     assert card["episodes"] == 12 and [row["k"] for row in card["per_k"]] == [1, 2]
     log = (dst / "reports" / "metrics" / "training.csv").read_text().splitlines()
-    assert log[0].startswith("method,seed,step") and len(log) == 1 + 3 * 2 * 4  # runs x (40 / 10) rows
+    assert log[0].startswith("method,seed,step") and len(log) == 1 + 7 * 2 * 4  # runs x (40 / 10) rows
 
 
 def test_second_repro_does_nothing(project):
@@ -121,7 +131,7 @@ def test_dvc_remote_round_trip_is_bit_identical(project, tmp_path):
     try:
         run(["dvc", "push", "-q"], dst, env)
         before = tree_digest(dst / "data", dst / "outputs")
-        assert all(any(f"/outputs/{folder}/" in name for name in before) for folder in ("models", "rewards", "labels", "lvlm_cache"))
+        assert all(any(f"/outputs/{folder}/" in name for name in before) for folder in ("models", "rewards", "labels/vlm_car", "lvlm_cache/erl_vlm"))
         for folder in ("data", "outputs", ".dvc/cache"):
             shutil.rmtree(dst / folder)
         run(["dvc", "pull", "-q"], dst, env)
@@ -152,6 +162,7 @@ def test_training_param_change_reruns_training_and_what_follows_only(project):
 def test_cached_relabel_asks_no_lvlm(project):
     """Rerunning the labelling stage from scratch answers everything from the response cache."""
     dst, env, _ = project
-    run(["dvc", "repro", "--force", "--single-item", "label"], dst, env)
-    labeling = json.loads((dst / "reports" / "metrics" / "labeling.json").read_text())
-    assert labeling["cost"]["lvlm_calls"] == 0 and labeling["cost"]["cache_hits"] > 0
+    for method in LABELLED[:-1]:
+        run(["dvc", "repro", "--force", "--single-item", f"label_{method}"], dst, env)
+        labeling = json.loads((dst / "reports" / "metrics" / f"labeling_{method}.json").read_text())
+        assert labeling["cost"]["lvlm_calls"] == 0 and labeling["cost"]["cache_hits"] > 0, method

@@ -34,3 +34,9 @@ def summarize(episodes: pd.DataFrame, samples: int = 2000, seed: int = 0) -> pd.
             row.update({f"{metric}_mean": float(values.mean()), f"{metric}_low": low, f"{metric}_high": high})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def summarize_overall(episodes: pd.DataFrame, samples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per (method, split), pooled over every k: the generalisation table (seen vs fresh)."""
+    pooled = episodes.assign(k=0)
+    return summarize(pooled, samples, seed).drop(columns="k")

@@ -13,25 +13,34 @@ from rgvlm.rewards.fusion import fuse, fused_name
 from rgvlm.rewards.oracle import oracle_rewards
 from rgvlm.rewards.sparse import sparse_rewards
 
+#: Methods whose reward set a labelling stage writes to ``outputs/labels/<method>/`` (they ask
+#: an LVLM or an embedding model, which the rewards stage never does itself).
+LABELLED_METHODS = ("rg_vlm", "vlm_car", "erl_vlm", "rl_vlm_f", "embedding")
 
-def rg_vlm_rewards(dataset: OfflineDataset) -> RewardResult:
-    """The RG-VLM reward set written by the labelling stage (LVLM queries live there)."""
-    from rgvlm import paths
 
-    result = load_rewards(paths.LABELS, "rg_vlm")
-    if result.rewards.shape != (dataset.num_transitions,):
-        raise ValueError(f"outputs/labels/rg_vlm.npy labels {result.rewards.shape[0]} transitions, "
-                         f"the dataset has {dataset.num_transitions}: rerun the labelling stage")
-    return result
+def labelled_rewards(method: str) -> Callable[[OfflineDataset], RewardResult]:
+    """The loader of a reward set written by the method's labelling stage."""
+
+    def load(dataset: OfflineDataset) -> RewardResult:
+        from rgvlm import paths
+
+        result = load_rewards(paths.LABELS / method, method)
+        if result.rewards.shape != (dataset.num_transitions,):
+            raise ValueError(f"outputs/labels/{method}/{method}.npy labels {result.rewards.shape[0]} transitions, "
+                             f"the dataset has {dataset.num_transitions}: rerun the label_{method} stage")
+        return result
+
+    return load
 
 
 REWARD_METHODS: dict[str, Callable[[OfflineDataset], RewardResult]] = {
     "sparse": sparse_rewards,
     "oracle": oracle_rewards,
-    "rg_vlm": rg_vlm_rewards,
+    **{method: labelled_rewards(method) for method in LABELLED_METHODS},
 }
 
 __all__ = [
+    "LABELLED_METHODS",
     "REWARD_METHODS",
     "compute_reward_sets",
     "RewardResult",

@@ -140,7 +140,8 @@ class MultiRunIQL:
     """
 
     def __init__(self, config: IQLConfig, seeds: Sequence[int], reward_rows: Sequence[int] | None = None,
-                 device: torch.device | str = "cpu", compile: bool = False, cuda_graphs: bool = False) -> None:
+                 device: torch.device | str = "cpu", compile: bool = False, cuda_graphs: bool = False,
+                 chunk_size: int | None = None) -> None:
         if not seeds:
             raise ValueError("MultiRunIQL needs at least one run (seeds is empty)")
         self.config = config
@@ -176,8 +177,14 @@ class MultiRunIQL:
         self.reward_rows = torch.tensor(rows, dtype=torch.int64, device=self.device)
         self.step = 0
 
-        value_grad = vmap(grad_and_value(self._value_objective, has_aux=True))
-        actor_critic_grad = vmap(grad_and_value(self._actor_critic_objective, argnums=(0, 1), has_aux=True))
+        # chunk_size: runs per vmapped slice. On a CPU, all runs at once makes activations that
+        # overflow the caches; a few at a time keeps them warm (benchmarks/iql_throughput.py).
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size}: expected None (all runs at once) or an int >= 1")
+        self.chunk_size = chunk_size
+        value_grad = vmap(grad_and_value(self._value_objective, has_aux=True), chunk_size=chunk_size)
+        actor_critic_grad = vmap(grad_and_value(self._actor_critic_objective, argnums=(0, 1), has_aux=True),
+                                 chunk_size=chunk_size)
         if self.compile or self.cuda_graphs:
             mode = "reduce-overhead" if self.cuda_graphs else "default"
             value_grad = torch.compile(value_grad, mode=mode, dynamic=False)

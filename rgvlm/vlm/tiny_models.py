@@ -212,3 +212,57 @@ def build_tiny_vlm(kind: str, directory: Path) -> Path:
     else:
         processor.save_pretrained(directory)
     return directory
+
+
+def build_tiny_clip(directory: Path) -> Path:
+    """Build a tiny random ``CLIPModel`` + ``CLIPProcessor``, save them under ``directory``, return it.
+
+    For the embedding reward's CLIP path (``rgvlm.rewards.embedding``): it loads back by path
+    with ``AutoModel`` / ``AutoProcessor`` (``local_files_only``), like a real CLIP checkpoint.
+    Nothing is downloaded: the tokenizer is a byte-level BPE trained on ``_SENTENCES`` that
+    wraps every text in ``<s> ... </s>`` (CLIP pools the text at its end-of-text token, found
+    by ``eos_token_id``), the image processor is the PIL one (no torchvision), and the weights
+    come from ``torch.manual_seed(0)``, so every call builds the same model.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    special = ["<pad>", "<s>", "</s>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(_SENTENCES, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))]
+    )
+    max_positions = 64
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", padding_side="right",
+        model_max_length=max_positions,
+    )
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "max_position_embeddings": max_positions,
+            "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        vision_config={
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "image_size": 32, "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    model = CLIPModel(config).eval()
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory

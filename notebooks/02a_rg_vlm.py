@@ -1,11 +1,11 @@
 # %% [markdown]
-# # 2. RG-VLM labelling: the two-stage LVLM query
+# # 2a. RG-VLM labelling: the two-stage LVLM query
 #
 # Every episode is cut into windows; for each window the LVLM sees the frames (rendered by
 # replay), the numbered actions and the mission, writes an analysis (stage 1), then scores every
 # action from 0 to 10 as JSON (stage 2, possibly a cheaper model). Reward = score / 10
 # (`rgvlm/rewards/rg_vlm.py`; prompts in `prompts/`). Every answer goes through the response
-# cache `outputs/lvlm_cache/` first: a rerun, or a run resumed after a crash, asks nothing twice,
+# cache `outputs/lvlm_cache/rg_vlm/` first: a rerun, or a run resumed after a crash, asks nothing twice,
 # and `dvc push`/`dvc pull` share the answers.
 #
 # The embedded default backend is the **scripted annotator**: answers computed from the
@@ -31,13 +31,13 @@ data = load_dataset(paths.DATA)
 config = labeling_config(labeling, max_trajectory_length=data.max_episode_limit)
 stage1, stage2 = make_clients(config)  # fails here, before any query, on a bad backend setting
 usage = UsageCounter()
-cache = ResponseCache(paths.LVLM_CACHE)
+cache = ResponseCache(paths.LVLM_CACHE / "rg_vlm")
 cached1 = CachedClient(stage1, cache, usage)
 cached2 = cached1 if stage2 is stage1 else CachedClient(stage2, cache, usage)
 result, stats = label_rg_vlm(data, cached1, cached2, RGVLMConfig(**config.rg_vlm),
                              needs_images=stage1.backend != "scripted")
 cost = labeling_cost(usage, stats, config.prices)
 result.cost = cost
-save_rewards(paths.LABELS, result)
-write_json_atomic(paths.METRICS / "labeling.json", {"provenance": result.provenance, "cost": cost})
+save_rewards(paths.LABELS / "rg_vlm", result)
+write_json_atomic(paths.METRICS / "labeling_rg_vlm.json", {"provenance": result.provenance, "cost": cost})
 cost

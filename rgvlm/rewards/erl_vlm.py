@@ -1,0 +1,285 @@
+"""ERL-VLM: rewards learned from LVLM *ratings* of trajectory segments (Luu et al., 2025).
+
+``num_queries`` segments of ``segment_length`` transitions are drawn from the dataset
+(:mod:`rgvlm.rewards.segments`). For each, the LVLM sees the frames (first, every
+``frame_stride``-th and last observation), the numbered actions and the mission, and is asked
+
+1. (stage 1) for a free-text analysis of the segment with respect to the task, then
+2. (stage 2) given that analysis, for one rating among ``num_classes`` named classes
+   (Bad / Average / Good for 3; :data:`RATING_SCALES`), as one line ``Rating: <class>``.
+
+The stage-2 answer is parsed strictly (:func:`parse_rating`); a rejected answer is re-asked up
+to ``max_reasks`` times with the reason appended, then the segment is dropped (and counted).
+A reward model r(s, a) is then fitted so each rated segment's predicted return falls into its
+class (the rating objective of :mod:`rgvlm.rewards.reward_model`: in-batch min-max returns,
+class bounds from the batch's label proportions, softmax over the distance to each class
+interval, stratified minibatches, class-weighted MAE; ``loss: ce`` for the cross-entropy
+ablation), and relabels every transition of the dataset.
+
+With the scripted annotator (not an LVLM), the answers come from :class:`RatingTruth`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rgvlm import paths
+from rgvlm.data.storage import OfflineDataset
+from rgvlm.params import ParamError
+from rgvlm.rewards.base import RewardResult
+from rgvlm.rewards.reward_model import (
+    LOSSES,
+    RatingObjective,
+    RewardEnsemble,
+    RewardModelConfig,
+    embed_missions,
+    relabel,
+    torch_threads,
+    train_rating_model,
+)
+from rgvlm.rewards.segments import (
+    ParsedAnswer,
+    Segment,
+    SegmentFacts,
+    actions_text,
+    answer_field,
+    ask_with_reasks,
+    check_config,
+    completed_per_step,
+    config_from_section,
+    sample_segments,
+    segment_facts,
+    segment_frames,
+    segment_steps,
+)
+from rgvlm.vlm.base import LVLMClient, LVLMRequest
+from rgvlm.vlm.scripted import ScriptedNoise
+
+PROMPTS = paths.ROOT / "prompts"
+
+# Rating classes, worst first, with what each means (shown to the LVLM). Two or three classes
+# worked best in the paper, four hurt; up to five are allowed for ablations.
+RATING_SCALES: dict[int, tuple[tuple[str, str], ...]] = {
+    2: (("Bad", "the segment makes no progress toward the task"),
+        ("Good", "the segment completes a sub-task or clearly moves toward the next one")),
+    3: (("Bad", "no progress toward the task: the agent wanders, wastes actions or undoes progress"),
+        ("Average", "some progress: the agent moves toward the next sub-task without completing it"),
+        ("Good", "the agent completes a sub-task, or is about to")),
+    4: (("Very bad", "no progress toward the task at all"),
+        ("Bad", "a little progress toward the next sub-task"),
+        ("Good", "clear progress toward the next sub-task, without completing it"),
+        ("Very good", "the agent completes a sub-task, or is about to")),
+    5: (("Very bad", "no progress toward the task at all"),
+        ("Bad", "a little progress toward the next sub-task"),
+        ("Average", "clear progress toward the next sub-task"),
+        ("Good", "the agent is about to complete a sub-task"),
+        ("Very good", "the agent completes a sub-task")),
+}
+
+
+@dataclass(frozen=True)
+class ERLVLMConfig:
+    """How segments are drawn and rated, and how the reward model is trained (``erl_vlm`` params)."""
+
+    num_queries: int = 1000  # segments rated
+    segment_length: int = 16  # transitions per segment
+    num_classes: int = 3  # rating classes (2..5, RATING_SCALES)
+    frame_stride: int = 4  # every n-th observation of a segment is shown (and its last)
+    tile_size: int = 16  # pixels per grid cell in the frames
+    max_reasks: int = 2  # stage-2 re-asks after an answer the parser rejects; then the segment is dropped
+    seed: int = 0  # segment sampling, reward-model initialisation and minibatches
+    loss: str = "mae"  # mae (ERL-VLM) | ce (ablation: RbRL's cross-entropy)
+    stratified: bool = True  # minibatches drawn class by class, minority first
+    class_weighted: bool = True  # loss weights inverse to the class frequency in the batch
+    temperature: float = 0.05  # of the softmax over negative distances to the class intervals
+    ensemble_size: int = 1
+    train_steps: int = 400
+    batch_size: int = 64  # segments per gradient step
+    lr: float = 1e-3
+    feature_dim: int = 64
+    hidden_dim: int = 64
+    egocentric: bool = True
+    num_threads: int = 1  # torch threads for the reward model; 0 = torch's default (see reward_model)
+    stage1_max_new_tokens: int = 512
+    stage2_max_new_tokens: int = 32
+    prompt_dir: str = str(PROMPTS)
+
+    def __post_init__(self) -> None:
+        check_config(self, "erl_vlm")
+        if self.num_classes not in RATING_SCALES:
+            raise ParamError("erl_vlm.num_classes", self.num_classes, f"one of {sorted(RATING_SCALES)}")
+        if self.loss not in LOSSES:
+            raise ParamError("erl_vlm.loss", self.loss, f"one of {', '.join(LOSSES)}")
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in RATING_SCALES[self.num_classes])
+
+    def reward_model(self) -> RewardModelConfig:
+        return RewardModelConfig(
+            feature_dim=self.feature_dim, hidden_dim=self.hidden_dim, egocentric=self.egocentric,
+            ensemble_size=self.ensemble_size, train_steps=self.train_steps, batch_size=self.batch_size,
+            lr=self.lr, seed=self.seed, num_threads=self.num_threads)
+
+    def objective(self) -> RatingObjective:
+        return RatingObjective(self.num_classes, self.temperature, self.loss, self.stratified, self.class_weighted)
+
+
+def config_from_params(raw: Any) -> ERLVLMConfig:
+    """The ``erl_vlm`` section of params.yaml as a checked config; every key is optional."""
+    return config_from_section(raw, ERLVLMConfig, "erl_vlm")
+
+
+# -- prompts and parsing ----------------------------------------------------------------
+def load_templates(prompt_dir: str | Path) -> tuple[str, str]:
+    directory = Path(prompt_dir)
+    return (directory / "erl_vlm_stage1.txt").read_text(), (directory / "erl_vlm_stage2.txt").read_text()
+
+
+def parse_rating(text: str, class_names: tuple[str, ...]) -> ParsedAnswer:
+    """The class index of a ``Rating: <class>`` answer (or of an answer that is just the class name).
+
+    Strict: exactly one rating line, whose value is exactly one of ``class_names`` (case and
+    surrounding markdown or punctuation ignored). Errors: ``unparseable`` (no rating line, or
+    several) and ``unknown_class``."""
+    value, reason = answer_field(text, "Rating")
+    if value is None:
+        return ParsedAnswer(None, "unparseable", reason)
+    lookup = {" ".join(name.lower().split()): i for i, name in enumerate(class_names)}
+    key = " ".join(value.lower().split())
+    if key not in lookup:
+        return ParsedAnswer(None, "unknown_class", f"{value[:40]!r} is not one of {', '.join(class_names)}")
+    return ParsedAnswer(lookup[key])
+
+
+@dataclass(frozen=True)
+class RatingTruth:
+    """Ground truth of one rating query, answering for the scripted annotator (privileged).
+
+    Stage 1: the segment's analysis in words (:meth:`SegmentFacts.describe`, exact).
+    Stage 2: ``Rating: <class>`` with the class read off the segment's noisy latent value ``v``
+    (:meth:`SegmentFacts.latent_value`: completions in the segment, approach steps counting a
+    third each, per-step Gaussian noise ``score_sd`` on the 0..10 scale, credit misattributed
+    with probability ``misattribution``): class ``clip(floor(v * (n - 1) + 0.5), 0, n - 1)``, so
+    one completion (v = 1) is the top class and an idle segment (v = 0) the bottom one; for three
+    classes the bounds are v = 0.25 and 0.75. With probability ``malformed_rate`` the answer is
+    malformed instead (a class that does not exist, prose without a rating, or two ratings), so
+    the parser rejects it and the segment is re-asked.
+    """
+
+    stage: int
+    facts: SegmentFacts
+    class_names: tuple[str, ...]
+
+    def rating(self, rng: np.random.Generator, noise: ScriptedNoise) -> int:
+        n = len(self.class_names)
+        return int(np.clip(np.floor(self.facts.latent_value(rng, noise) * (n - 1) + 0.5), 0, n - 1))
+
+    def scripted_answer(self, rng: np.random.Generator, noise: ScriptedNoise) -> str:
+        if self.stage == 1:
+            return self.facts.describe()
+        label = self.rating(rng, noise)
+        if rng.random() < noise.malformed_rate:
+            kind = int(rng.integers(3))
+            if kind == 0:
+                return "Rating: Excellent"
+            if kind == 1:
+                return "The agent does a few sensible things in this segment."
+            return f"Rating: {self.class_names[label]}\nRating: {self.class_names[0]}"
+        return f"Rating: {self.class_names[label]}"
+
+
+def _frames_note(count: int) -> str:
+    return (f"You are shown {count} top-down frames of this segment, in time order." if count
+            else "No frames are shown; judge from the actions.")
+
+
+# -- labelling --------------------------------------------------------------------------
+def label_erl_vlm(
+    dataset: OfflineDataset,
+    stage1: LVLMClient,
+    stage2: LVLMClient,
+    config: ERLVLMConfig = ERLVLMConfig(),
+    needs_images: bool = True,
+    mission_table: torch.Tensor | np.ndarray | None = None,
+) -> tuple[RewardResult, dict[str, Any], RewardEnsemble]:
+    """Rate segments, fit the reward model, relabel every transition.
+
+    ``mission_table`` is the MissionEmbedder table of ``dataset.missions`` (``[M, slots, 384]``);
+    None embeds them here. Returns the reward set, the labelling statistics and the trained
+    reward model (``state_dict()`` to save it; see :func:`~rgvlm.rewards.reward_model.save_reward_model`).
+    """
+    started = time.perf_counter()
+    if mission_table is None:
+        mission_table = embed_missions(dataset)
+    template1, template2 = load_templates(config.prompt_dir)
+    names = config.class_names
+    segments = sample_segments(dataset, config.num_queries, config.segment_length, config.seed)
+    frames = (segment_frames(dataset, segments, config.frame_stride, config.tile_size) if needs_images
+              else [()] * len(segments))
+    completed = completed_per_step(dataset)
+    scale = "\n".join(f"- {name}: {meaning}" for name, meaning in RATING_SCALES[config.num_classes])
+
+    def fields_of(segment: Segment, images: tuple[bytes, ...]) -> dict[str, Any]:
+        return {"goal": dataset.episodes[segment.episode]["mission"], "segment": segment.label(),
+                "frames": _frames_note(len(images)), "actions": actions_text(dataset, segment),
+                "num_actions": segment.length, "num_classes": config.num_classes, "rating_scale": scale,
+                "class_names": " | ".join(names)}
+
+    facts = [segment_facts(dataset, s, completed) for s in segments]
+    analyses = stage1.generate([
+        LVLMRequest(prompt=template1.format(**fields_of(s, images)), images=images,
+                    max_new_tokens=config.stage1_max_new_tokens, annotation=RatingTruth(1, f, names))
+        for s, images, f in zip(segments, frames, facts, strict=True)
+    ])
+    requests = [
+        LVLMRequest(prompt=template2.format(**fields_of(s, images), analysis=analysis.text), images=images,
+                    max_new_tokens=config.stage2_max_new_tokens, annotation=RatingTruth(2, f, names))
+        for s, images, f, analysis in zip(segments, frames, facts, analyses, strict=True)
+    ]
+    reminder = f"Answer with one line only: Rating: <one of {', '.join(names)}>."
+    ratings, errors, reasks = ask_with_reasks(stage2, requests, lambda text: parse_rating(text, names),
+                                              reminder, config.max_reasks)
+    kept = [i for i, r in enumerate(ratings) if r is not None]
+    labels = np.array([ratings[i] for i in kept], dtype=np.int64)
+    steps, mask = segment_steps(dataset, [segments[i] for i in kept], config.segment_length)
+    table = torch.as_tensor(mission_table)
+    with torch_threads(config.num_threads):
+        model, training = train_rating_model(dataset, table, steps, mask, labels, config.reward_model(),
+                                             config.objective())
+        if labels.size:
+            rewards, relabelling = relabel(model, dataset, table, config.reward_model().relabel_batch_size)
+        else:  # nothing to learn from: no information, no reward
+            rewards, relabelling = np.zeros(dataset.num_transitions, dtype=np.float32), {}
+    counts = Counter(int(r) for r in labels)
+    stats = {
+        "queries": len(segments),
+        "labelled": int(labels.size),
+        "answers_per_class": {name: counts.get(i, 0) for i, name in enumerate(names)},
+        "stage2_errors": dict(errors),
+        "reasks": reasks,
+        "dropped": len(segments) - int(labels.size),
+        "reward_model": {**training, **relabelling},
+        "wall_time_s": round(time.perf_counter() - started, 3),
+    }
+    lvlm = {"backend": stage1.backend, "model": stage1.model, "stage2_backend": stage2.backend,
+            "stage2_model": stage2.model, "settings": stage1.generation_settings()}
+    provenance = {
+        "method": "erl_vlm",
+        "source": ("LVLM ratings of trajectory segments (analysis, then one of "
+                   f"{config.num_classes} classes: {', '.join(names)}) -> reward model r(s, a) fitted with "
+                   f"the rating objective ({config.loss.upper()} loss), relabelling every transition"),
+        "lvlm": lvlm,
+        "config": {k: v for k, v in asdict(config).items() if k != "prompt_dir"},
+        "reward_model": {"architecture": "StateEncoder (one-hot grid, clause-slot mission) + action head, tanh",
+                         **model.metadata(),
+                         "normalisation": "ensemble mean, min-max over the dataset to [0, 1]"},
+    }
+    return RewardResult("erl_vlm", rewards, provenance=provenance, cost={**stats}), stats, model

@@ -1,0 +1,359 @@
+"""Trajectory segments: what ERL-VLM rates and RL-VLM-F compares, and how they are asked about.
+
+A *segment* is ``segment_length`` consecutive transitions of one dataset episode (the whole
+episode when it is shorter). Both methods draw their queries here, deterministically in a
+seed, so that the LVLM budget (``num_queries``) is spent on the same kind of object and a rerun
+asks exactly the same questions (and so hits the response cache).
+
+Sampling is uniform over *windows*: every start position of every episode is equally likely,
+so long episodes get proportionally more queries, as they hold proportionally more
+transitions to relabel. Windows are drawn without replacement (no query is asked twice).
+
+Also here, shared by both methods:
+
+- the frames a real LVLM sees (first, every ``frame_stride``-th and last observation of a
+  segment, rendered by replay; only when the backend needs images);
+- :class:`SegmentFacts`, the privileged ground truth of a segment, and the scripted
+  annotator's *latent value* of a segment, from which both the ratings and the preferences of
+  the scripted annotator are derived (so the two methods face the same, documented noise);
+- the re-ask loop: a stage-2 answer the strict parser rejects is asked again, with the reason
+  appended to the prompt, up to ``max_reasks`` times; then the query is dropped and counted;
+- the checks of the two methods' config sections in params.yaml.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+from rgvlm.data.replay import replay_dataset_episode
+from rgvlm.data.storage import OfflineDataset
+from rgvlm.envs import ACTION_NAMES
+from rgvlm.params import ParamError
+from rgvlm.rewards.rg_vlm import frame_indices, png_bytes
+from rgvlm.vlm.base import LVLMClient, LVLMRequest
+from rgvlm.vlm.scripted import ScriptedAnnotator, ScriptedNoise, WindowTruth
+
+# Misattribution moves a completion's credit by up to this many steps (see ScriptedAnnotator).
+MISATTRIBUTION_REACH = 2
+
+
+@dataclass(frozen=True, order=True)
+class Segment:
+    """Transitions ``start .. end - 1`` (relative to the episode) of episode ``episode``."""
+
+    episode: int
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    def label(self) -> str:
+        """How prompts name the segment. It makes every query's text unique, so two segments
+        with the same mission and actions never share a cache entry (the scripted annotator
+        sees no frames, and its answers come from the segment's own ground truth)."""
+        return f"episode {self.episode}, steps {self.start}-{self.end}"
+
+
+# -- sampling ---------------------------------------------------------------------------
+def _window_counts(dataset: OfflineDataset, segment_length: int) -> np.ndarray:
+    """Start positions per episode: ``length - segment_length + 1``, at least 1 (a short
+    episode offers one segment, the whole episode)."""
+    lengths = np.array([e["length"] for e in dataset.episodes], dtype=np.int64)
+    return np.maximum(lengths - segment_length + 1, 1)
+
+
+def _window(dataset: OfflineDataset, counts_cumsum: np.ndarray, flat: int, segment_length: int) -> Segment:
+    episode = int(np.searchsorted(counts_cumsum, flat, side="right"))
+    start = int(flat - (counts_cumsum[episode - 1] if episode else 0))
+    return Segment(episode, start, min(start + segment_length, dataset.episodes[episode]["length"]))
+
+
+def sample_segments(dataset: OfflineDataset, num_segments: int, segment_length: int, seed: int) -> list[Segment]:
+    """``num_segments`` distinct windows (fewer if the dataset has fewer), uniform over all windows,
+    sorted by (episode, start) so replay renders each episode once."""
+    if segment_length < 1 or num_segments < 0:
+        raise ValueError(f"segment_length={segment_length}, num_segments={num_segments}: expected >= 1 and >= 0")
+    counts = _window_counts(dataset, segment_length)
+    cumsum = np.cumsum(counts)
+    total = int(cumsum[-1]) if cumsum.size else 0
+    rng = np.random.default_rng([seed, 0x5E6])
+    flat = rng.choice(total, size=min(num_segments, total), replace=False)
+    return sorted(_window(dataset, cumsum, int(f), segment_length) for f in flat)
+
+
+def sample_segment_pairs(dataset: OfflineDataset, num_pairs: int, segment_length: int,
+                         seed: int) -> list[tuple[Segment, Segment]]:
+    """``num_pairs`` pairs of distinct windows that share a mission (one goal in the prompt).
+
+    The first window is uniform over all windows that have a partner (first windows are distinct);
+    the second is uniform over the other windows of the episodes with the same mission, mostly
+    the same episode, since most missions occur once. That compares segments under the same goal,
+    as RL-VLM-F does (one task per query). Which one is shown as segment 0 is a coin flip, so a
+    position bias of the LVLM cannot favour either kind.
+    """
+    if segment_length < 1 or num_pairs < 0:
+        raise ValueError(f"segment_length={segment_length}, num_pairs={num_pairs}: expected >= 1 and >= 0")
+    counts = _window_counts(dataset, segment_length)
+    by_mission: dict[str, list[int]] = defaultdict(list)
+    for index, episode in enumerate(dataset.episodes):
+        by_mission[episode["mission"]].append(index)
+    # Flat window ids of each mission group, and which groups offer two windows or more.
+    group_of_episode = np.empty(len(dataset.episodes), dtype=np.int64)
+    groups: list[np.ndarray] = []
+    cumsum = np.cumsum(counts)
+    starts = cumsum - counts
+    for g, episodes in enumerate(by_mission.values()):
+        group_of_episode[episodes] = g
+        groups.append(np.concatenate([np.arange(starts[e], cumsum[e]) for e in episodes]))
+    eligible = np.concatenate([ids for ids in groups if ids.size >= 2]) if groups else np.zeros(0, np.int64)
+    rng = np.random.default_rng([seed, 0x9A1])
+    firsts = rng.choice(eligible, size=min(num_pairs, eligible.size), replace=False) if eligible.size else []
+    pairs = []
+    for first in sorted(int(f) for f in firsts):
+        episode = int(np.searchsorted(cumsum, first, side="right"))
+        candidates = groups[group_of_episode[episode]]
+        pick = int(rng.integers(candidates.size - 1))
+        second = int(candidates[pick if candidates[pick] < first else pick + 1])  # every window but `first`
+        a, b = _window(dataset, cumsum, first, segment_length), _window(dataset, cumsum, second, segment_length)
+        pairs.append((b, a) if rng.random() < 0.5 else (a, b))
+    return pairs
+
+
+def segment_steps(dataset: OfflineDataset, segments: Sequence[Segment], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Global transition indices of each segment, int64 ``[Q, length]`` (padded with the segment's
+    first step), and the bool mask of the real ones."""
+    steps = np.zeros((len(segments), length), dtype=np.int64)
+    mask = np.zeros((len(segments), length), dtype=bool)
+    for row, segment in enumerate(segments):
+        if segment.length > length:
+            raise ValueError(f"segment {segment} is longer than {length} steps")
+        base = dataset.episodes[segment.episode]["step_start"] + segment.start
+        steps[row] = base
+        steps[row, : segment.length] = base + np.arange(segment.length)
+        mask[row, : segment.length] = True
+    return steps, mask
+
+
+# -- frames and prompt text -------------------------------------------------------------
+def segment_frames(dataset: OfflineDataset, segments: Sequence[Segment], frame_stride: int,
+                   tile_size: int) -> list[tuple[bytes, ...]]:
+    """PNG frames of each segment (first, every ``frame_stride``-th, last observation), rendered by
+    replaying each episode once."""
+    wanted: dict[int, set[int]] = defaultdict(set)
+    for segment in segments:
+        wanted[segment.episode].update(frame_indices(segment.start, segment.end, frame_stride))
+    pngs: dict[tuple[int, int], bytes] = {}
+    for episode, times in sorted(wanted.items()):
+        order = sorted(times)
+        rendered = replay_dataset_episode(dataset, episode, tile_size, frames=order)["frames"]
+        pngs.update({(episode, t): png_bytes(frame) for t, frame in zip(order, rendered, strict=True)})
+    return [tuple(pngs[(s.episode, t)] for t in frame_indices(s.start, s.end, frame_stride)) for s in segments]
+
+
+def actions_text(dataset: OfflineDataset, segment: Segment) -> str:
+    """The segment's actions, numbered from 1."""
+    base = dataset.episodes[segment.episode]["step_start"]
+    actions = dataset.actions[base + segment.start : base + segment.end]
+    return "\n".join(f"{i + 1}. {ACTION_NAMES[int(a)]}" for i, a in enumerate(actions))
+
+
+# -- privileged ground truth (scripted annotator only) ----------------------------------
+@dataclass(frozen=True)
+class SegmentFacts:
+    """What the scripted annotator may know about one segment (privileged, never a learner input).
+
+    ``completed`` covers a *context* around the segment, ``offset`` steps before its first step
+    and enough after its last, because credit can leak across the segment's edges: a completion
+    just after the segment makes its last steps "approach" steps, and misattribution can move a
+    completion's credit up to two steps either way.
+    """
+
+    completed: tuple[int, ...]  # sub-tasks completed by each step of the context
+    offset: int  # context index of the segment's first step
+    length: int  # steps in the segment
+    completions: tuple[tuple[int, str], ...]  # (action number from 1, sub-task text) inside the segment
+
+    def step_scores(self, rng: np.random.Generator, noise: ScriptedNoise) -> np.ndarray:
+        """Per-step scores 0..10 of the segment before noise, exactly as the RG-VLM annotator
+        would give them (:meth:`ScriptedAnnotator.clean_scores`: 10 on a completion, possibly
+        misattributed; ``approach_score`` on the ``approach_steps`` steps before one;
+        ``idle_score`` otherwise), computed on the context, then cut to the segment."""
+        context = WindowTruth(2, self.completed, (), ())
+        return ScriptedAnnotator(noise).clean_scores(context, rng)[self.offset : self.offset + self.length]
+
+    def latent_value(self, rng: np.random.Generator, noise: ScriptedNoise) -> float:
+        """The annotator's noisy judgement of the segment, in *completions*:
+        ``sum_t (s_t + e_t - idle_score) / (10 - idle_score)`` with ``s_t`` the per-step scores of
+        :meth:`step_scores` and ``e_t ~ N(0, score_sd^2)`` independent per step.
+
+        One completion is worth 1, each approach step ``(approach_score - idle) / (10 - idle)``
+        (1/3 with the defaults: the three steps before a completion add up to one more), an idle
+        step 0. The noise grows with the segment's length (sd ``score_sd * sqrt(L) / 9``, 0.44
+        for 16 steps with ``score_sd`` 1), as judging a longer segment is harder.
+        """
+        scores = self.step_scores(rng, noise)
+        noisy = scores + rng.normal(0.0, noise.score_sd, scores.size)
+        return float(np.sum(noisy - noise.idle_score) / max(10.0 - noise.idle_score, 1.0))
+
+    def describe(self) -> str:
+        """A stage-1 analysis in words, from the exact ground truth (no noise, like RG-VLM's)."""
+        lines = [f"Action {t} completes the sub-task '{text}'." for t, text in self.completions]
+        ahead = self.completed[self.offset + self.length :]
+        if not lines and any(ahead):
+            lines.append("The last actions move the agent toward completing the next sub-task.")
+        if not lines:
+            lines.append("No action in this segment completes a sub-task or clearly moves toward one.")
+        return " ".join(lines)
+
+
+def completed_per_step(dataset: OfflineDataset) -> np.ndarray:
+    """Privileged: sub-tasks each transition completed, int16 [N]."""
+    return dataset.progress.astype(np.int16) - dataset.progress_before.astype(np.int16)
+
+
+def segment_facts(dataset: OfflineDataset, segment: Segment, completed: np.ndarray,
+                  noise_reach: int = MISATTRIBUTION_REACH, lookahead: int = 8) -> SegmentFacts:
+    """The privileged facts of ``segment`` (``completed`` from :func:`completed_per_step`).
+
+    The context reaches ``noise_reach`` steps before the segment and ``max(noise_reach,
+    lookahead)`` after it (``lookahead`` >= the annotator's ``approach_steps``), within the episode.
+    """
+    episode = dataset.episodes[segment.episode]
+    base = episode["step_start"]
+    lo = max(0, segment.start - noise_reach)
+    hi = min(episode["length"], segment.end + max(noise_reach, lookahead))
+    context = completed[base + lo : base + hi]
+    progress = int(dataset.progress_before[base + segment.start])
+    completions = []
+    for t in range(segment.start, segment.end):
+        for _ in range(int(completed[base + t])):
+            text = episode["subtasks"][progress] if progress < len(episode["subtasks"]) else "the mission"
+            completions.append((t - segment.start + 1, text))
+            progress += 1
+    return SegmentFacts(tuple(int(c) for c in context), segment.start - lo, segment.length, tuple(completions))
+
+
+# -- strict parsing and re-asks ---------------------------------------------------------
+@dataclass(frozen=True)
+class ParsedAnswer:
+    """``value`` when the answer is valid, else ``error`` (a short category) and ``detail``."""
+
+    value: int | None
+    error: str | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None
+
+
+def clean_line(text: str) -> str:
+    """A line without surrounding whitespace, markdown emphasis, quotes or a final period."""
+    return text.strip().strip("*`'\" \t").rstrip(".").strip().strip("*`'\" \t")
+
+
+def answer_field(text: str, field: str) -> tuple[str | None, str]:
+    """The value of the ``<field>: value`` line of an answer, or the whole answer when it is a
+    single line without the field name. Returns (value or None, reason when None).
+
+    Strict: an answer with no such line (prose around a bare value included) or with several
+    is rejected, never guessed at."""
+    lines = [clean_line(line) for line in text.strip().splitlines() if clean_line(line)]
+    prefix = field.lower() + ":"
+    tagged = [line for line in lines if line.lower().startswith(prefix)]
+    if len(tagged) == 1:
+        return clean_line(tagged[0][len(prefix):]), ""
+    if len(tagged) > 1:
+        return None, f"{len(tagged)} '{field}:' lines"
+    if len(lines) == 1:
+        return lines[0], ""
+    return None, f"no '{field}:' line"
+
+
+def ask_with_reasks(
+    client: LVLMClient,
+    requests: list[LVLMRequest],
+    parse: Callable[[str], ParsedAnswer],
+    reminder: str,
+    max_reasks: int,
+) -> tuple[list[int | None], Counter[str], int]:
+    """Ask every request; re-ask each rejected answer with the parser's reason and ``reminder``
+    appended (a new prompt, so a new answer and a new cache entry), at most ``max_reasks`` times.
+
+    Returns the parsed value of each request (None: dropped after its last re-ask), the count of
+    each parse error, and the number of re-asks made.
+    """
+    values: list[int | None] = [None] * len(requests)
+    errors: Counter[str] = Counter()
+    notes = [""] * len(requests)
+    pending = list(range(len(requests)))
+    reasks = 0
+    for attempt in range(max_reasks + 1):
+        if not pending:
+            break
+        answers = client.generate([replace(requests[i], prompt=requests[i].prompt + notes[i]) for i in pending])
+        still = []
+        for i, answer in zip(pending, answers, strict=True):
+            parsed = parse(answer.text)
+            if parsed.ok:
+                values[i] = parsed.value
+                continue
+            errors[parsed.error or "unparseable"] += 1
+            notes[i] += f"\nYour previous answer was invalid ({parsed.detail}). {reminder}"
+            still.append(i)
+        if attempt < max_reasks:
+            reasks += len(still)
+        pending = still
+    return values, errors, reasks
+
+
+# -- method configs (params.yaml sections erl_vlm and rl_vlm_f) -----------------------
+# Integer fields that must be >= 1 (every other integer field must be >= 0).
+POSITIVE_FIELDS = frozenset({
+    "num_queries", "segment_length", "frame_stride", "tile_size", "ensemble_size", "batch_size",
+    "feature_dim", "hidden_dim", "stage1_max_new_tokens", "stage2_max_new_tokens",
+})
+
+
+def check_config(config: Any, section: str) -> None:
+    """Type and range checks of every field of a method config (a dataclass whose annotations
+    are ``int``, ``float`` (> 0), ``bool`` or ``str``); raises ``ParamError("<section>.<field>", ...)``
+    so a bad value is named as it is spelt in params.yaml."""
+    for f in fields(config):
+        value, key = getattr(config, f.name), f"{section}.{f.name}"
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if kind == "bool" and not isinstance(value, bool):
+            raise ParamError(key, value, "true or false")
+        if kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ParamError(key, value, "an integer")
+            low = 1 if f.name in POSITIVE_FIELDS else 0
+            if value < low:
+                raise ParamError(key, value, f"an integer >= {low}")
+        if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                or not math.isfinite(value) or value <= 0):
+            raise ParamError(key, value, "a number > 0")
+        if kind == "str" and not isinstance(value, str):
+            raise ParamError(key, value, "a string")
+
+
+def config_from_section(raw: Any, cls: type, section: str) -> Any:
+    """Build ``cls`` from a params.yaml section (every key optional; ``prompt_dir`` is not a
+    parameter). Unknown keys and bad values raise ``ParamError("<section>.<key>", ...)``."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ParamError(section, raw, "a mapping")
+    known = sorted(f.name for f in fields(cls) if f.name != "prompt_dir")
+    for key in raw:
+        if key not in known:
+            raise ParamError(f"{section}.{key}", raw[key], f"one of the keys {known}")
+    return cls(**raw)

@@ -1,0 +1,746 @@
+"""VLM-CaR, code as reward (Venuto et al., 2024): the LVLM writes programs, the programs label.
+
+The LVLM is asked a handful of times instead of once per transition:
+
+1. Decomposition, once per distinct mission: the LVLM sees the goal and two frames (the first
+   and the last state of one episode with that mission; rendered by replay, skipped for a
+   text-only backend) and answers the ordered sub-tasks as a JSON list of strings
+   (``prompts/vlm_car_decompose.txt``). An answer the parser rejects is re-asked up to
+   ``max_reasks`` times with the reason; a mission whose answers all fail gets no reward.
+2. Code, once per distinct sub-task text: the LVLM writes ``def check(obs) -> bool`` over the
+   documented observation API (:mod:`rgvlm.rewards.observation_api`, whose documentation the
+   prompt ``prompts/vlm_car_program.txt`` includes). The prompt depends only on the sub-task
+   text, so the response cache answers repeats for free.
+3. Verification, following the paper and its public code. Every program runs in the sandbox
+   (:mod:`rgvlm.sandbox`: one child process per program per batch) on
+
+   - every dataset episode whose mission's decomposition contains its sub-task (these values
+     are also the labels), the ``kind == "expert"`` ones being the expert trajectories;
+   - ``random_trajectories`` uniform-random-action rollouts per mission, in the same layouts
+     (env id and seed of the mission's episodes; numpy RNG seeded by ``seed``; only for
+     missions with at least ``random_min_subtasks`` sub-tasks, the only ones the rule below
+     can reject).
+
+   Progress over a trajectory is ordered and latched, as in the environment: sub-task i
+   completes at the first observation, at or after the completion of sub-task i - 1, at
+   which its program returns True; observations after the first action only (the
+   environment never checks the initial state). Then
+
+   - expert rule: on every expert trajectory (at least ``expert_min_success`` of them) the
+     programs must complete all sub-tasks. Where the progress stalls, the stalled sub-task's
+     program is blamed; if that program did return True on the trajectory, but only before
+     its turn, the previous sub-task's program (which completed too late) is blamed as well;
+   - random rule (public code): a mission's program set is rejected when more than
+     ``max_random_success`` of its random rollouts complete at least ``random_min_subtasks``
+     sub-tasks; each program whose sub-task the random rollouts complete (in order) more
+     often than that share is blamed (too permissive). Missions with fewer sub-tasks than
+     ``random_min_subtasks`` can never fail this rule;
+   - a program that fails in the sandbox (rejected, timeout, memory, exception, bad output,
+     crash) or whose answer holds no parseable program fails.
+
+   A failing program is regenerated with the failure fed back in the prompt
+   (``prompts/vlm_car_feedback.txt``), up to ``max_regenerations`` times per sub-task. Rules
+   are evaluated with the failing programs of the round left out, so the final set is
+   exactly the set that was checked. A program that still fails is recorded and its
+   sub-task dropped: it contributes no reward, and the mission's other sub-tasks keep their
+   order without it.
+4. Dense reward of a transition = the increase of that ordered, latched progress (number of
+   leading sub-tasks of the episode's decomposition completed), computed by the accepted
+   programs: the oracle's definition with programs in place of the privileged progress.
+
+The scripted annotator answers these queries through :class:`DecompositionTruth` and
+:class:`ProgramTruth` (privileged ground truth; it is NOT an LVLM).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import re
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rgvlm import paths
+from rgvlm.data.storage import OfflineDataset
+from rgvlm.params import _check_unknown, _float, _int, _section
+from rgvlm.rewards.base import RewardResult
+from rgvlm.rewards.observation_api import API_DOC, API_VERSION, COLOUR_NAMES, trajectory_data
+from rgvlm.sandbox import SandboxLimits, run_checks
+from rgvlm.vlm.base import LVLMClient, LVLMRequest
+from rgvlm.vlm.scripted import ScriptedNoise
+
+PROMPTS = paths.ROOT / "prompts"
+TEMPLATES = {"decompose": "vlm_car_decompose.txt", "program": "vlm_car_program.txt",
+             "feedback": "vlm_car_feedback.txt"}
+FUNCTION_NAME = "check"
+MAX_DECOMPOSITION_SUBTASKS = 12
+#: The integer settings of VLMCaRConfig and their smallest allowed values.
+INT_MINIMA = {"random_min_subtasks": 1, "max_regenerations": 0, "max_reasks": 0, "expert_trajectories": 0,
+              "random_trajectories": 0, "random_max_steps": 0, "seed": 0, "tile_size": 1,
+              "decompose_max_new_tokens": 1, "program_max_new_tokens": 1, "sandbox_workers": 1, "sandbox_batch": 1}
+
+
+@dataclass(frozen=True)
+class VLMCaRConfig:
+    """Queries, verification thresholds and sandbox limits of VLM-CaR (``vlm_car`` in params)."""
+
+    expert_min_success: float = 1.0  # share of expert trajectories each program set must complete
+    max_random_success: float = 0.10  # a set is rejected when more random rollouts than this ...
+    random_min_subtasks: int = 2  # ... complete at least this many of its sub-tasks
+    max_regenerations: int = 3  # per sub-task, after verification failures
+    max_reasks: int = 2  # per query, after answers the parser rejects
+    expert_trajectories: int = 0  # expert episodes per mission used for verification (0 = all)
+    random_trajectories: int = 4  # random-action rollouts per mission
+    random_max_steps: int = 0  # steps per random rollout (0 = the environment's time limit)
+    seed: int = 0  # of the random rollouts
+    tile_size: int = 16  # pixels per cell of the decomposition frames
+    decompose_max_new_tokens: int = 256
+    program_max_new_tokens: int = 768
+    sandbox: SandboxLimits = field(default_factory=SandboxLimits)
+    sandbox_workers: int = 2  # sandbox processes at a time
+    sandbox_batch: int = 20_000  # observations per sandbox process at most
+    prompt_dir: str = str(PROMPTS)
+
+    def __post_init__(self) -> None:
+        for name in ("expert_min_success", "max_random_success"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"vlm_car.{name}={value!r}: expected a share in [0, 1]")
+        for name, low in INT_MINIMA.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"vlm_car.{name}={value!r}: expected an integer >= {low}")
+        if not isinstance(self.sandbox, SandboxLimits):
+            raise ValueError(f"vlm_car.sandbox={self.sandbox!r}: expected SandboxLimits")
+
+    def record(self) -> dict[str, Any]:
+        """The settings that decide the rewards (for provenance)."""
+        return {k: v for k, v in asdict(self).items() if k != "prompt_dir"}
+
+
+PARAM_KEYS = {f.name for f in fields(VLMCaRConfig)} - {"prompt_dir"}
+SANDBOX_KEYS = {f.name for f in fields(SandboxLimits)}
+
+
+def config_from_params(raw: Any) -> VLMCaRConfig:
+    """Check the ``vlm_car`` section of params.yaml; a bad key or value raises
+    :class:`ParamError` naming ``vlm_car.<key>`` before any query is made."""
+    raw = _section(raw if raw is not None else {}, "vlm_car")
+    _check_unknown(raw, "vlm_car", PARAM_KEYS)
+    d = VLMCaRConfig()
+    values: dict[str, Any] = {}
+    for name in ("expert_min_success", "max_random_success"):
+        if name in raw:
+            values[name] = _float(raw[name], f"vlm_car.{name}", 0.0, 1.0)
+    for name, low in INT_MINIMA.items():
+        if name in raw:
+            values[name] = _int(raw[name], f"vlm_car.{name}", low)
+    if "sandbox" in raw:
+        box = _section(raw["sandbox"], "vlm_car.sandbox")
+        _check_unknown(box, "vlm_car.sandbox", SANDBOX_KEYS)
+        limits = {}
+        if "timeout_s" in box:
+            limits["timeout_s"] = _float(box["timeout_s"], "vlm_car.sandbox.timeout_s", 0.1)
+        for name, low in (("cpu_s", 1), ("memory_mb", 64), ("max_output_bytes", 1024), ("max_source_chars", 100)):
+            if name in box:
+                limits[name] = _int(box[name], f"vlm_car.sandbox.{name}", low)
+        values["sandbox"] = SandboxLimits(**{**asdict(d.sandbox), **limits})
+    return VLMCaRConfig(**values)
+
+
+# -- parsing the LVLM's answers -------------------------------------------------------
+_JSON_START = re.compile(r"[\[{]")
+_CODE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+
+
+def normalise_subtask(text: str) -> str:
+    """One spelling per sub-task (lower case, single spaces, no final full stop), so that the
+    same sub-task of two missions is one program query."""
+    return re.sub(r"\s+", " ", text).strip().rstrip(".").strip().lower()
+
+
+def _first_json_value(text: str) -> tuple[bool, Any]:
+    """The first JSON list or object in ``text`` (prose around it is allowed)."""
+    decoder = json.JSONDecoder()
+    for match in _JSON_START.finditer(text):
+        try:
+            return True, decoder.raw_decode(text, match.start())[0]
+        except json.JSONDecodeError:
+            continue
+    return False, None
+
+
+def parse_decomposition(text: str) -> tuple[tuple[str, ...] | None, str]:
+    """The ordered sub-tasks of an answer whose first JSON value is a list of 1..12 non-empty
+    strings, or (None, reason). Like the RG-VLM parser it never guesses: an object holding a
+    list is not the list the prompt asked for."""
+    found, value = _first_json_value(text)
+    if not found:
+        return None, "no JSON list in the answer"
+    if not isinstance(value, list):
+        return None, f"the answer is a JSON {type(value).__name__}, not a list"
+    if not value:
+        return None, "the JSON list is empty"
+    if len(value) > MAX_DECOMPOSITION_SUBTASKS:
+        return None, f"{len(value)} sub-tasks, more than {MAX_DECOMPOSITION_SUBTASKS}"
+    if not all(isinstance(v, str) and v.strip() for v in value):
+        return None, "every sub-task must be a non-empty string"
+    return tuple(normalise_subtask(v) for v in value), ""
+
+
+def parse_program(text: str) -> tuple[str | None, str]:
+    """The source of the answer's Python code block (or of the whole answer when it is bare
+    code) if it parses and defines ``check(obs)``, or (None, reason). The sandbox's policy
+    check comes later: a program that breaks it is a verification failure, fed back."""
+    blocks = _CODE.findall(text)
+    source = next((b for b in blocks if f"def {FUNCTION_NAME}" in b), None)
+    if source is None:
+        if blocks or f"def {FUNCTION_NAME}" not in text:
+            return None, f"no Python code block defining {FUNCTION_NAME}(obs)"
+        source = text
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError) as error:
+        return None, f"the code does not parse ({getattr(error, 'msg', error)})"
+    defs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == FUNCTION_NAME]
+    if not defs or len(defs[0].args.args) + len(defs[0].args.posonlyargs) < 1:
+        return None, f"the code defines no top-level function {FUNCTION_NAME}(obs)"
+    return source.strip("\n") + "\n", ""
+
+
+# -- the scripted annotator's side (privileged; NOT an LVLM) ------------------------------
+_OPEN = re.compile(r"^open the (\w+) door$")
+_PUT = re.compile(r"^put the (\w+) (\w+) next to the (\w+) (\w+)$")
+SWAP_TYPE = {"ball": "key", "key": "ball", "box": "ball"}
+
+
+def scripted_program(subtask: str, bug_rng: np.random.Generator | None = None) -> str:
+    """The check program for one of the suite's sub-task texts, over the observation API.
+
+    With ``bug_rng`` it is a plausible but wrong program: the door of another colour; or,
+    for "put next to", another colour of the target, another colour of the moved object,
+    or the other object type of the target. Unknown texts get a program that returns False.
+    """
+    text = normalise_subtask(subtask)
+    if match := _OPEN.match(text):
+        colour = match.group(1)
+        if bug_rng is not None:
+            colour = str(bug_rng.choice([c for c in COLOUR_NAMES if c != colour]))
+        return (f"def check(obs):\n    # Sub-task: {text}\n"
+                f"    return obs.is_open({colour!r})\n")
+    if match := _PUT.match(text):
+        colour_a, type_a, colour_b, type_b = match.groups()
+        if bug_rng is not None:
+            bug = int(bug_rng.integers(3))
+            if bug == 0:
+                colour_b = str(bug_rng.choice([c for c in COLOUR_NAMES if c != colour_b]))
+            elif bug == 1:
+                colour_a = str(bug_rng.choice([c for c in COLOUR_NAMES if c != colour_a]))
+            else:
+                type_b = SWAP_TYPE.get(type_b, type_b)
+        return (f"def check(obs):\n    # Sub-task: {text}\n"
+                f"    moved = obs.find({type_a!r}, {colour_a!r})  # None while the agent carries it\n"
+                f"    target = obs.find({type_b!r}, {colour_b!r})\n"
+                f"    return obs.adjacent(moved, target)\n")
+    return f"def check(obs):\n    # Sub-task not understood: {text}\n    return False\n"
+
+
+@dataclass(frozen=True)
+class DecompositionTruth:
+    """Privileged answer to a decomposition query: the mission's true sub-tasks.
+
+    Noise: with ``malformed_rate`` the answer is malformed (prose without a list, a JSON
+    object instead of a list, or an empty list), which the parser rejects and re-asks.
+    ``score_sd`` and ``misattribution`` do not apply (no scores; the order is the truth's).
+    """
+
+    subtasks: tuple[str, ...]
+
+    def scripted_answer(self, rng: np.random.Generator, noise: ScriptedNoise) -> str:
+        if rng.random() < noise.malformed_rate:
+            kind = int(rng.integers(3))
+            if kind == 0:
+                return "The agent should work through the task step by step, one object at a time."
+            if kind == 1:
+                return json.dumps({"subtasks": list(self.subtasks)})
+            return "[]"
+        return json.dumps(list(self.subtasks))
+
+
+@dataclass(frozen=True)
+class ProgramTruth:
+    """Privileged answer to a program query: the correct check program of the sub-task.
+
+    Noise: with ``malformed_rate`` the answer holds no usable code (prose, or a code block
+    with a syntax error), which the parser rejects and re-asks; otherwise, with
+    ``misattribution``, the program checks the wrong door or object
+    (:func:`scripted_program` with a bug), which verification must catch. Regeneration
+    prompts differ (they carry the feedback), so every regeneration draws afresh.
+    ``score_sd`` does not apply.
+    """
+
+    subtask: str
+
+    def scripted_answer(self, rng: np.random.Generator, noise: ScriptedNoise) -> str:
+        if rng.random() < noise.malformed_rate:
+            if rng.random() < 0.5:
+                return "The sub-task is complete when the right objects are in the right places."
+            return "```python\ndef check(obs)\n    return obs.carrying is None\n```"
+        buggy = rng.random() < noise.misattribution
+        return f"```python\n{scripted_program(self.subtask, rng if buggy else None)}```"
+
+
+# -- helpers -----------------------------------------------------------------------------
+def load_templates(prompt_dir: str | Path) -> dict[str, str]:
+    directory = Path(prompt_dir)
+    return {name: (directory / file).read_text() for name, file in TEMPLATES.items()}
+
+
+def ordered_completion(holds: np.ndarray) -> list[int]:
+    """Completion indices of the leading sub-tasks, ordered and latched: sub-task i completes
+    at the first index >= the completion of sub-task i - 1 at which ``holds[i]`` is True.
+    ``holds`` bool [num_subtasks, T]; the list is as long as the number completed."""
+    times: list[int] = []
+    start = 0
+    for row in holds:
+        hits = np.flatnonzero(row[start:])
+        if hits.size == 0:
+            break
+        start += int(hits[0])
+        times.append(start)
+    return times
+
+
+def progress_curve(holds: np.ndarray) -> np.ndarray:
+    """Sub-tasks completed up to and including each index, int64 [T]."""
+    times = ordered_completion(holds)
+    return np.searchsorted(np.asarray(times, dtype=np.int64), np.arange(holds.shape[1]), side="right")
+
+
+def _png(frame: np.ndarray) -> bytes:
+    from rgvlm.rewards.rg_vlm import png_bytes
+
+    return png_bytes(frame)
+
+
+@dataclass
+class _Trajectory:
+    ids: np.ndarray  # int64 [T + 1]: observation ids in the store
+    mission: str
+    kind: str  # expert / noisy / partial (dataset) or random
+    episode: int | None  # dataset episode index, or None for a random rollout
+
+
+@dataclass
+class _Evaluation:
+    ok: bool
+    ids: np.ndarray | None = None  # sorted store ids it was evaluated on
+    values: np.ndarray | None = None  # bool, aligned with ids
+    error_kind: str | None = None
+    message: str = ""
+
+    def holds(self, ids: np.ndarray) -> np.ndarray:
+        if not self.ok:
+            return np.zeros(ids.shape, dtype=bool)
+        return self.values[np.searchsorted(self.ids, ids)]
+
+
+class _Store:
+    """Every distinct observation (as plain API data) once, with an integer id.
+
+    Random rollouts revisit the same states again and again, and the objects of a layout
+    rarely move while the agent does: storing each distinct observation once, and each
+    distinct object list once, keeps memory and sandbox work proportional to what differs.
+    """
+
+    def __init__(self) -> None:
+        self.index: dict[tuple, int] = {}
+        self.data: list[tuple] = []
+        self.object_lists: dict[tuple, tuple] = {}
+
+    def add(self, items: list[tuple]) -> np.ndarray:
+        ids = np.empty(len(items), dtype=np.int64)
+        for i, item in enumerate(items):
+            j = self.index.get(item)
+            if j is None:
+                objects = self.object_lists.setdefault(item[0], item[0])
+                item = (objects, *item[1:])
+                j = self.index[item] = len(self.data)
+                self.data.append(item)
+            ids[i] = j
+        return ids
+
+
+def random_rollout(env_id: str, seed: int, env_kwargs: dict, rng: np.random.Generator,
+                   max_steps: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(grids, carries) of one uniform-random-action rollout from the layout (env id, seed),
+    until the environment ends it (time limit or success) or ``max_steps`` (0: no cap)."""
+    from rgvlm.envs import NUM_ACTIONS, encode_observation, make_env, reset_quietly
+
+    env = make_env(env_id, **env_kwargs)
+    # Two shortcuts that change no state the rollout records, and cut a step's cost by ~3x:
+    # the rollout reads the full symbolic state (encode_observation), never the agent's partial
+    # view, so that is not computed; and BabyAI's re-matching of object descriptions after every
+    # drop is skipped: the suite's descriptions name a unique (type, colour), so the matched
+    # objects never change (the environment still ends the rollout on success).
+    env.unwrapped.agent_view_obs = False
+    env.unwrapped.update_objs_poss = lambda: None
+    reset_quietly(env, seed)
+    grid, carry = encode_observation(env)
+    grids, carries = [grid], [carry]
+    steps = 0
+    while True:
+        _, _, terminated, truncated, _ = env.step(int(rng.integers(NUM_ACTIONS)))
+        grid, carry = encode_observation(env)
+        grids.append(grid)
+        carries.append(carry)
+        steps += 1
+        if terminated or truncated or (max_steps and steps >= max_steps):
+            break
+    env.close()
+    return np.stack(grids), np.stack(carries)
+
+
+def _rollout_job(job: tuple) -> tuple[np.ndarray, np.ndarray]:
+    env_id, seed, env_kwargs, rng_seed, max_steps = job
+    return random_rollout(env_id, seed, env_kwargs, np.random.default_rng(list(rng_seed)), max_steps)
+
+
+def _ask(client: LVLMClient, prompts: list[str], images: list[tuple[bytes, ...]], truths: list[Any],
+         max_new_tokens: int, parse, max_reasks: int, note: str) -> tuple[list, dict]:
+    """Ask every prompt, re-asking (with the parser's reason appended) up to ``max_reasks``
+    times; returns the parsed values (None where every answer failed) and counts."""
+    results: list[Any] = [None] * len(prompts)
+    notes = [""] * len(prompts)
+    pending = list(range(len(prompts)))
+    counts = {"queries": 0, "reasks": 0, "unparseable": 0, "failed": 0}
+    for attempt in range(max_reasks + 1):
+        if not pending:
+            break
+        answers = client.generate([
+            LVLMRequest(prompt=prompts[i] + notes[i], images=images[i], max_new_tokens=max_new_tokens,
+                        annotation=truths[i])
+            for i in pending
+        ])
+        counts["queries"] += len(pending)
+        still = []
+        for i, answer in zip(pending, answers, strict=True):
+            value, detail = parse(answer.text)
+            if value is not None:
+                results[i] = value
+                continue
+            counts["unparseable"] += 1
+            notes[i] += note.format(detail=detail)
+            still.append(i)
+        if attempt < max_reasks:
+            counts["reasks"] += len(still)
+        pending = still
+    counts["failed"] = len(pending)
+    return results, counts
+
+
+DECOMPOSE_NOTE = "\n\nYour previous answer could not be used ({detail}). Answer with a JSON list of strings only."
+PROGRAM_NOTE = ("\n\nYour previous answer could not be used ({detail}). Answer with one Python code block "
+                "defining check(obs) only.")
+
+
+def _representative(dataset: OfflineDataset, mission: str) -> int:
+    """The episode whose first and last frames illustrate a mission: a successful expert
+    episode if there is one (its last frame shows the goal reached), else a successful one."""
+    candidates = [i for i, e in enumerate(dataset.episodes) if e["mission"] == mission]
+    for wanted in (lambda e: e["kind"] == "expert" and e["success"], lambda e: e["success"]):
+        for i in candidates:
+            if wanted(dataset.episodes[i]):
+                return i
+    return candidates[0]
+
+
+def _frames_text(needs_images: bool) -> str:
+    if needs_images:
+        return ("two top-down frames of a grid world: the state at the start of an episode and the state "
+                "at its end")
+    return "no frames (text only)"
+
+
+def _attempts_text(attempts: list[dict]) -> str:
+    """Every failed attempt so far, with its failure: each regeneration prompt differs from the
+    last (a deterministic model, or the cache, would otherwise repeat the same answer) and the
+    model sees the whole history."""
+    blocks = []
+    for number, attempt in enumerate(attempts, start=1):
+        source = (attempt["source"] or "(no usable program)").rstrip("\n")
+        blocks.append(f"Attempt {number}:\n```python\n{source}\n```\nFailure: {attempt['failure']['reason']}\n")
+    return "\n".join(blocks)
+
+
+# -- the method ---------------------------------------------------------------------------
+def label_vlm_car(
+    dataset: OfflineDataset,
+    client: LVLMClient,
+    config: VLMCaRConfig = VLMCaRConfig(),
+    needs_images: bool = True,
+) -> tuple[RewardResult, dict]:
+    """Label every transition with VLM-CaR (see the module docstring).
+
+    Returns the reward set and the statistics. ``stats["programs"]`` (per sub-task: status,
+    final source, every attempt with its failure) and ``stats["decompositions"]`` (per
+    mission) are the programs' record, kept out of ``result.cost``; pop them before using
+    the rest as a cost record.
+    """
+    started = time.perf_counter()
+    templates = load_templates(config.prompt_dir)
+    episodes = dataset.episodes
+    missions = dataset.missions
+
+    # Stage 1: decomposition, once per distinct mission.
+    prompts, images, truths = [], [], []
+    for mission in missions:
+        index = _representative(dataset, mission)
+        shown: tuple[bytes, ...] = ()
+        if needs_images:
+            from rgvlm.data.replay import replay_dataset_episode
+
+            length = episodes[index]["length"]
+            frames = replay_dataset_episode(dataset, index, config.tile_size, frames=[0, length])["frames"]
+            shown = tuple(_png(f) for f in frames)
+        prompts.append(templates["decompose"].format(frames=_frames_text(needs_images), goal=mission))
+        images.append(shown)
+        truths.append(DecompositionTruth(tuple(episodes[index]["subtasks"])))
+    parsed, decompose_counts = _ask(client, prompts, images, truths, config.decompose_max_new_tokens,
+                                    parse_decomposition, config.max_reasks, DECOMPOSE_NOTE)
+    decomposition: dict[str, tuple[str, ...] | None] = dict(zip(missions, parsed, strict=True))
+    subtasks = list(dict.fromkeys(s for d in parsed if d for s in d))
+
+    # Observations: every dataset episode of a decomposed mission, and random rollouts.
+    store = _Store()
+    trajectories: list[_Trajectory] = []
+    for index, e in enumerate(episodes):
+        if decomposition[e["mission"]] is None:
+            continue
+        rows = slice(e["obs_start"], e["obs_start"] + e["length"] + 1)
+        ids = store.add(trajectory_data(dataset.obs_grid[rows], dataset.obs_carry[rows]))
+        trajectories.append(_Trajectory(ids, e["mission"], e["kind"], index))
+    env_kwargs = dict(dataset.manifest.get("env") or {})
+    jobs = []
+    for mission in missions:
+        if decomposition[mission] is None or len(decomposition[mission]) < config.random_min_subtasks:
+            continue
+        layouts = list(dict.fromkeys((e["env_id"], e["seed"], e["k"]) for e in episodes if e["mission"] == mission))
+        for i in range(config.random_trajectories):
+            env_id, seed, k = layouts[i % len(layouts)]
+            jobs.append((mission, (env_id, seed, env_kwargs, (config.seed, seed, k, i), config.random_max_steps)))
+    rollout_started = time.perf_counter()
+    random_steps = 0
+    for mission, job in jobs:
+        grids, carries = _rollout_job(job)
+        random_steps += len(grids) - 1
+        trajectories.append(_Trajectory(store.add(trajectory_data(grids, carries)), mission, "random", None))
+    rollout_s = time.perf_counter() - rollout_started
+    uses: dict[str, list[int]] = {s: [] for s in subtasks}  # trajectories whose decomposition has s
+    for t, trajectory in enumerate(trajectories):
+        for s in decomposition[trajectory.mission]:
+            uses[s].append(t)
+    experts_by_mission: dict[str, list[int]] = {}
+    for t, trajectory in enumerate(trajectories):
+        if trajectory.kind == "expert":
+            chosen = experts_by_mission.setdefault(trajectory.mission, [])
+            if not config.expert_trajectories or len(chosen) < config.expert_trajectories:
+                chosen.append(t)
+    randoms_by_mission: dict[str, list[int]] = {}
+    for t, trajectory in enumerate(trajectories):
+        if trajectory.kind == "random":
+            randoms_by_mission.setdefault(trajectory.mission, []).append(t)
+
+    # Stage 2 and verification.
+    sandbox_failures: Counter[str] = Counter()
+    sandbox_calls = 0
+    evaluated = 0
+    cache: dict[tuple[str, str], _Evaluation] = {}
+    lock = threading.Lock()  # evaluate() runs in sandbox_workers threads
+
+    def evaluate(s: str, source: str) -> _Evaluation:
+        nonlocal sandbox_calls, evaluated
+        key = (s, source)
+        if key in cache:
+            return cache[key]
+        ids = np.unique(np.concatenate([trajectories[t].ids for t in uses[s]])) if uses[s] else np.zeros(0, np.int64)
+        values = np.zeros(ids.shape, dtype=bool)
+        outcome = _Evaluation(True, ids, values)
+        for start in range(0, max(len(ids), 1), config.sandbox_batch):
+            chunk = ids[start : start + config.sandbox_batch]
+            result = run_checks(source, FUNCTION_NAME, [store.data[i] for i in chunk], config.sandbox)
+            with lock:
+                sandbox_calls += 1
+                evaluated += len(chunk)
+                if not result.ok:
+                    sandbox_failures[result.error_kind] += 1
+            if not result.ok:
+                outcome = _Evaluation(False, error_kind=result.error_kind, message=result.message)
+                break
+            values[start : start + len(chunk)] = result.values
+        with lock:
+            cache[key] = outcome
+        return outcome
+
+    base_prompts = {s: templates["program"].format(api=API_DOC, subtask=s) for s in subtasks}
+    records: dict[str, dict[str, Any]] = {s: {"status": None, "source": None, "attempts": []} for s in subtasks}
+    current: dict[str, str | None] = {}  # the latest program of each sub-task (None: no parseable answer)
+    feedback: dict[str, str] = {}  # what to append to the next query of a sub-task
+    dropped: set[str] = set()  # sub-tasks whose programs failed for good
+    program_counts: Counter[str] = Counter()
+    regenerations = 0
+    to_ask = list(subtasks)
+    recheck = False
+    # Each round asks for the programs that need one (if any), then verifies every set again:
+    # a dropped sub-task changes the sets it was part of, so they are re-verified even when
+    # nothing new was asked. Every round either spends a regeneration or drops a sub-task.
+    while to_ask or recheck:
+        outcomes: dict[str, _Evaluation | None] = {}
+        if to_ask:
+            answers, counts = _ask(client, [base_prompts[s] + feedback.get(s, "") for s in to_ask],
+                                   [() for _ in to_ask], [ProgramTruth(s) for s in to_ask],
+                                   config.program_max_new_tokens, parse_program, config.max_reasks, PROGRAM_NOTE)
+            program_counts.update(counts)
+            for s, source in zip(to_ask, answers, strict=True):
+                current[s] = source
+            with ThreadPoolExecutor(max_workers=config.sandbox_workers) as pool:
+                evaluated_now = pool.map(lambda s: evaluate(s, current[s]) if current[s] else None, to_ask)
+                outcomes = dict(zip(to_ask, evaluated_now, strict=True))
+        reasons: dict[str, tuple[str, str]] = {}  # sub-task -> (category, feedback text)
+        for s in to_ask:
+            outcome = outcomes[s]
+            if outcome is None:
+                reasons[s] = ("unparseable", "the answer held no usable program")
+            elif not outcome.ok:
+                reasons[s] = (f"sandbox_{outcome.error_kind}",
+                              f"it failed when run ({outcome.error_kind}): {outcome.message}")
+        active = {m: [s for s in d if s not in dropped] for m, d in decomposition.items() if d}
+
+        def holds_of(sequence: list[str], ids: np.ndarray) -> np.ndarray:
+            return np.stack([cache[(s, current[s])].holds(ids[1:]) for s in sequence]) if sequence else \
+                np.zeros((0, len(ids) - 1), dtype=bool)
+
+        # Expert rule (programs failing in the sandbox are left out: they are regenerated anyway).
+        expert_runs: Counter[str] = Counter()
+        expert_fails: dict[str, list[str]] = {}
+        for mission, chosen in experts_by_mission.items():
+            sequence = [s for s in active[mission] if s not in reasons]
+            for t in chosen:
+                holds = holds_of(sequence, trajectories[t].ids)
+                done = len(ordered_completion(holds))
+                for s in sequence[: done + 1]:
+                    expert_runs[s] += 1
+                if done < len(sequence):
+                    episode = trajectories[t].episode
+                    stalled = sequence[done]
+                    expert_fails.setdefault(stalled, []).append(
+                        f"on the expert trajectory of episode {episode} ('{mission}') it never returned True "
+                        "after the previous sub-tasks were complete")
+                    if done > 0 and holds[done].any():
+                        expert_fails.setdefault(sequence[done - 1], []).append(
+                            f"on the expert trajectory of episode {episode} ('{mission}') it returned True only "
+                            f"after the next sub-task ('{stalled}') had already been done")
+        for s, failures in expert_fails.items():
+            success = 1.0 - len(failures) / max(expert_runs[s], 1)
+            if success < config.expert_min_success and s not in reasons:
+                reasons[s] = ("expert", f"{failures[0]} (expert trajectories completed: {success:.0%}, "
+                                        f"required: {config.expert_min_success:.0%})")
+
+        # Random rule (public code): too many random rollouts complete random_min_subtasks sub-tasks.
+        for mission, chosen in randoms_by_mission.items():
+            sequence = [s for s in active[mission] if s not in reasons]
+            if len(sequence) < config.random_min_subtasks or not chosen:
+                continue
+            reached = np.array([len(ordered_completion(holds_of(sequence, trajectories[t].ids))) for t in chosen])
+            share = float(np.mean(reached >= config.random_min_subtasks))
+            if share <= config.max_random_success:
+                continue
+            for position, s in enumerate(sequence):
+                own = float(np.mean(reached > position))
+                if own > config.max_random_success and s not in reasons:
+                    reasons[s] = ("random", (
+                        f"with the programs of the other sub-tasks, {share:.0%} of random-action trajectories complete "
+                        f"at least {config.random_min_subtasks} sub-tasks of '{mission}' (allowed: "
+                        f"{config.max_random_success:.0%}); this sub-task is complete on {own:.0%} of them, so "
+                        "the program is probably too permissive"))
+
+        to_ask, recheck = [], False
+        for s in subtasks:
+            if s in dropped:
+                continue
+            record = records[s]
+            if s in outcomes:  # a new program this round
+                record["attempts"].append({"source": current[s], "failure": None})
+            if s not in reasons:
+                continue
+            category, text = reasons[s]
+            record["attempts"][-1]["failure"] = {"category": category, "reason": text}
+            if len(record["attempts"]) <= config.max_regenerations:
+                feedback[s] = templates["feedback"].format(attempts=_attempts_text(record["attempts"]))
+                to_ask.append(s)
+                regenerations += 1
+            else:
+                dropped.add(s)
+                recheck = True
+    accepted = [s for s in subtasks if s not in dropped]
+    for s in subtasks:
+        records[s]["status"] = "failed" if s in dropped else "accepted"
+        records[s]["source"] = None if s in dropped else current[s]
+
+    # Dense reward: the increase of ordered, latched progress by the accepted programs.
+    rewards = np.zeros(dataset.num_transitions, dtype=np.float32)
+    for trajectory in trajectories:
+        if trajectory.episode is None:
+            continue
+        sequence = [s for s in decomposition[trajectory.mission] if s not in dropped]
+        if not sequence:
+            continue
+        after = progress_curve(np.stack([cache[(s, current[s])].holds(trajectory.ids[1:]) for s in sequence]))
+        start = episodes[trajectory.episode]["step_start"]
+        rewards[start : start + len(after)] = np.diff(after, prepend=0)
+
+    failure_categories = Counter(a["failure"]["category"] for r in records.values() for a in r["attempts"]
+                                 if a["failure"])
+    stats = {
+        "missions": len(missions),
+        "decomposition_queries": decompose_counts["queries"],
+        "decomposition_reasks": decompose_counts["reasks"],
+        "failed_decompositions": decompose_counts["failed"],
+        "subtasks": len(subtasks),
+        "program_queries": program_counts["queries"],
+        "program_reasks": program_counts["reasks"],
+        "regenerations": regenerations,
+        "accepted_programs": len(accepted),
+        "failed_programs": len(subtasks) - len(accepted),
+        "program_failures": dict(sorted(failure_categories.items())),
+        "sandbox_calls": sandbox_calls,
+        "sandbox_failures": dict(sorted(sandbox_failures.items())),
+        "evaluated_observations": evaluated,
+        "distinct_observations": len(store.data),
+        "random_rollouts": sum(len(v) for v in randoms_by_mission.values()),
+        "random_steps": random_steps,
+        "random_rollout_s": round(rollout_s, 3),
+        "wall_time_s": round(time.perf_counter() - started, 3),
+    }
+    lvlm = {"backend": client.backend, "model": client.model, "settings": client.generation_settings()}
+    provenance = {
+        "method": "vlm_car",
+        "source": "LVLM sub-task decomposition and generated check programs (code as reward), verified on "
+                  "expert and random trajectories, run in a sandbox",
+        "lvlm": lvlm,
+        "config": config.record(),
+        "observation_api_version": API_VERSION,
+        "prompts_sha256": {name: hashlib.sha256(text.encode()).hexdigest()[:16] for name, text in templates.items()},
+    }
+    result = RewardResult("vlm_car", rewards, provenance=provenance, cost=dict(stats))
+    stats["programs"] = records
+    stats["decompositions"] = {m: list(d) if d else None for m, d in decomposition.items()}
+    return result, stats
