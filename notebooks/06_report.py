@@ -18,12 +18,9 @@ import json
 import pandas as pd
 
 from rgvlm import paths
-from rgvlm.plots import label_quality_bars, metric_by_k, save_figure, training_curves
-from rgvlm.report import build_index, provenance_title
-
 from rgvlm.params import ParamError
-from rgvlm.plots import generalisation_bars
-from rgvlm.report import figure4_left_methods, figure4_right_methods
+from rgvlm.plots import generalisation_bars, label_quality_bars, metric_by_k, save_figure, training_curves
+from rgvlm.report import build_index, figure4_left_methods, figure4_right_methods, provenance_title
 from rgvlm.rewards import fused_name
 
 evaluation = json.loads((paths.METRICS / "evaluation.json").read_text())
