@@ -64,7 +64,7 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check rgvlm tests benchmarks notebooks/*.py
+	$(BIN)/ruff check rgvlm tests benchmarks experiments notebooks/*.py
 
 # JupyterLab on the project, with the venv as its kernel (add --allow-root when running as root).
 lab: setup

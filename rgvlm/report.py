@@ -72,7 +72,7 @@ def story(summary: pd.DataFrame, headline: str, split: str = "fresh", metric: st
     2. Sparse + RG-VLM beats each alone: per k, whether its mean is above both and whether
        the 95% intervals separate.
     """
-    ks = sorted(summary["k"].unique())
+    ks = [int(k) for k in sorted(summary["k"].unique())]
     have = set(summary["method"])
     lines = []
     if {"rg_vlm", "sparse"} <= have:
@@ -84,10 +84,14 @@ def story(summary: pd.DataFrame, headline: str, split: str = "fresh", metric: st
         if len(gaps) >= 2:
             slope = float(np.polyfit([k for k, _ in gaps], [g for _, g in gaps], 1)[0])
             grows = "grows" if slope > 0 else "does not grow"
+            clear = [k for k, _ in gaps
+                     if _cell(summary, "rg_vlm", split, k, metric)[f"{metric}_low"]
+                     > _cell(summary, "sparse", split, k, metric)[f"{metric}_high"]]
             lines.append(
                 f"Claim 1 (dense LVLM rewards help more as k grows), {split} split, {metric}: RG-VLM minus Sparse is "
                 + ", ".join(f"{g:+.3f} at k={k}" for k, g in gaps)
-                + f"; the least-squares slope over k is {slope:+.4f} per sub-task, so the advantage {grows} with k here.")
+                + f"; the least-squares slope over k is {slope:+.4f} per sub-task, so the mean advantage {grows} "
+                f"with k here; RG-VLM's 95% interval lies above Sparse's at k in {clear or 'none'}.")
     if {headline, "rg_vlm", "sparse"} <= have:
         wins, separated = [], []
         for k in ks:
