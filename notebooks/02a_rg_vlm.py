@@ -24,17 +24,13 @@ from rgvlm.data.storage import write_json_atomic
 from rgvlm.params import labeling_config
 from rgvlm.rewards import save_rewards
 from rgvlm.rewards.rg_vlm import RGVLMConfig, label_rg_vlm, labeling_cost
-from rgvlm.vlm import make_clients
-from rgvlm.vlm.cache import CachedClient, ResponseCache, UsageCounter
+from rgvlm.vlm import cached_clients
 
 data = load_dataset(paths.DATA)
 config = labeling_config(labeling, max_trajectory_length=data.max_episode_limit)
-stage1, stage2 = make_clients(config)  # fails here, before any query, on a bad backend setting
-usage = UsageCounter()
-cache = ResponseCache(paths.LVLM_CACHE / "rg_vlm")
-cached1 = CachedClient(stage1, cache, usage)
-cached2 = cached1 if stage2 is stage1 else CachedClient(stage2, cache, usage)
-result, stats = label_rg_vlm(data, cached1, cached2, RGVLMConfig(**config.rg_vlm),
+# Fails here, before any query, on a bad backend setting.
+stage1, stage2, usage = cached_clients(config, paths.LVLM_CACHE / "rg_vlm")
+result, stats = label_rg_vlm(data, stage1, stage2, RGVLMConfig(**config.rg_vlm),
                              needs_images=stage1.backend != "scripted")
 cost = labeling_cost(usage, stats, config.prices)
 result.cost = cost

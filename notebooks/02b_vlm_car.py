@@ -33,16 +33,13 @@ from rgvlm.params import labeling_config
 from rgvlm.rewards import save_rewards
 from rgvlm.rewards.rg_vlm import labeling_cost
 from rgvlm.rewards.vlm_car import config_from_params, label_vlm_car
-from rgvlm.vlm import make_clients
-from rgvlm.vlm.cache import CachedClient, ResponseCache, UsageCounter
+from rgvlm.vlm import cached_clients
 
 data = load_dataset(paths.DATA)
 config = config_from_params(vlm_car)  # fails here, before any query, on a bad vlm_car setting
 lvlm = labeling_config(labeling, max_trajectory_length=data.max_episode_limit)
-client, _ = make_clients(lvlm)  # one model writes decompositions and programs
-usage = UsageCounter()
-cached = CachedClient(client, ResponseCache(paths.LVLM_CACHE / "vlm_car"), usage)
-result, stats = label_vlm_car(data, cached, config, needs_images=client.backend != "scripted")
+client, _, usage = cached_clients(lvlm, paths.LVLM_CACHE / "vlm_car")  # one model writes decompositions and programs
+result, stats = label_vlm_car(data, client, config, needs_images=client.backend != "scripted")
 programs = {"programs": stats.pop("programs"), "decompositions": stats.pop("decompositions")}
 cost = labeling_cost(usage, stats, lvlm.prices)
 result.cost = cost

@@ -37,19 +37,14 @@ from rgvlm.rewards.erl_vlm import config_from_params, label_erl_vlm
 from rgvlm.rewards.reward_model import save_reward_model
 from rgvlm.rewards.rg_vlm import labeling_cost
 from rgvlm.rl.missions import ENCODER_NAME, MissionEmbedder
-from rgvlm.vlm import make_clients
-from rgvlm.vlm.cache import CachedClient, ResponseCache, UsageCounter
+from rgvlm.vlm import cached_clients
 
 data = load_dataset(paths.DATA)
 config = config_from_params(erl_vlm)  # a bad value fails here, before any query
 lvlm = labeling_config(labeling, max_trajectory_length=data.max_episode_limit)
-stage1, stage2 = make_clients(lvlm)
-usage = UsageCounter()
-cache = ResponseCache(paths.LVLM_CACHE / "erl_vlm")
-cached1 = CachedClient(stage1, cache, usage)
-cached2 = cached1 if stage2 is stage1 else CachedClient(stage2, cache, usage)
+stage1, stage2, usage = cached_clients(lvlm, paths.LVLM_CACHE / "erl_vlm")
 mission_table = torch.as_tensor(MissionEmbedder(device="cpu").embed(data.missions))
-result, stats, model = label_erl_vlm(data, cached1, cached2, config, needs_images=stage1.backend != "scripted",
+result, stats, model = label_erl_vlm(data, stage1, stage2, config, needs_images=stage1.backend != "scripted",
                                      mission_table=mission_table)
 cost = labeling_cost(usage, stats, lvlm.prices)
 result.cost = cost

@@ -47,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,6 +59,7 @@ from torch import nn
 
 from rgvlm.data.storage import OfflineDataset
 from rgvlm.envs import NUM_ACTIONS
+from rgvlm.rl.iql import save_state_atomic
 from rgvlm.rl.networks import EncoderSpec, StateEncoder, mlp
 
 LOSSES = ("mae", "ce")
@@ -190,22 +190,9 @@ class RewardEnsemble(nn.Module):
 
 
 def save_reward_model(path: str | os.PathLike[str], model: RewardEnsemble, extra: dict[str, Any] | None = None) -> None:
-    """Write the model (state dict + what rebuilds it + ``extra``) atomically: a temp file in the
-    same directory, fsync, ``os.replace``, so a crash never leaves a truncated file at ``path``."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({"state_dict": model.state_dict(), **model.metadata(), "extra": extra or {}}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write the model (state dict + what rebuilds it + ``extra``) atomically (temp file, fsync,
+    ``os.replace``: a crash never leaves a truncated file at ``path``)."""
+    save_state_atomic({"state_dict": model.state_dict(), **model.metadata(), "extra": extra or {}}, path)
 
 
 def load_reward_model(path: str | os.PathLike[str]) -> tuple[RewardEnsemble, dict[str, Any]]:

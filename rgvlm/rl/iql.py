@@ -55,7 +55,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 # Fields that only steer the training loop; a checkpoint may be resumed with different values.
-_LOOP_FIELDS = frozenset({"num_steps", "log_every", "checkpoint_every"})
+LOOP_FIELDS = frozenset({"num_steps", "log_every", "checkpoint_every"})
 
 
 @dataclass
@@ -443,7 +443,7 @@ class IQLLearner:
         checkpoint_every)."""
         ours = dataclasses.asdict(self.config)
         theirs = dict(state["config"])
-        diff = {k: (theirs.get(k), ours[k]) for k in ours if k not in _LOOP_FIELDS and theirs.get(k) != ours[k]}
+        diff = {k: (theirs.get(k), ours[k]) for k in ours if k not in LOOP_FIELDS and theirs.get(k) != ours[k]}
         if diff:
             raise ValueError(f"checkpoint config differs from the learner's: {{field: (ckpt, ours)}} = {diff}")
         self.critic.load_state_dict(state["critic"])

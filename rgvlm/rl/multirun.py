@@ -40,6 +40,7 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from rgvlm.data.storage import OfflineDataset
 from rgvlm.rl.iql import (
+    LOOP_FIELDS,
     IQLConfig,
     IQLLearner,
     TransitionBatch,
@@ -277,7 +278,7 @@ class MultiRunIQL:
                              f"this trainer {self.seeds} / {self.reward_rows.tolist()}")
         ours = dataclasses.asdict(self.config)
         diff = {k: (state["config"].get(k), v) for k, v in ours.items()
-                if k not in ("num_steps", "log_every", "checkpoint_every") and state["config"].get(k) != v}
+                if k not in LOOP_FIELDS and state["config"].get(k) != v}
         if diff:
             raise ValueError(f"checkpoint config differs from the trainer's: {{field: (ckpt, ours)}} = {diff}")
         with torch.no_grad():

@@ -26,27 +26,8 @@ import numpy as np
 import torch
 
 from rgvlm.data.storage import OfflineDataset, write_json_atomic
-from rgvlm.rl.iql import IQLConfig, IQLLearner, save_state_atomic
+from rgvlm.rl.iql import LOOP_FIELDS, IQLConfig, IQLLearner, save_state_atomic
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy, save_multirun
-
-
-def transition_tensors(dataset: OfflineDataset, rewards: np.ndarray, device: str) -> dict[str, torch.Tensor]:
-    """The dataset laid out per transition, resident on ``device``. ``mission`` holds
-    indices into the mission table (see :attr:`OfflineDataset.missions`)."""
-    if rewards.shape != (dataset.num_transitions,):
-        raise ValueError(f"rewards have shape {rewards.shape}, the dataset has {dataset.num_transitions} transitions")
-    as_tensor = lambda array: torch.as_tensor(np.ascontiguousarray(array), device=device)  # noqa: E731
-    return {
-        "grid": as_tensor(dataset.obs_grid[dataset.obs_index]),
-        "carry": as_tensor(dataset.obs_carry[dataset.obs_index]),
-        "next_grid": as_tensor(dataset.obs_grid[dataset.next_obs_index]),
-        "next_carry": as_tensor(dataset.obs_carry[dataset.next_obs_index]),
-        "mission": as_tensor(dataset.mission_of_step),
-        "action": as_tensor(dataset.actions.astype(np.int64)),
-        "reward": as_tensor(rewards.astype(np.float32)),
-        # Time-outs are not terminal: only success ends an episode for bootstrapping.
-        "done": as_tensor(dataset.terminals.astype(np.float32)),
-    }
 
 
 def iql_config_for(dataset: OfflineDataset, hyperparameters: dict) -> IQLConfig:
@@ -61,7 +42,7 @@ def run_fingerprint(config: IQLConfig, rewards: np.ndarray, dataset: OfflineData
     data = hashlib.sha256(json.dumps(dataset.manifest, sort_keys=True).encode()).hexdigest()
     config_dict = asdict(config)
     # How long and how often to log or checkpoint do not change the updates themselves.
-    for key in ("num_steps", "log_every", "checkpoint_every"):
+    for key in LOOP_FIELDS:
         config_dict.pop(key)
     return {"config": config_dict, "rewards_sha256": digest, "dataset_sha256": data, "seed": seed}
 

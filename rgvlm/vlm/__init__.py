@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from rgvlm.params import LabelingConfig, ParamError
 from rgvlm.vlm.base import LVLMClient, LVLMError, LVLMRequest, LVLMResponse
+from rgvlm.vlm.cache import UsageCounter
 
 
 def _make_one(config: LabelingConfig, model: str | None) -> LVLMClient:
@@ -49,4 +50,16 @@ def make_clients(config: LabelingConfig) -> tuple[LVLMClient, LVLMClient]:
     return stage1, _make_one(config, config.stage2_model)
 
 
-__all__ = ["LVLMClient", "LVLMError", "LVLMRequest", "LVLMResponse", "make_clients"]
+def cached_clients(config: LabelingConfig, cache_dir) -> tuple[LVLMClient, LVLMClient, UsageCounter]:
+    """:func:`make_clients`, each answering through the response cache in ``cache_dir``, and
+    the counter of calls, hits and tokens both share (what a labelling stage's cost reports)."""
+    from rgvlm.vlm.cache import CachedClient, ResponseCache, UsageCounter
+
+    stage1, stage2 = make_clients(config)
+    usage = UsageCounter()
+    cache = ResponseCache(cache_dir)
+    cached1 = CachedClient(stage1, cache, usage)
+    return cached1, cached1 if stage2 is stage1 else CachedClient(stage2, cache, usage), usage
+
+
+__all__ = ["LVLMClient", "LVLMError", "LVLMRequest", "LVLMResponse", "cached_clients", "make_clients"]
