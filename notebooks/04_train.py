@@ -25,18 +25,23 @@ from rgvlm.data import load_dataset
 from rgvlm.data.storage import write_json_atomic
 from rgvlm.params import resolve_device, train_config
 from rgvlm.rewards import load_rewards
+from rgvlm.rl.diagnostics import DIAGNOSTIC_NAMES
 from rgvlm.rl.missions import ENCODER_NAME, MissionEmbedder
-from rgvlm.rl.runs import iql_config_for, train_runs
+from rgvlm.rl.runs import baseline_weights, iql_config_for, train_runs
 
 config = train_config(train)
 device = resolve_device(config.device)
 data = load_dataset(paths.DATA)
-reward_sets = {name: load_rewards(paths.REWARDS, name) for name in config.reward_sets}  # fail early if missing
+reward_sets = {name: load_rewards(paths.REWARDS, name).rewards for name in config.reward_sets}  # fail early if missing
+# The BC baselines' policies ignore rewards; their critics train on the sparse reward (diagnostics only).
+bc_weights = {name: baseline_weights(data, name) for name in config.baselines}
+reward_sets.update({name: load_rewards(paths.REWARDS, "sparse").rewards for name in config.baselines})
+seeds = {name: config.seeds_for(name) for name in config.trained}
 iql_config = iql_config_for(data, config.iql)
 embedder = MissionEmbedder(device="cpu")
 mission_table = torch.as_tensor(embedder.embed(data.missions), device=device)
 print(f"device {device}; {data.num_transitions} transitions; {len(data.missions)} missions; "
-      f"{len(reward_sets) * len(config.seeds)} runs of {iql_config.num_steps} updates")
+      f"{sum(map(len, seeds.values()))} runs of {iql_config.num_steps} updates")
 
 # %%
 def progress(rows):
@@ -44,17 +49,17 @@ def progress(rows):
           f"mean critic loss {sum(r['critic_loss'] for r in rows) / len(rows):.4f}")
 
 
-rows = train_runs(data, mission_table, {name: r.rewards for name, r in reward_sets.items()}, config.seeds,
-                  iql_config, device, paths.MODELS, compile=config.compile, cuda_graphs=config.cuda_graphs,
-                  on_log=progress)
+rows = train_runs(data, mission_table, reward_sets, seeds, iql_config, device, paths.MODELS, compile=config.compile,
+                  cuda_graphs=config.cuda_graphs, on_log=progress, bc_weights=bc_weights)
 write_json_atomic(paths.MODELS / "runs.json", {
-    "reward_sets": list(config.reward_sets), "seeds": list(config.seeds), "device": device,
+    "reward_sets": list(config.reward_sets), "baselines": list(config.baselines),
+    "runs": [[name, seed] for name, name_seeds in seeds.items() for seed in name_seeds], "device": device,
     "iql": asdict(iql_config), "mission_encoder": ENCODER_NAME, "compile": config.compile,
     "cuda_graphs": config.cuda_graphs,
 })
 columns = ["reward_set", "seed", "step", "value_loss", "critic_loss", "policy_loss", "q_mean", "v_mean", "adv_mean",
-           "updates_per_s", "run_updates_per_s"]
-log = pd.DataFrame(rows)[columns]
+           *DIAGNOSTIC_NAMES, "updates_per_s", "run_updates_per_s"]
+log = pd.DataFrame(rows).reindex(columns=columns)
 paths.METRICS.mkdir(parents=True, exist_ok=True)
 log.rename(columns={"reward_set": "method"}).to_csv(paths.METRICS / "training.csv", index=False, float_format="%.6g")
 log.groupby("reward_set").last()

@@ -1,10 +1,13 @@
 # %% [markdown]
 # # 5. Evaluation: rollouts on k = 1..6, seen layouts and fresh seeds
 #
-# Every trained run is rolled out (greedy policy) on the same start states: layouts that appear
-# in the dataset (`seen`) and fresh seeds that no dataset episode used (`fresh`, the paper's
-# randomised initial states). Per (reward set, split, k): the proportion of sub-tasks completed
-# and the full-task success rate, mean over training seeds with a bootstrap 95% interval.
+# Every trained run (IQL on each reward set, and the BC baselines) is rolled out on the same start
+# states: layouts that appear in the dataset (`seen`) and fresh seeds that no dataset episode used
+# (`fresh`, the paper's randomised initial states), under every policy of `evaluation.policies`
+# (greedy = argmax; sampled = a draw from the policy's softmax at the given temperature; greedy
+# policies can loop forever in a deterministic grid world). Per (policy, row, split, k): the
+# proportion of sub-tasks completed and the full-task success rate, mean over training seeds
+# with a two-level (seeds, then episodes) bootstrap 95% interval.
 
 # %% tags=["parameters"]
 from rgvlm.params import load_params
@@ -19,11 +22,10 @@ import pandas as pd
 from rgvlm import paths
 from rgvlm.data import load_dataset
 from rgvlm.data.storage import write_json_atomic
-from rgvlm.evaluation import evaluate_runs, evaluation_episodes, summarize, summarize_overall
+from rgvlm.evaluation import evaluate_policies, evaluation_episodes, summarize, summarize_overall
 from rgvlm.params import EnvConfig, evaluation_config, resolve_device
 from rgvlm.rewards import load_rewards
-from rgvlm.rl.missions import MissionEmbedder
-from rgvlm.rl.runs import load_stacked_policy
+from rgvlm.rl.runs import BASELINE_DESCRIPTIONS
 
 config = evaluation_config(evaluation)
 device = resolve_device(config.device)
@@ -31,15 +33,16 @@ data = load_dataset(paths.DATA)
 env_config = EnvConfig(**data.manifest["env"])  # evaluate on the environment the data came from
 episodes = evaluation_episodes(data, config.ks, config.splits, config.episodes_per_k, config.seed)
 trained = json.loads((paths.MODELS / "runs.json").read_text())  # written by the training stage
-runs = [(name, seed) for name in trained["reward_sets"] for seed in trained["seeds"]]
-embedder = MissionEmbedder(device="cpu")
-print(f"{len(runs)} runs x {len(episodes)} episodes on {device}")
+runs = [(name, int(seed)) for name, seed in trained["runs"]]
+print(f"{len(runs)} runs x {len(episodes)} episodes x {len(config.policies)} policies on {device}, "
+      f"{config.workers} worker(s)")
 
 # %%
-policies = load_stacked_policy(paths.MODELS, runs, device)  # all runs' policies, one vmapped call per step
-records = evaluate_runs(policies, runs, episodes, env_config, embedder.embed, device)
+# All runs step in lockstep with one vmapped policy call per step; (policy, k, split) chunks in parallel.
+records = evaluate_policies(paths.MODELS, runs, episodes, env_config, config.policies, config.seed, device,
+                            config.workers)
 frame = pd.DataFrame(records)
-print(frame.groupby(['method', 'run_seed'])['completion'].mean().round(3).to_string())
+print(frame.groupby(["policy", "method"])["completion"].mean().round(3).to_string())
 paths.EVALUATION.mkdir(parents=True, exist_ok=True)
 frame.to_csv(paths.EVALUATION / "episodes.csv", index=False)
 summary = summarize(frame, samples=config.bootstrap_samples, seed=config.seed)
@@ -48,11 +51,13 @@ overall = summarize_overall(frame, samples=config.bootstrap_samples, seed=config
 # %%
 provenance = {
     "reward_methods": {name: load_rewards(paths.REWARDS, name).provenance for name in trained["reward_sets"]},
+    "baselines": {name: BASELINE_DESCRIPTIONS[name] for name in trained["baselines"]},
     "train": trained,
     "evaluation": evaluation,
     "dataset": {"env": data.manifest["env"], "dataset": data.manifest["dataset"]},
-    "policy": "greedy (argmax of the IQL policy)",
+    "policies": {name: ("greedy (argmax of the policy)" if t == 0 else f"sampled from softmax(logits / {t})")
+                 for name, t in config.policies.items()},
 }
 write_json_atomic(paths.METRICS / "evaluation.json", {"provenance": provenance, "summary": summary.to_dict("records"),
                                                     "overall": overall.to_dict("records")})
-summary.pivot_table(index=["method", "split"], columns="k", values="completion_mean").round(3)
+summary.pivot_table(index=["policy", "method", "split"], columns="k", values="completion_mean").round(3)

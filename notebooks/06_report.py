@@ -22,9 +22,15 @@ from rgvlm.params import ParamError
 from rgvlm.plots import generalisation_bars, label_quality_bars, metric_by_k, save_figure, training_curves
 from rgvlm.report import build_index, figure4_left_methods, figure4_right_methods, provenance_title
 from rgvlm.rewards import fused_name
+from rgvlm.rl.diagnostics import DIAGNOSTIC_NAMES
 
 evaluation = json.loads((paths.METRICS / "evaluation.json").read_text())
-summary = pd.DataFrame(evaluation["summary"])
+evaluated = list(evaluation["provenance"]["policies"])
+policy = report.get("policy", evaluated[0])
+if policy not in evaluated:
+    raise ParamError("report.policy", policy, f"an evaluated policy (evaluation.policies: {', '.join(evaluated)})")
+everything = pd.DataFrame(evaluation["summary"])
+summary = everything[everything["policy"] == policy]
 methods = sorted(summary["method"].unique())
 headline = fused_name("rg_vlm", float(report["headline_lambda"]))
 if headline not in methods:
@@ -32,23 +38,30 @@ if headline not in methods:
                      f"a lambda of an evaluated fusion (evaluated: {', '.join(methods)})")
 title = provenance_title(evaluation["provenance"]["reward_methods"])
 left, right = figure4_left_methods(methods, headline), figure4_right_methods(methods)
-save_figure(metric_by_k(summary, "completion", f"Figure 4 left: IQL by number of sub-tasks\n{title}", left),
-            paths.FIGURES / "fig4_left.png")
-save_figure(metric_by_k(summary, "completion", f"Figure 4 right: sparse + lambda * RG-VLM\n{title}", right),
-            paths.FIGURES / "fig4_right.png")
-save_figure(metric_by_k(summary, "success", f"Full-task success by number of sub-tasks\n{title}", left),
-            paths.FIGURES / "success_by_k.png")
+for name in evaluated:  # the report's policy gets the plain file names, the others a suffix
+    rows, suffix, how = everything[everything["policy"] == name], "" if name == policy else f"_{name}", f"{name} policy"
+    save_figure(metric_by_k(rows, "completion", f"Figure 4 left: IQL by number of sub-tasks ({how})\n{title}", left),
+                paths.FIGURES / f"fig4_left{suffix}.png")
+save_figure(metric_by_k(summary, "completion", f"Figure 4 right: sparse + lambda * RG-VLM ({policy} policy)\n{title}",
+                        right), paths.FIGURES / "fig4_right.png")
+save_figure(metric_by_k(summary, "success", f"Full-task success by number of sub-tasks ({policy} policy)\n{title}",
+                        left), paths.FIGURES / "success_by_k.png")
 overall = pd.DataFrame(evaluation["overall"])
-save_figure(generalisation_bars(overall, "completion", f"Seen layouts vs randomised initial states\n{title}"),
+save_figure(generalisation_bars(overall[overall["policy"] == policy], "completion",
+                                f"Seen layouts vs randomised initial states ({policy} policy)\n{title}"),
             paths.FIGURES / "generalisation.png")
 
 log = pd.read_csv(paths.METRICS / "training.csv")
 columns = [c for c in ("critic_loss", "value_loss", "policy_loss", "v_mean") if c in log]
 save_figure(training_curves(log, columns, f"IQL training curves\n{title}"), paths.FIGURES / "training_curves.png")
+probed = log.dropna(subset=list(DIAGNOSTIC_NAMES))
+if not probed.empty:
+    save_figure(training_curves(probed, list(DIAGNOSTIC_NAMES), f"Critic diagnostic on held-out episodes\n{title}"),
+                paths.FIGURES / "critic_diagnostic.png")
 quality = json.loads((paths.METRICS / "label_quality.json").read_text())
 quality_title = provenance_title({m: q["provenance"] for m, q in quality.items()})
 save_figure(label_quality_bars(quality, f"Label quality\n{quality_title}"), paths.FIGURES / "label_quality.png")
-build_index(headline=headline, split=report.get("split", "fresh"))
+build_index(headline=headline, split=report.get("split", "fresh"), policy=policy)
 print("wrote", paths.INDEX_HTML.relative_to(paths.ROOT))
 
 # %%

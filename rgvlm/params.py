@@ -213,9 +213,25 @@ class TrainConfig:
     iql: dict[str, Any] = field(hash=False)
     compile: bool = False  # torch.compile the vmapped update
     cuda_graphs: bool = False  # ... in mode "reduce-overhead", which captures CUDA graphs (GPU only)
+    baselines: tuple[str, ...] = ()  # behaviour-cloning rows trained in the same stack (BASELINES)
+    extra_seeds: tuple[int, ...] = ()  # more seeds for ...
+    extra_seeds_for: tuple[str, ...] = ()  # ... these reward sets (the rows the paper's question rests on)
+
+    @property
+    def trained(self) -> tuple[str, ...]:
+        """Every trained row: the reward sets, then the baselines."""
+        return self.reward_sets + self.baselines
+
+    def seeds_for(self, name: str) -> tuple[int, ...]:
+        """The training seeds of one reward set or baseline."""
+        return self.seeds + (self.extra_seeds if name in self.extra_seeds_for else ())
 
 
-TRAIN_KEYS = {"reward_sets", "seeds", "device", "compile", "cuda_graphs"}
+TRAIN_KEYS = {"reward_sets", "seeds", "device", "compile", "cuda_graphs", "baselines", "extra_seeds",
+              "extra_seeds_for"}
+#: Behaviour-cloning baselines: "bc" imitates every dataset action, "bc_success" only those of
+#: successful episodes (filtered BC). Both are trained by the same stack as the IQL runs.
+BASELINES = ("bc", "bc_success")
 
 
 def train_config(raw: Any) -> TrainConfig:
@@ -233,6 +249,16 @@ def train_config(raw: Any) -> TrainConfig:
     seeds = tuple(_int(s, f"train.seeds[{i}]", 0) for i, s in enumerate(seeds_raw))
     if len(set(seeds)) != len(seeds):
         raise ParamError("train.seeds", seeds_raw, "a list without repeats")
+    extra_raw = raw.get("extra_seeds") or []
+    if not isinstance(extra_raw, (list, tuple)):
+        raise ParamError("train.extra_seeds", extra_raw, "a list of integers >= 0")
+    extra = tuple(_int(s, f"train.extra_seeds[{i}]", 0) for i, s in enumerate(extra_raw))
+    if len(set(seeds + extra)) != len(seeds + extra):
+        raise ParamError("train.extra_seeds", extra_raw, f"seeds not already in train.seeds {list(seeds)}, without repeats")
+    reward_sets = _str_list(_get(raw, "train", "reward_sets"), "train.reward_sets")
+    baselines = _str_list(raw.get("baselines") or [], "train.baselines", BASELINES) if raw.get("baselines") else ()
+    extra_for = _str_list(raw.get("extra_seeds_for") or [], "train.extra_seeds_for", reward_sets + baselines) \
+        if raw.get("extra_seeds_for") else ()
     device = _get(raw, "train", "device", "auto")
     if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
         raise ParamError("train.device", device, "auto, cpu, cuda or cuda:N")
@@ -249,10 +275,13 @@ def train_config(raw: Any) -> TrainConfig:
     except (TypeError, ValueError) as error:
         raise ParamError("train", iql, f"valid IQL hyperparameters ({error})") from error
     return TrainConfig(
-        reward_sets=_str_list(_get(raw, "train", "reward_sets"), "train.reward_sets"),
+        reward_sets=reward_sets,
         seeds=seeds,
         device=str(device),
         iql=iql,
+        baselines=baselines,
+        extra_seeds=extra,
+        extra_seeds_for=extra_for,
         **flags,
     )
 
@@ -264,24 +293,40 @@ class EvaluationConfig:
     seed: int
     ks: tuple[int, ...]
     splits: tuple[str, ...]
-    episodes_per_k: int
-    bootstrap_samples: int
-    device: str
+    episodes_per_k: dict[str, int] = field(hash=False)  # per split
+    bootstrap_samples: int = 2000
+    device: str = "cpu"
+    policies: dict[str, float] = field(default_factory=lambda: {"greedy": 0.0}, hash=False)  # name -> temperature
+    workers: int = 1  # processes that roll episodes out in parallel (the result does not depend on it)
 
 
 def evaluation_config(raw: Any) -> EvaluationConfig:
     raw = _section(raw, "evaluation")
-    _check_unknown(raw, "evaluation", {"seed", "ks", "splits", "episodes_per_k", "bootstrap_samples", "device"})
+    _check_unknown(raw, "evaluation", {"seed", "ks", "splits", "episodes_per_k", "bootstrap_samples", "device",
+                                       "policies", "workers"})
     device = _get(raw, "evaluation", "device", "cpu")
     if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
         raise ParamError("evaluation.device", device, "auto, cpu, cuda or cuda:N")
+    splits = _str_list(_get(raw, "evaluation", "splits"), "evaluation.splits", SPLITS)
+    per_k = _get(raw, "evaluation", "episodes_per_k")
+    if isinstance(per_k, Mapping):
+        _check_unknown(per_k, "evaluation.episodes_per_k", set(splits))
+        episodes = {s: _int(per_k.get(s), f"evaluation.episodes_per_k.{s}", 1) for s in splits}
+    else:
+        episodes = {s: _int(per_k, "evaluation.episodes_per_k", 1) for s in splits}
+    policies_raw = raw.get("policies", {"greedy": 0.0})
+    if not isinstance(policies_raw, Mapping) or not policies_raw:
+        raise ParamError("evaluation.policies", policies_raw, "a mapping of policy name to temperature (0 = greedy)")
+    policies = {str(name): _float(t, f"evaluation.policies.{name}", 0.0) for name, t in policies_raw.items()}
     return EvaluationConfig(
         seed=_int(_get(raw, "evaluation", "seed"), "evaluation.seed", 0, 999),
         ks=_ks(_get(raw, "evaluation", "ks"), "evaluation.ks"),
-        splits=_str_list(_get(raw, "evaluation", "splits"), "evaluation.splits", SPLITS),
-        episodes_per_k=_int(_get(raw, "evaluation", "episodes_per_k"), "evaluation.episodes_per_k", 1),
+        splits=splits,
+        episodes_per_k=episodes,
         bootstrap_samples=_int(_get(raw, "evaluation", "bootstrap_samples", 2000), "evaluation.bootstrap_samples", 100),
         device=str(device),
+        policies=policies,
+        workers=_int(raw.get("workers", 1), "evaluation.workers", 1, 64),
     )
 
 

@@ -65,16 +65,37 @@ def _cell(summary: pd.DataFrame, method: str, split: str, k: int, metric: str) -
     return None if match.empty else match.iloc[0]
 
 
+def separated_above(summary: pd.DataFrame, upper: str, lower: str, split: str, metric: str = "completion") -> list[int]:
+    """The k at which ``upper``'s 95% interval lies entirely above ``lower``'s."""
+    out = []
+    for k in sorted(summary["k"].unique()):
+        a, b = _cell(summary, upper, split, k, metric), _cell(summary, lower, split, k, metric)
+        if a is not None and b is not None and a[f"{metric}_low"] > b[f"{metric}_high"]:
+            out.append(int(k))
+    return out
+
+
 def story(summary: pd.DataFrame, headline: str, split: str = "fresh", metric: str = "completion") -> list[str]:
     """The paper's two claims checked on these numbers, in sentences built from the metrics.
 
+    0. The sanity check: can this run detect a dense reward's benefit at all? The oracle (a
+       perfect dense reward) against Sparse, per k.
     1. Dense LVLM rewards help more as k grows: the gap RG-VLM minus Sparse, per k.
     2. Sparse + RG-VLM beats each alone: per k, whether its mean is above both and whether
        the 95% intervals separate.
+    Where intervals overlap the sentence says so ("not resolved"), never "better".
     """
     ks = [int(k) for k in sorted(summary["k"].unique())]
     have = set(summary["method"])
     lines = []
+    if {"oracle", "sparse"} <= have:
+        above = separated_above(summary, "oracle", "sparse", split, metric)
+        longer = [k for k in above if k >= 2]
+        verdict = ("this run can detect a dense reward's benefit" if len(longer) >= 2 else
+                   "not resolved: this run cannot reliably tell a perfect dense reward from Sparse, so no LVLM "
+                   "reward's comparison with Sparse below can be read as a result")
+        lines.append(f"Sanity check (the oracle, a perfect dense reward, against Sparse), {split} split, {metric}: "
+                     f"the oracle's 95% interval lies above Sparse's at k in {above or 'none'}; {verdict}.")
     if {"rg_vlm", "sparse"} <= have:
         gaps = []
         for k in ks:
@@ -91,7 +112,8 @@ def story(summary: pd.DataFrame, headline: str, split: str = "fresh", metric: st
                 f"Claim 1 (dense LVLM rewards help more as k grows), {split} split, {metric}: RG-VLM minus Sparse is "
                 + ", ".join(f"{g:+.3f} at k={k}" for k, g in gaps)
                 + f"; the least-squares slope over k is {slope:+.4f} per sub-task, so the mean advantage {grows} "
-                f"with k here; RG-VLM's 95% interval lies above Sparse's at k in {clear or 'none'}.")
+                f"with k here; RG-VLM's 95% interval lies above Sparse's at k in {clear or 'none'}"
+                + ("" if clear else " (not resolved at any k)") + ".")
     if {headline, "rg_vlm", "sparse"} <= have:
         wins, separated = [], []
         for k in ks:
@@ -127,6 +149,25 @@ def cost_table(metrics_dir: Path) -> str:
         return ""
     return ("<table><tr><th>method</th><th>labels by</th>" + "".join(f"<th>{k}</th>" for k in keys) + "</tr>"
             + "".join(rows) + "</table>")
+
+
+def critic_table(log: pd.DataFrame) -> str:
+    """Per trained row: the critic diagnostic at the last probed update, mean [min, max] over seeds."""
+    from rgvlm.rl.diagnostics import DIAGNOSTIC_NAMES
+
+    names = [n for n in DIAGNOSTIC_NAMES if n in log]
+    probed = log.dropna(subset=names) if names else log.iloc[0:0]
+    if probed.empty:
+        return "<p>No critic diagnostic was logged (train.holdout_fraction is 0).</p>"
+    last = probed[probed["step"] == probed.groupby("method")["step"].transform("max")]
+    rows = []
+    for method in method_order(sorted(last["method"].unique())):
+        group = last[last["method"] == method]
+        cells = "".join(f"<td>{group[n].mean():.3f} [{group[n].min():.3f}, {group[n].max():.3f}]</td>" for n in names)
+        rows.append(f"<tr><td>{html.escape(method)}</td><td>{int(group['step'].iloc[0])}</td><td>{len(group)}</td>"
+                    f"{cells}</tr>")
+    return ("<table><tr><th>row</th><th>update</th><th>seeds</th>" + "".join(f"<th>{n}</th>" for n in names)
+            + "</tr>" + "".join(rows) + "</table>")
 
 
 def _fmt_interval(mean: float, low: float, high: float) -> str:
@@ -175,12 +216,16 @@ pre { background: #f6f6f6; padding: 0.6em; font-size: 0.8em; overflow-x: auto; }
 
 
 def build_index(metrics_dir: Path = paths.METRICS, out_path: Path = paths.INDEX_HTML,
-                headline: str = "sparse+rg_vlm@1", split: str = "fresh") -> str:
+                headline: str = "sparse+rg_vlm@1", split: str = "fresh", policy: str | None = None) -> str:
     """Write ``index.html`` from the metrics files; returns the HTML. ``headline`` is the
-    fusion drawn in Figure 4 left and checked in the claims; ``split`` the split they use."""
+    fusion drawn in Figure 4 left and checked in the claims; ``split`` the split they use;
+    ``policy`` the evaluation policy of the figures and claims (default: the first evaluated)."""
     evaluation = json.loads((metrics_dir / "evaluation.json").read_text())
     card = json.loads((metrics_dir / "dataset.json").read_text())
-    summary = pd.DataFrame(evaluation["summary"])
+    all_policies = pd.DataFrame(evaluation["summary"])
+    policies = list(evaluation["provenance"].get("policies", {"greedy": "greedy"}))
+    policy = policy or policies[0]
+    summary = all_policies[all_policies["policy"] == policy] if "policy" in all_policies else all_policies
     methods = evaluation["provenance"]["reward_methods"]
     title = provenance_title(methods)
     figures = sorted(p.name for p in (out_path.parent / "figures").glob("*.png"))
@@ -197,17 +242,38 @@ def build_index(metrics_dir: Path = paths.METRICS, out_path: Path = paths.INDEX_
     first = [f for f in ("fig4_left.png", "fig4_right.png", "generalisation.png") if f in figures]
     for name in first + [f for f in figures if f not in first]:
         parts.append(f"<figure><img src='figures/{name}' alt='{name}'><figcaption>{name}</figcaption></figure>")
+    described = evaluation["provenance"].get("policies", {policy: policy})
+    parts.append(f"<p>Figures and the claims below use the <b>{html.escape(policy)}</b> evaluation policy "
+                 f"({html.escape(described.get(policy, policy))}); the tables show every evaluated policy.</p>")
     claims = story(summary, headline, split)
     if claims:
-        parts.append("<h2>Does the paper's story hold here?</h2><ul>"
+        parts.append(f"<h2>Does the paper's story hold here? ({html.escape(policy)} policy)</h2><ul>"
                      + "".join(f"<li>{html.escape(line)}</li>" for line in claims) + "</ul>")
-    for metric in ("completion", "success"):
-        parts.append(f"<h2>{METRIC_LABELS[metric].capitalize()}: mean over training seeds [95% bootstrap interval]</h2>")
-        parts.append(results_table(summary, metric))
-    episodes = int(summary["num_episodes"].max()) if not summary.empty else 0
-    seeds = int(summary["num_seeds"].max()) if not summary.empty else 0
-    parts.append(f"<p>{seeds} training seeds per reward method; up to {episodes} evaluation episodes per "
-                 "(method, split, k) cell. Source: <code>reports/metrics/evaluation.json</code>.</p>")
+    baselines = evaluation["provenance"].get("baselines", {})
+    if baselines:
+        parts.append("<p>Baselines trained in the same stack, with the same networks: " + "; ".join(
+            f"<b>{html.escape(n)}</b>: {html.escape(d)}" for n, d in baselines.items()) + ".</p>")
+    for name in policies if "policy" in all_policies else [None]:
+        rows = all_policies if name is None else all_policies[all_policies["policy"] == name]
+        label = "" if name is None else f" — {name} policy ({described.get(name, name)})"
+        for metric in ("completion", "success"):
+            parts.append(f"<h2>{METRIC_LABELS[metric].capitalize()}{html.escape(label)}: mean over training seeds "
+                         "[95% bootstrap interval over seeds and episodes]</h2>")
+            parts.append(results_table(rows, metric))
+    seeds = sorted(summary["num_seeds"].unique()) if not summary.empty else [0]
+    episodes = int((summary["num_episodes"] / summary["num_seeds"]).max()) if not summary.empty else 0
+    parts.append(f"<p>{' or '.join(map(str, seeds))} training seeds per row; up to {episodes} evaluation episodes per "
+                 "(run, split, k). Source: <code>reports/metrics/evaluation.json</code>.</p>")
+    training_path = metrics_dir / "training.csv"
+    if training_path.exists():
+        parts.append("<h2>Did each critic learn? (held-out episodes, last probe)</h2>"
+                     + critic_table(pd.read_csv(training_path))
+                     + "<p><code>v_return_corr</code>: correlation of V(s) with the Monte-Carlo discounted return of "
+                       "the row's own reward on episodes held out from training (about 0: the critic learned "
+                       "nothing). <code>adv_weight_gt2</code> / <code>adv_weight_p90</code>: share of advantage "
+                       "weights exp(beta A) above 2, and their 90th percentile (all about 1: IQL's policy step is "
+                       "behaviour cloning). BC rows' critics train on the sparse reward and do not steer their "
+                       "policies. Source: <code>reports/metrics/training.csv</code>.</p>")
     quality_path = metrics_dir / "label_quality.json"
     if quality_path.exists():
         quality = json.loads(quality_path.read_text())

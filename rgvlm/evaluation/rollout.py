@@ -8,7 +8,8 @@ Episodes are drawn on two splits of initial states:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,21 +34,24 @@ class EvalEpisode:
 
 
 def evaluation_episodes(
-    dataset: OfflineDataset, ks: tuple[int, ...], splits: tuple[str, ...], episodes_per_k: int, base_seed: int
+    dataset: OfflineDataset, ks: tuple[int, ...], splits: tuple[str, ...], episodes_per_k: int | Mapping[str, int],
+    base_seed: int
 ) -> list[EvalEpisode]:
-    """The start states every run is evaluated on (the same for all runs)."""
+    """The start states every run is evaluated on (the same for all runs); ``episodes_per_k``
+    is one count for every split or a count per split."""
+    count = episodes_per_k if isinstance(episodes_per_k, Mapping) else {s: episodes_per_k for s in splits}
     episodes = []
     for k in ks:
         if "seen" in splits:
             seen = list(dict.fromkeys(e["seed"] for e in dataset.episodes if e["k"] == k))
-            if len(seen) < episodes_per_k:
+            if len(seen) < count["seen"]:
                 raise ValueError(
-                    f"evaluation.episodes_per_k={episodes_per_k}: the dataset has only {len(seen)} layouts "
+                    f"evaluation.episodes_per_k={count['seen']}: the dataset has only {len(seen)} layouts "
                     f"with k={k} for the 'seen' split"
                 )
-            episodes += [EvalEpisode(k, "seen", s) for s in seen[:episodes_per_k]]
+            episodes += [EvalEpisode(k, "seen", s) for s in seen[: count["seen"]]]
         if "fresh" in splits:
-            episodes += [EvalEpisode(k, "fresh", fresh_seed(base_seed, i)) for i in range(episodes_per_k)]
+            episodes += [EvalEpisode(k, "fresh", fresh_seed(base_seed, i)) for i in range(count["fresh"])]
     return episodes
 
 
@@ -130,3 +134,54 @@ def evaluate_runs(
     for (reward_set, seed), run_records in zip(runs, per_run, strict=True):
         records += [{**record, "method": reward_set, "run_seed": seed} for record in run_records]
     return records
+
+
+def _chunk_seed(base_seed: int, policy: str, k: int, split: str) -> int:
+    """The sampling seed of one (policy, k, split) chunk: fixed by the chunk, not by the worker."""
+    key = [base_seed, k, sum(map(ord, split)), sum(map(ord, policy))]
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
+
+
+def _evaluate_chunk(job: tuple) -> list[dict]:
+    """One (policy, k, split) chunk of :func:`evaluate_policies`, in a worker process."""
+    from rgvlm.rl.missions import MissionEmbedder
+    from rgvlm.rl.runs import load_stacked_policy
+
+    models_dir, runs, episodes, env_config, policy, temperature, seed, device, threads = job
+    if threads:
+        torch.set_num_threads(threads)
+    act = load_stacked_policy(models_dir, runs, device, temperature=temperature, seed=seed)
+    records = evaluate_runs(act, runs, episodes, env_config, MissionEmbedder(device="cpu").embed, device)
+    return [{**record, "policy": policy} for record in records]
+
+
+def evaluate_policies(
+    models_dir: Path,
+    runs: Sequence[tuple[str, int]],
+    episodes: list[EvalEpisode],
+    env_config: EnvConfig,
+    policies: Mapping[str, float],
+    base_seed: int = 0,
+    device: str = "cpu",
+    workers: int = 1,
+) -> list[dict]:
+    """Every trained run on every episode under every policy (name -> temperature; 0 is greedy,
+    above 0 samples from softmax(logits / temperature)). Work is cut into (policy, k, split)
+    chunks, each with its own sampling seed, and spread over ``workers`` processes: the records
+    are the same whatever the number of workers. One record per (policy, run, episode)."""
+    chunks: dict[tuple, list[EvalEpisode]] = {}
+    for ep in episodes:
+        chunks.setdefault((ep.k, ep.split), []).append(ep)
+    jobs = [(Path(models_dir), list(runs), chunk, env_config, policy, float(temperature),
+             _chunk_seed(base_seed, policy, k, split), device, 1 if workers > 1 else 0)
+            for policy, temperature in policies.items() for (k, split), chunk in chunks.items()]
+    # Longest chunks (large k) first, so the pool does not end on one long straggler.
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i][2][0].k)
+    if workers > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+            results = dict(zip(order, pool.map(_evaluate_chunk, [jobs[i] for i in order], chunksize=1), strict=True))
+    else:
+        results = {i: _evaluate_chunk(jobs[i]) for i in order}
+    return [record for i in range(len(jobs)) for record in results[i]]

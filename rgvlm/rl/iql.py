@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rgvlm.rl.networks import DiscreteCritic, DiscretePolicy, EncoderSpec, ValueNetwork
+from rgvlm.rl.networks import STATE_ENCODERS, DiscreteCritic, DiscretePolicy, EncoderSpec, ValueNetwork
 
 __all__ = [
     "IQLConfig",
@@ -83,6 +83,12 @@ class IQLConfig:
     mission_feature_dim: int = 128  # output size of the mission encoder
     state_feature_dim: int = 256  # output size of the joint state encoder (input of head MLPs)
     egocentric: bool = False  # re-express the grid around the agent (centre, facing up) before encoding
+    encoder: str = "grid"  # "grid" (one-hot/CNN over the grid) or "entities" (object-centric, mission FiLM)
+    entity_dim: int = 64  # entities encoder: token width
+    max_entities: int = 16  # entities encoder: doors/objects encoded
+    patch: int = 2  # entities encoder: cells on each side of the agent in its local egocentric patch
+    adv_normalise: bool = False  # divide advantages by their batch std before exp(beta * A)
+    holdout_fraction: float = 0.0  # share of episodes (per k) never trained on: the critic diagnostic's data
     num_steps: int = 1_000_000  # total gradient updates of a run
     log_every: int = 1_000  # updates between two on_log calls
     checkpoint_every: int = 50_000  # updates between two checkpoints
@@ -91,7 +97,7 @@ class IQLConfig:
         def fail(name: str, allowed: str) -> None:
             raise ValueError(f"IQLConfig.{name} = {getattr(self, name)!r} is invalid: must be {allowed}")
 
-        floats = ("gamma", "tau", "beta", "adv_clip", "lr", "polyak")
+        floats = ("gamma", "tau", "beta", "adv_clip", "lr", "polyak", "holdout_fraction")
         for name in floats:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -111,6 +117,9 @@ class IQLConfig:
             "slot_dim",
             "mission_feature_dim",
             "state_feature_dim",
+            "entity_dim",
+            "max_entities",
+            "patch",
             "num_steps",
             "log_every",
             "checkpoint_every",
@@ -130,6 +139,8 @@ class IQLConfig:
             fail("adv_clip", "> 0")
         if self.lr <= 0.0:
             fail("lr", "> 0")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            fail("holdout_fraction", "in [0, 1) (0 = train on every episode)")
         if not 0.0 < self.polyak <= 1.0:
             fail("polyak", "in (0, 1] (1 = copy the online critic every step)")
         if self.num_layers < 0:
@@ -140,8 +151,15 @@ class IQLConfig:
             fail("num_steps", ">= 0")
         if self.conv_channels < 0:
             fail("conv_channels", ">= 0 (0 = no convolution: flattened cell embeddings)")
+        if self.encoder not in STATE_ENCODERS:
+            fail("encoder", f"one of {', '.join(STATE_ENCODERS)}")
+        for name in ("egocentric", "adv_normalise"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "true or false")
+        if not 0 <= self.patch < min(self.grid_height, self.grid_width):
+            fail("patch", f">= 0 and < the grid's smaller side ({min(self.grid_height, self.grid_width)})")
         for name in ints:
-            if name not in ("num_layers", "num_actions", "num_steps", "conv_channels") and getattr(self, name) <= 0:
+            if name not in ("num_layers", "num_actions", "num_steps", "conv_channels", "patch") and getattr(self, name) <= 0:
                 fail(name, "> 0")
 
     def encoder_spec(self) -> EncoderSpec:
@@ -158,6 +176,10 @@ class IQLConfig:
             mission_dim=self.mission_feature_dim,
             out_dim=self.state_feature_dim,
             egocentric=self.egocentric,
+            kind=self.encoder,
+            entity_dim=self.entity_dim,
+            max_entities=self.max_entities,
+            patch=self.patch,
         )
 
 
@@ -267,17 +289,31 @@ def critic_loss(
     return (target - q1_sa).square().mean() + (target - q2_sa).square().mean()
 
 
+def advantage_weights(adv: torch.Tensor, beta: float, clip: float, normalise: bool = False) -> torch.Tensor:
+    """``min(exp(beta * adv), clip)``, detached; with ``normalise``, ``adv`` is first divided by
+    its batch standard deviation, so that ``beta`` means the same whatever the reward's scale
+    (with 0/1 rewards and gamma near 1, raw advantages are tiny and every weight is about 1).
+    ``exp`` may overflow to ``inf`` for huge advantages; the clip maps that back to ``clip``."""
+    adv = adv.detach()
+    if normalise:
+        adv = adv / (adv.std() + 1e-6)
+    return torch.exp(beta * adv).clamp(max=clip)
+
+
+def weighted_log_likelihood(logits: torch.Tensor, action: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``-mean(weights * log pi(action | s))``: the policy objective of IQL and of (filtered) BC."""
+    log_prob = F.log_softmax(logits, dim=-1).gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+    return -(weights * log_prob).mean()
+
+
 def policy_loss(
-    logits: torch.Tensor, action: torch.Tensor, adv: torch.Tensor, beta: float, clip: float
+    logits: torch.Tensor, action: torch.Tensor, adv: torch.Tensor, beta: float, clip: float, normalise: bool = False
 ) -> torch.Tensor:
     """Advantage-weighted regression: ``-mean(min(exp(beta*adv), clip) * log pi(action | s))``.
 
-    The weights are detached: gradients only flow into the policy logits. ``exp`` may overflow to
-    ``inf`` for huge advantages; the clip maps that back to ``clip``.
+    The weights are detached (:func:`advantage_weights`): gradients only flow into the logits.
     """
-    weights = torch.exp(beta * adv.detach()).clamp(max=clip)
-    log_prob = F.log_softmax(logits, dim=-1).gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
-    return -(weights * log_prob).mean()
+    return weighted_log_likelihood(logits, action, advantage_weights(adv, beta, clip, normalise))
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,7 +395,7 @@ class IQLLearner:
             adv = target_q_sa - v_s
 
         # 2. Policy: advantage-weighted regression on dataset actions.
-        pi_loss = policy_loss(self.policy(*s), batch.action, adv, cfg.beta, cfg.adv_clip)
+        pi_loss = policy_loss(self.policy(*s), batch.action, adv, cfg.beta, cfg.adv_clip, cfg.adv_normalise)
         self.policy_optim.zero_grad(set_to_none=True)
         pi_loss.backward()
         self.policy_optim.step()

@@ -45,10 +45,11 @@ from rgvlm.rl.iql import (
     IQLLearner,
     TransitionBatch,
     _gather_actions,
+    advantage_weights,
     critic_loss,
-    policy_loss,
     save_state_atomic,
     value_loss,
+    weighted_log_likelihood,
 )
 
 METRIC_NAMES = ("value_loss", "critic_loss", "policy_loss", "q_mean", "v_mean", "adv_mean")
@@ -90,14 +91,23 @@ class DeviceTransitions:
 
     Observations are stored once (``[num_obs, H, W, 3]``) and indexed per transition, so the
     dataset costs about one grid per step, whatever the number of runs.
+
+    ``bc_weights`` are extra per-transition policy-weight rows for behaviour-cloning baselines
+    (row 0 is always all ones: plain BC); ``holdout`` (bool ``[N]``) marks transitions that are
+    never sampled for training (the critic diagnostic's held-out episodes).
     """
 
     def __init__(self, dataset: OfflineDataset, rewards: Sequence[np.ndarray], mission_table: torch.Tensor,
-                 device: str | torch.device) -> None:
+                 device: str | torch.device, bc_weights: Sequence[np.ndarray] = (),
+                 holdout: np.ndarray | None = None) -> None:
         n = dataset.num_transitions
-        for i, r in enumerate(rewards):
-            if np.shape(r) != (n,):
-                raise ValueError(f"reward row {i} has shape {np.shape(r)}, the dataset has {n} transitions")
+        for what, rows in (("reward", rewards), ("bc weight", bc_weights)):
+            for i, r in enumerate(rows):
+                if np.shape(r) != (n,):
+                    raise ValueError(f"{what} row {i} has shape {np.shape(r)}, the dataset has {n} transitions")
+        holdout = np.zeros(n, dtype=bool) if holdout is None else np.asarray(holdout, dtype=bool)
+        if holdout.shape != (n,) or holdout.all():
+            raise ValueError(f"holdout must be a bool mask of the {n} transitions that leaves some for training")
         on = lambda array: torch.as_tensor(np.ascontiguousarray(array), device=device)  # noqa: E731
         self.num_transitions = n
         self.obs_grid = on(dataset.obs_grid)
@@ -110,9 +120,15 @@ class DeviceTransitions:
         # Time-outs are not terminal: only success ends an episode for bootstrapping.
         self.done = on(dataset.terminals.astype(np.float32))
         self.rewards = on(np.stack([np.asarray(r, dtype=np.float32) for r in rewards]))  # [K, N]
+        self.bc_weights = on(np.stack([np.ones(n, dtype=np.float32)]
+                                      + [np.asarray(w, dtype=np.float32) for w in bc_weights]))
+        self.train_index = on(np.flatnonzero(~holdout))  # what the sampler draws from
+        self.num_train = int(self.train_index.shape[0])
 
     def batch(self, indices: torch.Tensor, reward_rows: torch.Tensor) -> TransitionBatch:
-        """Transitions ``indices`` [R, B] with run r's rewards from row ``reward_rows[r]``."""
+        """Training transitions ``indices`` [R, B] (positions in ``train_index``) with run r's
+        rewards from row ``reward_rows[r]``."""
+        indices = self.train_index[indices]
         obs, next_obs = self.obs_index[indices], self.next_obs_index[indices]
         return TransitionBatch(
             grid=self.obs_grid[obs],
@@ -124,6 +140,10 @@ class DeviceTransitions:
             next_carry=self.obs_carry[next_obs],
             done=self.done[indices],
         )
+
+    def bc_weight(self, indices: torch.Tensor, weight_rows: torch.Tensor) -> torch.Tensor:
+        """Behaviour-cloning weights ``[R, B]`` of training transitions ``indices`` (as in :meth:`batch`)."""
+        return self.bc_weights[weight_rows[:, None], self.train_index[indices]]
 
 
 def _stack(modules: Sequence[torch.nn.Module], device: torch.device) -> dict[str, torch.Tensor]:
@@ -138,11 +158,17 @@ class MultiRunIQL:
     ``update(batch)`` takes a batch whose tensors have a leading run dimension ``[R, B, ...]``
     and returns each metric as an ``[R]`` tensor (no host sync). ``reward_rows[r]`` says
     which reward row of a :class:`DeviceTransitions` run r trains on (see :meth:`sample`).
+
+    ``bc_rows[r]`` (None = IQL) turns run r into a behaviour-cloning baseline trained in the
+    same stack: its policy maximises the likelihood of dataset actions weighted by row
+    ``bc_rows[r]`` of :attr:`DeviceTransitions.bc_weights` (0 = all ones: BC on all data; a
+    success indicator: filtered BC), normalised by the batch's mean weight, instead of by
+    ``exp(beta * A)``. Its critic still trains on its reward row (unused by its policy).
     """
 
     def __init__(self, config: IQLConfig, seeds: Sequence[int], reward_rows: Sequence[int] | None = None,
                  device: torch.device | str = "cpu", compile: bool = False, cuda_graphs: bool = False,
-                 chunk_size: int | None = None) -> None:
+                 chunk_size: int | None = None, bc_rows: Sequence[int | None] | None = None) -> None:
         if not seeds:
             raise ValueError("MultiRunIQL needs at least one run (seeds is empty)")
         self.config = config
@@ -176,6 +202,12 @@ class MultiRunIQL:
 
         self.seed_tensor = torch.tensor(self.seeds, dtype=torch.int64, device=self.device)
         self.reward_rows = torch.tensor(rows, dtype=torch.int64, device=self.device)
+        bc = list(bc_rows) if bc_rows is not None else [None] * self.num_runs
+        if len(bc) != self.num_runs:
+            raise ValueError(f"bc_rows has {len(bc)} entries for {self.num_runs} runs")
+        self.bc_rows = [None if row is None else int(row) for row in bc]
+        self.is_bc = torch.tensor([row is not None for row in bc], dtype=torch.float32, device=self.device)
+        self.bc_row_tensor = torch.tensor([row or 0 for row in bc], dtype=torch.int64, device=self.device)
         self.step = 0
 
         # chunk_size: runs per vmapped slice. On a CPU, all runs at once makes activations that
@@ -194,23 +226,24 @@ class MultiRunIQL:
 
     # ------------------------------------------------------------ per-run objectives
 
-    def _value_objective(self, value_p, target_p, grid, carry, mission, action):
-        s = (grid, carry, mission)
+    def _value_objective(self, value_p, target_p, obs, mission, action):
+        s = (obs, None, mission)  # featurized states (see rgvlm.rl.networks.state_encoder)
         target_q_sa = _gather_actions(functional_call(self._critic, target_p, s), action).min(dim=1).values
         v = functional_call(self._value, value_p, s)
         loss = value_loss(v, target_q_sa, self.config.tau)
         return loss, (target_q_sa.detach(), v.detach().mean())
 
-    def _actor_critic_objective(self, policy_p, critic_p, value_p, target_q_sa, grid, carry, mission, action,
-                                reward, next_grid, next_carry, done):
+    def _actor_critic_objective(self, policy_p, critic_p, value_p, target_q_sa, obs, mission, action,
+                                reward, next_obs, done, is_bc, bc_weight):
         cfg = self.config
-        s = (grid, carry, mission)
+        s = (obs, None, mission)
         # V(s) and V(s') from the updated value net in one forward pass; value_p is not differentiated.
-        both = functional_call(self._value, value_p, (torch.cat([grid, next_grid]), torch.cat([carry, next_carry]),
-                                                       torch.cat([mission, mission])))
+        both = functional_call(self._value, value_p, (torch.cat([obs, next_obs]), None, torch.cat([mission, mission])))
         v_s, next_v = both.detach().chunk(2)
         adv = target_q_sa - v_s
-        pi_loss = policy_loss(functional_call(self._policy, policy_p, s), action, adv, cfg.beta, cfg.adv_clip)
+        weights = torch.where(is_bc > 0, bc_weight / bc_weight.mean().clamp(min=1e-6),
+                              advantage_weights(adv, cfg.beta, cfg.adv_clip, cfg.adv_normalise))
+        pi_loss = weighted_log_likelihood(functional_call(self._policy, policy_p, s), action, weights)
         q_sa = _gather_actions(functional_call(self._critic, critic_p, s), action)
         q_loss = critic_loss(q_sa[:, 0], q_sa[:, 1], reward, done, next_v, cfg.gamma)
         # The two losses depend on disjoint parameters, so one sum gives each its own gradient.
@@ -218,11 +251,25 @@ class MultiRunIQL:
 
     # ------------------------------------------------------------ training
 
+    def featurize(self, grid: torch.Tensor, carry: torch.Tensor) -> torch.Tensor:
+        """Featurized states ``[R, B, F]`` of grids ``[R, B, H, W, 3]`` and carries ``[R, B, 2]``."""
+        runs, batch = grid.shape[:2]
+        flat = self._policy.encoder.featurize(grid.flatten(end_dim=1), carry.flatten(end_dim=1))
+        return flat.reshape(runs, batch, -1)
+
+    def _indices(self, data: DeviceTransitions) -> torch.Tensor:
+        step = torch.tensor(self.step, dtype=torch.int64, device=self.device)
+        return sample_indices(self.seed_tensor, step, self.config.batch_size, data.num_train)
+
     def sample(self, data: DeviceTransitions) -> TransitionBatch:
         """This step's batch of every run: ``[R, batch_size, ...]``."""
-        step = torch.tensor(self.step, dtype=torch.int64, device=self.device)
-        indices = sample_indices(self.seed_tensor, step, self.config.batch_size, data.num_transitions)
-        return data.batch(indices, self.reward_rows)
+        return data.batch(self._indices(data), self.reward_rows)
+
+    def train_step(self, data: DeviceTransitions) -> dict[str, torch.Tensor]:
+        """Sample this step's batches (with the BC weights of baseline runs) and update every run."""
+        indices = self._indices(data)
+        bc_weight = data.bc_weight(indices, self.bc_row_tensor) if self.bc_rows.count(None) < self.num_runs else None
+        return self.update(data.batch(indices, self.reward_rows), bc_weight)
 
     @staticmethod
     def _apply(optim: torch.optim.Optimizer, params: dict[str, torch.Tensor], grads: Mapping[str, torch.Tensor]):
@@ -232,17 +279,22 @@ class MultiRunIQL:
         for p in params.values():
             p.grad = None
 
-    def update(self, batch: TransitionBatch) -> dict[str, torch.Tensor]:
-        """One IQL update of every run; ``batch`` tensors are ``[R, B, ...]``. Returns ``[R]`` metrics."""
+    def update(self, batch: TransitionBatch, bc_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One IQL update of every run; ``batch`` tensors are ``[R, B, ...]``, ``bc_weight`` ``[R, B]``
+        (the BC baselines' policy weights; None when no run is one). Returns ``[R]`` metrics."""
         b = batch
+        if bc_weight is None:
+            bc_weight = torch.ones_like(b.reward)
+        # The parameter-free part of every encoder, once per batch instead of once per network.
+        obs, next_obs = self.featurize(b.grid, b.carry), self.featurize(b.next_grid, b.next_carry)
         v_grads, (v_loss, (target_q_sa, v_mean)) = self._value_grad(
-            self.value, self.target_critic, b.grid, b.carry, b.mission, b.action)
+            self.value, self.target_critic, obs, b.mission, b.action)
         self._apply(self.value_optim, self.value, v_grads)
 
         value_now = {k: v.detach() for k, v in self.value.items()}
         (pi_grads, q_grads), (_, (pi_loss, q_loss, q_mean, adv_mean)) = self._actor_critic_grad(
-            self.policy, self.critic, value_now, target_q_sa, b.grid, b.carry, b.mission, b.action, b.reward,
-            b.next_grid, b.next_carry, b.done)
+            self.policy, self.critic, value_now, target_q_sa, obs, b.mission, b.action, b.reward,
+            next_obs, b.done, self.is_bc, bc_weight)
         self._apply(self.policy_optim, self.policy, pi_grads)
         self._apply(self.critic_optim, self.critic, q_grads)
 
@@ -262,6 +314,7 @@ class MultiRunIQL:
             "config": dataclasses.asdict(self.config),
             "seeds": list(self.seeds),
             "reward_rows": self.reward_rows.tolist(),
+            "bc_rows": list(self.bc_rows),
             "step": self.step,
             "critic": detached(self.critic),
             "target_critic": detached(self.target_critic),
@@ -273,9 +326,10 @@ class MultiRunIQL:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if list(state["seeds"]) != self.seeds or list(state["reward_rows"]) != self.reward_rows.tolist():
-            raise ValueError(f"checkpoint holds runs {state['seeds']} / rows {state['reward_rows']}, "
-                             f"this trainer {self.seeds} / {self.reward_rows.tolist()}")
+        theirs = (list(state["seeds"]), list(state["reward_rows"]), list(state.get("bc_rows", [None] * self.num_runs)))
+        ours = (self.seeds, self.reward_rows.tolist(), self.bc_rows)
+        if theirs != ours:
+            raise ValueError(f"checkpoint holds runs (seeds, reward rows, BC rows) {theirs}, this trainer {ours}")
         ours = dataclasses.asdict(self.config)
         diff = {k: (state["config"].get(k), v) for k, v in ours.items()
                 if k not in LOOP_FIELDS and state["config"].get(k) != v}
@@ -332,15 +386,21 @@ def save_multirun(trainer: MultiRunIQL, path, extra: Mapping[str, Any] | None = 
 
 
 class StackedPolicy:
-    """The greedy policies of several trained runs, evaluated in one vmapped call.
+    """The policies of several trained runs, evaluated in one vmapped call.
 
     ``policy_states`` are the ``policy`` entries of the runs' :meth:`IQLLearner.state_dict`;
     calling the object maps observations ``[R, M, ...]`` to actions ``[R, M]`` (the
-    :data:`rgvlm.evaluation.rollout.ActFn` contract).
+    :data:`rgvlm.evaluation.rollout.ActFn` contract). ``temperature`` 0 acts greedily (argmax);
+    above 0 it samples from ``softmax(logits / temperature)`` with its own generator seeded by
+    ``seed``, so a sampled rollout is reproducible.
     """
 
     def __init__(self, config: IQLConfig, policy_states: Sequence[Mapping[str, torch.Tensor]],
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", temperature: float = 0.0, seed: int = 0) -> None:
+        if not temperature >= 0.0:
+            raise ValueError(f"temperature={temperature!r}: expected a number >= 0 (0 = greedy)")
+        self.temperature = float(temperature)
+        self.generator = torch.Generator(device=device).manual_seed(int(seed))
         from rgvlm.rl.networks import DiscretePolicy
 
         self.device = torch.device(device)
@@ -353,5 +413,8 @@ class StackedPolicy:
 
     @torch.no_grad()
     def __call__(self, grid: torch.Tensor, carry: torch.Tensor, mission: torch.Tensor) -> torch.Tensor:
-        return self._logits(self.params, grid.to(self.device), carry.to(self.device),
-                            mission.to(self.device)).argmax(dim=-1)
+        logits = self._logits(self.params, grid.to(self.device), carry.to(self.device), mission.to(self.device))
+        if self.temperature == 0.0:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits / self.temperature, dim=-1)
+        return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=self.generator).reshape(logits.shape[:-1])

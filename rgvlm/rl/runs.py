@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import torch
 
 from rgvlm.data.storage import OfflineDataset, write_json_atomic
 from rgvlm.rl.iql import LOOP_FIELDS, IQLConfig, IQLLearner, save_state_atomic
+from rgvlm.rl.diagnostics import CriticProbe, holdout_mask
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy, save_multirun
 
 
@@ -36,15 +37,39 @@ def iql_config_for(dataset: OfflineDataset, hyperparameters: dict) -> IQLConfig:
     return IQLConfig(**{**hyperparameters, "grid_height": int(height), "grid_width": int(width)})
 
 
-def run_fingerprint(config: IQLConfig, rewards: np.ndarray, dataset: OfflineDataset, seed: int) -> dict:
-    """What a run's result depends on; a checkpoint is resumed only if this matches."""
-    digest = hashlib.sha256(np.ascontiguousarray(rewards, dtype=np.float32).tobytes()).hexdigest()
+def _sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()
+
+
+def run_fingerprint(config: IQLConfig, rewards: np.ndarray, dataset: OfflineDataset, seed: int,
+                    bc_weights: np.ndarray | None = None) -> dict:
+    """What a run's result depends on; a checkpoint is resumed only if this matches.
+    ``bc_weights`` marks a behaviour-cloning baseline (its policy's per-transition weights)."""
     data = hashlib.sha256(json.dumps(dataset.manifest, sort_keys=True).encode()).hexdigest()
     config_dict = asdict(config)
     # How long and how often to log or checkpoint do not change the updates themselves.
     for key in LOOP_FIELDS:
         config_dict.pop(key)
-    return {"config": config_dict, "rewards_sha256": digest, "dataset_sha256": data, "seed": seed}
+    policy = "iql" if bc_weights is None else f"bc:{_sha256(bc_weights)}"
+    return {"config": config_dict, "rewards_sha256": _sha256(rewards), "dataset_sha256": data, "seed": seed,
+            "policy": policy}
+
+
+BASELINE_DESCRIPTIONS = {
+    "bc": "behaviour cloning on every dataset action (no reward), same networks and stack as IQL",
+    "bc_success": "filtered behaviour cloning: actions of successful episodes only, same networks and stack",
+}
+
+
+def baseline_weights(dataset: OfflineDataset, name: str) -> np.ndarray:
+    """Per-transition policy weights of a behaviour-cloning baseline (``rgvlm.params.BASELINES``):
+    ``bc`` imitates every action, ``bc_success`` only those of successful episodes."""
+    if name == "bc":
+        return np.ones(dataset.num_transitions, dtype=np.float32)
+    if name == "bc_success":
+        success = np.array([float(e["success"]) for e in dataset.episodes], dtype=np.float32)
+        return success[dataset.episode_of_step]
+    raise ValueError(f"baseline {name!r}: expected bc or bc_success")
 
 
 def run_paths(models_dir: Path, reward_set: str, seed: int) -> tuple[Path, Path, Path]:
@@ -69,22 +94,33 @@ def train_runs(
     dataset: OfflineDataset,
     mission_table: torch.Tensor,
     reward_sets: dict[str, np.ndarray],
-    seeds: Sequence[int],
+    seeds: Sequence[int] | Mapping[str, Sequence[int]],
     config: IQLConfig,
     device: str,
     models_dir: Path,
     compile: bool = False,
     cuda_graphs: bool = False,
     on_log: Callable[[list[dict]], None] | None = None,
+    bc_weights: Mapping[str, np.ndarray] | None = None,
 ) -> list[dict]:
     """Train every (reward set, seed) run not already finished, as one stack; returns the log
-    rows of all runs (one row per run per ``log_every`` updates)."""
-    runs = [(name, seed) for name in reward_sets for seed in seeds]
-    fingerprints = {run: run_fingerprint(config, reward_sets[run[0]], dataset, run[1]) for run in runs}
+    rows of all runs (one row per run per ``log_every`` updates).
+
+    ``seeds`` is one list for every reward set, or a list per reward set. A name in
+    ``bc_weights`` is a behaviour-cloning baseline: its policy imitates the dataset's actions
+    weighted by that array (see :class:`~rgvlm.rl.multirun.MultiRunIQL`), and its entry in
+    ``reward_sets`` is only what its (unused) critic trains on. With
+    ``config.holdout_fraction`` > 0 the critic diagnostic (:mod:`rgvlm.rl.diagnostics`) is
+    added to the log rows at every checkpoint step and at the end."""
+    bc_weights = dict(bc_weights or {})
+    per_set = seeds if isinstance(seeds, Mapping) else {name: seeds for name in reward_sets}
+    runs = [(name, int(seed)) for name in reward_sets for seed in per_set[name]]
+    fingerprints = {run: run_fingerprint(config, reward_sets[run[0]], dataset, run[1], bc_weights.get(run[0]))
+                    for run in runs}
     todo = [run for run in runs if not _finished(models_dir, *run, fingerprints[run], config.num_steps)]
     if todo:
         _train_stack(dataset, mission_table, reward_sets, todo, fingerprints, config, device, models_dir,
-                     compile, cuda_graphs, on_log)
+                     compile, cuda_graphs, on_log, bc_weights)
     rows: list[dict] = []
     for name, seed in runs:
         rows += json.loads(run_paths(models_dir, name, seed)[2].read_text())
@@ -92,11 +128,18 @@ def train_runs(
 
 
 def _train_stack(dataset, mission_table, reward_sets, todo, fingerprints, config, device, models_dir,
-                 compile, cuda_graphs, on_log) -> None:
+                 compile, cuda_graphs, on_log, bc_weights) -> None:
     names = list(dict.fromkeys(name for name, _ in todo))
-    data = DeviceTransitions(dataset, [reward_sets[name] for name in names], mission_table, device)
+    baselines = [name for name in names if name in bc_weights]
+    holdout = holdout_mask(dataset, config.holdout_fraction)
+    rewards = [reward_sets[name] for name in names]
+    data = DeviceTransitions(dataset, rewards, mission_table, device,
+                             bc_weights=[bc_weights[name] for name in baselines], holdout=holdout)
+    # Row 0 of data.bc_weights is all ones; baseline b's weights are row b + 1.
     trainer = MultiRunIQL(config, [seed for _, seed in todo], [names.index(name) for name, _ in todo],
-                          device=device, compile=compile, cuda_graphs=cuda_graphs)
+                          device=device, compile=compile, cuda_graphs=cuda_graphs,
+                          bc_rows=[baselines.index(name) + 1 if name in bc_weights else None for name, _ in todo])
+    probe = CriticProbe(dataset, data, rewards, holdout, config.gamma) if holdout.any() else None
     stack_path = models_dir / STACK_CHECKPOINT
     identity = [{"reward_set": name, **fingerprints[(name, seed)]} for name, seed in todo]
     log: list[dict] = []
@@ -107,9 +150,13 @@ def _train_stack(dataset, mission_table, reward_sets, todo, fingerprints, config
             log = [row for row in state["extra"]["log"] if row["step"] <= trainer.step]
     tick, tick_step = time.perf_counter(), trainer.step
     while trainer.step < config.num_steps:
-        metrics = trainer.update(trainer.sample(data))
+        metrics = trainer.train_step(data)
         step = trainer.step
-        if config.log_every and step % config.log_every == 0:
+        if (config.log_every and step % config.log_every == 0) or step == config.num_steps:
+            probing = probe is not None and (step == config.num_steps
+                                             or (config.checkpoint_every and step % config.checkpoint_every == 0))
+            if probing:
+                metrics = {**metrics, **probe(trainer)}
             values = torch.stack(list(metrics.values())).cpu()  # one host sync per log step
             now = time.perf_counter()
             rate = (step - tick_step) / max(now - tick, 1e-9)  # stack updates per second
@@ -132,8 +179,10 @@ def _train_stack(dataset, mission_table, reward_sets, todo, fingerprints, config
     stack_path.unlink(missing_ok=True)
 
 
-def load_stacked_policy(models_dir: Path, runs: Sequence[tuple[str, int]], device: str) -> StackedPolicy:
-    """The greedy policies of ``runs`` (reward set, seed), stacked for one batched call."""
+def load_stacked_policy(models_dir: Path, runs: Sequence[tuple[str, int]], device: str,
+                        temperature: float = 0.0, seed: int = 0) -> StackedPolicy:
+    """The policies of ``runs`` (reward set, seed), stacked for one batched call; greedy, or
+    sampled at ``temperature`` > 0 from a generator seeded by ``seed``."""
     states = []
     for reward_set, seed in runs:
         checkpoint, _, _ = run_paths(models_dir, reward_set, seed)
@@ -143,7 +192,8 @@ def load_stacked_policy(models_dir: Path, runs: Sequence[tuple[str, int]], devic
     configs = {json.dumps(state["config"], sort_keys=True) for state in states}
     if len(configs) != 1:
         raise ValueError(f"runs {list(runs)} were trained with different IQL configs; retrain them together")
-    return StackedPolicy(IQLConfig(**states[0]["config"]), [state["policy"] for state in states], device)
+    return StackedPolicy(IQLConfig(**states[0]["config"]), [state["policy"] for state in states], device,
+                         temperature=temperature, seed=seed)
 
 
 def load_learner(models_dir: Path, reward_set: str, seed: int, device: str) -> IQLLearner:

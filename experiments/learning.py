@@ -1,0 +1,148 @@
+"""Does the agent learn, and which levers matter? Measured on the VALIDATION split only.
+
+Builds (once, cached under ``outputs/experiments/data/``) an offline dataset with the given
+``env``/``dataset`` overrides of ``params.yaml``, computes the reward sets that need no
+labelling stage (``sparse``, ``oracle``) plus the behaviour-cloning baselines (``bc``: all
+data; ``bc_success``: successful episodes only), trains one multi-run stack per variant of
+the ``train`` section, and rolls every run out every ``--eval-every`` updates on validation
+layouts (``rgvlm.envs.seeds.validation_seed``: neither in the dataset nor among the
+evaluation seeds), greedy and sampled. The critic diagnostic (``rgvlm.rl.diagnostics``) is
+logged at every evaluation. Writes ``reports/tuning/<name>.json``.
+
+    python experiments/learning.py --name encoder --variant encoder=grid --variant encoder=entities
+    python experiments/learning.py --name data --env room_size=5 --dataset episodes_per_k=600
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rgvlm import paths  # noqa: E402
+from rgvlm.data import load_dataset  # noqa: E402
+from rgvlm.data.storage import write_json_atomic  # noqa: E402
+from rgvlm.envs.seeds import validation_seed  # noqa: E402
+from rgvlm.evaluation import EvalEpisode, rollout, summarize  # noqa: E402
+from rgvlm.params import EnvConfig, load_params, train_config  # noqa: E402
+from rgvlm.rewards import oracle_rewards, sparse_rewards  # noqa: E402
+from rgvlm.rl.diagnostics import CriticProbe, holdout_mask  # noqa: E402
+from rgvlm.rl.missions import MissionEmbedder  # noqa: E402
+from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy  # noqa: E402
+from rgvlm.rl.runs import iql_config_for  # noqa: E402
+
+
+def parse_overrides(text: str) -> dict:
+    """``"tau=0.9,encoder=entities"`` -> ``{"tau": 0.9, "encoder": "entities"}`` (YAML scalars)."""
+    return {key.strip(): yaml.safe_load(value) for key, _, value in
+            (item.partition("=") for item in filter(None, text.split(",")))}
+
+
+def build_dataset(env: dict, dataset: dict) -> Path:
+    """The dataset for these overrides, collected once and cached by their hash."""
+    params = load_params()
+    params["env"].update(env)
+    params["dataset"].update(dataset)
+    key = hashlib.sha256(json.dumps([params["env"], params["dataset"]], sort_keys=True).encode()).hexdigest()[:12]
+    out = paths.OUTPUTS / "experiments" / "data" / key
+    if not (out / "manifest.json").exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        params_file = out.with_suffix(".params.yaml")
+        params_file.write_text(yaml.safe_dump({"env": params["env"], "dataset": params["dataset"]}))
+        subprocess.run([sys.executable, "-m", "rgvlm.data", "collect", "--params", str(params_file), "--out", str(out)],
+                       check=True, cwd=ROOT)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", required=True, help="output name under reports/tuning/")
+    parser.add_argument("--env", default="", help="overrides of the env section, k=v,...")
+    parser.add_argument("--dataset", default="", help="overrides of the dataset section, k=v,...")
+    parser.add_argument("--methods", nargs="+", default=["sparse", "oracle", "bc", "bc_success"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101], help="training seeds (not the pipeline's)")
+    parser.add_argument("--variant", action="append", default=[], help="overrides of the train section, k=v,...")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--eval-every", type=int, default=1000)
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--episodes", type=int, default=30, help="validation episodes per k")
+    parser.add_argument("--temperature", type=float, default=1.0, help="of the sampled evaluation")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    data_dir = build_dataset(parse_overrides(args.env), parse_overrides(args.dataset))
+    data = load_dataset(data_dir)
+    env_config = EnvConfig(**data.manifest["env"])
+    success = np.repeat([float(e["success"]) for e in data.episodes], [e["length"] for e in data.episodes])
+    rewards = {"sparse": sparse_rewards(data).rewards, "oracle": oracle_rewards(data).rewards}
+    bc_rows = {"bc": 0, "bc_success": 1}  # rows of DeviceTransitions.bc_weights
+    embedder = MissionEmbedder(device="cpu")
+    table = torch.as_tensor(embedder.embed(data.missions))
+    episodes = [EvalEpisode(k, "validation", validation_seed(0, i)) for k in args.ks for i in range(args.episodes)]
+    runs = [(name, seed) for name in args.methods for seed in args.seeds]
+    reward_names = list(rewards)
+    base = load_params()["train"]
+    records, diagnostics, timings = [], [], {}
+    for variant_text in args.variant or [""]:
+        variant = variant_text or "base"
+        train = train_config({**base, **parse_overrides(variant_text)})
+        config = iql_config_for(data, train.iql)
+        holdout = holdout_mask(data, config.holdout_fraction)
+        transitions = DeviceTransitions(data, list(rewards.values()), table, "cpu", bc_weights=[success], holdout=holdout)
+        # BC runs train their (unused) critic on the sparse reward.
+        trainer = MultiRunIQL(config, [seed for _, seed in runs],
+                              [reward_names.index(n if n in rewards else "sparse") for n, _ in runs],
+                              bc_rows=[bc_rows.get(n) for n, _ in runs])
+        probe = CriticProbe(data, transitions, list(rewards.values()), holdout, config.gamma)
+        started = time.perf_counter()
+        while trainer.step < args.steps:
+            trainer.train_step(transitions)
+            if trainer.step % args.eval_every == 0 or trainer.step == args.steps:
+                train_s = time.perf_counter() - started
+                probed = {k: v.tolist() for k, v in probe(trainer).items()}
+                states = [trainer.run_state(r)["policy"] for r in range(len(runs))]
+                for policy_name, temperature in (("greedy", 0.0), ("sampled", args.temperature)):
+                    policy = StackedPolicy(config, states, temperature=temperature, seed=trainer.step)
+                    per_run = rollout(policy, episodes, env_config, embedder.embed, num_runs=len(runs))
+                    for (name, seed), run_records in zip(runs, per_run, strict=True):
+                        records += [{**r, "method": name, "run_seed": seed, "variant": variant, "policy": policy_name,
+                                     "updates": trainer.step} for r in run_records]
+                diagnostics += [{"variant": variant, "method": name, "run_seed": seed, "updates": trainer.step,
+                                 **{k: v[r] for k, v in probed.items()}} for r, (name, seed) in enumerate(runs)]
+                frame = pd.DataFrame([r for r in records if r["variant"] == variant and r["updates"] == trainer.step])
+                print(f"{variant}: step {trainer.step}, train {train_s:.0f}s, total {time.perf_counter() - started:.0f}s")
+                print(frame.pivot_table(index=["policy", "method"], columns="k", values="completion").round(2).to_string())
+                print(pd.DataFrame(diagnostics[-len(runs):]).groupby("method")[list(probed)].mean().round(3).to_string(),
+                      flush=True)
+        timings[variant] = round(time.perf_counter() - started, 1)
+    frame = pd.DataFrame(records)
+    tables = []
+    for (variant, updates, policy), group in frame.groupby(["variant", "updates", "policy"]):
+        tables.append(summarize(group, samples=2000, seed=0).assign(variant=variant, updates=int(updates), policy=policy))
+    summary = pd.concat(tables, ignore_index=True)
+    write_json_atomic(ROOT / "reports" / "tuning" / f"{args.name}.json", {
+        "command": "python experiments/learning.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "split": "validation (rgvlm.envs.seeds.validation_seed; never the evaluation seeds)",
+        "dataset": {k: data.manifest[k] for k in ("env", "dataset", "num_episodes", "num_transitions")},
+        "training_seeds": args.seeds, "base_train": base, "seconds": timings,
+        "summary": summary.to_dict("records"), "critic": diagnostics,
+    })
+    print(summary.pivot_table(index=["variant", "updates", "policy", "method"], columns="k",
+                              values="completion_mean").round(3).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

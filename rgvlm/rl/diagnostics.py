@@ -1,0 +1,101 @@
+"""Has a run's critic learned anything? Measured on held-out episodes, for every run of a stack.
+
+Completion numbers say whether a policy works; they do not say *why not*. Two diagnostics,
+logged during training and shown in the report for every run, answer the first question
+to ask of an IQL run:
+
+* ``v_return_corr``: the Pearson correlation between V(s) and the Monte-Carlo discounted
+  return of the run's own reward set, on the transitions of episodes held out from training
+  (``holdout_mask``). A critic that learned nothing scores about 0; one that ranks states by
+  how much reward follows them scores near 1. (V is an upper expectile of in-data returns,
+  not the behaviour policy's mean return, so 1 is not expected; a trend over training is.)
+  Returns of time-out episodes are truncated where the data ends.
+* the spread of the advantage weights ``min(exp(beta * A), clip)`` on the same transitions:
+  ``adv_weight_gt2`` (the share of weights above 2) and ``adv_weight_p90`` (their 90th
+  percentile). If every weight is about 1, IQL's policy step is behaviour cloning whatever
+  the reward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.func import functional_call, vmap
+
+from rgvlm.data.storage import OfflineDataset
+from rgvlm.rl.iql import _gather_actions, advantage_weights
+from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL
+
+DIAGNOSTIC_NAMES = ("v_return_corr", "adv_weight_gt2", "adv_weight_p90")
+
+
+def holdout_mask(dataset: OfflineDataset, fraction: float, seed: int = 0) -> np.ndarray:
+    """Bool ``[N]``: the transitions of a ``fraction`` of episodes (drawn per k, so every task
+    length is represented), never sampled for training. ``fraction`` 0 holds nothing out."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"holdout fraction={fraction!r}: expected a number in [0, 1)")
+    held = np.zeros(len(dataset.episodes), dtype=bool)
+    if fraction > 0.0:
+        ks = np.array([e["k"] for e in dataset.episodes])
+        rng = np.random.default_rng([seed, 0x401D])
+        for k in np.unique(ks):
+            ids = np.flatnonzero(ks == k)
+            count = max(1, int(round(fraction * len(ids)))) if len(ids) > 1 else 0
+            held[rng.choice(ids, size=count, replace=False)] = True
+    return held[dataset.episode_of_step]
+
+
+def discounted_returns(dataset: OfflineDataset, rewards: np.ndarray, gamma: float) -> np.ndarray:
+    """Monte-Carlo ``G_t = r_t + gamma * (1 - done_t) * G_{t+1}`` of every transition, per episode."""
+    returns = np.zeros(dataset.num_transitions, dtype=np.float64)
+    for episode in dataset.episodes:
+        start, length = episode["step_start"], episode["length"]
+        following = 0.0
+        for t in range(start + length - 1, start - 1, -1):
+            following = float(rewards[t]) + gamma * (0.0 if dataset.terminals[t] else following)
+            returns[t] = following
+    return returns.astype(np.float32)
+
+
+class CriticProbe:
+    """Computes :data:`DIAGNOSTIC_NAMES` for every run of a :class:`MultiRunIQL` stack.
+
+    ``reward_sets`` are the reward rows the stack's runs train on (as in the
+    :class:`DeviceTransitions`); at most ``max_transitions`` held-out transitions, evenly
+    spaced, are used, so a probe costs a few forward passes.
+    """
+
+    def __init__(self, dataset: OfflineDataset, data: DeviceTransitions, reward_sets: Sequence[np.ndarray],
+                 holdout: np.ndarray, gamma: float, max_transitions: int = 2048) -> None:
+        held = np.flatnonzero(holdout)
+        if held.size == 0:
+            raise ValueError("the critic probe needs held-out transitions (train.holdout_fraction > 0)")
+        held = held[np.linspace(0, held.size - 1, min(max_transitions, held.size)).astype(np.int64)]
+        device = data.action.device
+        index = torch.as_tensor(held, device=device)
+        obs = data.obs_index[index]
+        self.grid, self.carry = data.obs_grid[obs], data.obs_carry[obs]
+        self.mission = data.mission_table[data.mission_index[index]]
+        self.action = data.action[index]
+        self.returns = torch.as_tensor(np.stack([discounted_returns(dataset, r, gamma)[held] for r in reward_sets]),
+                                       device=device)  # [K, M]
+
+    @torch.no_grad()
+    def __call__(self, trainer: MultiRunIQL) -> dict[str, torch.Tensor]:
+        """Each diagnostic as an ``[R]`` tensor."""
+        cfg = trainer.config
+        s = (self.grid, self.carry, self.mission)
+        v = vmap(lambda p: functional_call(trainer._value, p, s))(trainer.value)  # [R, M]
+        q = vmap(lambda p: functional_call(trainer._critic, p, s))(trainer.target_critic)  # [R, M, 2, A]
+        q_sa = vmap(lambda x: _gather_actions(x, self.action).min(dim=1).values)(q)
+        weights = vmap(lambda a: advantage_weights(a, cfg.beta, cfg.adv_clip, cfg.adv_normalise))(q_sa - v)
+        g = self.returns[trainer.reward_rows]  # [R, M]
+        vc, gc = v - v.mean(1, keepdim=True), g - g.mean(1, keepdim=True)
+        corr = (vc * gc).sum(1) / (vc.square().sum(1).sqrt() * gc.square().sum(1).sqrt()).clamp(min=1e-12)
+        return {
+            "v_return_corr": corr,
+            "adv_weight_gt2": (weights > 2.0).float().mean(1),
+            "adv_weight_p90": weights.quantile(0.9, dim=1),
+        }

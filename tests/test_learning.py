@@ -1,0 +1,234 @@
+"""What makes the agent learn: the object-centric encoder, advantage normalisation, the BC
+baselines in the stack, held-out episodes, the critic diagnostic, sampled evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rgvlm.evaluation import bootstrap_interval, evaluate_policies, evaluation_episodes, summarize
+from rgvlm.params import EnvConfig, ParamError, train_config
+from rgvlm.rl.diagnostics import CriticProbe, discounted_returns, holdout_mask
+from rgvlm.rl.iql import IQLConfig, IQLLearner, TransitionBatch, advantage_weights
+from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy
+from rgvlm.rl.networks import EntityStateEncoder
+from rgvlm.rl.runs import baseline_weights, iql_config_for, train_runs
+from tests.test_iql import SMALL, _random_dataset
+
+ENTITIES = dict(SMALL, encoder="entities", entity_dim=8, max_entities=4, patch=1, slot_dim=8, mission_feature_dim=8,
+                state_feature_dim=16)
+HYPER = dict(batch_size=16, hidden_dim=16, num_layers=1, encoder="entities", entity_dim=8, max_entities=12,
+             mission_feature_dim=8, state_feature_dim=16, slot_dim=8, lr=1e-3, log_every=5, checkpoint_every=10,
+             holdout_fraction=0.2)
+
+
+def test_stack_with_the_entity_encoder_follows_eager_learners():
+    config = IQLConfig(**ENTITIES, batch_size=8)
+    data = _random_dataset(32)
+    stack, eager = MultiRunIQL(config, [0, 1]), [IQLLearner(config, seed=s) for s in (0, 1)]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        idx = torch.randint(32, (2, 8), generator=g)
+        stacked = stack.update(TransitionBatch(**{k: v[idx] for k, v in data.items()}))
+        for r, learner in enumerate(eager):
+            metrics = learner.update(TransitionBatch(**{k: v[idx[r]] for k, v in data.items()}))
+            torch.testing.assert_close(stacked["critic_loss"][r], metrics["critic_loss"], rtol=1e-4, atol=1e-5)
+
+
+def _scene(agent=(3, 3), direction=0, objects=(((5, 5), (6, 1, 0)),), size=9):
+    grid = torch.zeros(1, size, size, 3, dtype=torch.uint8)
+    grid[0, :, :, 0] = 1  # empty floor
+    for (y, x), cell in objects:
+        grid[0, y, x] = torch.tensor(cell)
+    grid[0, agent[0], agent[1]] = torch.tensor([10, 0, direction])
+    return grid
+
+
+def test_entity_encoder_codes_objects_relative_to_the_agent_and_reads_the_mission():
+    config = IQLConfig(**dict(ENTITIES, grid_height=9, grid_width=9, max_entities=4, patch=1))
+    torch.manual_seed(0)
+    encoder = EntityStateEncoder(config.encoder_spec())
+    with torch.no_grad():  # drop the absolute cell (the first H + W inputs): only relative codes remain
+        encoder.here_embed.weight[:, : 9 + 9] = 0.0
+    carry, mission = torch.zeros(1, 2, dtype=torch.uint8), torch.randn(1, 2, 8)
+    ball = ((5, 5), (6, 1, 0))
+    here = encoder(_scene((3, 3), 0, (ball,)), carry, mission)
+    shifted = encoder(_scene((4, 2), 0, (((6, 4), (6, 1, 0)),)), carry, mission)  # agent and ball moved together
+    torch.testing.assert_close(here, shifted)
+    farther = encoder(_scene((3, 3), 0, (((5, 7), (6, 1, 0)),)), carry, mission)
+    assert not torch.allclose(here, farther)
+    assert not torch.allclose(here, encoder(_scene((3, 3), 0, (ball,)), carry, torch.randn(1, 2, 8)))
+    # No entity at all, or more than max_entities: still a finite encoding.
+    assert torch.isfinite(encoder(_scene(objects=()), carry, mission)).all()
+    many = tuple(((1, x), (5, x % 6, 0)) for x in range(1, 8))
+    assert torch.isfinite(encoder(_scene(objects=many), carry, mission)).all()
+
+
+def test_advantage_normalisation_makes_beta_scale_free():
+    adv = torch.tensor([-0.01, 0.0, 0.02, 0.01])
+    raw = advantage_weights(adv, beta=5.0, clip=100.0)
+    assert (raw - 1).abs().max() < 0.11  # tiny advantages: every weight about 1
+    scaled = advantage_weights(adv * 100, beta=5.0, clip=100.0, normalise=True)
+    torch.testing.assert_close(advantage_weights(adv, 5.0, 100.0, normalise=True), scaled, rtol=1e-3, atol=0)
+    assert scaled.max() / scaled.min() > 50
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_dataset):
+    rng = np.random.default_rng(0)
+    rewards = {"a": rng.random(tiny_dataset.num_transitions).astype(np.float32)}
+    table = torch.randn(len(tiny_dataset.missions), 6, 384, generator=torch.Generator().manual_seed(0))
+    return tiny_dataset, table, rewards
+
+
+def test_bc_run_equals_iql_with_beta_zero(inputs):
+    """With beta = 0 every advantage weight is 1: IQL's policy step is plain BC, so a BC run
+    with all-ones weights must follow it exactly (the critic and value steps are shared)."""
+    data, table, rewards = inputs
+    config = iql_config_for(data, dict(HYPER, beta=0.0))
+    transitions = DeviceTransitions(data, [rewards["a"]], table, "cpu")
+    stack = MultiRunIQL(config, [0, 0], [0, 0], bc_rows=[None, 0])
+    for _ in range(5):
+        stack.train_step(transitions)
+    for key, tensor in stack.policy.items():
+        torch.testing.assert_close(tensor[0], tensor[1], rtol=1e-5, atol=1e-6)
+
+
+def test_filtered_bc_imitates_only_successful_episodes(inputs):
+    data, table, rewards = inputs
+    weights = baseline_weights(data, "bc_success")
+    assert set(np.unique(weights)) <= {0.0, 1.0}
+    for episode in data.episodes:
+        start = episode["step_start"]
+        assert weights[start : start + episode["length"]].tolist() == [float(episode["success"])] * episode["length"]
+    # A filtered-BC run whose weights are all zero but on one episode learns only that episode's actions.
+    config = iql_config_for(data, dict(HYPER, holdout_fraction=0.0))
+    only_first = np.zeros(data.num_transitions, dtype=np.float32)
+    only_first[: data.episodes[0]["length"]] = 1.0
+    transitions = DeviceTransitions(data, [rewards["a"]], table, "cpu", bc_weights=[only_first])
+    stack = MultiRunIQL(config, [0], bc_rows=[1])
+    indices = stack._indices(transitions)
+    weight = transitions.bc_weight(indices, stack.bc_row_tensor)
+    assert torch.equal(weight, torch.as_tensor(only_first)[indices])
+
+
+def test_holdout_keeps_whole_episodes_per_k_and_is_never_sampled(inputs):
+    data, table, rewards = inputs
+    mask = holdout_mask(data, 0.34)
+    assert np.array_equal(mask, holdout_mask(data, 0.34))  # deterministic
+    for k in (1, 2, 3):
+        held = {int(e) for e in np.unique(data.episode_of_step[mask]) if data.episodes[e]["k"] == k}
+        assert len(held) == 2  # round(0.34 * 6) episodes of every k
+        for e in held:
+            start, length = data.episodes[e]["step_start"], data.episodes[e]["length"]
+            assert mask[start : start + length].all()
+    transitions = DeviceTransitions(data, [rewards["a"]], table, "cpu", holdout=mask)
+    stack = MultiRunIQL(iql_config_for(data, HYPER), [0, 1])
+    drawn = set()
+    for _ in range(50):
+        drawn |= set(transitions.train_index[stack._indices(transitions)].flatten().tolist())
+        stack.step += 1
+    assert drawn and not drawn & set(np.flatnonzero(mask).tolist())
+    with pytest.raises(ValueError, match="holdout fraction"):
+        holdout_mask(data, 1.0)
+
+
+def test_discounted_returns_by_hand(tiny_dataset):
+    rewards = np.zeros(tiny_dataset.num_transitions, dtype=np.float32)
+    episode = next(e for e in tiny_dataset.episodes if e["success"])
+    start, length = episode["step_start"], episode["length"]
+    rewards[start + length - 1] = 1.0  # the success step (terminal)
+    rewards[start] = 0.5
+    returns = discounted_returns(tiny_dataset, rewards, 0.9)
+    assert returns[start + length - 1] == pytest.approx(1.0)
+    assert returns[start + length - 2] == pytest.approx(0.9)
+    assert returns[start] == pytest.approx(0.5 + 0.9 ** (length - 1))
+
+
+def test_critic_probe_matches_a_direct_computation(inputs):
+    data, table, rewards = inputs
+    config = iql_config_for(data, HYPER)
+    mask = holdout_mask(data, config.holdout_fraction)
+    transitions = DeviceTransitions(data, [rewards["a"]], table, "cpu", holdout=mask)
+    stack = MultiRunIQL(config, [0, 1])
+    for _ in range(10):
+        stack.train_step(transitions)
+    probe = CriticProbe(data, transitions, [rewards["a"]], mask, config.gamma)
+    result = probe(stack)
+    held = np.flatnonzero(mask)
+    returns = discounted_returns(data, rewards["a"], config.gamma)[held]
+    for r in range(2):
+        learner = stack.learner(r)
+        out = learner.predict(torch.as_tensor(data.obs_grid[data.obs_index[held]]),
+                              torch.as_tensor(data.obs_carry[data.obs_index[held]]),
+                              table[torch.as_tensor(data.mission_of_step[held])])
+        expected = np.corrcoef(out["v"].numpy(), returns)[0, 1]
+        assert float(result["v_return_corr"][r]) == pytest.approx(expected, abs=1e-4)
+        assert 0.0 <= float(result["adv_weight_gt2"][r]) <= 1.0
+
+
+def test_train_runs_trains_baselines_and_logs_the_diagnostic(inputs, tmp_path):
+    data, table, rewards = inputs
+    config = iql_config_for(data, dict(HYPER, num_steps=20))
+    reward_sets = {"a": rewards["a"], "bc": rewards["a"]}
+    rows = train_runs(data, table, reward_sets, {"a": [0, 1], "bc": [0]}, config, "cpu", tmp_path,
+                      bc_weights={"bc": baseline_weights(data, "bc")})
+    assert {(r["reward_set"], r["seed"]) for r in rows} == {("a", 0), ("a", 1), ("bc", 0)}
+    probed = [r for r in rows if "v_return_corr" in r]
+    assert sorted({r["step"] for r in probed}) == [10, 20]
+    assert all(-1.0 <= r["v_return_corr"] <= 1.0 for r in probed)
+
+
+def test_sampled_policy_is_reproducible_and_differs_from_greedy(inputs, tmp_path):
+    data, table, rewards = inputs
+    config = iql_config_for(data, HYPER)
+    stack = MultiRunIQL(config, [0])
+    states = [stack.run_state(0)["policy"]]
+    obs = (torch.as_tensor(data.obs_grid[:40])[None], torch.as_tensor(data.obs_carry[:40])[None],
+           table[:1].expand(40, -1, -1)[None])
+    greedy = StackedPolicy(config, states)(*obs)
+    first, again = (StackedPolicy(config, states, temperature=1.0, seed=3)(*obs) for _ in range(2))
+    assert torch.equal(first, again) and not torch.equal(first, greedy)
+    with pytest.raises(ValueError, match="temperature"):
+        StackedPolicy(config, states, temperature=-1.0)
+
+
+def test_evaluation_does_not_depend_on_the_number_of_workers(inputs, tmp_path):
+    data, table, rewards = inputs
+    config = iql_config_for(data, dict(HYPER, num_steps=5))
+    train_runs(data, table, rewards, [0], config, "cpu", tmp_path)
+    episodes = evaluation_episodes(data, (1, 2), ("seen", "fresh"), {"seen": 1, "fresh": 2}, 0)
+    assert [e.split for e in episodes if e.k == 1] == ["seen", "fresh", "fresh"]
+    env = EnvConfig(**{**data.manifest["env"], "steps_per_subtask": 16})
+    policies = {"greedy": 0.0, "sampled": 1.0}
+    one = evaluate_policies(tmp_path, [("a", 0)], episodes, env, policies, workers=1)
+    two = evaluate_policies(tmp_path, [("a", 0)], episodes, env, policies, workers=2)
+    assert one == two and len(one) == 2 * len(episodes)
+
+
+def test_two_level_bootstrap_counts_episode_noise():
+    rng = np.random.default_rng(0)
+    # Every seed has the same mean, so seeds alone say "exact"; the episodes say otherwise.
+    values = np.array([[0.0, 1.0] * 10, [1.0, 0.0] * 10, [0.0, 1.0] * 10])
+    assert bootstrap_interval(values.mean(axis=1), 1000, rng) == (0.5, 0.5)
+    low, high = bootstrap_interval(values, 1000, rng)
+    assert low < 0.4 and high > 0.6
+    frame = pd.DataFrame([{"method": "m", "policy": p, "run_seed": s, "split": "fresh", "k": 1, "completion": c,
+                           "success": c == 1.0} for p in ("greedy", "sampled") for s in range(3) for c in values[s]])
+    summary = summarize(frame, samples=500)
+    assert set(summary["policy"]) == {"greedy", "sampled"} and (summary["num_episodes"] == 60).all()
+
+
+def test_train_params_seeds_and_baselines():
+    raw = {"reward_sets": ["sparse", "oracle"], "seeds": [0, 1], "baselines": ["bc", "bc_success"],
+           "extra_seeds": [2, 3], "extra_seeds_for": ["oracle"], "num_steps": 10}
+    config = train_config(raw)
+    assert config.trained == ("sparse", "oracle", "bc", "bc_success")
+    assert config.seeds_for("oracle") == (0, 1, 2, 3) and config.seeds_for("bc") == (0, 1)
+    for bad, key in (({"baselines": ["dagger"]}, "train.baselines"), ({"extra_seeds": [1]}, "train.extra_seeds"),
+                     ({"extra_seeds_for": ["rg_vlm"]}, "train.extra_seeds_for"),
+                     ({"encoder": "transformer"}, "train"), ({"holdout_fraction": 1.0}, "train")):
+        with pytest.raises(ParamError, match=key.replace(".", r"\.")):
+            train_config({**raw, **bad})
