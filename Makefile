@@ -29,12 +29,13 @@ export PYGAME_HIDE_SUPPORT_PROMPT := 1
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml rgvlm/peer/d3rlpy_baseline.py
 	mkdir -p .cache
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m rgvlm.peer install
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (rgvlm)" >/dev/null
 	touch $@
 

@@ -41,7 +41,10 @@ print(f"{len(runs)} runs x {len(episodes)} episodes x {len(config.policies)} pol
 # All runs step in lockstep with one vmapped policy call per step; (policy, k, split) chunks in parallel.
 records = evaluate_policies(paths.MODELS, runs, episodes, env_config, config.policies, config.seed, device,
                             config.workers)
-frame = pd.DataFrame(records)
+# The d3rlpy peer baselines (stage 4b) were rolled out on the same start states and policies.
+peer = pd.read_csv(paths.PEER / "episodes.csv")
+peer_settings = json.loads((paths.METRICS / "peer.json").read_text())
+frame = pd.concat([pd.DataFrame(records), peer[[c for c in peer.columns if c in records[0]]]], ignore_index=True)
 print(frame.groupby(["policy", "method"])["completion"].mean().round(3).to_string())
 paths.EVALUATION.mkdir(parents=True, exist_ok=True)
 frame.to_csv(paths.EVALUATION / "episodes.csv", index=False)
@@ -51,7 +54,11 @@ overall = summarize_overall(frame, samples=config.bootstrap_samples, seed=config
 # %%
 provenance = {
     "reward_methods": {name: load_rewards(paths.REWARDS, name).provenance for name in trained["reward_sets"]},
-    "baselines": {name: BASELINE_DESCRIPTIONS[name] for name in trained["baselines"]},
+    "baselines": {**{name: BASELINE_DESCRIPTIONS[name] for name in trained["baselines"]},
+                  **{method: f"{peer_settings['library']} {s['algorithm']} on the {peer_settings['reward_set']} reward: "
+                             f"{s['architecture']}; batch {s['batch_size']}, lr {s['learning_rate']}, "
+                             f"{s['n_steps']} updates (settings in reports/metrics/peer.json)"
+                     for method, s in peer_settings["settings"].items()}},
     "train": trained,
     "evaluation": evaluation,
     "dataset": {"env": data.manifest["env"], "dataset": data.manifest["dataset"]},

@@ -19,6 +19,7 @@ LVLM_CACHE = OUTPUTS / "lvlm_cache"  # every LVLM answer, content-addressed
 REWARDS = OUTPUTS / "rewards"
 MODELS = OUTPUTS / "models"
 EVALUATION = OUTPUTS / "evaluation"
+PEER = OUTPUTS / "peer"  # the d3rlpy baselines' evaluation episodes
 
 #: What a reader sees without running anything (committed to git).
 REPORTS = ROOT / "reports"

@@ -85,6 +85,7 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
         "labeling": labeling_config,
     }
     # Each comparison method validates its own section (rgvlm/rewards/<method>.py).
+    validators["peer"] = lambda raw: import_module("rgvlm.peer.d3rlpy_baseline").peer_config(raw)
     for method in ("vlm_car", "erl_vlm", "rl_vlm_f", "embedding"):
         validators[method] = lambda raw, method=method: import_module(f"rgvlm.rewards.{method}").config_from_params(raw)
     for section, raw in parameters.items():

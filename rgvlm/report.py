@@ -39,6 +39,8 @@ def provenance_title(methods: dict[str, dict[str, Any]]) -> str:
 
 
 COMPARISON_METHODS = ("vlm_car", "erl_vlm", "rl_vlm_f", "embedding")
+#: Rows that use no reward model: behaviour cloning in the same stack, and the d3rlpy peer library.
+BASELINE_ROWS = ("bc", "bc_success", "d3rlpy_bc", "d3rlpy_cql")
 
 
 def fusion_lambda(name: str, dense: str = "rg_vlm") -> float | None:
@@ -49,8 +51,8 @@ def fusion_lambda(name: str, dense: str = "rg_vlm") -> float | None:
 
 def figure4_left_methods(methods: list[str], headline: str) -> list[str]:
     """Figure 4 left: Sparse, Sparse + RG-VLM (the headline lambda), RG-VLM alone, every
-    comparison method, and the oracle as the upper reference."""
-    wanted = ["sparse", headline, "rg_vlm", *COMPARISON_METHODS, "oracle"]
+    comparison method, the baselines (BC, filtered BC, d3rlpy) and the oracle as the upper reference."""
+    wanted = ["sparse", headline, "rg_vlm", *COMPARISON_METHODS, *BASELINE_ROWS, "oracle"]
     return [m for m in wanted if m in methods]
 
 

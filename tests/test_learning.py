@@ -92,7 +92,7 @@ def test_bc_run_equals_iql_with_beta_zero(inputs):
     stack = MultiRunIQL(config, [0, 0], [0, 0], bc_rows=[None, 0])
     for _ in range(5):
         stack.train_step(transitions)
-    for key, tensor in stack.policy.items():
+    for tensor in stack.policy.values():
         torch.testing.assert_close(tensor[0], tensor[1], rtol=1e-5, atol=1e-6)
 
 

@@ -16,9 +16,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELLED = ("rg_vlm", "vlm_car", "erl_vlm", "rl_vlm_f", "embedding")
-STAGES = ("dataset_card", *(f"label_{m}" for m in LABELLED), "rewards", "train", "evaluate", "report")
+STAGES = ("dataset_card", *(f"label_{m}" for m in LABELLED), "rewards", "train", "peer", "evaluate", "report")
 NOTEBOOKS = ("01_dataset_card", "02a_rg_vlm", "02b_vlm_car", "02c_erl_vlm", "02d_rl_vlm_f", "02e_embedding",
-             "03_rewards", "04_train", "05_evaluate", "06_report")
+             "03_rewards", "04_train", "04b_peer", "05_evaluate", "06_report")
 pytestmark = pytest.mark.slow
 
 
@@ -76,15 +76,20 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
         assert f"Running stage '{stage}'" in repro.stdout
     for name in NOTEBOOKS:
         assert (dst / "reports" / "notebooks" / f"{name}.html").stat().st_size > 10_000
-    for figure in ("fig4_left.png", "fig4_right.png", "generalisation.png", "success_by_k.png",
-                   "training_curves.png", "label_quality.png"):
+    for figure in ("fig4_left.png", "fig4_left_greedy.png", "fig4_right.png", "generalisation.png",
+                   "success_by_k.png", "training_curves.png", "critic_diagnostic.png", "label_quality.png"):
         assert (dst / "reports" / "figures" / figure).read_bytes()[:4] == b"\x89PNG"
     evaluation = json.loads((dst / "reports" / "metrics" / "evaluation.json").read_text())
     methods = {row["method"] for row in evaluation["summary"]}
-    assert methods == {"sparse", "rg_vlm", "sparse+rg_vlm@0.5", *LABELLED[1:]}
+    baselines = {"bc", "bc_success", "d3rlpy_bc", "d3rlpy_cql"}
+    assert methods == {"sparse", "oracle", "rg_vlm", "sparse+rg_vlm@0.5", *LABELLED[1:], *baselines}
     assert {row["k"] for row in evaluation["summary"]} == {1, 2}
     assert {row["split"] for row in evaluation["summary"]} == {"seen", "fresh"}
-    assert all(row["num_seeds"] == 2 and row["num_episodes"] == 4 for row in evaluation["summary"])
+    assert {row["policy"] for row in evaluation["summary"]} == {"greedy", "sampled"}
+    for row in evaluation["summary"]:  # sparse and oracle have an extra seed; 1 seen and 2 fresh episodes per k
+        seeds = 2 if row["method"] in ("sparse", "oracle") else 1
+        assert row["num_seeds"] == seeds and row["num_episodes"] == seeds * {"seen": 1, "fresh": 2}[row["split"]], row
+    assert set(evaluation["provenance"]["baselines"]) == baselines
     index = (dst / "reports" / "index.html").read_text()
     assert "scripted annotator" in index.split("</title>")[0]  # never presented as an LVLM
     for method in LABELLED:
@@ -102,7 +107,8 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
     card = json.loads((dst / "reports" / "metrics" / "dataset.json").read_text())
     assert card["episodes"] == 12 and [row["k"] for row in card["per_k"]] == [1, 2]
     log = (dst / "reports" / "metrics" / "training.csv").read_text().splitlines()
-    assert log[0].startswith("method,seed,step") and len(log) == 1 + 7 * 2 * 4  # runs x (40 / 10) rows
+    assert log[0].startswith("method,seed,step") and len(log) == 1 + 12 * 4  # runs x (40 / 10) rows
+    assert "v_return_corr" in log[0] and "Did each critic learn?" in index
 
 
 def test_second_repro_does_nothing(project):

@@ -271,6 +271,8 @@ def one_hot(index: torch.Tensor, classes: int) -> torch.Tensor:
 
 # Object types the entity encoder attends to (minigrid OBJECT_TO_IDX: door, key, ball, box).
 ENTITY_TYPES = (4, 5, 6, 7)
+#: Entities a sub-task names: the object to move (or the door to open), and the object to put it next to.
+ROLES = 2
 
 
 class EntityStateEncoder(nn.Module):
@@ -305,6 +307,11 @@ class EntityStateEncoder(nn.Module):
         self.token_embed = nn.Linear(cell + 2 * (2 * self.reach - 1), d)
         self.mission = MissionEncoder(spec.mission_embed_dim, spec.mission_slots, spec.slot_dim, spec.mission_dim)
         self.film = nn.Linear(spec.mission_dim, 2 * d)
+        # Goal grounding: each clause asks, for each of its two roles (the object to move or the
+        # door to open; the object to put it next to), which entity it names, and reads that
+        # entity's code (type, colour, state, position relative to the agent) by attention.
+        self.query = nn.Linear(spec.slot_dim, ROLES * d)  # from each clause's projection (MissionEncoder)
+        self.key = nn.Linear(d, d)
         self.token_in = nn.Linear(d, d)
         self.token_out = nn.Linear(d, d)
         # Local egocentric patch around the agent, read from the (2H-1) x (2W-1) egocentric view.
@@ -313,7 +320,7 @@ class EntityStateEncoder(nn.Module):
         side = 2 * spec.patch + 1
         self.patch_embed = nn.Linear(side * side * cell, d)
         self.here_embed = nn.Linear(spec.height + spec.width + 4 + NUM_OBJECT_TYPES + NUM_COLOURS, d)
-        self.out = nn.Linear(4 * d + spec.mission_dim, spec.out_dim)
+        self.out = nn.Linear(4 * d + spec.mission_slots * ROLES * d + spec.mission_dim, spec.out_dim)
         self.register_buffer("entity_types", torch.tensor(ENTITY_TYPES), persistent=False)
         self.register_buffer("directions", torch.tensor(DIRECTIONS), persistent=False)  # [4, (x, y)]
         # Ties broken towards the top-left cell, so the selection is deterministic.
@@ -369,15 +376,30 @@ class EntityStateEncoder(nn.Module):
             raise ValueError(f"featurized states must have {sum(sizes)} columns, got {features.shape[-1]}")
         codes, mask, patch, here = features.split(sizes, dim=1)
         mask = mask.unsqueeze(-1)  # [B, N, 1]
-        m = self.mission(mission)  # [B, mission_dim]
+        clauses = torch.relu(self.mission.slot_proj(mission))  # [B, S, slot_dim], as in MissionEncoder
+        m = self.mission.out(clauses.flatten(start_dim=-2))  # [B, mission_dim]
         scale, shift = self.film(m).unsqueeze(1).chunk(2, dim=-1)
-        h = torch.relu(self.token_in(self.token_embed(codes.reshape(-1, n, width))))
+        tokens = self.token_embed(codes.reshape(-1, n, width))  # [B, N, d]
+        grounded = self._ground(clauses, mission.abs().sum(-1) > 0, tokens, mask)
+        h = torch.relu(self.token_in(tokens))
         h = torch.relu(self.token_out(torch.relu(h * (1.0 + scale) + shift)))  # [B, N, d], >= 0
         pooled_max = (h * mask).amax(dim=1)  # h >= 0, so masked tokens (0) never win over real ones
         pooled_mean = (h * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         local = torch.relu(self.patch_embed(patch))
-        joint = torch.cat([pooled_max, pooled_mean, local, torch.relu(self.here_embed(here)), m], dim=-1)
+        joint = torch.cat([pooled_max, pooled_mean, local, torch.relu(self.here_embed(here)), grounded, m], dim=-1)
         return torch.relu(self.out(joint))
+
+    def _ground(self, clauses: torch.Tensor, present: torch.Tensor, tokens: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        """Attention of every (clause slot, role) query over the entity tokens -> ``[B, S*ROLES*d]``;
+        clause slots that are not ``present`` (all-zero embeddings) read nothing."""
+        batch, slots, d = clauses.shape[0], clauses.shape[1], tokens.shape[-1]
+        queries = self.query(clauses).reshape(batch, slots * ROLES, d)
+        scores = queries @ self.key(tokens).transpose(1, 2) / d**0.5  # [B, S*ROLES, N]
+        scores = scores + (mask.transpose(1, 2) - 1.0) * 1e4  # absent entities get no weight
+        read = torch.softmax(scores, dim=-1) @ tokens  # [B, S*ROLES, d]
+        present = present.to(read.dtype).repeat_interleave(ROLES, dim=1).unsqueeze(-1)
+        return (read * present).flatten(start_dim=1)
 
 class QNetwork(nn.Module):
     """One Q function: state -> ``[B, num_actions]``."""

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from rgvlm.data.storage import OfflineDataset, write_json_atomic
-from rgvlm.rl.iql import LOOP_FIELDS, IQLConfig, IQLLearner, save_state_atomic
 from rgvlm.rl.diagnostics import CriticProbe, holdout_mask
+from rgvlm.rl.iql import LOOP_FIELDS, IQLConfig, IQLLearner, save_state_atomic
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy, save_multirun
 
 
