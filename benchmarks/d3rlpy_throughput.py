@@ -36,40 +36,12 @@ from rgvlm.data.storage import write_json_atomic  # noqa: E402
 from rgvlm.peer.d3rlpy_baseline import (  # noqa: E402
     INSTALL_COMMANDS,
     Conversion,
-    architecture,
-    make_config,
     require_d3rlpy,
+    time_updates,
     to_mdp_dataset,
 )
 
 LARGE_DATASET = ROOT / "outputs" / "experiments" / "data" / "19c918a080f7"
-
-
-def time_algorithm(d3rlpy, algo: str, dataset, args) -> dict:
-    """Warm-up, then ``args.steps`` timed sample + update steps of one freshly built algorithm."""
-    config = make_config(algo, batch_size=args.batch_size, hidden_units=args.hidden, learning_rate=args.lr)
-    learner = config.create(device="cpu:0")
-    d3rlpy.seed(args.seed)
-    learner.build_with_dataset(dataset)
-    for _ in range(args.warmup):
-        learner.update(dataset.sample_transition_batch(args.batch_size))
-    sample_s = update_s = 0.0
-    for _ in range(args.steps):
-        started = time.perf_counter()
-        batch = dataset.sample_transition_batch(args.batch_size)
-        sampled = time.perf_counter()
-        learner.update(batch)
-        sample_s += sampled - started
-        update_s += time.perf_counter() - sampled
-    return {
-        "algorithm": type(learner).__name__,
-        "updates_per_s": round(args.steps / (sample_s + update_s), 2),
-        "updates_per_s_excluding_sampling": round(args.steps / update_s, 2),
-        "ms_per_update": round(1000 * (sample_s + update_s) / args.steps, 3),
-        "ms_sampling_per_update": round(1000 * sample_s / args.steps, 3),
-        "architecture": architecture(algo, dataset.episodes[0].observation_signature.shape[0][0], args.hidden),
-        "config": config.serialize_to_dict(),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     dataset = to_mdp_dataset(data, table, conversion=conversion)
     convert_s = time.perf_counter() - started
     load_before = os.getloadavg()
-    results = {f"d3rlpy_{algo}": time_algorithm(d3rlpy, algo, dataset, args) for algo in args.algos}
+    results = {f"d3rlpy_{algo}": time_updates(algo, dataset, args.steps, args.warmup, args.batch_size, args.hidden,
+                                              args.lr, args.seed) for algo in args.algos}
     data_path = Path(args.data).resolve()
     report = {
         "command": "python benchmarks/d3rlpy_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -8,8 +8,11 @@ dataset in ``data/``, on the same device. Reported: total run-updates per second
 (b) ``stack``: :class:`MultiRunIQL` with every run stacked (vmap), eager PyTorch;
 (c) ``stack_compiled``: the same with ``torch.compile`` (``--compile``);
 (d) ``stack_cuda_graphs``: compiled in mode "reduce-overhead" (CUDA graphs; GPU only);
+(e) ``d3rlpy_bc`` / ``d3rlpy_cql`` (``--d3rlpy``): the peer library's DiscreteBC and DiscreteCQL
+    (:mod:`rgvlm.peer.d3rlpy_baseline`) on the same data, batch and MLP width, one run at a time
+    (d3rlpy has no multi-run trainer), in the same process and thread count;
 
-and each ratio to (a). Written to ``reports/benchmarks/iql_throughput.json``.
+and each ratio to (a), and of the stack to each d3rlpy algorithm. Written to ``reports/benchmarks/iql_throughput.json``.
 
     python benchmarks/iql_throughput.py --runs 25 --steps 20             # CPU
     python benchmarks/iql_throughput.py --runs 25 --steps 200 --compile  # GPU: adds (c) and (d)
@@ -60,7 +63,7 @@ def time_stack(config, seeds, data, device, steps, warmup, **flags) -> float:
 def single_batch(data, seed_tensor, step: int, batch_size: int) -> TransitionBatch:
     """Run ``seed``'s batch at ``step``, exactly as the stack draws it, without the run dimension."""
     device = seed_tensor.device
-    indices = sample_indices(seed_tensor, torch.tensor(step, device=device), batch_size, data.num_transitions)
+    indices = sample_indices(seed_tensor, torch.tensor(step, device=device), batch_size, data.num_train)
     stacked = data.batch(indices, torch.zeros(1, dtype=torch.int64, device=device))
     return TransitionBatch(**{k: getattr(stacked, k)[0] for k in stacked.__dataclass_fields__})
 
@@ -92,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-sizes", type=int, nargs="*", default=[4],
                         help="also time the stack vmapped over this many runs at a time")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (and CUDA graphs on a GPU)")
+    parser.add_argument("--d3rlpy", action="store_true", help="also time d3rlpy DiscreteBC and DiscreteCQL")
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks" / "iql_throughput.json"))
     args = parser.parse_args(argv)
 
@@ -115,6 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             results["stack_cuda_graphs"] = time_stack(config, seeds, data, device, args.steps, args.warmup,
                                                       cuda_graphs=True)
+    if args.d3rlpy:
+        from rgvlm.peer.d3rlpy_baseline import Conversion, time_updates, to_mdp_dataset
+
+        conversion = Conversion.for_dataset(dataset, table.numpy(), "entities", None, "float16")
+        converted = to_mdp_dataset(dataset, table.numpy(), conversion=conversion)
+        hidden = [config.hidden_dim] * config.num_layers
+        for algo in ("bc", "cql"):
+            timed = time_updates(algo, converted, args.steps * 5, args.warmup, config.batch_size, hidden, config.lr)
+            results[f"d3rlpy_{algo}"] = timed["updates_per_s"]
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
@@ -125,10 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         "iql": asdict(config),
         "run_updates_per_s": {k: round(v, 2) for k, v in results.items()},
         "speedup_vs_eager": {k: round(v / results["eager"], 3) for k, v in results.items() if k != "eager"},
+        "stack_vs_d3rlpy": {k: round(results["stack"] / v, 3) for k, v in results.items() if k.startswith("d3rlpy")},
         "command": "python benchmarks/iql_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     write_json_atomic(Path(args.out), report)
-    print(json.dumps({k: report[k] for k in ("device", "runs", "run_updates_per_s", "speedup_vs_eager")}, indent=2))
+    print(json.dumps({k: report[k] for k in ("device", "runs", "run_updates_per_s", "speedup_vs_eager",
+                                            "stack_vs_d3rlpy")}, indent=2))
     return 0
 
 
