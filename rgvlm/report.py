@@ -92,12 +92,14 @@ def story(summary: pd.DataFrame, headline: str, split: str = "fresh", metric: st
     lines = []
     if {"oracle", "sparse"} <= have:
         above = separated_above(summary, "oracle", "sparse", split, metric)
+        below = separated_above(summary, "sparse", "oracle", split, metric)
         longer = [k for k in above if k >= 2]
         verdict = ("this run can detect a dense reward's benefit" if len(longer) >= 2 else
                    "not resolved: this run cannot reliably tell a perfect dense reward from Sparse, so no LVLM "
                    "reward's comparison with Sparse below can be read as a result")
         lines.append(f"Sanity check (the oracle, a perfect dense reward, against Sparse), {split} split, {metric}: "
-                     f"the oracle's 95% interval lies above Sparse's at k in {above or 'none'}; {verdict}.")
+                     f"the oracle's 95% interval lies above Sparse's at k in {above or 'none'} and below it at k "
+                     f"in {below or 'none'}; {verdict}.")
     if {"rg_vlm", "sparse"} <= have:
         gaps = []
         for k in ks:
