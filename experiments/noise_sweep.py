@@ -6,7 +6,7 @@ cache per level under ``outputs/experiments/noise_sweep/``), measures the labels
 against the privileged ground truth (AUROC, Spearman), fuses them with the sparse reward, then
 trains RG-VLM and Sparse + RG-VLM (``--lam``) with the pipeline's ``train`` settings for
 ``--seeds`` in one stack, and rolls every run out on the fresh evaluation layouts. Writes
-``reports/metrics/noise_sweep.json`` and ``reports/figures/noise_sweep.png`` (linked from the
+``reports/tuning/noise_sweep.json`` and ``reports/tuning/noise_sweep.png`` (linked from the
 report). The scripted annotator is not an LVLM: this measures what label quality does to the
 policy, not any LVLM.
 
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     fig.suptitle("Label noise -> policy: the scripted annotator (NOT an LVLM) at several noise levels, IQL, "
                  f"{len(args.seeds)} seeds, {args.episodes} fresh episodes per k", fontsize="medium")
     fig.tight_layout()
-    save_figure(fig, paths.FIGURES / "noise_sweep.png")
-    write_json_atomic(paths.METRICS / "noise_sweep.json", {
+    save_figure(fig, paths.REPORTS / "tuning" / "noise_sweep.png")
+    write_json_atomic(paths.REPORTS / "tuning" / "noise_sweep.json", {
         "command": "python experiments/noise_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "labels_by": "scripted annotator (privileged ground truth + noise; not an LVLM)",
         "lambda": args.lam, "training_seeds": args.seeds, "iql_num_steps": config.num_steps,

@@ -268,6 +268,18 @@ def build_index(metrics_dir: Path = paths.METRICS, out_path: Path = paths.INDEX_
     episodes = int((summary["num_episodes"] / summary["num_seeds"]).max()) if not summary.empty else 0
     parts.append(f"<p>{' or '.join(map(str, seeds))} training seeds per row; up to {episodes} evaluation episodes per "
                  "(run, split, k). Source: <code>reports/metrics/evaluation.json</code>.</p>")
+    sweep_path = out_path.parent / "tuning" / "noise_sweep.json"
+    if sweep_path.exists():
+        sweep = json.loads(sweep_path.read_text())
+        parts.append("<h2>Label noise -> policy (how good must labels be?)</h2>"
+                     "<p>RG-VLM and Sparse + RG-VLM trained on labels of the scripted annotator (not an LVLM) at "
+                     "several noise levels; label quality per level: " + "; ".join(
+                         f"{html.escape(q['level'])}: AUROC {q['auroc_completion']:.3f}, Spearman "
+                         f"{q['spearman_progress']:.3f}" for q in sweep["label_quality"])
+                     + f". Made by <code>{html.escape(sweep['command'])}</code> "
+                       "(<code>reports/tuning/noise_sweep.json</code>; outside <code>dvc repro</code>: it "
+                       "trains as many runs again).</p><figure><img src='tuning/noise_sweep.png' "
+                       "alt='noise sweep'></figure>")
     training_path = metrics_dir / "training.csv"
     if training_path.exists():
         parts.append("<h2>Did each critic learn? (held-out episodes, last probe)</h2>"

@@ -232,3 +232,18 @@ def test_train_params_seeds_and_baselines():
                      ({"encoder": "transformer"}, "train"), ({"holdout_fraction": 1.0}, "train")):
         with pytest.raises(ParamError, match=key.replace(".", r"\.")):
             train_config({**raw, **bad})
+
+
+def test_sanity_check_names_where_the_oracle_is_above_or_below_sparse():
+    from rgvlm.report import story
+
+    def cell(method, k, low, high):
+        return {"method": method, "split": "fresh", "k": k, "completion_mean": (low + high) / 2,
+                "completion_low": low, "completion_high": high}
+
+    rows = [cell("oracle", 1, 0.5, 0.6), cell("sparse", 1, 0.1, 0.2), cell("oracle", 2, 0.5, 0.6),
+            cell("sparse", 2, 0.1, 0.2), cell("oracle", 3, 0.1, 0.2), cell("sparse", 3, 0.3, 0.4)]
+    line = story(pd.DataFrame(rows), "sparse+rg_vlm@1")[0]
+    assert "above Sparse's at k in [1, 2] and below it at k in [3]" in line and "not resolved" in line
+    rows += [cell("oracle", 4, 0.5, 0.6), cell("sparse", 4, 0.1, 0.2)]
+    assert "can detect a dense reward's benefit" in story(pd.DataFrame(rows), "sparse+rg_vlm@1")[0]
