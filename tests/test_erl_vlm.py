@@ -40,7 +40,8 @@ def test_parse_rating_is_strict():
     unknown = parse_rating("Rating: Excellent", THREE)
     assert not unknown.ok and unknown.error == "unknown_class" and "Excellent" in unknown.detail
     assert parse_rating("The agent does well.\nIt opens a door.", THREE).error == "unparseable"
-    assert parse_rating("Rating: Good\nRating: Bad", THREE).error == "unparseable"
+    assert parse_rating("Rating: Good\nRating: Bad", THREE).error == "ambiguous"
+    assert parse_rating("Rating: Good\n**rating:** good.", THREE).value == 2  # a repeat is one rating
     assert parse_rating("", THREE).error == "unparseable"
     assert parse_rating("Good or Average", THREE).error == "unknown_class"
 

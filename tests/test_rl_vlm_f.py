@@ -38,7 +38,7 @@ def test_parse_preference_is_strict():
     assert parse_preference("Segment 1 opens the door.\nPreference: 1").value == 1
     assert parse_preference("Preference: 2").error == "invalid_value"
     assert parse_preference("Segment 0 is better").error == "invalid_value"
-    assert parse_preference("Preference: 0\nPreference: 1").error == "unparseable"
+    assert parse_preference("Preference: 0\nPreference: 1").error == "ambiguous"
     assert parse_preference("Both look alike.\nHard to say.").error == "unparseable"
 
 

@@ -195,25 +195,25 @@ def test_ordered_latched_progress():
 
 
 def test_parsers_and_scripted_answers():
-    assert parse_decomposition('Sure: ["Open the red door.", "put the  green ball next to the blue key"]')[0] == (
+    assert parse_decomposition('Sure: ["Open the red door.", "put the  green ball next to the blue key"]').value == (
         "open the red door", "put the green ball next to the blue key")
     for bad in ("no list here", "[]", '["a", 3]', '{"subtasks": ["a"]}', "[not json]"):
-        assert parse_decomposition(bad)[0] is None, bad
-    source, _ = parse_program("Here:\n```python\ndef check(obs):\n    return True\n```\n")
+        assert parse_decomposition(bad).value is None, bad
+    source = parse_program("Here:\n```python\ndef check(obs):\n    return True\n```\n").value
     assert source == "def check(obs):\n    return True\n"
-    assert parse_program("def check(obs):\n    return False")[0] is not None  # bare code
+    assert parse_program("def check(obs):\n    return False").value is not None  # bare code
     for bad in ("prose only", "```python\ndef check(obs)\n    return 1\n```", "```python\ndef other(o):\n    pass\n```"):
-        assert parse_program(bad)[0] is None, bad
+        assert parse_program(bad).value is None, bad
     rng = np.random.default_rng(0)
     malformed = ScriptedNoise(malformed_rate=1.0)
     truth = DecompositionTruth(("open the red door", "put the red key next to the blue ball"))
-    assert all(parse_decomposition(truth.scripted_answer(rng, malformed))[0] is None for _ in range(20))
-    assert parse_decomposition(truth.scripted_answer(rng, CLEAN))[0] == truth.subtasks
+    assert all(parse_decomposition(truth.scripted_answer(rng, malformed)).value is None for _ in range(20))
+    assert parse_decomposition(truth.scripted_answer(rng, CLEAN)).value == truth.subtasks
     program = ProgramTruth("put the red key next to the blue ball")
-    assert all(parse_program(program.scripted_answer(rng, malformed))[0] is None for _ in range(20))
-    assert parse_program(program.scripted_answer(rng, CLEAN))[0] == scripted_program(program.subtask)
+    assert all(parse_program(program.scripted_answer(rng, malformed)).value is None for _ in range(20))
+    assert parse_program(program.scripted_answer(rng, CLEAN)).value == scripted_program(program.subtask)
     wrong = ScriptedNoise(malformed_rate=0.0, misattribution=1.0)
-    assert all(parse_program(program.scripted_answer(rng, wrong))[0] != scripted_program(program.subtask)
+    assert all(parse_program(program.scripted_answer(rng, wrong)).value != scripted_program(program.subtask)
                for _ in range(20))
 
 

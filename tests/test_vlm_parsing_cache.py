@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from rgvlm.vlm.base import LVLMRequest, LVLMResponse
 from rgvlm.vlm.cache import CachedClient, ResponseCache, request_key
-from rgvlm.vlm.parsing import parse_scores
+from rgvlm.vlm.parsing import ERRORS, parse_scores
 
 scores_lists = st.lists(st.integers(0, 10), min_size=1, max_size=40)
 wrappers = st.sampled_from([
@@ -43,19 +43,19 @@ def test_out_of_range_or_fractional_is_rejected(scores, data):
     assert not parsed.ok and parsed.error in ("out_of_range", "not_integer")
 
 
-@settings(max_examples=300)
+@settings(max_examples=200, deadline=None)
 @given(st.text(), st.integers(0, 20))
 def test_arbitrary_text_never_raises_and_never_guesses(text, expected):
     parsed = parse_scores(text, expected)
     if parsed.ok:
         assert len(parsed.scores) == expected and all(0 <= s <= 10 for s in parsed.scores)
     else:
-        assert parsed.error in ("unparseable", "wrong_count", "out_of_range", "not_integer")
+        assert parsed.error in ERRORS
 
 
 def test_two_answers_in_one_text_are_not_guessed_between():
     text = '{"scores": [1, 2]} or maybe {"scores": [3, 4]}'
-    assert parse_scores(text, 2).error == "unparseable"
+    assert parse_scores(text, 2).error == "ambiguous"
 
 
 class CountingClient:

@@ -146,12 +146,13 @@ def load_templates(prompt_dir: str | Path) -> tuple[str, str]:
 def parse_rating(text: str, class_names: tuple[str, ...]) -> ParsedAnswer:
     """The class index of a ``Rating: <class>`` answer (or of an answer that is just the class name).
 
-    Strict: exactly one rating line, whose value is exactly one of ``class_names`` (case and
-    surrounding markdown or punctuation ignored). Errors: ``unparseable`` (no rating line, or
-    several) and ``unknown_class``."""
-    value, reason = answer_field(text, "Rating")
+    Strict: one rating (rating lines that repeat it count once), exactly one of ``class_names``
+    (case and surrounding markdown or punctuation ignored). Errors, for any text: ``unparseable``
+    (no rating line), ``ambiguous`` (rating lines that disagree), ``too_long`` and
+    ``unknown_class`` (:func:`~rgvlm.rewards.segments.answer_field`)."""
+    value, error, reason = answer_field(text, "Rating")
     if value is None:
-        return ParsedAnswer(None, "unparseable", reason)
+        return ParsedAnswer(None, error, reason)
     lookup = {" ".join(name.lower().split()): i for i, name in enumerate(class_names)}
     key = " ".join(value.lower().split())
     if key not in lookup:
@@ -170,7 +171,7 @@ class RatingTruth:
     with probability ``misattribution``): class ``clip(floor(v * (n - 1) + 0.5), 0, n - 1)``, so
     one completion (v = 1) is the top class and an idle segment (v = 0) the bottom one; for three
     classes the bounds are v = 0.25 and 0.75. With probability ``malformed_rate`` the answer is
-    malformed instead (a class that does not exist, prose without a rating, or two ratings), so
+    malformed instead (a class that does not exist, prose without a rating, or two ratings that disagree), so
     the parser rejects it and the segment is re-asked.
     """
 
@@ -192,7 +193,9 @@ class RatingTruth:
                 return "Rating: Excellent"
             if kind == 1:
                 return "The agent does a few sensible things in this segment."
-            return f"Rating: {self.class_names[label]}\nRating: {self.class_names[0]}"
+            # Two ratings that disagree (two equal ones would be one valid rating).
+            other = 0 if label else len(self.class_names) - 1
+            return f"Rating: {self.class_names[label]}\nRating: {self.class_names[other]}"
         return f"Rating: {self.class_names[label]}"
 
 

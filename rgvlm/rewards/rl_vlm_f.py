@@ -113,11 +113,12 @@ def parse_preference(text: str) -> ParsedAnswer:
     """0 or 1 (the better segment) or -1 (cannot tell) from a ``Preference: <x>`` answer, or from
     an answer that is just the value. ``cannot tell`` is read as -1.
 
-    Strict: exactly one preference line whose value is exactly 0, 1, -1 or "cannot tell".
-    Errors: ``unparseable`` (no preference line, or several) and ``invalid_value``."""
-    value, reason = answer_field(text, "Preference")
+    Strict: one preference (lines that repeat it count once), exactly 0, 1, -1 or "cannot tell".
+    Errors, for any text: ``unparseable`` (no preference line), ``ambiguous`` (preference lines
+    that disagree), ``too_long`` and ``invalid_value`` (:func:`~rgvlm.rewards.segments.answer_field`)."""
+    value, error, reason = answer_field(text, "Preference")
     if value is None:
-        return ParsedAnswer(None, "unparseable", reason)
+        return ParsedAnswer(None, error, reason)
     key = " ".join(value.lower().split())
     choices = {"0": 0, "1": 1, "-1": CANNOT_TELL, "cannot tell": CANNOT_TELL}
     if key not in choices:

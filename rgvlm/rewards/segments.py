@@ -37,6 +37,7 @@ from rgvlm.envs import ACTION_NAMES
 from rgvlm.params import ParamError
 from rgvlm.rewards.rg_vlm import frame_indices, png_bytes
 from rgvlm.vlm.base import LVLMClient, LVLMRequest
+from rgvlm.vlm.parsing import MAX_ANSWER_CHARS
 from rgvlm.vlm.scripted import ScriptedAnnotator, ScriptedNoise, WindowTruth
 
 # Misattribution moves a completion's credit by up to this many steps (see ScriptedAnnotator).
@@ -246,7 +247,7 @@ def segment_facts(dataset: OfflineDataset, segment: Segment, completed: np.ndarr
 class ParsedAnswer:
     """``value`` when the answer is valid, else ``error`` (a short category) and ``detail``."""
 
-    value: int | None
+    value: Any
     error: str | None = None
     detail: str = ""
 
@@ -260,22 +261,35 @@ def clean_line(text: str) -> str:
     return text.strip().strip("*`'\" \t").rstrip(".").strip().strip("*`'\" \t")
 
 
-def answer_field(text: str, field: str) -> tuple[str | None, str]:
-    """The value of the ``<field>: value`` line of an answer, or the whole answer when it is a
-    single line without the field name. Returns (value or None, reason when None).
+def _same(value: str) -> str:
+    return " ".join(value.lower().split())
 
-    Strict: an answer with no such line (prose around a bare value included) or with several
-    is rejected, never guessed at."""
+
+def answer_field(text: Any, field: str) -> tuple[str | None, str, str]:
+    """The value of the ``<field>: value`` line of an answer, or the whole answer when it is a
+    single line without the field name. Returns (value or None, error when None, reason).
+
+    Strict and total: an answer with no such line (prose around a bare value included) is
+    ``unparseable``; several such lines that disagree (a fenced example before the answer, a
+    prompt echo, a change of mind) are ``ambiguous``, never guessed between; lines that agree
+    (case and spacing aside) count as one. Text that is not text, or longer than
+    :data:`~rgvlm.vlm.parsing.MAX_ANSWER_CHARS`, is ``unparseable`` / ``too_long``."""
+    if not isinstance(text, str):
+        return None, "unparseable", f"the answer is a {type(text).__name__}, not text"
+    if len(text) > MAX_ANSWER_CHARS:
+        return None, "too_long", f"{len(text)} characters, more than {MAX_ANSWER_CHARS}"
     lines = [clean_line(line) for line in text.strip().splitlines() if clean_line(line)]
     prefix = field.lower() + ":"
-    tagged = [line for line in lines if line.lower().startswith(prefix)]
-    if len(tagged) == 1:
-        return clean_line(tagged[0][len(prefix):]), ""
-    if len(tagged) > 1:
-        return None, f"{len(tagged)} '{field}:' lines"
+    tagged = [clean_line(line[len(prefix):]) for line in lines if line.lower().startswith(prefix)]
+    if tagged:
+        values = list(dict.fromkeys(_same(value) for value in tagged))
+        if len(values) > 1:
+            # The reason is fed back in the re-ask prompt (part of its cache key): kept as it was.
+            return None, "ambiguous", f"{len(tagged)} '{field}:' lines"
+        return tagged[0], "", ""
     if len(lines) == 1:
-        return lines[0], ""
-    return None, f"no '{field}:' line"
+        return lines[0], "", ""
+    return None, "unparseable", f"no '{field}:' line"
 
 
 def ask_with_reasks(

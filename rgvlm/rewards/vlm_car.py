@@ -73,8 +73,10 @@ from rgvlm.data.storage import OfflineDataset
 from rgvlm.params import _check_unknown, _float, _int, _section
 from rgvlm.rewards.base import RewardResult
 from rgvlm.rewards.observation_api import API_DOC, API_VERSION, COLOUR_NAMES, trajectory_data
+from rgvlm.rewards.segments import ParsedAnswer
 from rgvlm.sandbox import SandboxLimits, run_checks
 from rgvlm.vlm.base import LVLMClient, LVLMRequest
+from rgvlm.vlm.parsing import MAX_ANSWER_CHARS, distinct, json_values
 from rgvlm.vlm.scripted import ScriptedNoise
 
 PROMPTS = paths.ROOT / "prompts"
@@ -157,7 +159,6 @@ def config_from_params(raw: Any) -> VLMCaRConfig:
 
 
 # -- parsing the LVLM's answers -------------------------------------------------------
-_JSON_START = re.compile(r"[\[{]")
 _CODE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
@@ -167,53 +168,67 @@ def normalise_subtask(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().rstrip(".").strip().lower()
 
 
-def _first_json_value(text: str) -> tuple[bool, Any]:
-    """The first JSON list or object in ``text`` (prose around it is allowed)."""
-    decoder = json.JSONDecoder()
-    for match in _JSON_START.finditer(text):
-        try:
-            return True, decoder.raw_decode(text, match.start())[0]
-        except json.JSONDecodeError:
-            continue
-    return False, None
+def _too_long(text: Any) -> ParsedAnswer | None:
+    if not isinstance(text, str):
+        return ParsedAnswer(None, "unparseable", f"the answer is a {type(text).__name__}, not text")
+    if len(text) > MAX_ANSWER_CHARS:
+        return ParsedAnswer(None, "too_long", f"{len(text)} characters, more than {MAX_ANSWER_CHARS}")
+    return None
 
 
-def parse_decomposition(text: str) -> tuple[tuple[str, ...] | None, str]:
-    """The ordered sub-tasks of an answer whose first JSON value is a list of 1..12 non-empty
-    strings, or (None, reason). Like the RG-VLM parser it never guesses: an object holding a
-    list is not the list the prompt asked for."""
-    found, value = _first_json_value(text)
-    if not found:
-        return None, "no JSON list in the answer"
+def parse_decomposition(text: Any) -> ParsedAnswer:
+    """The ordered sub-tasks (``value``, a tuple) of an answer whose JSON value is a list of
+    1..12 non-empty strings, or a failure. Like the RG-VLM parser it never guesses and never
+    raises: every top-level JSON list or object in the text (fenced or bare) is a candidate;
+    candidates that disagree (a fenced example and the answer, a prompt echo) are
+    ``ambiguous``; an object holding a list is not the list the prompt asked for (``not_a_list``).
+    Other errors: ``unparseable``, ``too_long``, ``empty``, ``too_many``, ``not_strings``."""
+    if (failure := _too_long(text)) is not None:
+        return failure
+    candidates = distinct(json_values(text, "[{"))
+    if not candidates:
+        return ParsedAnswer(None, "unparseable", "no JSON list in the answer")
+    if len(candidates) > 1:
+        return ParsedAnswer(None, "ambiguous", f"{len(candidates)} different JSON values in the answer")
+    value = candidates[0]
     if not isinstance(value, list):
-        return None, f"the answer is a JSON {type(value).__name__}, not a list"
+        return ParsedAnswer(None, "not_a_list", f"the answer is a JSON {type(value).__name__}, not a list")
     if not value:
-        return None, "the JSON list is empty"
+        return ParsedAnswer(None, "empty", "the JSON list is empty")
     if len(value) > MAX_DECOMPOSITION_SUBTASKS:
-        return None, f"{len(value)} sub-tasks, more than {MAX_DECOMPOSITION_SUBTASKS}"
+        return ParsedAnswer(None, "too_many", f"{len(value)} sub-tasks, more than {MAX_DECOMPOSITION_SUBTASKS}")
     if not all(isinstance(v, str) and v.strip() for v in value):
-        return None, "every sub-task must be a non-empty string"
-    return tuple(normalise_subtask(v) for v in value), ""
+        return ParsedAnswer(None, "not_strings", "every sub-task must be a non-empty string")
+    return ParsedAnswer(tuple(normalise_subtask(v) for v in value))
 
 
-def parse_program(text: str) -> tuple[str | None, str]:
-    """The source of the answer's Python code block (or of the whole answer when it is bare
-    code) if it parses and defines ``check(obs)``, or (None, reason). The sandbox's policy
-    check comes later: a program that breaks it is a verification failure, fed back."""
+def parse_program(text: Any) -> ParsedAnswer:
+    """The source (``value``) of the answer's Python code block (or of the whole answer when it
+    is bare code) if it parses and defines ``check(obs)``, or a failure; never raises. Code
+    blocks defining ``check`` that differ are ``ambiguous`` (an example and the answer, or
+    two drafts), never picked between. The sandbox's policy check comes later: a program that
+    breaks it is a verification failure, fed back. Errors: ``unparseable``, ``ambiguous``,
+    ``syntax``, ``no_function``, ``too_long``."""
+    if (failure := _too_long(text)) is not None:
+        return failure
     blocks = _CODE.findall(text)
-    source = next((b for b in blocks if f"def {FUNCTION_NAME}" in b), None)
-    if source is None:
-        if blocks or f"def {FUNCTION_NAME}" not in text:
-            return None, f"no Python code block defining {FUNCTION_NAME}(obs)"
+    defining = distinct([b.strip("\n") for b in blocks if f"def {FUNCTION_NAME}" in b])
+    if len(defining) > 1:
+        return ParsedAnswer(None, "ambiguous", f"{len(defining)} different code blocks define {FUNCTION_NAME}")
+    if defining:
+        source = defining[0]
+    elif blocks or f"def {FUNCTION_NAME}" not in text:
+        return ParsedAnswer(None, "unparseable", f"no Python code block defining {FUNCTION_NAME}(obs)")
+    else:
         source = text
     try:
         tree = ast.parse(source)
-    except (SyntaxError, ValueError) as error:
-        return None, f"the code does not parse ({getattr(error, 'msg', error)})"
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as error:  # deep nesting: Recursion/Memory
+        return ParsedAnswer(None, "syntax", f"the code does not parse ({getattr(error, 'msg', type(error).__name__)})")
     defs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == FUNCTION_NAME]
     if not defs or len(defs[0].args.args) + len(defs[0].args.posonlyargs) < 1:
-        return None, f"the code defines no top-level function {FUNCTION_NAME}(obs)"
-    return source.strip("\n") + "\n", ""
+        return ParsedAnswer(None, "no_function", f"the code defines no top-level function {FUNCTION_NAME}(obs)")
+    return ParsedAnswer(source.strip("\n") + "\n")
 
 
 # -- the scripted annotator's side (privileged; NOT an LVLM) ------------------------------
@@ -421,7 +436,7 @@ def _ask(client: LVLMClient, prompts: list[str], images: list[tuple[bytes, ...]]
     results: list[Any] = [None] * len(prompts)
     notes = [""] * len(prompts)
     pending = list(range(len(prompts)))
-    counts = {"queries": 0, "reasks": 0, "unparseable": 0, "failed": 0}
+    counts: dict[str, Any] = {"queries": 0, "reasks": 0, "unparseable": 0, "failed": 0, "errors": Counter()}
     for attempt in range(max_reasks + 1):
         if not pending:
             break
@@ -433,12 +448,13 @@ def _ask(client: LVLMClient, prompts: list[str], images: list[tuple[bytes, ...]]
         counts["queries"] += len(pending)
         still = []
         for i, answer in zip(pending, answers, strict=True):
-            value, detail = parse(answer.text)
-            if value is not None:
-                results[i] = value
+            parsed = parse(answer.text)
+            if parsed.ok:
+                results[i] = parsed.value
                 continue
-            counts["unparseable"] += 1
-            notes[i] += note.format(detail=detail)
+            counts["unparseable"] += 1  # every rejected answer, whatever the reason (see "errors")
+            counts["errors"][parsed.error] += 1
+            notes[i] += note.format(detail=parsed.detail)
             still.append(i)
         if attempt < max_reasks:
             counts["reasks"] += len(still)
@@ -596,6 +612,7 @@ def label_vlm_car(
     feedback: dict[str, str] = {}  # what to append to the next query of a sub-task
     dropped: set[str] = set()  # sub-tasks whose programs failed for good
     program_counts: Counter[str] = Counter()
+    program_errors: Counter[str] = Counter()  # rejected program answers by reason
     regenerations = 0
     to_ask = list(subtasks)
     recheck = False
@@ -608,6 +625,7 @@ def label_vlm_car(
             answers, counts = _ask(client, [base_prompts[s] + feedback.get(s, "") for s in to_ask],
                                    [() for _ in to_ask], [ProgramTruth(s) for s in to_ask],
                                    config.program_max_new_tokens, parse_program, config.max_reasks, PROGRAM_NOTE)
+            program_errors.update(counts.pop("errors"))
             program_counts.update(counts)
             for s, source in zip(to_ask, answers, strict=True):
                 current[s] = source
@@ -714,9 +732,12 @@ def label_vlm_car(
         "decomposition_queries": decompose_counts["queries"],
         "decomposition_reasks": decompose_counts["reasks"],
         "failed_decompositions": decompose_counts["failed"],
+        "decomposition_errors": dict(sorted(decompose_counts["errors"].items())),
         "subtasks": len(subtasks),
         "program_queries": program_counts["queries"],
         "program_reasks": program_counts["reasks"],
+        "failed_program_answers": program_counts["failed"],  # program queries with no parseable answer
+        "program_errors": dict(sorted(program_errors.items())),
         "regenerations": regenerations,
         "accepted_programs": len(accepted),
         "failed_programs": len(subtasks) - len(accepted),
