@@ -81,7 +81,8 @@ def test_cache_answers_once_and_keys_on_content(tmp_path):
     first = cached.generate(requests)
     again = CachedClient(client, ResponseCache(tmp_path)).generate(requests)
     assert client.calls == 5 and [a.text for a in again] == [a.text for a in first]
-    assert cached.usage.as_dict() == {"lvlm_calls": 5, "cache_hits": 0, "prompt_tokens": 15, "completion_tokens": 10}
+    assert cached.usage.as_dict() == {"lvlm_calls": 5, "cache_hits": 0, "prompt_tokens": 15, "completion_tokens": 10,
+                                      "cache_corrupt": 0}
     other_image = LVLMRequest(prompt="p0", images=(b"\xff",))
     assert request_key("scripted", "counter", {}, other_image) != request_key("scripted", "counter", {}, requests[0])
     assert request_key("scripted", "counter", {"noise": 1}, requests[0]) != request_key("scripted", "counter", {}, requests[0])

@@ -5,13 +5,29 @@ settings, system text, prompt text and the bytes of every image. Each answer is 
 file (``<root>/<key[:2]>/<key>.json``) written atomically, so concurrent writers never
 corrupt it and a run killed halfway keeps every answer it received. The directory is a
 DVC stage output: ``dvc push`` / ``dvc pull`` share the answers.
+
+Nothing in the cache can stop a run. Every answer is kept, including those the parsers reject
+(they were paid for): the labelling code counts them and re-asks under ``max_reasks``. A file
+that cannot be read as an answer (hand-edited, cut short by a full disk, written by another
+tool) is moved aside to ``<key>.json.corrupt``, counted, and asked again.
+
+Several processes may share one cache directory (two ``dvc repro`` at once, or machines
+sharing a disk). Before asking, a process *claims* each missing key with a file created
+exclusively (``<key>.claim``); a key claimed by another process is not asked but waited for,
+and read from the cache once its owner has stored it. So an answer is paid for twice only
+when a claim's owner dies mid-request: a claim is stale when its process is gone (same host)
+or older than ``claim_timeout_s`` (another host), and is then taken over.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import threading
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,26 +50,79 @@ def request_key(backend: str, model: str, settings: dict[str, Any], request: LVL
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-class ResponseCache:
-    """Answers on disk, one file per key."""
+_HOST = socket.gethostname()
+# Claim files this process holds (across every cache object), so that a claim left by this
+# process's own earlier client, which died without releasing it, can be told apart.
+_HELD: set[str] = set()
+_HELD_LOCK = threading.Lock()
 
-    def __init__(self, root: str | Path):
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists, owned by someone else
+    return True
+
+
+def _record(raw: bytes) -> dict[str, Any] | None:
+    """A cache file's record when it is one, else None."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        return None
+    for name in ("prompt_tokens", "completion_tokens"):
+        if isinstance(record.get(name), bool) or not isinstance(record.get(name), int):
+            return None
+    if not isinstance(record.get("meta", {}), dict):
+        return None
+    return record
+
+
+class ResponseCache:
+    """Answers on disk, one file per key (see the module docstring)."""
+
+    def __init__(self, root: str | Path, claim_timeout_s: float = 900.0):
         self.root = Path(root)
+        # Longer than one request may take with all its retries, or a claim of a live
+        # process on another host is taken over and its answer paid for twice.
+        self.claim_timeout_s = claim_timeout_s
+        self.corrupt = 0  # files found unreadable and moved aside
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
 
+    def claim_path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.claim"
+
     def get(self, key: str) -> LVLMResponse | None:
         path = self.path(key)
-        if not path.exists():
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
             return None
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = _record(raw)
+        if record is None:
+            self._set_aside(path)
+            return None
         return LVLMResponse(
             text=record["text"],
             prompt_tokens=record["prompt_tokens"],
             completion_tokens=record["completion_tokens"],
             meta={**record.get("meta", {}), "cached": True},
         )
+
+    def _set_aside(self, path: Path) -> None:
+        """Keep an unreadable file for inspection, out of the way of the answer that replaces it."""
+        try:
+            os.replace(path, path.with_name(path.name + ".corrupt"))
+        except FileNotFoundError:
+            pass  # another process set it aside (or replaced it) first
+        self.corrupt += 1
 
     def put(self, key: str, response: LVLMResponse, request_summary: dict[str, Any]) -> None:
         record = {
@@ -64,6 +133,58 @@ class ResponseCache:
             "request": request_summary,
         }
         write_bytes_atomic(self.path(key), canonical_json(record))
+
+    # -- claims (several processes on one cache) ---------------------------------------------
+    def claim(self, key: str) -> bool:
+        """Take the right to ask ``key``; False while another live process holds it."""
+        path = self.claim_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):  # a second try after taking over a stale claim
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._stale(path) or not self._remove_stale(path):
+                    return False
+                continue
+            with os.fdopen(fd, "w") as handle:
+                json.dump({"host": _HOST, "pid": os.getpid(), "time": time.time()}, handle)
+            with _HELD_LOCK:
+                _HELD.add(str(path))
+            return True
+        return False
+
+    def release(self, key: str) -> None:
+        path = self.claim_path(key)
+        with _HELD_LOCK:
+            _HELD.discard(str(path))
+        path.unlink(missing_ok=True)
+
+    def _stale(self, path: Path) -> bool:
+        try:
+            owner = json.loads(path.read_text(encoding="utf-8"))
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return True  # released meanwhile: try again
+        except (ValueError, OSError):
+            owner = None  # being written, or broken: judge by age alone
+            age = time.time() - path.stat().st_mtime if path.exists() else self.claim_timeout_s + 1
+        if isinstance(owner, dict) and owner.get("host") == _HOST and isinstance(owner.get("pid"), int):
+            if owner["pid"] == os.getpid():
+                with _HELD_LOCK:
+                    return str(path) not in _HELD
+            return not _pid_alive(owner["pid"])
+        return age > self.claim_timeout_s
+
+    def _remove_stale(self, path: Path) -> bool:
+        """Remove a stale claim; True when it is gone. Renaming first means that of two processes
+        taking it over at once, only one removes it (the other's rename fails)."""
+        moved = path.with_name(f"{path.name}.{uuid.uuid4().hex}.stale")
+        try:
+            os.replace(path, moved)
+        except FileNotFoundError:
+            return True
+        moved.unlink(missing_ok=True)
+        return True
 
     def __len__(self) -> int:
         return sum(1 for _ in self.root.glob("*/*.json")) if self.root.exists() else 0
@@ -77,6 +198,7 @@ class UsageCounter:
     cache_hits: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cache_corrupt: int = 0  # cache files unreadable as answers: set aside and asked again
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add_call(self, response: LVLMResponse) -> None:
@@ -84,6 +206,10 @@ class UsageCounter:
             self.lvlm_calls += 1
             self.prompt_tokens += response.prompt_tokens
             self.completion_tokens += response.completion_tokens
+
+    def add_corrupt(self, count: int = 1) -> None:
+        with self._lock:
+            self.cache_corrupt += count
 
     def add_hit(self) -> None:
         with self._lock:
@@ -95,14 +221,17 @@ class UsageCounter:
             "cache_hits": self.cache_hits,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cache_corrupt": self.cache_corrupt,
         }
 
 
 class CachedClient:
     """Wraps a backend: answers from the cache first, asks the backend only for the rest,
-    and stores every new answer before returning it."""
+    and stores every new answer before returning it. Keys another process has claimed are
+    waited for instead of asked (see the module docstring)."""
 
-    def __init__(self, client: LVLMClient, cache: ResponseCache, usage: UsageCounter | None = None, chunk_size: int = 8):
+    def __init__(self, client: LVLMClient, cache: ResponseCache, usage: UsageCounter | None = None, chunk_size: int = 8,
+                 poll_s: float = 0.05):
         if chunk_size < 1:
             raise ValueError(f"chunk_size={chunk_size}: expected >= 1")
         self.chunk_size = chunk_size  # answers are stored after every chunk: a crash loses at most one
@@ -110,24 +239,95 @@ class CachedClient:
         self.cache = cache
         self.usage = usage or UsageCounter()
         self.backend, self.model = client.backend, client.model
+        self.poll_s = poll_s
+        self.waited_for_others = 0  # answers another process was asking when this one needed them
 
     def generation_settings(self) -> dict[str, Any]:
         return self.client.generation_settings()
 
+    def _ask(self, requests: list[LVLMRequest], keys: list[str], chunk: list[int],
+             results: list[LVLMResponse | None]) -> None:
+        answers = self.client.generate([requests[i] for i in chunk])
+        for i, answer in zip(chunk, answers, strict=True):
+            self.usage.add_call(answer)
+            summary = {"backend": self.client.backend, "model": self.client.model,
+                       "prompt_chars": len(requests[i].prompt), "images": len(requests[i].images)}
+            self.cache.put(keys[i], answer, summary)
+            results[i] = answer
+
+    def _lookup(self, key: str) -> LVLMResponse | None:
+        corrupt = self.cache.corrupt
+        found = self.cache.get(key)
+        if self.cache.corrupt > corrupt:
+            self.usage.add_corrupt(self.cache.corrupt - corrupt)
+        return found
+
     def generate(self, requests: list[LVLMRequest]) -> list[LVLMResponse]:
         settings = self.client.generation_settings()
         keys = [request_key(self.client.backend, self.client.model, settings, r) for r in requests]
-        results: list[LVLMResponse | None] = [self.cache.get(key) for key in keys]
+        results: list[LVLMResponse | None] = [self._lookup(key) for key in keys]
         missing = [i for i, result in enumerate(results) if result is None]
         for _ in range(len(requests) - len(missing)):
             self.usage.add_hit()
-        for start in range(0, len(missing), self.chunk_size):
-            chunk = missing[start : start + self.chunk_size]
-            answers = self.client.generate([requests[i] for i in chunk])
-            for i, answer in zip(chunk, answers, strict=True):
-                self.usage.add_call(answer)
-                summary = {"backend": self.client.backend, "model": self.client.model,
-                           "prompt_chars": len(requests[i].prompt), "images": len(requests[i].images)}
-                self.cache.put(keys[i], answer, summary)
-                results[i] = answer
+        held: set[str] = set()  # claims this call holds now
+        mine: set[str] = set()  # keys this call has claimed
+        try:
+            # First pass: ask what nobody else is asking, a chunk at a time; note the rest.
+            others: list[int] = []
+            position = 0
+            while position < len(missing):
+                chunk: list[int] = []
+                while position < len(missing) and len(chunk) < self.chunk_size:
+                    i = missing[position]
+                    position += 1
+                    if self._take(keys[i], i, results, held, mine):
+                        chunk.append(i)
+                    elif results[i] is None:
+                        others.append(i)
+                if chunk:
+                    self._ask(requests, keys, chunk, results)
+                    for key in {keys[i] for i in chunk} & held:
+                        self.cache.release(key)
+                        held.discard(key)
+            # Then wait for the others' answers; ask those whose owner died without one.
+            if others:
+                self.waited_for_others += len(others)
+            delay = self.poll_s
+            while others:
+                ready = []
+                for i in others:
+                    if self._take(keys[i], i, results, held, mine):
+                        ready.append(i)
+                if ready:
+                    self._ask(requests, keys, ready, results)
+                    for key in {keys[i] for i in ready} & held:
+                        self.cache.release(key)
+                        held.discard(key)
+                others = [i for i in others if results[i] is None]
+                if others:
+                    time.sleep(delay)
+                    delay = min(1.0, delay * 1.5)
+        finally:
+            for key in held:
+                self.cache.release(key)
         return results  # type: ignore[return-value]
+
+    def _take(self, key: str, i: int, results: list[LVLMResponse | None], held: set[str], mine: set[str]) -> bool:
+        """Whether this call should ask ``key`` now: False when it is answered meanwhile (then
+        ``results[i]`` holds the answer) or claimed by another process."""
+        if key in mine:
+            # A request repeated in one call is asked again, as it always was: the scripted
+            # annotator answers each from its own privileged truth, which is not in the key.
+            return True
+        found = self._lookup(key)
+        if found is None and self.cache.claim(key):
+            found = self._lookup(key)  # stored between the look-up and the claim
+            if found is None:
+                held.add(key)
+                mine.add(key)
+                return True
+            self.cache.release(key)
+        if found is not None:
+            results[i] = found
+            self.usage.add_hit()
+        return False

@@ -139,12 +139,12 @@ def parse_scores(text: Any, expected: int) -> ParsedScores:
     scores = candidates[0]
     if not isinstance(scores, list):
         return ParsedScores(None, "unparseable", f"'scores' is a {type(scores).__name__}, not a list")
-    if len(scores) != expected:
-        return ParsedScores(None, "wrong_count", f"{len(scores)} scores for {expected} actions")
     values = []
-    for item in scores:
+    for item in scores:  # before the count: a non-finite or absurd value is the worse news
         score, error, detail = _score(item)
         if score is None:
             return ParsedScores(None, error, detail)
         values.append(score)
+    if len(values) != expected:
+        return ParsedScores(None, "wrong_count", f"{len(values)} scores for {expected} actions")
     return ParsedScores(tuple(values))
