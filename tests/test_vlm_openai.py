@@ -37,8 +37,9 @@ def completion(text: str, prompt_tokens: int = 11, completion_tokens: int = 3) -
     }
 
 
-# An action is (status, headers, body bytes) or the string "hang".
-Action = tuple[int, dict[str, str], bytes] | str
+# An action is (status, headers, body bytes), the string "hang", or a raw fault: a callable
+# given the socket's writer and the server's stop event.
+Action = tuple[int, dict[str, str], bytes] | str | Callable
 
 
 def ok(text: str, **usage: int) -> Action:
@@ -99,6 +100,13 @@ class FakeServer:
                 if action == "hang":
                     server.stop.wait(10.0)  # released at teardown
                     self.close_connection = True
+                    return
+                if callable(action):  # a raw fault: writes the response (or not) itself
+                    self.close_connection = True
+                    try:
+                        action(self.wfile, server.stop)
+                    except OSError:  # the client gave up first
+                        pass
                     return
                 self._send(*action)
 
@@ -386,3 +394,95 @@ def test_any_http_answer_counts_as_reachable(serve, key):
     root = server.base_url.removesuffix("/v1")  # /models is 404 there
     with OpenAIClient(root, "m", api_key_env=key) as client:
         assert client.check_reachable() == 404
+
+
+# -- transport and decoding faults: each a recorded reason, retried; only LVLMError escapes ------
+
+
+def raw(head: str, *parts: bytes, gap_s: float = 0.0) -> Callable:
+    """A raw HTTP/1.1 answer: ``head`` (status line and headers), then ``parts``, ``gap_s`` apart."""
+
+    def write(wfile, stop: threading.Event) -> None:
+        wfile.write(head.replace("\n", "\r\n").encode() + b"\r\n")
+        for part in parts:
+            if gap_s and stop.wait(gap_s):
+                return
+            wfile.write(part)
+            wfile.flush()
+
+    return write
+
+
+GOOD = json.dumps(completion("fine")).encode()
+
+
+@pytest.mark.parametrize("fault, reason", [
+    (raw("HTTP/1.1 200 OK\nContent-Type: application/json\nContent-Encoding: gzip\nContent-Length: 15\n",
+         b"this is no gzip"), "decoding"),
+    (raw(f"HTTP/1.1 200 OK\nContent-Type: application/json\nContent-Length: {len(GOOD)}\n", GOOD[:30]),
+     "protocol"),  # the connection closes mid-JSON
+    (raw("HTTP/1.1 200 OK\nContent-Type: application/json\nContent-Length: 30\n", GOOD[:30]), "malformed"),
+    (raw("HTTP/1.1 302 Found\nLocation: /v1/chat/completions\nContent-Length: 0\n"), "redirect"),
+    (raw("HTTP/1.1 200 OK\nContent-Type: application/json\nContent-Length: 999999999\n", b"{"), "too_large"),
+    (raw("HTTP/1.1 200 OK\nContent-Type: application/json\nConnection: close\n", b"[" * 5000, b" " * 5000),
+     "too_large"),  # no length declared: the bytes read are capped
+    (raw("HTTP/1.1 200 OK\nContent-Type: application/json\nContent-Length: 7000\n", b"[" * 7000), "malformed"),
+    (raw("HTTP/1.1 200 OK\nContent-Type: application/json\nContent-Length: 2\n", b"{}"), "malformed"),
+    (raw("HTTP/1.1 200 OK\nContent-Length: 2\n"), "protocol"),  # headers, then nothing
+    (raw("garbage\n"), "protocol"),
+], ids=["corrupt-encoding", "cut-mid-json", "truncated-json", "redirect-loop", "declared-huge", "streamed-huge",
+        "deep-nesting", "no-content", "no-body", "not-http"])
+def test_every_fault_is_a_recorded_retried_reason(serve, key, fault, reason):
+    server = serve(scripted([fault, ok("finally")]))
+    client, sleeps = make_client(server, key, timeout_s=2.0, max_body_bytes=8192)
+    with client:
+        (response,) = client.generate([LVLMRequest(prompt="q")])
+    assert response.text == "finally" and response.meta["failures"] == [reason]
+    assert len(server.posts) == 2 and len(sleeps) == 1
+    # Retries exhausted: an LVLMError naming the reason, raised or returned, nothing else.
+    server = serve(scripted([fault]))
+    client, _ = make_client(server, key, timeout_s=2.0, max_body_bytes=8192, max_retries=1)
+    with client:
+        with pytest.raises(LVLMError, match=rf"2 attempt\(s\) \[{reason}, {reason}\]"):
+            client.generate([LVLMRequest(prompt="q")])
+        (error,) = client.generate([LVLMRequest(prompt="q")], return_exceptions=True)
+    assert isinstance(error, LVLMError)
+
+
+def test_a_trickled_body_is_cut_at_the_attempt_deadline(serve, key):
+    # One byte every 0.05 s: each read is far inside timeout_s, the whole body (10 s) far past
+    # the deadline. Before the deadline existed this held the attempt for the full 10 s.
+    trickle = raw(f"HTTP/1.1 200 OK\nContent-Type: application/json\nContent-Length: {len(GOOD)}\n",
+                  *[bytes([b]) for b in GOOD], gap_s=0.05)
+    server = serve(scripted([trickle]))
+    client, _ = make_client(server, key, timeout_s=1.0, deadline_s=0.4, max_retries=1)
+    started = time.monotonic()
+    with client, pytest.raises(LVLMError, match=r"\[deadline, deadline\]"):
+        client.generate([LVLMRequest(prompt="q")])
+    assert time.monotonic() - started < 1.5  # two attempts of 0.4 s, not 2 x 10 s
+
+
+def test_a_server_silent_before_its_headers_is_cut_at_the_deadline(serve, key):
+    client, _ = make_client(serve(scripted(["hang"])), key, timeout_s=5.0, deadline_s=0.3, max_retries=0)
+    started = time.monotonic()
+    with client:
+        (error,) = client.generate([LVLMRequest(prompt="q")], return_exceptions=True)
+    assert isinstance(error, LVLMError) and "deadline" in str(error)
+    assert time.monotonic() - started < 1.5
+
+
+def test_a_request_that_cannot_be_sent_is_an_lvlm_error(serve, key):
+    client, _ = make_client(serve(scripted([ok("x")])), key)
+    with client:
+        results = client.generate([LVLMRequest(prompt="q", images=("not bytes",)), LVLMRequest(prompt="fine")],
+                                  return_exceptions=True)
+        with pytest.raises(LVLMError, match="unexpected TypeError"):
+            client.generate([LVLMRequest(prompt="q", images=(None,))])
+    assert isinstance(results[0], LVLMError) and results[1].text == "x"
+
+
+def test_deadline_and_body_cap_are_checked(key):
+    for kwargs, name in (({"deadline_s": 0}, "deadline_s"), ({"deadline_s": float("inf")}, "deadline_s"),
+                         ({"max_body_bytes": 10}, "max_body_bytes")):
+        with pytest.raises(ValueError, match=name):
+            OpenAIClient("http://127.0.0.1:9/v1", "m", api_key_env=key, **kwargs)

@@ -4,18 +4,27 @@ Works with OpenAI itself, Gemini's OpenAI-compatible endpoint, vLLM and ``transf
 ``POST {base_url}/chat/completions`` with the images as ``data:image/png;base64,...`` URLs
 (in order, before the text) and the prompt as the last content part.
 
-Transient failures (HTTP 429, any 5xx, connection errors, timeouts, malformed bodies) are
-retried with exponential backoff and full jitter; ``Retry-After`` is honoured (capped at
-``backoff_max_s``). Other 4xx answers fail at once. Each response's ``meta`` records how many
-retries it took and the failure reasons seen, in order.
+Transient failures are retried with exponential backoff and full jitter; ``Retry-After`` is
+honoured (capped at ``backoff_max_s``). Other 4xx answers fail at once. Each response's ``meta``
+records how many retries it took and the failure reasons seen, in order. The reasons:
+``429`` / ``5xx`` (the status), ``timeout`` (one socket operation outlived ``timeout_s``),
+``deadline`` (the whole attempt, connect + send + the entire body, outlived ``deadline_s``:
+a server trickling bytes cannot hold a worker), ``connection``, ``protocol`` (e.g. a body cut
+short), ``decoding`` (a corrupt ``Content-Encoding``), ``too_large`` (more than
+``max_body_bytes``, declared or read), ``redirect`` (not followed: a POST must not be replayed
+elsewhere), ``malformed`` (not JSON, or no message content), ``http`` and ``unexpected`` (any
+other error: recorded and retried rather than let out). After the retries only
+:class:`LVLMError` leaves :meth:`OpenAIClient.generate`.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +38,9 @@ from rgvlm.vlm.base import LVLMError, LVLMRequest, LVLMResponse
 log = logging.getLogger(__name__)
 
 REACHABLE_TIMEOUT_S = 5.0
+# Chat answers are kilobytes; a body this large is a misbehaving server (or a decompression
+# bomb), not an answer worth holding in memory.
+MAX_BODY_BYTES = 16 * 2**20
 
 
 class _Retryable(Exception):
@@ -39,6 +51,77 @@ class _Retryable(Exception):
         self.reason = reason
         self.detail = detail
         self.retry_after = retry_after
+
+
+class _Deadline:
+    """Ends one attempt at its deadline, whatever it is waiting for.
+
+    A read timeout bounds each socket read, not the attempt: a server that trickles bytes
+    with gaps shorter than the timeout would hold the worker for ever. At the deadline the
+    connection's socket is shut down, which wakes the blocked read at once; the attempt then
+    fails with reason ``deadline``. The socket is learnt from httpcore's ``trace`` hook when
+    the connection is made, or from the response when a pooled connection is reused.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.expired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            self.attach(info.get("return_value"))
+
+    def attach(self, stream: Any) -> None:
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if not isinstance(sock, socket.socket):
+            return
+        with self._lock:
+            self._sock = sock
+            expired = self.expired
+        if expired:
+            self._shutdown(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sock = self._sock
+        if sock is not None:
+            self._shutdown(sock)
+
+    @staticmethod
+    def _shutdown(sock: socket.socket) -> None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+
+
+def _reason(exc: BaseException) -> str:
+    """The recorded reason of a failed attempt's exception."""
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpx.DecodingError):
+        return "decoding"
+    if isinstance(exc, httpx.ProtocolError):
+        return "protocol"
+    if isinstance(exc, httpx.TransportError):
+        return "connection"
+    if isinstance(exc, httpx.TooManyRedirects):
+        return "redirect"
+    if isinstance(exc, httpx.HTTPError | httpx.StreamError):
+        return "http"
+    return "unexpected"
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -73,7 +156,7 @@ def _usage(body: dict[str, Any]) -> tuple[int, int]:
         return 0, 0
     try:
         return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # "usage": {"prompt_tokens": Infinity}
         return 0, 0
 
 
@@ -95,6 +178,8 @@ class OpenAIClient:
         max_concurrency: int = 8,
         timeout_s: float = 60.0,
         max_retries: int = 5,
+        deadline_s: float | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 30.0,
         temperature: float = 0.0,
@@ -112,6 +197,12 @@ class OpenAIClient:
             raise ValueError(f"max_concurrency={max_concurrency!r}: must be an integer >= 1")
         if not timeout_s > 0:
             raise ValueError(f"timeout_s={timeout_s!r}: must be > 0 seconds")
+        if deadline_s is None:
+            deadline_s = 3 * timeout_s  # room for a slow connect, a slow start and a long answer
+        if not (isinstance(deadline_s, int | float) and 0 < deadline_s < float("inf")):
+            raise ValueError(f"deadline_s={deadline_s!r}: must be a finite number of seconds > 0")
+        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1024:
+            raise ValueError(f"max_body_bytes={max_body_bytes!r}: must be an integer >= 1024")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries={max_retries!r}: must be an integer >= 0")
         if not backoff_base_s >= 0:
@@ -136,6 +227,8 @@ class OpenAIClient:
         self.api_key_env = api_key_env
         self.max_concurrency = max_concurrency
         self.timeout_s = float(timeout_s)
+        self.deadline_s = float(deadline_s)
+        self.max_body_bytes = max_body_bytes
         self.max_retries = max_retries
         self.backoff_base_s = float(backoff_base_s)
         self.backoff_max_s = float(backoff_max_s)
@@ -216,10 +309,12 @@ class OpenAIClient:
                 for future in futures:
                     try:
                         results.append(future.result())
-                    except LVLMError as exc:
+                    except Exception as exc:  # noqa: BLE001 - the error set is closed here
+                        error = exc if isinstance(exc, LVLMError) else LVLMError(
+                            f"{self.base_url} (model {self.model}): unexpected {type(exc).__name__}: {exc}")
                         if not return_exceptions:
-                            raise
-                        results.append(exc)
+                            raise error from (None if error is exc else exc)
+                        results.append(error)
             except BaseException:
                 for future in futures:
                     future.cancel()
@@ -257,33 +352,50 @@ class OpenAIClient:
         with self._rng_lock:
             return self._rng.uniform(0.0, min(self.backoff_max_s, self.backoff_base_s * 2**attempt))
 
-    def _attempt(self, url: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any], httpx.Response]:
+    def _attempt(self, url: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
+        limit = min(self.timeout_s, self.deadline_s)
+        timeout = httpx.Timeout(limit)  # every socket operation, and never past the deadline
+        deadline = _Deadline(self.deadline_s)
         try:
-            response = self._http.post(url, json=payload)
-        except httpx.TimeoutException as exc:
-            raise _Retryable("timeout", f"timeout after {self.timeout_s}s ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
-            raise _Retryable("connection", f"{type(exc).__name__}: {exc}") from exc
-        status = response.status_code
+            with deadline, self._http.stream("POST", url, json=payload, timeout=timeout,
+                                             extensions={"trace": deadline.trace}) as response:
+                deadline.attach(response.extensions.get("network_stream"))
+                status = response.status_code
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > self.max_body_bytes:
+                    raise _Retryable("too_large", f"HTTP {status} declares {declared} bytes, more than "
+                                                  f"max_body_bytes={self.max_body_bytes}")
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > self.max_body_bytes:
+                        raise _Retryable("too_large", f"HTTP {status} body passed max_body_bytes={self.max_body_bytes}")
+        except _Retryable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded, retried reason
+            if deadline.expired:
+                raise _Retryable("deadline", f"attempt passed its deadline of {self.deadline_s}s "
+                                             f"({type(exc).__name__})") from exc
+            reason = _reason(exc)
+            detail = f"timeout after {limit}s ({type(exc).__name__})" if reason == "timeout" else \
+                f"{type(exc).__name__}: {exc}"
+            raise _Retryable(reason, detail) from exc
+        text_head = bytes(body[:200]).decode("utf-8", errors="replace")
         if status == 429 or status >= 500:
-            raise _Retryable(
-                str(status),
-                f"HTTP {status}: {response.text[:200]!r}",
-                _parse_retry_after(response.headers.get("Retry-After")),
-            )
+            raise _Retryable(str(status), f"HTTP {status}: {text_head!r}",
+                             _parse_retry_after(response.headers.get("Retry-After")))
+        if 300 <= status < 400:
+            raise _Retryable("redirect", f"HTTP {status} to {response.headers.get('Location')!r} (not followed)")
         if status >= 400:
-            raise LVLMError(f"{url} answered HTTP {status} (not retried): {response.text[:200]!r}")
+            raise LVLMError(f"{url} answered HTTP {status} (not retried): {text_head!r}")
         try:
-            body = response.json()
-        except ValueError as exc:
-            raise _Retryable("malformed", f"HTTP {status} with non-JSON body: {response.text[:200]!r}") from exc
-        text = _message_text(body)
+            body_json = json.loads(bytes(body))
+        except (ValueError, RecursionError) as exc:
+            raise _Retryable("malformed", f"HTTP {status} with non-JSON body: {text_head!r}") from exc
+        text = _message_text(body_json)
         if text is None:
-            raise _Retryable(
-                "malformed",
-                f"HTTP {status} without choices[0].message.content: {response.text[:200]!r}",
-            )
-        return text, body, response
+            raise _Retryable("malformed", f"HTTP {status} without choices[0].message.content: {text_head!r}")
+        return text, body_json, status
 
     def _answer(self, request: LVLMRequest) -> LVLMResponse:
         url = f"{self.base_url}/chat/completions"
@@ -292,7 +404,7 @@ class OpenAIClient:
         started = time.monotonic()
         for attempt in range(self.max_retries + 1):
             try:
-                text, body, response = self._attempt(url, payload)
+                text, body, status = self._attempt(url, payload)
             except _Retryable as failure:
                 reasons.append(failure.reason)
                 if attempt >= self.max_retries:
@@ -315,7 +427,7 @@ class OpenAIClient:
                     "failures": reasons,
                     "latency_s": time.monotonic() - started,
                     "finish_reason": choice.get("finish_reason") if isinstance(choice, dict) else None,
-                    "status": response.status_code,
+                    "status": status,
                 },
             )
         raise AssertionError("unreachable")  # pragma: no cover
