@@ -345,7 +345,7 @@ BACKENDS = ("scripted", "transformers", "openai")
 LABELING_KEYS = {
     "backend", "model", "stage2_model", "base_url", "api_key_env", "max_concurrency", "timeout_s",
     "max_retries", "device", "dtype", "batch_size", "scripted", "window_length", "window_stride",
-    "frame_stride", "tile_size", "max_reasks", "fallback_score", "prices",
+    "frame_stride", "tile_size", "max_reasks", "fallback_score", "prices", "max_failure_rate", "deadline_s",
 }
 
 
@@ -367,6 +367,9 @@ class LabelingConfig:
     scripted: dict[str, Any] = field(hash=False)
     rg_vlm: dict[str, Any] = field(hash=False)
     prices: dict[str, float] = field(hash=False)  # USD per 1M prompt / completion tokens
+    # Share of a method's queries allowed to end with no usable answer (fallback or dropped).
+    max_failure_rate: float = 0.05
+    deadline_s: float | None = None  # openai: wall-clock limit of one attempt (None: 3 x timeout_s)
 
 
 def labeling_config(raw: Any, max_trajectory_length: int | None = None) -> LabelingConfig:
@@ -402,4 +405,6 @@ def labeling_config(raw: Any, max_trajectory_length: int | None = None) -> Label
         device=str(raw.get("device", "auto")), dtype=str(raw.get("dtype", "auto")),
         batch_size=_int(raw.get("batch_size", 4), "labeling.batch_size", 1),
         scripted=dict(scripted), rg_vlm=rg_vlm, prices={k: float(v) for k, v in prices.items()},
+        max_failure_rate=_float(raw.get("max_failure_rate", 0.05), "labeling.max_failure_rate", 0.0, 1.0),
+        deadline_s=None if raw.get("deadline_s") is None else _float(raw["deadline_s"], "labeling.deadline_s", 0.1, 86400.0),
     )

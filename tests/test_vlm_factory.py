@@ -59,3 +59,19 @@ def test_window_longer_than_the_trajectory_limit():
 
 def test_bad_scripted_noise():
     fails_on({"scripted": {"malformed_rate": 3}}, "labeling.scripted")
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, "5%", float("nan"), True])
+def test_bad_max_failure_rate_is_named(value):
+    with pytest.raises(ParamError) as error:
+        labeling_config({"max_failure_rate": value})
+    assert error.value.key == "labeling.max_failure_rate" and repr(value) in str(error.value)
+    assert "[0.0, 1.0]" in str(error.value) or "a number" in str(error.value)
+
+
+def test_deadline_is_checked_and_passed_to_the_client():
+    for value in (0, float("inf"), "60"):
+        with pytest.raises(ParamError, match="labeling.deadline_s"):
+            labeling_config({"deadline_s": value})
+    assert labeling_config({}).deadline_s is None and labeling_config({}).max_failure_rate == 0.05
+    assert labeling_config({"deadline_s": 90}).deadline_s == 90.0

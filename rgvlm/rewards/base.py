@@ -8,6 +8,7 @@ came from (method, backend, model, parameters): the provenance every report show
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,41 @@ class RewardResult:
             raise ValueError(f"reward method {self.method!r}: rewards must be 1-D, got shape {self.rewards.shape}")
         if not np.all(np.isfinite(self.rewards)):
             raise ValueError(f"reward method {self.method!r}: rewards contain NaN or infinity")
+
+
+class LabelingFailed(RuntimeError):
+    """A labelling stage ended with more queries unanswered than ``labeling.max_failure_rate`` allows."""
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """How many queries may end without a usable answer (after every re-ask, so they get the
+    fallback or are dropped) before a labelling stage fails, and where the raw answers are,
+    for the message. :func:`rgvlm.vlm.cached_clients` attaches it to the clients it builds."""
+
+    max_failure_rate: float
+    raw_answers: str
+
+
+def check_failure_rate(method: str, failed: int, total: int, reasons: Mapping[str, int], client: Any,
+                       unit: str = "queries") -> None:
+    """Raise :class:`LabelingFailed` when ``failed / total`` is above the client's
+    :class:`FailurePolicy` (none attached: no limit, as for a bare backend in a notebook cell).
+
+    ``reasons`` counts every rejected answer by the parser's reason, re-asks included: what a
+    user needs to decide whether the prompt, the model or the parser is at fault."""
+    policy = getattr(client, "failure_policy", None)
+    if policy is None or total <= 0 or failed / total <= policy.max_failure_rate:
+        return
+    counts = ", ".join(f"{reason}: {count}" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    raise LabelingFailed(
+        f"{method}: {failed} of {total} {unit} ({failed / total:.1%}) got no usable answer after their re-asks, "
+        f"more than labeling.max_failure_rate={policy.max_failure_rate} allows. Rejected answers by reason: "
+        f"{counts or 'none recorded'}. The raw answers are kept in {policy.raw_answers} (one JSON file each; "
+        "'text' is what the model said; files ending in .corrupt could not be read). Look at a few, then fix the "
+        "prompt, the model or max_reasks, or raise labeling.max_failure_rate to train on the fallbacks; answers "
+        "already paid for are reused by the rerun."
+    )
 
 
 def empty_cost(wall_time_s: float = 0.0) -> dict[str, Any]:

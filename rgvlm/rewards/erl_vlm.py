@@ -33,7 +33,7 @@ import torch
 from rgvlm import paths
 from rgvlm.data.storage import OfflineDataset
 from rgvlm.params import ParamError
-from rgvlm.rewards.base import RewardResult
+from rgvlm.rewards.base import RewardResult, check_failure_rate
 from rgvlm.rewards.reward_model import (
     LOSSES,
     RatingObjective,
@@ -250,6 +250,7 @@ def label_erl_vlm(
     reminder = f"Answer with one line only: Rating: <one of {', '.join(names)}>."
     ratings, errors, reasks = ask_with_reasks(stage2, requests, lambda text: parse_rating(text, names),
                                               reminder, config.max_reasks)
+    check_failure_rate("erl_vlm", sum(r is None for r in ratings), len(requests), errors, stage2, "segments")
     kept = [i for i, r in enumerate(ratings) if r is not None]
     labels = np.array([ratings[i] for i in kept], dtype=np.int64)
     steps, mask = segment_steps(dataset, [segments[i] for i in kept], config.segment_length)

@@ -10,9 +10,10 @@ the numbered actions and the mission, and is asked
 
 A stage-2 answer that fails the parser is re-asked up to ``max_reasks`` times with the
 reason appended to the prompt; after that the window's scores fall back to
-``fallback_score`` and the event is counted. Overlapping windows are averaged per
-transition; reward = score / 10. Prompt templates are editable files under ``prompts/``;
-their text is part of every cache key.
+``fallback_score`` and the event is counted (a stage whose fallbacks pass
+``labeling.max_failure_rate`` fails: :func:`~rgvlm.rewards.base.check_failure_rate`).
+Overlapping windows are averaged per transition; reward = score / 10. Prompt templates are
+editable files under ``prompts/``; their text is part of every cache key.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from rgvlm import paths
 from rgvlm.data.replay import replay_dataset_episode
 from rgvlm.data.storage import OfflineDataset
 from rgvlm.envs import ACTION_NAMES
-from rgvlm.rewards.base import RewardResult
+from rgvlm.rewards.base import RewardResult, check_failure_rate
 from rgvlm.vlm.base import LVLMClient, LVLMRequest
 from rgvlm.vlm.parsing import SCORE_MAX, parse_scores
 from rgvlm.vlm.scripted import WindowTruth
@@ -175,6 +176,7 @@ def label_rg_vlm(
             reasks += len(still)
         pending = still
     fallbacks = len(pending)
+    check_failure_rate("rg_vlm", fallbacks, len(windows), errors, stage2, "windows")
 
     total = np.zeros(dataset.num_transitions, dtype=np.float64)
     count = np.zeros(dataset.num_transitions, dtype=np.int64)

@@ -33,7 +33,7 @@ import torch
 
 from rgvlm import paths
 from rgvlm.data.storage import OfflineDataset
-from rgvlm.rewards.base import RewardResult
+from rgvlm.rewards.base import RewardResult, check_failure_rate
 from rgvlm.rewards.reward_model import (
     RewardEnsemble,
     RewardModelConfig,
@@ -216,6 +216,7 @@ def label_rl_vlm_f(
     ]
     reminder = "Answer with one line only: Preference: 0, Preference: 1 or Preference: -1."
     answers, errors, reasks = ask_with_reasks(stage2, requests, parse_preference, reminder, config.max_reasks)
+    check_failure_rate("rl_vlm_f", sum(a is None for a in answers), len(requests), errors, stage2, "pairs")
     kept = [i for i, a in enumerate(answers) if a in (0, 1)]
     preferences = np.array([answers[i] for i in kept], dtype=np.float32)
     steps0, mask0 = segment_steps(dataset, [firsts[i] for i in kept], config.segment_length)

@@ -71,7 +71,7 @@ import numpy as np
 from rgvlm import paths
 from rgvlm.data.storage import OfflineDataset
 from rgvlm.params import _check_unknown, _float, _int, _section
-from rgvlm.rewards.base import RewardResult
+from rgvlm.rewards.base import RewardResult, check_failure_rate
 from rgvlm.rewards.observation_api import API_DOC, API_VERSION, COLOUR_NAMES, trajectory_data
 from rgvlm.rewards.segments import ParsedAnswer
 from rgvlm.sandbox import SandboxLimits, run_checks
@@ -613,6 +613,7 @@ def label_vlm_car(
     dropped: set[str] = set()  # sub-tasks whose programs failed for good
     program_counts: Counter[str] = Counter()
     program_errors: Counter[str] = Counter()  # rejected program answers by reason
+    program_asks = 0  # program queries, re-asks not counted
     regenerations = 0
     to_ask = list(subtasks)
     recheck = False
@@ -626,6 +627,7 @@ def label_vlm_car(
                                    [() for _ in to_ask], [ProgramTruth(s) for s in to_ask],
                                    config.program_max_new_tokens, parse_program, config.max_reasks, PROGRAM_NOTE)
             program_errors.update(counts.pop("errors"))
+            program_asks += len(to_ask)
             program_counts.update(counts)
             for s, source in zip(to_ask, answers, strict=True):
                 current[s] = source
@@ -708,6 +710,11 @@ def label_vlm_car(
             else:
                 dropped.add(s)
                 recheck = True
+    # Answers that never parsed; programs that parsed but failed verification are the method's
+    # own filtering (regenerated, then dropped), recorded in "program_failures", not counted here.
+    check_failure_rate("vlm_car", decompose_counts["failed"] + program_counts["failed"],
+                       len(missions) + program_asks, decompose_counts["errors"] + program_errors, client,
+                       "decomposition and program queries")
     accepted = [s for s in subtasks if s not in dropped]
     for s in subtasks:
         records[s]["status"] = "failed" if s in dropped else "accepted"

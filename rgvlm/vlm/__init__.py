@@ -32,7 +32,7 @@ def _make_one(config: LabelingConfig, model: str | None) -> LVLMClient:
     try:
         client = OpenAIClient(config.base_url, model, api_key_env=config.api_key_env,
                               max_concurrency=config.max_concurrency, timeout_s=config.timeout_s,
-                              max_retries=config.max_retries)
+                              deadline_s=config.deadline_s, max_retries=config.max_retries)
     except LVLMError as error:
         raise ParamError("labeling.api_key_env", config.api_key_env, f"a set environment variable ({error})") from error
     try:
@@ -52,14 +52,20 @@ def make_clients(config: LabelingConfig) -> tuple[LVLMClient, LVLMClient]:
 
 def cached_clients(config: LabelingConfig, cache_dir) -> tuple[LVLMClient, LVLMClient, UsageCounter]:
     """:func:`make_clients`, each answering through the response cache in ``cache_dir``, and
-    the counter of calls, hits and tokens both share (what a labelling stage's cost reports)."""
+    the counter of calls, hits and tokens both share (what a labelling stage's cost reports).
+
+    The clients carry ``labeling.max_failure_rate``: a labelling method that ends with more
+    queries unanswered fails, naming the cache directory where the raw answers are."""
+    from rgvlm.rewards.base import FailurePolicy
     from rgvlm.vlm.cache import CachedClient, ResponseCache, UsageCounter
 
     stage1, stage2 = make_clients(config)
     usage = UsageCounter()
     cache = ResponseCache(cache_dir)
-    cached1 = CachedClient(stage1, cache, usage)
-    return cached1, cached1 if stage2 is stage1 else CachedClient(stage2, cache, usage), usage
+    policy = FailurePolicy(config.max_failure_rate, str(cache.root))
+    cached1 = CachedClient(stage1, cache, usage, failure_policy=policy)
+    cached2 = cached1 if stage2 is stage1 else CachedClient(stage2, cache, usage, failure_policy=policy)
+    return cached1, cached2, usage
 
 
 __all__ = ["LVLMClient", "LVLMError", "LVLMRequest", "LVLMResponse", "cached_clients", "make_clients"]

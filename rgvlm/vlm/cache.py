@@ -231,7 +231,7 @@ class CachedClient:
     waited for instead of asked (see the module docstring)."""
 
     def __init__(self, client: LVLMClient, cache: ResponseCache, usage: UsageCounter | None = None, chunk_size: int = 8,
-                 poll_s: float = 0.05):
+                 poll_s: float = 0.05, failure_policy: Any = None):
         if chunk_size < 1:
             raise ValueError(f"chunk_size={chunk_size}: expected >= 1")
         self.chunk_size = chunk_size  # answers are stored after every chunk: a crash loses at most one
@@ -240,6 +240,7 @@ class CachedClient:
         self.usage = usage or UsageCounter()
         self.backend, self.model = client.backend, client.model
         self.poll_s = poll_s
+        self.failure_policy = failure_policy  # a FailurePolicy the labelling code enforces
         self.waited_for_others = 0  # answers another process was asking when this one needed them
 
     def generation_settings(self) -> dict[str, Any]:
