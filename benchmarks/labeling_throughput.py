@@ -1,23 +1,35 @@
-"""Labelling throughput against a real local `transformers serve` (tiny LLaVA built offline).
+"""Labelling throughput of the OpenAI-compatible client, against two local servers.
 
     python benchmarks/labeling_throughput.py [--requests 24] [--concurrency 4]
+        [--latency-ms 200] [--latency-requests 96] [--in-flight 8 32] [--skip-serve] [--out PATH]
 
-In one run: requests per second sent one at a time (max_concurrency=1) and concurrently, their
-ratio, and the number of LVLM calls a cached re-run makes (expected 0). Writes
-reports/benchmarks/labeling.json. Numbers depend on the machine: they are measured, not asserted.
+1. A real `transformers serve` (tiny LLaVA built offline): requests per second sent one at a
+   time (max_concurrency=1) and concurrently, their ratio, and the number of LVLM calls a cached
+   re-run makes (expected 0). Writes reports/benchmarks/labeling.json. On a 2-core machine this
+   measures the server's CPU, not the client.
+2. A server that answers every request after a fixed latency (``--latency-ms``), using no CPU
+   while it waits: what a paid API looks like to the client, where the limit is latency. Requests
+   per second sequentially and with each ``--in-flight`` count, and their ratios to sequential,
+   all in one run (a well-built client gets close to the number in flight). Written under
+   ``latency_server`` in the same file, or alone to ``--out`` with ``--skip-serve``.
+
+Numbers depend on the machine: they are measured, not asserted.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -38,12 +50,90 @@ def png(seed: int) -> bytes:
     return buffer.getvalue()
 
 
+class LatencyServer:
+    """OpenAI-compatible ``/v1/chat/completions`` answering after ``latency_s``, in a thread per
+    connection (so requests in flight wait side by side, as at a real API)."""
+
+    def __init__(self, latency_s: float):
+        answer = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": '{"scores": [5]}'},
+                                          "finish_reason": "stop"}],
+                             "usage": {"prompt_tokens": 100, "completion_tokens": 8}}).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            # http.server writes the headers and the body separately: with Nagle on, the body
+            # waits for the client's delayed ACK (40 ms here), which no real API adds.
+            disable_nagle_algorithm = True
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                time.sleep(latency_s)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 256  # 32 connections opened at once must not wait for a SYN retry
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def latency_benchmark(latency_ms: float, count: int, in_flight: list[int]) -> dict:
+    """Requests per second against :class:`LatencyServer`, sequential and with each number in
+    flight, in one run; ratios to sequential."""
+    server = LatencyServer(latency_ms / 1000)
+    requests = [LVLMRequest(prompt=f"score window {i}", images=(png(i),), max_new_tokens=16) for i in range(count)]
+    rates = {}
+    try:
+        for concurrency in [1, *in_flight]:
+            with OpenAIClient(server.base_url, "latency-model", api_key_env=None, max_concurrency=concurrency,
+                              timeout_s=30, max_retries=0) as client:
+                started = time.perf_counter()
+                answers = client.generate(requests)
+                rates[concurrency] = count / (time.perf_counter() - started)
+            assert all(a.text == '{"scores": [5]}' for a in answers)
+    finally:
+        server.close()
+    return {
+        "server": f"local, {latency_ms:g} ms fixed latency per answer (no CPU while waiting)",
+        "latency_ms": latency_ms, "requests": count, "images_per_request": 1,
+        "requests_per_s": {("sequential" if n == 1 else f"{n}_in_flight"): round(r, 3) for n, r in rates.items()},
+        "speedup_vs_sequential": {f"{n}_in_flight": round(rates[n] / rates[1], 2) for n in in_flight},
+        "ideal_requests_per_s": {("sequential" if n == 1 else f"{n}_in_flight"): round(n * 1000 / latency_ms, 1)
+                                 for n in [1, *in_flight]},
+        "cpu_count": os.cpu_count(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=24)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--latency-ms", type=float, default=200.0)
+    parser.add_argument("--latency-requests", type=int, default=96)
+    parser.add_argument("--in-flight", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--skip-serve", action="store_true", help="only the fixed-latency server")
+    parser.add_argument("--out", type=Path, default=None, help="where the JSON goes (default: reports/benchmarks/)")
     args = parser.parse_args()
+    latency = latency_benchmark(args.latency_ms, args.latency_requests, args.in_flight)
+    print({"latency_server": latency})
+    if args.skip_serve:
+        write_json_atomic(args.out or paths.BENCHMARKS / "labeling_latency.json", latency)
+        return
     root = Path(tempfile.mkdtemp(prefix="rgvlm-bench-"))
     model = build_tiny_vlm("llava", root / "tiny-llava")
     (root / "hf" / "hub").mkdir(parents=True)
@@ -89,8 +179,9 @@ def main() -> None:
         "speedup": round(rates["concurrent"] / rates["sequential"], 3),
         "first_run_calls": first.usage.lvlm_calls, "cached_rerun_calls": rerun.usage.lvlm_calls,
         "cached_rerun_hits": rerun.usage.cache_hits, "cpu_count": os.cpu_count(),
+        "latency_server": latency,
     }
-    write_json_atomic(paths.BENCHMARKS / "labeling.json", result)
+    write_json_atomic(args.out or paths.BENCHMARKS / "labeling.json", result)
     print(result)
 
 
