@@ -486,3 +486,41 @@ def test_deadline_and_body_cap_are_checked(key):
                          ({"max_body_bytes": 10}, "max_body_bytes")):
         with pytest.raises(ValueError, match=name):
             OpenAIClient("http://127.0.0.1:9/v1", "m", api_key_env=key, **kwargs)
+
+
+# -- through the response cache: every answer stored as it arrives, every worker busy ----------
+
+
+def test_answers_received_before_a_failure_are_kept_in_the_cache(serve, key, tmp_path):
+    from rgvlm.vlm.cache import CachedClient, ResponseCache
+
+    def behaviour(payload: dict, headers: dict) -> Action:
+        prompt = prompt_of(payload)
+        if prompt == "bad":
+            return 400, {}, b"refused"
+        time.sleep(0.2)  # still in flight when the refusal comes back
+        return ok(f"ok {prompt}")
+
+    server = serve(behaviour)
+    client, _ = make_client(server, key, max_concurrency=4)
+    requests = [LVLMRequest(prompt=p) for p in ("a", "bad", "c", "d")]
+    cached = CachedClient(client, ResponseCache(tmp_path))
+    with client, pytest.raises(LVLMError, match="HTTP 400"):
+        cached.generate(requests)
+    assert len(ResponseCache(tmp_path)) == 3 and cached.usage.lvlm_calls == 3  # paid for, kept
+
+
+def test_the_cache_keeps_max_concurrency_requests_in_flight(serve, key, tmp_path):
+    from rgvlm.vlm.cache import CachedClient, ResponseCache
+
+    def behaviour(payload: dict, headers: dict) -> Action:
+        time.sleep(0.1)
+        return ok("x")
+
+    server = serve(behaviour)
+    client, _ = make_client(server, key, max_concurrency=32)
+    cached = CachedClient(client, ResponseCache(tmp_path))
+    assert cached.chunk_size == 128  # not the 8 a chunk used to hold, which capped what was in flight
+    with client:
+        cached.generate([LVLMRequest(prompt=f"q{i}") for i in range(64)])
+    assert server.max_in_flight > 16

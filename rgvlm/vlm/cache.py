@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from rgvlm.data.storage import canonical_json, write_bytes_atomic
-from rgvlm.vlm.base import LVLMClient, LVLMRequest, LVLMResponse
+from rgvlm.vlm.base import LVLMClient, LVLMError, LVLMRequest, LVLMResponse
 
 
 def request_key(backend: str, model: str, settings: dict[str, Any], request: LVLMRequest) -> str:
@@ -230,11 +230,18 @@ class CachedClient:
     and stores every new answer before returning it. Keys another process has claimed are
     waited for instead of asked (see the module docstring)."""
 
-    def __init__(self, client: LVLMClient, cache: ResponseCache, usage: UsageCounter | None = None, chunk_size: int = 8,
-                 poll_s: float = 0.05, failure_policy: Any = None):
+    def __init__(self, client: LVLMClient, cache: ResponseCache, usage: UsageCounter | None = None,
+                 chunk_size: int | None = None, poll_s: float = 0.05, failure_policy: Any = None):
+        # A backend that hands over each answer as it arrives (the OpenAI client) has every
+        # answer stored at once, so its chunks only bound claims and the wait for a chunk's
+        # slowest request: four rounds of max_concurrency keep its workers busy. Others'
+        # answers are stored after every chunk: a crash loses at most one chunk.
+        self.streams = bool(getattr(client, "answers_as_they_arrive", False))
+        if chunk_size is None:
+            chunk_size = max(8, 4 * int(getattr(client, "max_concurrency", 2))) if self.streams else 8
         if chunk_size < 1:
             raise ValueError(f"chunk_size={chunk_size}: expected >= 1")
-        self.chunk_size = chunk_size  # answers are stored after every chunk: a crash loses at most one
+        self.chunk_size = chunk_size
         self.client = client
         self.cache = cache
         self.usage = usage or UsageCounter()
@@ -248,13 +255,24 @@ class CachedClient:
 
     def _ask(self, requests: list[LVLMRequest], keys: list[str], chunk: list[int],
              results: list[LVLMResponse | None]) -> None:
-        answers = self.client.generate([requests[i] for i in chunk])
-        for i, answer in zip(chunk, answers, strict=True):
+        def store(j: int, answer: LVLMResponse) -> None:
+            i = chunk[j]
             self.usage.add_call(answer)
             summary = {"backend": self.client.backend, "model": self.client.model,
                        "prompt_chars": len(requests[i].prompt), "images": len(requests[i].images)}
             self.cache.put(keys[i], answer, summary)
             results[i] = answer
+
+        batch = [requests[i] for i in chunk]
+        if self.streams:
+            self.client.generate(batch, on_answer=store)  # type: ignore[call-arg]
+            return
+        answers = self.client.generate(batch)
+        if len(answers) != len(batch):
+            raise LVLMError(f"{self.client.backend} backend {self.client.model!r} returned {len(answers)} answers "
+                            f"for {len(batch)} requests; expected one each, in order")
+        for j, answer in enumerate(answers):
+            store(j, answer)
 
     def _lookup(self, key: str) -> LVLMResponse | None:
         corrupt = self.cache.corrupt

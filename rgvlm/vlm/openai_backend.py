@@ -291,20 +291,33 @@ class OpenAIClient:
             ) from exc
         return response.status_code
 
-    def generate(self, requests: list[LVLMRequest], return_exceptions: bool = False) -> list[LVLMResponse | LVLMError]:
+    # The response cache may pass ``on_answer`` to store each answer as it arrives.
+    answers_as_they_arrive = True
+
+    def generate(self, requests: list[LVLMRequest], return_exceptions: bool = False,
+                 on_answer: Callable[[int, LVLMResponse], None] | None = None) -> list[LVLMResponse | LVLMError]:
         """Answer every request, in order, with at most ``max_concurrency`` in flight.
 
         With ``return_exceptions=True`` a request that failed (retries exhausted, or a
         non-retryable 4xx) yields its :class:`LVLMError` in its slot and the others are kept;
-        otherwise the first failure (in request order) is raised.
+        otherwise the first failure (in request order) is raised. ``on_answer(index, response)``
+        is called, from a worker thread, as each answer arrives: what is received is kept even
+        when another request fails, or the process dies, before the batch is done.
         """
         requests = list(requests)
         if not requests:
             return []
         workers = min(self.max_concurrency, len(requests))
         results: list[LVLMResponse | LVLMError] = []
+
+        def answer(index: int, request: LVLMRequest) -> LVLMResponse:
+            response = self._answer(request)
+            if on_answer is not None:
+                on_answer(index, response)
+            return response
+
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-lvlm") as pool:
-            futures = [pool.submit(self._answer, request) for request in requests]
+            futures = [pool.submit(answer, index, request) for index, request in enumerate(requests)]
             try:
                 for future in futures:
                     try:
