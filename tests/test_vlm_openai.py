@@ -462,6 +462,19 @@ def test_a_trickled_body_is_cut_at_the_attempt_deadline(serve, key):
     assert time.monotonic() - started < 1.5  # two attempts of 0.4 s, not 2 x 10 s
 
 
+def test_the_deadline_holds_on_a_reused_keep_alive_connection(serve, key):
+    trickle = raw(f"HTTP/1.1 200 OK\nContent-Type: application/json\nContent-Length: {len(GOOD)}\n",
+                  *[bytes([b]) for b in GOOD], gap_s=0.05)
+    server = serve(scripted([ok("warm"), trickle]))
+    client, _ = make_client(server, key, timeout_s=1.0, deadline_s=0.4, max_retries=0)
+    with client:
+        assert client.generate([LVLMRequest(prompt="q")])[0].text == "warm"  # the connection is pooled
+        started = time.monotonic()
+        (error,) = client.generate([LVLMRequest(prompt="q")], return_exceptions=True)
+    assert isinstance(error, LVLMError) and "[deadline]" in str(error)
+    assert time.monotonic() - started < 1.2
+
+
 def test_a_server_silent_before_its_headers_is_cut_at_the_deadline(serve, key):
     client, _ = make_client(serve(scripted(["hang"])), key, timeout_s=5.0, deadline_s=0.3, max_retries=0)
     started = time.monotonic()
