@@ -26,7 +26,6 @@ labeling = load_params()["labeling"]
 erl_vlm = load_params()["erl_vlm"]
 
 # %%
-import torch
 
 from rgvlm import paths
 from rgvlm.data import load_dataset
@@ -34,16 +33,16 @@ from rgvlm.data.storage import write_json_atomic
 from rgvlm.params import labeling_config
 from rgvlm.rewards import save_rewards
 from rgvlm.rewards.erl_vlm import config_from_params, label_erl_vlm
-from rgvlm.rewards.reward_model import save_reward_model
+from rgvlm.rewards.reward_model import embed_missions, save_reward_model
 from rgvlm.rewards.rg_vlm import labeling_cost
-from rgvlm.rl.missions import ENCODER_NAME, MissionEmbedder
+from rgvlm.rl.missions import ENCODER_NAME
 from rgvlm.vlm import cached_clients
 
 data = load_dataset(paths.DATA)
 config = config_from_params(erl_vlm)  # a bad value fails here, before any query
 lvlm = labeling_config(labeling, max_trajectory_length=data.max_episode_limit)
 stage1, stage2, usage = cached_clients(lvlm, paths.LVLM_CACHE / "erl_vlm")
-mission_table = torch.as_tensor(MissionEmbedder(device="cpu").embed(data.missions))
+mission_table = embed_missions(data)  # fixed thread count: the same bits on every run
 result, stats, model = label_erl_vlm(data, stage1, stage2, config, needs_images=stage1.backend != "scripted",
                                      mission_table=mission_table)
 cost = labeling_cost(usage, stats, lvlm.prices)

@@ -24,24 +24,23 @@ labeling = load_params()["labeling"]
 rl_vlm_f = load_params()["rl_vlm_f"]
 
 # %%
-import torch
 
 from rgvlm import paths
 from rgvlm.data import load_dataset
 from rgvlm.data.storage import write_json_atomic
 from rgvlm.params import labeling_config
 from rgvlm.rewards import save_rewards
-from rgvlm.rewards.reward_model import save_reward_model
+from rgvlm.rewards.reward_model import embed_missions, save_reward_model
 from rgvlm.rewards.rg_vlm import labeling_cost
 from rgvlm.rewards.rl_vlm_f import config_from_params, label_rl_vlm_f
-from rgvlm.rl.missions import ENCODER_NAME, MissionEmbedder
+from rgvlm.rl.missions import ENCODER_NAME
 from rgvlm.vlm import cached_clients
 
 data = load_dataset(paths.DATA)
 config = config_from_params(rl_vlm_f)  # a bad value fails here, before any query
 lvlm = labeling_config(labeling, max_trajectory_length=data.max_episode_limit)
 stage1, stage2, usage = cached_clients(lvlm, paths.LVLM_CACHE / "rl_vlm_f")
-mission_table = torch.as_tensor(MissionEmbedder(device="cpu").embed(data.missions))
+mission_table = embed_missions(data)  # fixed thread count: the same bits on every run
 result, stats, model = label_rl_vlm_f(data, stage1, stage2, config, needs_images=stage1.backend != "scripted",
                                       mission_table=mission_table)
 cost = labeling_cost(usage, stats, lvlm.prices)

@@ -7,8 +7,9 @@ came from (method, backend, model, parameters): the provenance every report show
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,14 +83,63 @@ def empty_cost(wall_time_s: float = 0.0) -> dict[str, Any]:
     }
 
 
+# -- exactness (README "Reproducing and verifying") ----------------------------------------
+#: Decimals every written reward / label keeps. Float rewards computed through BLAS reductions
+#: (sentence-encoder embeddings, reward models) can differ in the last bits across thread counts;
+#: the stages that compute them fix their thread count (:func:`exact_threads`), and rounding to a
+#: grid of 1e-6 (far below any reward difference that matters to a learner) makes the bytes
+#: depend on the value, not on how the float was reached.
+REWARD_DECIMALS = 6
+#: Threads torch runs the label stages' small models with (sentence encoder, reward models).
+EXACT_THREADS = 1
+
+
+def quantise_rewards(values: Any) -> np.ndarray:
+    """The ONE place a reward or label array is rounded before it is written: float32, rounded
+    to :data:`REWARD_DECIMALS` decimals (in float64, so the rounding itself is exact)."""
+    rounded = np.round(np.asarray(values, dtype=np.float64), REWARD_DECIMALS)
+    return (rounded + 0.0).astype(np.float32)  # + 0.0 turns -0.0 into 0.0
+
+
+@contextlib.contextmanager
+def exact_threads(num_threads: int = EXACT_THREADS) -> Iterator[None]:
+    """Run the block with ``num_threads`` torch intra-op threads (the outputs it computes are
+    then the same whatever OMP_NUM_THREADS or the caller set), restoring the previous count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def is_timing_key(key: str) -> bool:
+    """Wall-time fields (``wall_time_s``, ``train_time_s``, ``load_s``, ...): kept in the metric
+    JSON of a stage, left out of the reward files so that their bytes are exact."""
+    return key.endswith("_s") or key.endswith("_seconds") or key == "seconds"
+
+
+def without_timings(obj: Any) -> Any:
+    """``obj`` without its timing fields (recursively, dicts and lists)."""
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items() if not is_timing_key(str(k))}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj
+
+
 def save_rewards(directory: Path, result: RewardResult) -> None:
-    """Write ``<method>.npy`` and ``<method>.json`` (provenance and cost) atomically."""
-    write_npy_atomic(directory / f"{result.method}.npy", result.rewards)
+    """Write ``<method>.npy`` (quantised by :func:`quantise_rewards`) and ``<method>.json``
+    (provenance and cost without its timing fields) atomically: both byte-exact across runs."""
+    rewards = quantise_rewards(result.rewards)
+    write_npy_atomic(directory / f"{result.method}.npy", rewards)
     write_json_atomic(
         directory / f"{result.method}.json",
-        {"method": result.method, "provenance": result.provenance, "cost": result.cost,
-         "num_transitions": int(result.rewards.shape[0]),
-         "mean": float(result.rewards.mean()) if result.rewards.size else 0.0},
+        {"method": result.method, "provenance": without_timings(result.provenance),
+         "cost": without_timings(result.cost), "num_transitions": int(rewards.shape[0]),
+         "mean": round(float(rewards.astype(np.float64).mean()), REWARD_DECIMALS) if rewards.size else 0.0},
     )
 
 

@@ -62,7 +62,7 @@ import numpy as np
 from rgvlm import paths
 from rgvlm.data.storage import OfflineDataset
 from rgvlm.params import ParamError, _check_unknown, _float, _int, _section
-from rgvlm.rewards.base import RewardResult, empty_cost
+from rgvlm.rewards.base import RewardResult, empty_cost, exact_threads
 from rgvlm.rewards.describe import observation_facts
 from rgvlm.rl.missions import ENCODER_NAME, split_mission
 
@@ -232,8 +232,9 @@ class MiniLMTextEncoder:
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.embedder.model.get_sentence_embedding_dimension()), dtype=np.float32)
-        vectors = self.embedder.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
-                                             show_progress_bar=False)
+        with exact_threads():  # the same bits whatever the caller's thread count
+            vectors = self.embedder.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
+                                                 show_progress_bar=False)
         return unit(vectors)
 
 

@@ -208,9 +208,11 @@ def load_reward_model(path: str | os.PathLike[str]) -> tuple[RewardEnsemble, dic
 def embed_missions(dataset: OfflineDataset) -> torch.Tensor:
     """The mission table of ``dataset.missions`` (``[M, slots, 384]``) with the bundled sentence
     encoder, as the IQL stage builds it."""
+    from rgvlm.rewards.base import exact_threads
     from rgvlm.rl.missions import MissionEmbedder
 
-    return torch.as_tensor(MissionEmbedder(device="cpu").embed(dataset.missions))
+    with exact_threads():  # the same bits whatever the caller's thread count
+        return torch.as_tensor(MissionEmbedder(device="cpu").embed(dataset.missions))
 
 
 class TransitionInputs:

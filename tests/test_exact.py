@@ -1,0 +1,59 @@
+"""The exact outputs (README "Reproducing and verifying") are bit-identical whatever the thread
+count: the tiny profile's dataset, labels (scripted annotator), reward sets and label quality are
+rebuilt in two fresh processes, one with 1 torch/OpenMP thread and one with 2, and compared
+byte for byte. The labelling metrics are compared without their wall-time fields."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from rgvlm.rewards.base import REWARD_DECIMALS, quantise_rewards, without_timings
+
+SCRIPT = Path(__file__).resolve().parent / "exact_outputs.py"
+
+
+def build(out: Path, threads: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "MPLBACKEND": "Agg",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYGAME_HIDE_SUPPORT_PROMPT": "1"}
+    result = subprocess.run([sys.executable, str(SCRIPT), str(out), str(threads)], env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def exact_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and p.relative_to(root).parts[0] in ("data", "outputs", "reports"))
+
+
+def test_exact_outputs_do_not_depend_on_the_thread_count(tmp_path):
+    one, two = tmp_path / "threads1", tmp_path / "threads2"
+    build(one, 1)
+    build(two, 2)
+    files = exact_files(one)
+    assert files == exact_files(two)
+    for part in ("data/obs_grid.npy", "outputs/labels/embedding/embedding.npy", "outputs/labels/erl_vlm/erl_vlm.npy",
+                 "outputs/labels/rl_vlm_f/reward_model.pt", "outputs/rewards/sparse+rg_vlm@0.5.npy",
+                 "reports/metrics/label_quality.json"):
+        assert part in files
+    differ = []
+    for name in files:
+        a, b = (one / name).read_bytes(), (two / name).read_bytes()
+        if name.startswith("reports/metrics/labeling_"):  # wall times are not part of the contract
+            a, b = (json.dumps(without_timings(json.loads(x)), sort_keys=True) for x in (a, b))
+        if a != b:
+            differ.append(name)
+    assert differ == [], f"not bit-identical across thread counts: {differ}"
+
+
+def test_quantise_rewards_is_the_decimal_grid():
+    values = quantise_rewards([0.1234567891, -0.0000001, 1.0, 0.3])
+    assert values.dtype.name == "float32"
+    assert values.tolist() == np.float32([0.123457, 0.0, 1.0, 0.3]).tolist()
+    assert str(values[1]) == "0.0"  # no negative zero
+    assert REWARD_DECIMALS == 6
