@@ -1,6 +1,7 @@
 # Two commands on a fresh machine:
 #   make reproduce   set up, restore or rebuild data/, run the whole `dvc repro`
 #   make test        set up, run the test suite
+#   make verify      after make reproduce: compare the regenerated results with the committed ones
 # Python 3.11+ with pip and venv is all they need.
 
 PYTHON ?= python3
@@ -25,7 +26,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYGAME_HIDE_SUPPORT_PROMPT := 1
 
-.PHONY: setup data restore-data reproduce test lint lab notebooks clean-outputs
+.PHONY: setup data restore-data reproduce verify test lint lab notebooks clean-outputs
 
 setup: $(STAMP)
 
@@ -60,6 +61,13 @@ restore-data: setup
 
 reproduce: restore-data
 	$(BIN)/dvc repro
+
+# After `make reproduce`: compare the regenerated results with the committed ones (git HEAD, or
+# VERIFY_ARGS="--ref REF"): exact outputs exactly, trained numbers against their 95% intervals;
+# prints one table (VERIFY_ARGS="--output reports/verify.md" also writes it). Non-zero on disagreement.
+VERIFY_ARGS ?=
+verify: setup
+	$(BIN)/python -m rgvlm.verify $(VERIFY_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

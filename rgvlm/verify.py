@@ -1,0 +1,294 @@
+"""``make verify``: does a reproduction agree with the committed results?
+
+After ``make reproduce`` the working tree holds the regenerated results; the committed ones are
+the same files at a git ref (default ``HEAD``, read with ``git show REF:path``). Every number is
+compared and ONE table is printed (``--output PATH`` also writes it as Markdown):
+
+- **Exact outputs** must be bit-identical (README "Reproducing and verifying"): the DVC hashes of
+  ``data/`` (data.dvc) and of the exact stages' outputs in dvc.lock (:data:`EXACT_LOCK_OUTS`),
+  and every value of the exact metric files (:data:`EXACT_METRICS`) except the wall-time and
+  cache fields listed in :data:`IGNORED_KEYS`. One differing value fails the check.
+- **Trained numbers** (reports/metrics/evaluation.json, its ``summary`` rows per (policy,
+  method, split, k) and ``overall`` rows per (policy, method, split); ``completion`` and
+  ``success``) agree when the two estimates are compatible given their 95% intervals:
+  ``|new - old| <= sqrt(hw_old^2 + hw_new^2)`` with ``hw`` half an interval's width (two
+  independent estimates of one number then disagree 5% of the time). The table stores, per
+  number, the interval a reproduction should fall within (``old -/+ that bound``). Up to the 95%
+  binomial upper bound of Binomial(n, 0.05) numbers may fall outside; more fail the check.
+  reports/metrics/peer.json holds training losses and timings, no estimate with an interval: the
+  d3rlpy peers' results are compared through their evaluation.json rows (``d3rlpy_*``).
+
+Exit status: 0 agree, 1 differs, 2 a file is missing (the message names the path and the ref).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DATA_DVC = "data.dvc"
+DVC_LOCK = "dvc.lock"
+EVALUATION = "reports/metrics/evaluation.json"
+#: Stages whose outputs are bit-identical, and the outputs of each that are (not their notebooks,
+#: HTML, LVLM cache or timing-bearing metric files).
+EXACT_LOCK_OUTS: dict[str, tuple[str, ...]] = {
+    "dataset_card": ("reports/metrics/dataset.json",),
+    "label_rg_vlm": ("outputs/labels/rg_vlm",),
+    "label_vlm_car": ("outputs/labels/vlm_car",),
+    "label_erl_vlm": ("outputs/labels/erl_vlm",),
+    "label_rl_vlm_f": ("outputs/labels/rl_vlm_f",),
+    "label_embedding": ("outputs/labels/embedding",),
+    "rewards": ("outputs/rewards", "reports/metrics/label_quality.json"),
+}
+#: Metric files compared value by value, exactly.
+EXACT_METRICS: tuple[str, ...] = (
+    "reports/metrics/dataset.json",
+    "reports/metrics/label_quality.json",
+    "reports/metrics/labeling_rg_vlm.json",
+    "reports/metrics/labeling_vlm_car.json",
+    "reports/metrics/labeling_erl_vlm.json",
+    "reports/metrics/labeling_rl_vlm_f.json",
+    "reports/metrics/labeling_embedding.json",
+)
+#: Fields of the exact metric files that are not part of the contract: wall times, and how many
+#: answers came from a warm LVLM cache.
+IGNORED_KEYS: frozenset[str] = frozenset({
+    "wall_time_s", "train_time_s", "relabel_time_s", "describe_s", "load_s", "embed_goals_s",
+    "embed_states_s", "score_s", "random_rollout_s", "seconds", "cache_hits",
+})
+TRAINED_TABLES = {"summary": ("policy", "method", "split", "k"), "overall": ("policy", "method", "split")}
+TRAINED_METRICS = ("completion", "success")
+LEVEL = 0.95
+
+
+class VerifyError(RuntimeError):
+    """A file the comparison needs is missing (or git cannot read it)."""
+
+
+@dataclass
+class Row:
+    kind: str  # "exact" or "interval"
+    item: str
+    committed: Any
+    regenerated: Any
+    agree: bool
+    allowed: str = ""  # what the regenerated value had to be / fall within
+
+
+@dataclass
+class Report:
+    ref: str
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def exact_differ(self) -> list[Row]:
+        return [r for r in self.rows if r.kind == "exact" and not r.agree]
+
+    @property
+    def trained(self) -> list[Row]:
+        return [r for r in self.rows if r.kind == "interval"]
+
+    @property
+    def trained_outside(self) -> list[Row]:
+        return [r for r in self.trained if not r.agree]
+
+    @property
+    def allowed_outside(self) -> int:
+        return allowed_outside(len(self.trained), 1.0 - LEVEL, LEVEL)
+
+    @property
+    def ok(self) -> bool:
+        return not self.exact_differ and len(self.trained_outside) <= self.allowed_outside
+
+    def verdict(self) -> str:
+        exact = [r for r in self.rows if r.kind == "exact"]
+        return (f"{'AGREE' if self.ok else 'DIFFERS'} (committed = {self.ref}, regenerated = working tree): "
+                f"{len(exact) - len(self.exact_differ)}/{len(exact)} exact values identical; "
+                f"{len(self.trained) - len(self.trained_outside)}/{len(self.trained)} trained numbers within their "
+                f"intervals, {len(self.trained_outside)} outside (at most {self.allowed_outside} allowed: the "
+                f"{LEVEL:.0%} upper bound of Binomial({len(self.trained)}, {1 - LEVEL:.2f}))")
+
+
+def allowed_outside(n: int, p: float = 0.05, level: float = 0.95) -> int:
+    """The smallest c with P(X <= c) >= level for X ~ Binomial(n, p): how many of n numbers may
+    fall outside their intervals by chance."""
+    if n <= 0:
+        return 0
+    try:
+        from scipy.stats import binom
+
+        return int(binom.ppf(level, n, p))
+    except ImportError:  # pragma: no cover - scipy is a dependency; the exact loop is the fallback
+        total, c = 0.0, 0
+        while True:
+            total += math.comb(n, c) * p**c * (1 - p) ** (n - c)
+            if total >= level - 1e-12:
+                return c
+            c += 1
+
+
+# -- reading ----------------------------------------------------------------------------
+def committed_text(root: Path, ref: str, path: str) -> str:
+    result = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=root, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise VerifyError(f"committed file {path} is missing at ref {ref} ({result.stderr.strip() or 'git show failed'}); "
+                          f"compare against a ref that has it: python -m rgvlm.verify --ref REF")
+    return result.stdout
+
+
+def regenerated_text(root: Path, ref: str, path: str) -> str:
+    file = root / path
+    if not file.is_file():
+        raise VerifyError(f"regenerated file {path} is missing from the working tree {root} (committed at ref {ref}): "
+                          "run `make reproduce` first")
+    return file.read_text(encoding="utf-8")
+
+
+def _parse(text: str, path: str, where: str, loader) -> Any:
+    try:
+        return loader(text)
+    except (ValueError, yaml.YAMLError) as error:
+        raise VerifyError(f"{where} {path} cannot be parsed: {error}") from error
+
+
+def _pair(root: Path, ref: str, path: str, loader) -> tuple[Any, Any]:
+    return (_parse(committed_text(root, ref, path), path, f"committed ({ref})", loader),
+            _parse(regenerated_text(root, ref, path), path, "regenerated", loader))
+
+
+# -- comparisons ------------------------------------------------------------------------
+def leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten JSON to {path: value}, leaving out :data:`IGNORED_KEYS`."""
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            if str(key) not in IGNORED_KEYS:
+                out.update(leaves(value, f"{prefix}/{key}"))
+        return out
+    if isinstance(obj, list):
+        out = {}
+        for i, value in enumerate(obj):
+            out.update(leaves(value, f"{prefix}[{i}]"))
+        return out
+    return {prefix: obj}
+
+
+_MISSING = "(missing)"
+
+
+def compare_exact_json(root: Path, ref: str, path: str) -> list[Row]:
+    old, new = _pair(root, ref, path, json.loads)
+    old, new = leaves(old), leaves(new)
+    rows = []
+    for key in sorted(set(old) | set(new), key=lambda k: (k not in old, k)):
+        a, b = old.get(key, _MISSING), new.get(key, _MISSING)
+        rows.append(Row("exact", f"{path}:{key}", a, b, a == b and type(a) is type(b), "identical"))
+    return rows
+
+
+def _lock_outs(lock: dict, stage: str) -> dict[str, str]:
+    return {o["path"]: o.get("md5", "") for o in ((lock or {}).get("stages", {}).get(stage, {}) or {}).get("outs", [])}
+
+
+def compare_hashes(root: Path, ref: str) -> list[Row]:
+    rows = []
+    old, new = _pair(root, ref, DATA_DVC, yaml.safe_load)
+    a = {o["path"]: o.get("md5", "") for o in (old or {}).get("outs", [])}
+    b = {o["path"]: o.get("md5", "") for o in (new or {}).get("outs", [])}
+    for path in sorted(set(a) | set(b)):
+        rows.append(Row("exact", f"{DATA_DVC}: {path} md5", a.get(path, _MISSING), b.get(path, _MISSING),
+                        a.get(path) == b.get(path) and path in a, "identical"))
+    old, new = _pair(root, ref, DVC_LOCK, yaml.safe_load)
+    for stage, outs in EXACT_LOCK_OUTS.items():
+        a, b = _lock_outs(old, stage), _lock_outs(new, stage)
+        for path in outs:
+            x, y = a.get(path, _MISSING), b.get(path, _MISSING)
+            rows.append(Row("exact", f"{DVC_LOCK}: {stage} {path} md5", x, y, x == y and x != _MISSING, "identical"))
+    return rows
+
+
+def _halfwidth(row: dict, metric: str) -> float:
+    return (float(row[f"{metric}_high"]) - float(row[f"{metric}_low"])) / 2.0
+
+
+def compare_trained(root: Path, ref: str) -> list[Row]:
+    old, new = _pair(root, ref, EVALUATION, json.loads)
+    rows = []
+    for table, keys in TRAINED_TABLES.items():
+        a = {tuple(r.get(k, "all") for k in keys): r for r in old.get(table, [])}
+        b = {tuple(r.get(k, "all") for k in keys): r for r in new.get(table, [])}
+        for key in sorted(set(a) | set(b), key=lambda t: tuple(str(x) for x in t)):
+            label = f"{table} " + " ".join(f"{k}={v}" for k, v in zip(keys, key, strict=True))
+            for metric in TRAINED_METRICS:
+                item = f"{label} {metric}_mean"
+                if key not in a or key not in b:
+                    rows.append(Row("exact", item, a[key][f"{metric}_mean"] if key in a else _MISSING,
+                                    b[key][f"{metric}_mean"] if key in b else _MISSING, False,
+                                    "the row in both files"))
+                    continue
+                x, y = float(a[key][f"{metric}_mean"]), float(b[key][f"{metric}_mean"])
+                bound = math.hypot(_halfwidth(a[key], metric), _halfwidth(b[key], metric))
+                rows.append(Row("interval", item, x, y, abs(y - x) <= bound + 1e-12,
+                                f"[{x - bound:.4f}, {x + bound:.4f}] (+/- {bound:.4f})"))
+    return rows
+
+
+def compare(root: Path | str = ".", ref: str = "HEAD") -> Report:
+    """Every comparison of the committed results at ``ref`` with the working tree at ``root``."""
+    root = Path(root)
+    report = Report(ref)
+    report.rows += compare_hashes(root, ref)
+    for path in EXACT_METRICS:
+        report.rows += compare_exact_json(root, ref, path)
+    report.rows += compare_trained(root, ref)
+    return report
+
+
+# -- output ------------------------------------------------------------------------------
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return (text if len(text) <= 60 else text[:57] + "...").replace("|", "\\|")
+
+
+def render(report: Report) -> str:
+    lines = [report.verdict(), "",
+             "| result | kind | item | committed | regenerated | must be / fall within |",
+             "|---|---|---|---|---|---|"]
+    for r in report.rows:
+        lines.append(f"| {'agree' if r.agree else 'DIFFERS'} | {r.kind} | {r.item.replace('|', '/')} | "
+                     f"{_fmt(r.committed)} | {_fmt(r.regenerated)} | {r.allowed} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rgvlm.verify", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ref", default="HEAD", help="git ref of the committed results (default HEAD)")
+    parser.add_argument("--root", default=".", help="repository root (default: the current directory)")
+    parser.add_argument("--output", help="also write the table to this Markdown file (e.g. reports/verify.md)")
+    args = parser.parse_args(argv)
+    try:
+        report = compare(Path(args.root), args.ref)
+    except VerifyError as error:
+        print(f"verify: error: {error}", file=sys.stderr)
+        return 2
+    table = render(report)
+    print(table, end="")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(table, encoding="utf-8")
+    print(report.verdict(), file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

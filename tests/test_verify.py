@@ -1,0 +1,173 @@
+"""`make verify` (rgvlm.verify) on a temporary git repository: committed metric files, then the
+working tree changed as a reproduction would change it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rgvlm import verify
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                   capture_output=True)
+
+
+def evaluation() -> dict:
+    rows = []
+    for method in ("sparse", "oracle", "rg_vlm"):
+        for k in (1, 2, 3):
+            for policy in ("greedy", "sampled"):
+                mean = 0.1 * k
+                rows.append({"policy": policy, "method": method, "split": "fresh", "k": k, "num_seeds": 3,
+                             "completion_mean": mean, "completion_low": mean - 0.05, "completion_high": mean + 0.05,
+                             "success_mean": mean / 2, "success_low": mean / 2 - 0.04, "success_high": mean / 2 + 0.04})
+    overall = [{key: value for key, value in r.items() if key != "k"} for r in rows if r["k"] == 1]
+    return {"summary": rows, "overall": overall, "provenance": {"seconds": 12.0}}
+
+
+def write(repo: Path, path: str, obj) -> None:
+    file = repo / path
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(yaml.safe_dump(obj) if path.endswith((".lock", ".dvc")) else json.dumps(obj, indent=1))
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A git repository with every file verify reads committed, the working tree equal to HEAD."""
+    git(tmp_path, "init", "-q")
+    write(tmp_path, "data.dvc", {"outs": [{"path": "data", "md5": "d" * 32 + ".dir"}]})
+    stages = {stage: {"outs": [{"path": p, "md5": f"{i:032x}"} for i, p in enumerate(outs)]
+                      + [{"path": f"reports/notebooks/{stage}.html", "md5": "0" * 32}]}
+              for stage, outs in verify.EXACT_LOCK_OUTS.items()}
+    write(tmp_path, "dvc.lock", {"schema": "2.0", "stages": stages})
+    for path in verify.EXACT_METRICS:
+        write(tmp_path, path, {"spearman": 0.5, "cost": {"lvlm_calls": 10, "wall_time_s": 3.2, "cache_hits": 0}})
+    write(tmp_path, verify.EVALUATION, evaluation())
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-q", "-m", "results")
+    return tmp_path
+
+
+def edit(repo: Path, path: str, change) -> None:
+    file = repo / path
+    obj = yaml.safe_load(file.read_text()) if path.endswith((".lock", ".dvc")) else json.loads(file.read_text())
+    change(obj)
+    write(repo, path, obj)
+
+
+def test_identical_agrees_and_exits_0(repo, capsys):
+    assert verify.main(["--root", str(repo)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("AGREE")
+    assert "DIFFERS |" not in out
+    report = verify.compare(repo)
+    assert len(report.trained) == 2 * (18 + 6) and report.trained_outside == []
+    assert "interval" in out and "+/-" in out  # each trained number records what it had to fall within
+
+
+def test_timings_and_cache_hits_are_ignored(repo):
+    def change(obj):
+        obj["cost"].update(wall_time_s=99.0, cache_hits=10)
+    edit(repo, "reports/metrics/labeling_rg_vlm.json", change)
+    edit(repo, verify.EVALUATION, lambda obj: obj["provenance"].update(seconds=1.0))
+    assert verify.compare(repo).ok
+
+
+def test_an_exact_output_changed_fails_and_is_named(repo, capsys):
+    edit(repo, "reports/metrics/label_quality.json", lambda obj: obj.update(spearman=0.50000001))
+    assert verify.main(["--root", str(repo)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("DIFFERS")
+    assert "| DIFFERS | exact | reports/metrics/label_quality.json:/spearman | 0.5 | 0.5 |" in out
+
+
+def test_a_changed_hash_in_dvc_lock_fails(repo, capsys):
+    def change(obj):
+        obj["stages"]["label_embedding"]["outs"][0]["md5"] = "f" * 32 + ".dir"
+        obj["stages"]["rewards"]["outs"][-1]["md5"] = "e" * 32  # the notebook's HTML: not compared
+    edit(repo, "dvc.lock", change)
+    assert verify.main(["--root", str(repo)]) == 1
+    out = capsys.readouterr().out
+    assert "| DIFFERS | exact | dvc.lock: label_embedding outputs/labels/embedding md5 |" in out
+    assert "html" not in out
+
+
+def test_trained_numbers_moved_within_their_intervals_agree(repo):
+    def change(obj):
+        for row in obj["summary"] + obj["overall"]:
+            row["completion_mean"] += 0.06  # < sqrt(0.05^2 + 0.05^2) = 0.0707
+            row["success_mean"] -= 0.05  # < sqrt(0.04^2 + 0.04^2) = 0.0566
+    edit(repo, verify.EVALUATION, change)
+    report = verify.compare(repo)
+    assert report.trained_outside == [] and report.ok
+
+
+def test_trained_numbers_far_outside_fail_beyond_the_allowed_count(repo, capsys):
+    n = 2 * (18 + 6)
+    allowed = verify.allowed_outside(n)
+    assert allowed == 5  # Binomial(48, 0.05): P(X <= 5) >= 0.95 > P(X <= 4)
+
+    def move(count):
+        def change(obj):
+            for row in obj["summary"][:count]:
+                row["completion_mean"] += 0.5
+        return change
+
+    edit(repo, verify.EVALUATION, move(allowed))
+    assert verify.compare(repo).ok  # as many outside as chance allows: agree
+    git(repo, "checkout", "--", verify.EVALUATION)
+    edit(repo, verify.EVALUATION, move(allowed + 1))
+    assert verify.main(["--root", str(repo), "--output", str(repo / "reports" / "verify.md")]) == 1
+    out = capsys.readouterr().out
+    assert out.count("| DIFFERS | interval |") == allowed + 1
+    assert (repo / "reports" / "verify.md").read_text() == out
+
+
+def test_allowed_outside_matches_the_exact_binomial_loop():
+    import math
+
+    for n in (1, 20, 48, 288, 672):
+        total, c = 0.0, 0
+        while True:
+            total += math.comb(n, c) * 0.05**c * 0.95 ** (n - c)
+            if total >= 0.95:
+                break
+            c += 1
+        assert verify.allowed_outside(n) == c
+
+
+def test_a_missing_row_differs(repo):
+    edit(repo, verify.EVALUATION, lambda obj: obj["overall"].pop())
+    report = verify.compare(repo)
+    assert not report.ok and any(r.regenerated == "(missing)" for r in report.exact_differ)
+
+
+def test_missing_files_give_a_clear_error(repo, capsys):
+    (repo / "reports/metrics/label_quality.json").unlink()
+    assert verify.main(["--root", str(repo)]) == 2
+    err = capsys.readouterr().err
+    assert "regenerated file reports/metrics/label_quality.json is missing from the working tree" in err
+    assert "HEAD" in err
+    git(repo, "rm", "-q", "--cached", "reports/metrics/label_quality.json")
+    git(repo, "commit", "-q", "-m", "drop")
+    write(repo, "reports/metrics/label_quality.json", {"spearman": 0.5})
+    with pytest.raises(verify.VerifyError, match=r"committed file reports/metrics/label_quality.json is missing at ref HEAD"):
+        verify.compare(repo)
+    with pytest.raises(verify.VerifyError, match="at ref nosuchref"):
+        verify.compare(repo, "nosuchref")
+
+
+def test_the_module_runs_from_the_command_line(repo):
+    result = subprocess.run([sys.executable, "-m", "rgvlm.verify"], cwd=repo, capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("AGREE")
