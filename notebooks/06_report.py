@@ -69,3 +69,26 @@ from IPython.display import Image, display
 
 for name in ("fig4_left.png", "fig4_right.png", "generalisation.png"):
     display(Image(filename=str(paths.FIGURES / name)))
+
+# %% [markdown]
+# ## Does this run agree with the committed results?
+#
+# The same comparison as `make verify` (`rgvlm/verify.py`; README "Reproducing and verifying"):
+# the results in the working tree against those committed at `HEAD`, exact outputs exactly,
+# trained numbers against their 95% intervals. Right after a commit both are the same files and
+# everything agrees; after `make reproduce` on another machine this is the reproduction's check.
+# Informational here: a disagreement (or a checkout without git history) is shown, never raised.
+
+# %%
+from rgvlm.verify import VerifyError, compare
+
+try:
+    check = compare(paths.ROOT, "HEAD")
+except VerifyError as error:
+    print("verify: not compared:", error)
+else:
+    print(check.verdict())
+    table = pd.DataFrame([{"result": "agree" if r.agree else "DIFFERS", "kind": r.kind, "item": r.item,
+                           "committed": r.committed, "regenerated": r.regenerated, "must be / fall within": r.allowed}
+                          for r in check.rows]).sort_values("result", kind="stable")
+    display(table)

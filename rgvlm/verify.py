@@ -137,7 +137,10 @@ def allowed_outside(n: int, p: float = 0.05, level: float = 0.95) -> int:
 
 # -- reading ----------------------------------------------------------------------------
 def committed_text(root: Path, ref: str, path: str) -> str:
-    result = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=root, capture_output=True, text=True)
+    try:
+        result = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=root, capture_output=True, text=True)
+    except OSError as error:  # no git, or no such directory
+        raise VerifyError(f"committed file {path} at ref {ref} cannot be read: {error}") from error
     if result.returncode != 0:
         raise VerifyError(f"committed file {path} is missing at ref {ref} ({result.stderr.strip() or 'git show failed'}); "
                           f"compare against a ref that has it: python -m rgvlm.verify --ref REF")
