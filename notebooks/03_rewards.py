@@ -17,6 +17,8 @@ from rgvlm.params import load_params
 rewards = load_params()["rewards"]
 
 # %%
+import json
+
 import pandas as pd
 
 from rgvlm import paths
@@ -50,5 +52,8 @@ pd.DataFrame({m: {k: v for k, v in q.items() if k != "provenance"} for m, q in q
 episode = data.episode_of_step
 kinds = pd.Series([data.episodes[i]["kind"] for i in episode])
 table = pd.DataFrame({r.method: pd.Series(r.rewards).groupby(kinds).mean() for r in results}).T
-table["lvlm_calls"] = [r.cost["lvlm_calls"] for r in results]
+# LVLM calls of this run's labelling stages (a rerun from a warm cache asks none); the reward files
+# keep no run-dependent counts, so that their bytes are exact.
+table["lvlm_calls"] = [json.loads(path.read_text())["cost"].get("lvlm_calls", 0)
+                       if (path := paths.METRICS / f"labeling_{r.method}.json").exists() else 0 for r in results]
 table

@@ -7,7 +7,7 @@ compared and ONE table is printed (``--output PATH`` also writes it as Markdown)
 - **Exact outputs** must be bit-identical (README "Reproducing and verifying"): the DVC hashes of
   ``data/`` (data.dvc) and of the exact stages' outputs in dvc.lock (:data:`EXACT_LOCK_OUTS`),
   and every value of the exact metric files (:data:`EXACT_METRICS`) except the wall-time and
-  cache fields listed in :data:`IGNORED_KEYS`. One differing value fails the check.
+  cache-dependent fields listed in :data:`IGNORED_KEYS`. One differing value fails the check.
 - **Trained numbers** (reports/metrics/evaluation.json, its ``summary`` rows per (policy,
   method, split, k) and ``overall`` rows per (policy, method, split); ``completion`` and
   ``success``) agree when the two estimates are compatible given their 95% intervals:
@@ -34,6 +34,8 @@ from typing import Any
 
 import yaml
 
+from rgvlm.rewards.base import RUN_KEYS
+
 DATA_DVC = "data.dvc"
 DVC_LOCK = "dvc.lock"
 EVALUATION = "reports/metrics/evaluation.json"
@@ -58,12 +60,9 @@ EXACT_METRICS: tuple[str, ...] = (
     "reports/metrics/labeling_rl_vlm_f.json",
     "reports/metrics/labeling_embedding.json",
 )
-#: Fields of the exact metric files that are not part of the contract: wall times, and how many
-#: answers came from a warm LVLM cache.
-IGNORED_KEYS: frozenset[str] = frozenset({
-    "wall_time_s", "train_time_s", "relabel_time_s", "describe_s", "load_s", "embed_goals_s",
-    "embed_states_s", "score_s", "random_rollout_s", "seconds", "cache_hits",
-})
+#: Fields of the exact metric files that are not part of the contract: wall times, and the LVLM
+#: calls, tokens and cost a warm LVLM cache saves (``rgvlm.rewards.base.RUN_KEYS``, listed there).
+IGNORED_KEYS: frozenset[str] = RUN_KEYS | {"seconds"}
 TRAINED_TABLES = {"summary": ("policy", "method", "split", "k"), "overall": ("policy", "method", "split")}
 TRAINED_METRICS = ("completion", "success")
 LEVEL = 0.95

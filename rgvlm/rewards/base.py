@@ -115,30 +115,34 @@ def exact_threads(num_threads: int = EXACT_THREADS) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def is_timing_key(key: str) -> bool:
-    """Wall-time fields (``wall_time_s``, ``train_time_s``, ``load_s``, ...): kept in the metric
-    JSON of a stage, left out of the reward files so that their bytes are exact."""
-    return key.endswith("_s") or key.endswith("_seconds") or key == "seconds"
+#: Fields of a cost record that depend on how the run went, not on the labels: wall times, and
+#: the counters that depend on a warm LVLM cache (a rerun from the cache asks nothing). They stay
+#: in the stage's ``reports/metrics/labeling_<method>.json``; the reward files leave them out.
+TIMING_KEYS = frozenset({"wall_time_s", "train_time_s", "relabel_time_s", "describe_s", "load_s", "embed_goals_s",
+                         "embed_states_s", "score_s", "random_rollout_s"})
+CACHE_KEYS = frozenset({"lvlm_calls", "cache_hits", "prompt_tokens", "completion_tokens", "estimated_cost_usd"})
+RUN_KEYS = TIMING_KEYS | CACHE_KEYS
 
 
-def without_timings(obj: Any) -> Any:
-    """``obj`` without its timing fields (recursively, dicts and lists)."""
+def without_run_fields(obj: Any, keys: frozenset[str] = RUN_KEYS) -> Any:
+    """``obj`` without the fields ``keys`` (recursively, dicts and lists)."""
     if isinstance(obj, dict):
-        return {k: without_timings(v) for k, v in obj.items() if not is_timing_key(str(k))}
+        return {k: without_run_fields(v, keys) for k, v in obj.items() if str(k) not in keys}
     if isinstance(obj, list):
-        return [without_timings(v) for v in obj]
+        return [without_run_fields(v, keys) for v in obj]
     return obj
 
 
 def save_rewards(directory: Path, result: RewardResult) -> None:
     """Write ``<method>.npy`` (quantised by :func:`quantise_rewards`) and ``<method>.json``
-    (provenance and cost without its timing fields) atomically: both byte-exact across runs."""
+    (provenance and cost without :data:`RUN_KEYS`) atomically: both byte-exact across runs,
+    cold or warm LVLM cache."""
     rewards = quantise_rewards(result.rewards)
     write_npy_atomic(directory / f"{result.method}.npy", rewards)
     write_json_atomic(
         directory / f"{result.method}.json",
-        {"method": result.method, "provenance": without_timings(result.provenance),
-         "cost": without_timings(result.cost), "num_transitions": int(rewards.shape[0]),
+        {"method": result.method, "provenance": without_run_fields(result.provenance),
+         "cost": without_run_fields(result.cost), "num_transitions": int(rewards.shape[0]),
          "mean": round(float(rewards.astype(np.float64).mean()), REWARD_DECIMALS) if rewards.size else 0.0},
     )
 
