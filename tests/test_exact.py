@@ -63,3 +63,14 @@ def test_quantise_rewards_is_the_decimal_grid():
     assert values.tolist() == np.float32([0.123457, 0.0, 1.0, 0.3]).tolist()
     assert str(values[1]) == "0.0"  # no negative zero
     assert REWARD_DECIMALS == 6
+
+
+def test_exact_threads_restores_the_callers_settings():
+    import torch
+
+    from rgvlm.rewards.base import exact_threads
+
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    with exact_threads(1):
+        assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before

@@ -104,15 +104,20 @@ def quantise_rewards(values: Any) -> np.ndarray:
 @contextlib.contextmanager
 def exact_threads(num_threads: int = EXACT_THREADS) -> Iterator[None]:
     """Run the block with ``num_threads`` torch intra-op threads (the outputs it computes are
-    then the same whatever OMP_NUM_THREADS or the caller set), restoring the previous count."""
+    then the same whatever OMP_NUM_THREADS or the caller set) and torch's deterministic
+    algorithms (``warn_only``: an op without one warns, never fails), restoring both after."""
     import torch
 
     previous = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.set_num_threads(num_threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
         torch.set_num_threads(previous)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
 #: Fields of a cost record that depend on how the run went, not on the labels: wall times, and
