@@ -247,10 +247,15 @@ def compare(root: Path | str = ".", ref: str = "HEAD") -> Report:
     """Every comparison of the committed results at ``ref`` with the working tree at ``root``."""
     root = Path(root)
     report = Report(ref)
-    report.rows += compare_hashes(root, ref)
-    for path in EXACT_METRICS:
-        report.rows += compare_exact_json(root, ref, path)
-    report.rows += compare_trained(root, ref)
+    steps = [(f"{DATA_DVC} / {DVC_LOCK}", lambda: compare_hashes(root, ref))]
+    steps += [(path, lambda path=path: compare_exact_json(root, ref, path)) for path in EXACT_METRICS]
+    steps += [(EVALUATION, lambda: compare_trained(root, ref))]
+    for what, step in steps:
+        try:
+            report.rows += step()
+        except (KeyError, TypeError, AttributeError, ValueError) as error:
+            raise VerifyError(f"{what} (committed at ref {ref} or regenerated) does not have the expected layout: "
+                              f"{type(error).__name__}: {error}") from error
     return report
 
 

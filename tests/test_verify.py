@@ -171,3 +171,9 @@ def test_the_module_runs_from_the_command_line(repo):
                             env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("AGREE")
+
+
+def test_an_unexpected_layout_is_a_clear_error(repo):
+    edit(repo, verify.EVALUATION, lambda obj: obj["summary"][0].pop("completion_low"))
+    with pytest.raises(verify.VerifyError, match=r"reports/metrics/evaluation.json .*expected layout.*completion_low"):
+        verify.compare(repo)
