@@ -41,7 +41,7 @@ from rgvlm.rewards import oracle_rewards, sparse_rewards  # noqa: E402
 from rgvlm.rl.diagnostics import CriticProbe, holdout_mask  # noqa: E402
 from rgvlm.rl.missions import MissionEmbedder  # noqa: E402
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy  # noqa: E402
-from rgvlm.rl.runs import iql_config_for  # noqa: E402
+from rgvlm.rl.runs import iql_config_for, scale_rewards  # noqa: E402
 
 
 def parse_overrides(text: str) -> dict:
@@ -100,12 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         train = train_config({**base, **parse_overrides(variant_text)})
         config = iql_config_for(data, train.iql)
         holdout = holdout_mask(data, config.holdout_fraction)
-        transitions = DeviceTransitions(data, list(rewards.values()), table, "cpu", bc_weights=[success], holdout=holdout)
+        scaled = [scale_rewards(data, r, config.reward_scale, config.gamma) for r in rewards.values()]
+        transitions = DeviceTransitions(data, scaled, table, "cpu", bc_weights=[success], holdout=holdout)
         # BC runs train their (unused) critic on the sparse reward.
         trainer = MultiRunIQL(config, [seed for _, seed in runs],
                               [reward_names.index(n if n in rewards else "sparse") for n, _ in runs],
                               bc_rows=[bc_rows.get(n) for n, _ in runs])
-        probe = CriticProbe(data, transitions, list(rewards.values()), holdout, config.gamma)
+        probe = CriticProbe(data, transitions, scaled, holdout, config.gamma)
         started = time.perf_counter()
         while trainer.step < args.steps:
             trainer.train_step(transitions)

@@ -14,7 +14,7 @@ from rgvlm.rl.diagnostics import CriticProbe, discounted_returns, holdout_mask
 from rgvlm.rl.iql import IQLConfig, IQLLearner, TransitionBatch, advantage_weights
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy
 from rgvlm.rl.networks import EntityStateEncoder
-from rgvlm.rl.runs import baseline_weights, iql_config_for, train_runs
+from rgvlm.rl.runs import baseline_weights, iql_config_for, scale_rewards, train_runs
 from tests.test_iql import SMALL, _random_dataset
 
 ENTITIES = dict(SMALL, encoder="entities", entity_dim=8, max_entities=4, patch=1, slot_dim=8, mission_feature_dim=8,
@@ -145,6 +145,27 @@ def test_discounted_returns_by_hand(tiny_dataset):
     assert returns[start + length - 1] == pytest.approx(1.0)
     assert returns[start + length - 2] == pytest.approx(0.9)
     assert returns[start] == pytest.approx(0.5 + 0.9 ** (length - 1))
+
+
+def test_return_range_scaling_gives_critic_targets_of_width_one(tiny_dataset):
+    data = tiny_dataset
+    sparse = data.terminals.astype(np.float32)
+    dense = np.where(data.progress > data.progress_before, 3.0, 0.0).astype(np.float32) + 0.25
+    # A 0/1 sparse reward already spans [0, 1]: unchanged.
+    assert np.array_equal(scale_rewards(data, sparse, "return_range", 0.9), sparse)
+    for gamma in (0.5, 0.9):
+        scaled = scale_rewards(data, dense, "return_range", gamma)
+        returns = discounted_returns(data, scaled, gamma)
+        assert returns.max() - returns.min() == pytest.approx(1.0, rel=1e-5)
+        assert np.allclose(scaled / dense, scaled[0] / dense[0])  # one factor for the whole set
+    assert scale_rewards(data, dense, "none", 0.9) is not None and np.array_equal(
+        scale_rewards(data, dense, "none", 0.9), dense)
+    constant = np.zeros_like(dense)
+    assert np.array_equal(scale_rewards(data, constant, "return_range", 0.9), constant)
+    with pytest.raises(ValueError, match="reward scale 'z-score'"):
+        scale_rewards(data, dense, "z-score", 0.9)
+    with pytest.raises(ParamError, match="reward_scale"):
+        train_config({"reward_sets": ["sparse"], "seeds": [0], "reward_scale": "z-score"})
 
 
 def test_critic_probe_matches_a_direct_computation(inputs):

@@ -36,6 +36,7 @@ from rgvlm.rl.networks import STATE_ENCODERS, DiscreteCritic, DiscretePolicy, En
 
 __all__ = [
     "IQLConfig",
+    "REWARD_SCALES",
     "IQLLearner",
     "TransitionBatch",
     "critic_loss",
@@ -56,6 +57,10 @@ __all__ = [
 
 # Fields that only steer the training loop; a checkpoint may be resumed with different values.
 LOOP_FIELDS = frozenset({"num_steps", "log_every", "checkpoint_every"})
+
+
+#: How a reward set is scaled before training (see :func:`scale_rewards`).
+REWARD_SCALES = ("none", "return_range")
 
 
 @dataclass
@@ -88,6 +93,7 @@ class IQLConfig:
     max_entities: int = 16  # entities encoder: doors/objects encoded
     patch: int = 2  # entities encoder: cells on each side of the agent in its local egocentric patch
     adv_normalise: bool = False  # divide advantages by their batch std before exp(beta * A)
+    reward_scale: str = "none"  # "none" | "return_range": rewards / range of returns (rgvlm.rl.runs.scale_rewards)
     holdout_fraction: float = 0.0  # share of episodes (per k) never trained on: the critic diagnostic's data
     num_steps: int = 1_000_000  # total gradient updates of a run
     log_every: int = 1_000  # updates between two on_log calls
@@ -153,6 +159,8 @@ class IQLConfig:
             fail("conv_channels", ">= 0 (0 = no convolution: flattened cell embeddings)")
         if self.encoder not in STATE_ENCODERS:
             fail("encoder", f"one of {', '.join(STATE_ENCODERS)}")
+        if self.reward_scale not in REWARD_SCALES:
+            fail("reward_scale", f"one of {', '.join(REWARD_SCALES)}")
         for name in ("egocentric", "adv_normalise"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "true or false")

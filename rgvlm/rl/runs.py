@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from rgvlm.data.storage import OfflineDataset, write_json_atomic
-from rgvlm.rl.diagnostics import CriticProbe, holdout_mask
-from rgvlm.rl.iql import LOOP_FIELDS, IQLConfig, IQLLearner, save_state_atomic
+from rgvlm.rl.diagnostics import CriticProbe, discounted_returns, holdout_mask
+from rgvlm.rl.iql import LOOP_FIELDS, REWARD_SCALES, IQLConfig, IQLLearner, save_state_atomic
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy, save_multirun
 
 
@@ -90,6 +90,24 @@ def _finished(models_dir: Path, reward_set: str, seed: int, fingerprint: dict, n
     return int(torch.load(checkpoint, map_location="cpu", weights_only=True)["step"]) == num_steps
 
 
+def scale_rewards(dataset: OfflineDataset, rewards: np.ndarray, mode: str, gamma: float) -> np.ndarray:
+    """A reward set as the learner sees it. ``"return_range"`` divides it by the range (max - min)
+    of its discounted returns-to-go over the dataset, the targets the critic fits: the IQL
+    paper's return normalisation, taken over what a discounted critic sees. Every reward set
+    then has critic targets in a range of width 1 (a 0/1 sparse reward is unchanged), so one
+    ``beta`` means the same for all of them, and a dense reward whose returns reach several
+    units does not turn the critic's errors into several-times larger advantages, which
+    ``exp(beta * A)`` turns into a few spiking weights. A constant reward set is left as is."""
+    rewards = np.asarray(rewards, dtype=np.float32)
+    if mode not in REWARD_SCALES:
+        raise ValueError(f"reward scale {mode!r}: expected one of {', '.join(REWARD_SCALES)}")
+    if mode == "none":
+        return rewards
+    returns = discounted_returns(dataset, rewards, gamma)
+    width = float(returns.max() - returns.min()) if returns.size else 0.0
+    return rewards if width <= 0.0 else (rewards / width).astype(np.float32)
+
+
 def train_runs(
     dataset: OfflineDataset,
     mission_table: torch.Tensor,
@@ -132,7 +150,7 @@ def _train_stack(dataset, mission_table, reward_sets, todo, fingerprints, config
     names = list(dict.fromkeys(name for name, _ in todo))
     baselines = [name for name in names if name in bc_weights]
     holdout = holdout_mask(dataset, config.holdout_fraction)
-    rewards = [reward_sets[name] for name in names]
+    rewards = [scale_rewards(dataset, reward_sets[name], config.reward_scale, config.gamma) for name in names]
     data = DeviceTransitions(dataset, rewards, mission_table, device,
                              bc_weights=[bc_weights[name] for name in baselines], holdout=holdout)
     # Row 0 of data.bc_weights is all ones; baseline b's weights are row b + 1.
