@@ -253,6 +253,14 @@ class CachedClient:
     def generation_settings(self) -> dict[str, Any]:
         return self.client.generation_settings()
 
+    def _ask_and_release(self, requests: list[LVLMRequest], keys: list[str], chunk: list[int],
+                         results: list[LVLMResponse | None], held: set[str]) -> None:
+        """Ask ``chunk`` and give up this process's claims on its keys (answered or not)."""
+        self._ask(requests, keys, chunk, results)
+        for key in {keys[i] for i in chunk} & held:
+            self.cache.release(key)
+            held.discard(key)
+
     def _ask(self, requests: list[LVLMRequest], keys: list[str], chunk: list[int],
              results: list[LVLMResponse | None]) -> None:
         def store(j: int, answer: LVLMResponse) -> None:
@@ -304,10 +312,7 @@ class CachedClient:
                     elif results[i] is None:
                         others.append(i)
                 if chunk:
-                    self._ask(requests, keys, chunk, results)
-                    for key in {keys[i] for i in chunk} & held:
-                        self.cache.release(key)
-                        held.discard(key)
+                    self._ask_and_release(requests, keys, chunk, results, held)
             # Then wait for the others' answers; ask those whose owner died without one.
             if others:
                 self.waited_for_others += len(others)
@@ -318,10 +323,7 @@ class CachedClient:
                     if self._take(keys[i], i, results, held, mine):
                         ready.append(i)
                 if ready:
-                    self._ask(requests, keys, ready, results)
-                    for key in {keys[i] for i in ready} & held:
-                        self.cache.release(key)
-                        held.discard(key)
+                    self._ask_and_release(requests, keys, ready, results, held)
                 others = [i for i in others if results[i] is None]
                 if others:
                     time.sleep(delay)
