@@ -7,7 +7,8 @@
 # the carried object. All runs train together as one stack of parameters (`rgvlm/rl/multirun.py`:
 # `torch.func.vmap` over the runs, the dataset resident on the device; `train.compile` and
 # `train.cuda_graphs` are opt-in). An interrupted stage resumes from `outputs/models/`. Training
-# curves go to `reports/metrics/training.csv` (`dvc plots show`).
+# curves go to `reports/metrics/training.csv` (`dvc plots show`), each checkpoint's size and write
+# time to `reports/metrics/checkpoints.json`.
 
 # %% tags=["parameters"]
 from rgvlm.params import load_params
@@ -27,7 +28,7 @@ from rgvlm.params import resolve_device, train_config
 from rgvlm.rewards import load_rewards
 from rgvlm.rl.diagnostics import DIAGNOSTIC_NAMES
 from rgvlm.rl.missions import ENCODER_NAME, MissionEmbedder
-from rgvlm.rl.runs import baseline_weights, iql_config_for, train_runs
+from rgvlm.rl.runs import baseline_weights, checkpoint_summary, iql_config_for, train_runs
 
 config = train_config(train)
 device = resolve_device(config.device)
@@ -50,7 +51,9 @@ def progress(rows):
 
 
 rows = train_runs(data, mission_table, reward_sets, seeds, iql_config, device, paths.MODELS, compile=config.compile,
-                  cuda_graphs=config.cuda_graphs, on_log=progress, bc_weights=bc_weights)
+                  cuda_graphs=config.cuda_graphs, on_log=progress, bc_weights=bc_weights,
+                  checkpoint_report=paths.METRICS / "checkpoints.json")
+print(checkpoint_summary(paths.METRICS / "checkpoints.json"))
 write_json_atomic(paths.MODELS / "runs.json", {
     "reward_sets": list(config.reward_sets), "baselines": list(config.baselines),
     "runs": [[name, seed] for name, name_seeds in seeds.items() for seed in name_seeds], "device": device,

@@ -109,6 +109,9 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
     log = (dst / "reports" / "metrics" / "training.csv").read_text().splitlines()
     assert log[0].startswith("method,seed,step") and len(log) == 1 + 12 * 4  # runs x (40 / 10) rows
     assert "v_return_corr" in log[0] and "Did each critic learn?" in index
+    checkpoints = json.loads((dst / "reports" / "metrics" / "checkpoints.json").read_text())
+    assert [c["step"] for c in checkpoints["stack_checkpoints"]] == [20] and checkpoints["export_files"] == 12
+    assert "checkpoints: 1 stack checkpoint of 12 runs" in (dst / "reports" / "notebooks" / "04_train.html").read_text()
 
 
 def test_second_repro_does_nothing(project):

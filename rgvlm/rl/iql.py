@@ -56,7 +56,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 # Fields that only steer the training loop; a checkpoint may be resumed with different values.
-LOOP_FIELDS = frozenset({"num_steps", "log_every", "checkpoint_every"})
+LOOP_FIELDS = frozenset({"num_steps", "log_every", "checkpoint_every", "checkpoint_interval_s"})
 
 
 #: How a reward set is scaled before training (see :func:`scale_rewards`).
@@ -98,12 +98,16 @@ class IQLConfig:
     num_steps: int = 1_000_000  # total gradient updates of a run
     log_every: int = 1_000  # updates between two on_log calls
     checkpoint_every: int = 50_000  # updates between two checkpoints
+    # Least wall-clock seconds between two multi-run stack checkpoints (rgvlm.rl.runs): at a
+    # checkpoint_every step the stack is written only if this long has passed since the last write
+    # (or the start); 0 = at every checkpoint_every step. The critic diagnostic keeps checkpoint_every.
+    checkpoint_interval_s: float = 0.0
 
     def __post_init__(self) -> None:
         def fail(name: str, allowed: str) -> None:
             raise ValueError(f"IQLConfig.{name} = {getattr(self, name)!r} is invalid: must be {allowed}")
 
-        floats = ("gamma", "tau", "beta", "adv_clip", "lr", "polyak", "holdout_fraction")
+        floats = ("gamma", "tau", "beta", "adv_clip", "lr", "polyak", "holdout_fraction", "checkpoint_interval_s")
         for name in floats:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -147,6 +151,8 @@ class IQLConfig:
             fail("lr", "> 0")
         if not 0.0 <= self.holdout_fraction < 1.0:
             fail("holdout_fraction", "in [0, 1) (0 = train on every episode)")
+        if self.checkpoint_interval_s < 0.0:
+            fail("checkpoint_interval_s", ">= 0 (seconds; 0 = a stack checkpoint at every checkpoint_every step)")
         if not 0.0 < self.polyak <= 1.0:
             fail("polyak", "in (0, 1] (1 = copy the online critic every step)")
         if self.num_layers < 0:

@@ -3,9 +3,13 @@
 All runs that still need training form one :class:`~rgvlm.rl.multirun.MultiRunIQL` stack
 (stacked parameters, one vmapped update, the dataset resident on the device). While it
 trains, the whole stack is checkpointed atomically to ``outputs/models/_stack.pt`` with the
-fingerprints of its runs and their training log; when it finishes, every run is exported
+fingerprints of its runs and their training log, at a ``checkpoint_every`` step once at least
+``checkpoint_interval_s`` seconds have passed since the last write (a crash loses at most that
+long plus ``checkpoint_every`` updates); the checkpoint holds what exact resume needs and
+nothing else (:meth:`MultiRunIQL.state_dict`). When the stack finishes, every run is exported
 to ``outputs/models/<reward set>/seed<seed>.pt`` (the :class:`IQLLearner` format evaluation
 loads) beside its fingerprint (IQL config, reward set content, dataset, seed) and its log.
+Each write's size and time can be reported (``train_runs(checkpoint_report=...)``).
 
 A rerun skips every run whose fingerprint matches and that reached ``num_steps``, resumes
 the stack if its runs are exactly the ones left, and otherwise trains the runs left from the
@@ -120,9 +124,13 @@ def train_runs(
     cuda_graphs: bool = False,
     on_log: Callable[[list[dict]], None] | None = None,
     bc_weights: Mapping[str, np.ndarray] | None = None,
+    checkpoint_report: Path | None = None,
 ) -> list[dict]:
     """Train every (reward set, seed) run not already finished, as one stack; returns the log
     rows of all runs (one row per run per ``log_every`` updates).
+
+    ``checkpoint_report``: a JSON file written (atomically) with the size and write time of
+    every stack checkpoint and of the final per-run exports (:func:`checkpoint_summary`).
 
     ``seeds`` is one list for every reward set, or a list per reward set. A name in
     ``bc_weights`` is a behaviour-cloning baseline: its policy imitates the dataset's actions
@@ -136,9 +144,12 @@ def train_runs(
     fingerprints = {run: run_fingerprint(config, reward_sets[run[0]], dataset, run[1], bc_weights.get(run[0]))
                     for run in runs}
     todo = [run for run in runs if not _finished(models_dir, *run, fingerprints[run], config.num_steps)]
+    written: dict = {"stack": [], "skipped": 0, "resumed_from": None, "exports": None}
     if todo:
-        _train_stack(dataset, mission_table, reward_sets, todo, fingerprints, config, device, models_dir,
-                     compile, cuda_graphs, on_log, bc_weights)
+        written = _train_stack(dataset, mission_table, reward_sets, todo, fingerprints, config, device, models_dir,
+                               compile, cuda_graphs, on_log, bc_weights)
+    if checkpoint_report is not None:
+        write_json_atomic(Path(checkpoint_report), _checkpoint_report(config, len(runs), len(todo), written))
     rows: list[dict] = []
     for name, seed in runs:
         rows += json.loads(run_paths(models_dir, name, seed)[2].read_text())
@@ -146,7 +157,9 @@ def train_runs(
 
 
 def _train_stack(dataset, mission_table, reward_sets, todo, fingerprints, config, device, models_dir,
-                 compile, cuda_graphs, on_log, bc_weights) -> None:
+                 compile, cuda_graphs, on_log, bc_weights) -> dict:
+    """Train the runs ``todo`` as one stack; returns what its checkpoints cost (see
+    :func:`_checkpoint_report`)."""
     names = list(dict.fromkeys(name for name, _ in todo))
     baselines = [name for name in names if name in bc_weights]
     holdout = holdout_mask(dataset, config.holdout_fraction)
@@ -161,12 +174,16 @@ def _train_stack(dataset, mission_table, reward_sets, todo, fingerprints, config
     stack_path = models_dir / STACK_CHECKPOINT
     identity = [{"reward_set": name, **fingerprints[(name, seed)]} for name, seed in todo]
     log: list[dict] = []
+    written: dict = {"stack": [], "skipped": 0, "resumed_from": None, "exports": None}
     if stack_path.exists():
         state = torch.load(stack_path, map_location=device, weights_only=True)
         if state["extra"].get("runs") == identity and state["step"] <= config.num_steps:
             trainer.load_state_dict(state)
             log = [row for row in state["extra"]["log"] if row["step"] <= trainer.step]
+            written["resumed_from"] = trainer.step
+        del state
     tick, tick_step = time.perf_counter(), trainer.step
+    last_write = time.monotonic()  # the interval counts from the start (or resume) of this stack
     while trainer.step < config.num_steps:
         metrics = trainer.train_step(data)
         step = trainer.step
@@ -187,14 +204,65 @@ def _train_stack(dataset, mission_table, reward_sets, todo, fingerprints, config
                 on_log(rows)
             tick, tick_step = time.perf_counter(), step
         if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.num_steps:
-            save_multirun(trainer, stack_path, {"runs": identity, "log": log})
+            if time.monotonic() - last_write >= config.checkpoint_interval_s:
+                cost = save_multirun(trainer, stack_path, {"runs": identity, "log": log})
+                written["stack"].append({"step": step, **cost})
+                last_write = time.monotonic()
+            else:
+                written["skipped"] += 1
     # Export each run, then drop the stack: a crash in between leaves the stack to resume from.
+    start, exported = time.perf_counter(), 0
     for r, (name, seed) in enumerate(todo):
         checkpoint, fingerprint_path, log_path = run_paths(models_dir, name, seed)
         save_state_atomic(trainer.run_state(r), checkpoint)
+        exported += checkpoint.stat().st_size
         write_json_atomic(fingerprint_path, fingerprints[(name, seed)])
         write_json_atomic(log_path, [row for row in log if row["reward_set"] == name and row["seed"] == seed])
+    written["exports"] = {"files": len(todo), "bytes": exported, "write_s": time.perf_counter() - start}
     stack_path.unlink(missing_ok=True)
+    return written
+
+
+def _checkpoint_report(config: IQLConfig, num_runs: int, trained: int, written: dict) -> dict:
+    """What the training stage's checkpoints cost: one record per stack checkpoint written
+    (``step``, ``bytes``, ``tensor_bytes`` -- the parameters, target critic and Adam state it
+    must hold --, ``write_s``), the ``checkpoint_every`` steps skipped because
+    ``checkpoint_interval_s`` had not passed, and the final per-run exports."""
+    stack = written["stack"]
+    exports = written["exports"] or {"files": 0, "bytes": 0, "write_s": 0.0}
+    return {
+        "runs": num_runs,
+        "runs_trained": trained,
+        "resumed_from_step": written["resumed_from"],
+        "checkpoint_every": config.checkpoint_every,
+        "checkpoint_interval_s": config.checkpoint_interval_s,
+        "stack_written": len(stack),
+        "stack_skipped": written["skipped"],
+        "stack_bytes": max((c["bytes"] for c in stack), default=0),
+        "stack_tensor_bytes": max((c["tensor_bytes"] for c in stack), default=0),
+        "stack_write_s_total": sum(c["write_s"] for c in stack),
+        "stack_write_s_max": max((c["write_s"] for c in stack), default=0.0),
+        "stack_checkpoints": stack,
+        "export_files": exports["files"],
+        "export_bytes": exports["bytes"],
+        "export_write_s": exports["write_s"],
+    }
+
+
+def checkpoint_summary(report: dict | Path) -> str:
+    """One line on what the checkpoints of a training stage cost (a report or its JSON file)."""
+    if not isinstance(report, dict):
+        report = json.loads(Path(report).read_text())
+    if not report["runs_trained"]:
+        return f"checkpoints: none written (all {report['runs']} runs already trained)"
+    mb = 1e6
+    written, skipped = report["stack_written"], report["stack_skipped"]
+    stack = (f"{written} stack checkpoint{'s' * (written != 1)} of {report['runs_trained']} runs, "
+             f"{report['stack_bytes'] / mb:.1f} MB each (tensors {report['stack_tensor_bytes'] / mb:.1f} MB), "
+             f"{report['stack_write_s_total']:.2f} s writing" if written else "no stack checkpoint")
+    return (f"checkpoints: {stack}; {skipped} skipped (checkpoint_interval_s={report['checkpoint_interval_s']:g}); "
+            f"{report['export_files']} run exports, {report['export_bytes'] / mb:.1f} MB in "
+            f"{report['export_write_s']:.2f} s")
 
 
 def load_stacked_policy(models_dir: Path, runs: Sequence[tuple[str, int]], device: str,
@@ -207,7 +275,9 @@ def load_stacked_policy(models_dir: Path, runs: Sequence[tuple[str, int]], devic
         if not checkpoint.exists():
             raise FileNotFoundError(f"no trained model for reward set {reward_set!r}, seed {seed}: {checkpoint}")
         states.append(torch.load(checkpoint, map_location="cpu", weights_only=True))
-    configs = {json.dumps(state["config"], sort_keys=True) for state in states}
+    # How long and how often each run logged or checkpointed does not matter here (LOOP_FIELDS).
+    configs = {json.dumps({k: v for k, v in state["config"].items() if k not in LOOP_FIELDS}, sort_keys=True)
+               for state in states}
     if len(configs) != 1:
         raise ValueError(f"runs {list(runs)} were trained with different IQL configs; retrain them together")
     return StackedPolicy(IQLConfig(**states[0]["config"]), [state["policy"] for state in states], device,
