@@ -171,7 +171,7 @@ def test_return_range_scaling_gives_critic_targets_of_width_one(tiny_dataset):
 def test_critic_probe_matches_a_direct_computation(inputs):
     data, table, rewards = inputs
     config = iql_config_for(data, HYPER)
-    mask = holdout_mask(data, config.holdout_fraction)
+    mask = holdout_mask(data, 0.6)  # enough episodes that both successes and failures are held out
     transitions = DeviceTransitions(data, [rewards["a"]], table, "cpu", holdout=mask)
     stack = MultiRunIQL(config, [0, 1])
     for _ in range(10):
@@ -180,6 +180,8 @@ def test_critic_probe_matches_a_direct_computation(inputs):
     result = probe(stack)
     held = np.flatnonzero(mask)
     returns = discounted_returns(data, rewards["a"], config.gamma)[held]
+    succeeded = np.array([e["success"] for e in data.episodes], dtype=bool)[data.episode_of_step[held]]
+    assert 1 < succeeded.sum() < succeeded.size  # the fixture holds out both kinds of episode
     for r in range(2):
         learner = stack.learner(r)
         out = learner.predict(torch.as_tensor(data.obs_grid[data.obs_index[held]]),
@@ -187,6 +189,8 @@ def test_critic_probe_matches_a_direct_computation(inputs):
                               table[torch.as_tensor(data.mission_of_step[held])])
         expected = np.corrcoef(out["v"].numpy(), returns)[0, 1]
         assert float(result["v_return_corr"][r]) == pytest.approx(expected, abs=1e-4)
+        expected_success = np.corrcoef(out["v"].numpy()[succeeded], returns[succeeded])[0, 1]
+        assert float(result["v_return_corr_success"][r]) == pytest.approx(expected_success, abs=1e-4)
         assert 0.0 <= float(result["adv_weight_gt2"][r]) <= 1.0
 
 

@@ -10,6 +10,10 @@ to ask of an IQL run:
   how much reward follows them scores near 1. (V is an upper expectile of in-data returns,
   not the behaviour policy's mean return, so 1 is not expected; a trend over training is.)
   Returns of time-out episodes are truncated where the data ends.
+* ``v_return_corr_success``: the same correlation on the held-out episodes that succeeded.
+  On them the data's return is close to the best return, which is what an upper expectile
+  estimates, so this is the cleaner test of fit: a critic that fits scores near 1 here even
+  where failed noisy episodes (return 0 while V is high) hold ``v_return_corr`` down.
 * the spread of the advantage weights ``min(exp(beta * A), clip)`` on the same transitions:
   ``adv_weight_gt2`` (the share of weights above 2) and ``adv_weight_p90`` (their 90th
   percentile). If every weight is about 1, IQL's policy step is behaviour cloning whatever
@@ -28,7 +32,7 @@ from rgvlm.data.storage import OfflineDataset
 from rgvlm.rl.iql import _gather_actions, advantage_weights
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL
 
-DIAGNOSTIC_NAMES = ("v_return_corr", "adv_weight_gt2", "adv_weight_p90")
+DIAGNOSTIC_NAMES = ("v_return_corr", "v_return_corr_success", "adv_weight_gt2", "adv_weight_p90")
 
 
 def holdout_mask(dataset: OfflineDataset, fraction: float, seed: int = 0) -> np.ndarray:
@@ -81,6 +85,8 @@ class CriticProbe:
         self.action = data.action[index]
         self.returns = torch.as_tensor(np.stack([discounted_returns(dataset, r, gamma)[held] for r in reward_sets]),
                                        device=device)  # [K, M]
+        succeeded = np.array([bool(e["success"]) for e in dataset.episodes])[dataset.episode_of_step[held]]
+        self.succeeded = torch.as_tensor(succeeded, device=device)  # [M]
 
     @torch.no_grad()
     def __call__(self, trainer: MultiRunIQL) -> dict[str, torch.Tensor]:
@@ -92,10 +98,17 @@ class CriticProbe:
         q_sa = vmap(lambda x: _gather_actions(x, self.action).min(dim=1).values)(q)
         weights = vmap(lambda a: advantage_weights(a, cfg.beta, cfg.adv_clip, cfg.adv_normalise))(q_sa - v)
         g = self.returns[trainer.reward_rows]  # [R, M]
-        vc, gc = v - v.mean(1, keepdim=True), g - g.mean(1, keepdim=True)
-        corr = (vc * gc).sum(1) / (vc.square().sum(1).sqrt() * gc.square().sum(1).sqrt()).clamp(min=1e-12)
         return {
-            "v_return_corr": corr,
+            "v_return_corr": _row_corr(v, g),
+            # NaN when no held-out episode succeeded: there is nothing to measure the fit on.
+            "v_return_corr_success": (_row_corr(v[:, self.succeeded], g[:, self.succeeded])
+                                      if int(self.succeeded.sum()) > 1 else torch.full_like(v[:, 0], float("nan"))),
             "adv_weight_gt2": (weights > 2.0).float().mean(1),
             "adv_weight_p90": weights.quantile(0.9, dim=1),
         }
+
+
+def _row_corr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each row of ``x`` with the same row of ``y`` (``[R, M]`` -> ``[R]``)."""
+    xc, yc = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
+    return (xc * yc).sum(1) / (xc.square().sum(1).sqrt() * yc.square().sum(1).sqrt()).clamp(min=1e-12)
