@@ -26,7 +26,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYGAME_HIDE_SUPPORT_PROMPT := 1
 
-.PHONY: setup data restore-data reproduce verify test lint lab notebooks clean-outputs
+.PHONY: setup data restore-data reproduce verify test test-fast check-deps lint lab notebooks clean-outputs
 
 setup: $(STAMP)
 
@@ -71,6 +71,14 @@ verify: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Everything but the tests marked slow (real pipeline, servers, process pools, over ~10 s each).
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Every stage's deps in dvc.yaml cover the rgvlm modules its notebook imports (also a test).
+check-deps: setup
+	$(BIN)/python -m rgvlm.deps
 
 lint: setup
 	$(BIN)/ruff check rgvlm tests benchmarks experiments notebooks/*.py

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from rgvlm.rewards.base import REWARD_DECIMALS, RUN_KEYS, quantise_rewards, without_run_fields
 
@@ -34,6 +35,7 @@ def exact_files(root: Path) -> list[str]:
                   if p.is_file() and p.relative_to(root).parts[0] in ("data", "outputs", "reports"))
 
 
+@pytest.mark.slow
 def test_exact_outputs_do_not_depend_on_the_thread_count(tmp_path):
     one, two = tmp_path / "threads1", tmp_path / "threads2"
     build(one, 1)

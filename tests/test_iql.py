@@ -186,6 +186,7 @@ def mdp_tau_099():
     return _train_mdp(0.99)
 
 
+@pytest.mark.slow
 def test_mdp_values_approach_optimum(mdp_tau_099):
     pred = mdp_tau_099
     torch.testing.assert_close(pred["v"], torch.tensor(V_STAR), rtol=0.1, atol=0.0)
@@ -194,6 +195,7 @@ def test_mdp_values_approach_optimum(mdp_tau_099):
     assert (pred["q"][:, 1] > pred["q"][:, 0]).all()
 
 
+@pytest.mark.slow
 def test_mdp_policy_picks_better_action(mdp_tau_099):
     assert pred_actions(mdp_tau_099).tolist() == [1, 1]
 
@@ -202,6 +204,7 @@ def pred_actions(pred: dict[str, torch.Tensor]) -> torch.Tensor:
     return pred["logits"].argmax(dim=-1)
 
 
+@pytest.mark.slow
 def test_expectile_effect_lower_tau_lower_value(mdp_tau_099):
     mean_pred = _train_mdp(0.5)
     # Fixed points: tau=0.99 -> (0.897, 0.998); tau=0.5 -> (0.647, 0.791).

@@ -220,6 +220,7 @@ def test_sampled_policy_is_reproducible_and_differs_from_greedy(inputs, tmp_path
         StackedPolicy(config, states, temperature=-1.0)
 
 
+@pytest.mark.slow
 def test_evaluation_does_not_depend_on_the_number_of_workers(inputs, tmp_path):
     data, table, rewards = inputs
     config = iql_config_for(data, dict(HYPER, num_steps=5))

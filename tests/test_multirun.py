@@ -52,6 +52,7 @@ def test_stack_follows_eager_learners(overrides):
                                    rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_compiled_update_equals_eager_update():
     config = IQLConfig(**ONE_HOT, batch_size=8)
     data = _random_dataset(32)
