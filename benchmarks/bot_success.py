@@ -1,6 +1,6 @@
 """The expert bot's success rate per k on the suite, over many seeds.
 
-    python benchmarks/bot_success.py [--seeds 200]
+    python benchmarks/bot_success.py [--seeds 200] [--expert-view agent|state]
 
 Writes reports/benchmarks/bot_success.json. Seeds are taken from the validation range so
 they overlap neither the dataset nor the fresh evaluation layouts.
@@ -17,11 +17,12 @@ from rgvlm import paths
 from rgvlm.data.storage import write_json_atomic
 from rgvlm.envs import MAX_SUBTASKS, SuiteBot, env_id_for, make_env, reset_quietly
 from rgvlm.envs.seeds import validation_seed
+from rgvlm.params import EXPERT_VIEWS
 
 
-def bot_episode(env, seed: int) -> tuple[bool, int, str | None]:
+def bot_episode(env, seed: int, state_view: bool = False) -> tuple[bool, int, str | None]:
     reset_quietly(env, seed)
-    bot = SuiteBot(env)
+    bot = SuiteBot(env, state_view=state_view)
     steps = 0
     try:
         while True:
@@ -36,12 +37,14 @@ def bot_episode(env, seed: int) -> tuple[bool, int, str | None]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=200)
+    parser.add_argument("--expert-view", choices=EXPERT_VIEWS, default="agent",
+                        help="what the bot plans from (dataset.expert_view)")
     args = parser.parse_args()
     rows = []
     for k in range(1, MAX_SUBTASKS + 1):
         env = make_env(env_id_for(k))
         started = time.perf_counter()
-        results = [bot_episode(env, validation_seed(0, i)) for i in range(args.seeds)]
+        results = [bot_episode(env, validation_seed(0, i), args.expert_view == "state") for i in range(args.seeds)]
         lengths = [steps for ok, steps, _ in results if ok]
         failures = [(validation_seed(0, i), why) for i, (ok, _, why) in enumerate(results) if not ok]
         rows.append({
@@ -52,7 +55,9 @@ def main() -> None:
         })
         print(f"k={k}: success {rows[-1]['success_rate']:.3f} over {args.seeds} seeds, "
               f"mean length {rows[-1]['mean_length']}, limit {rows[-1]['time_limit']}")
-    write_json_atomic(paths.BENCHMARKS / "bot_success.json", {"seeds_per_k": args.seeds, "per_k": rows})
+    suffix = "" if args.expert_view == "agent" else f"_{args.expert_view}_view"
+    write_json_atomic(paths.BENCHMARKS / f"bot_success{suffix}.json",
+                      {"seeds_per_k": args.seeds, "expert_view": args.expert_view, "per_k": rows})
 
 
 if __name__ == "__main__":

@@ -142,13 +142,20 @@ class DatasetConfig:
     mixture: dict[str, float] = field(hash=False)
     noise_epsilon: float
     wander_steps: tuple[int, int]
+    expert_view: str = "agent"  # what the bot plans from: "agent" (BabyAI's: its view so far) | "state" (the current state)
+
+
+EXPERT_VIEWS = ("agent", "state")
 
 
 def dataset_config(raw: Any) -> DatasetConfig:
     raw = _section(raw, "dataset")
     _check_unknown(
-        raw, "dataset", {"seed", "ks", "episodes_per_k", "mixture", "noise_epsilon", "wander_steps"}
+        raw, "dataset", {"seed", "ks", "episodes_per_k", "mixture", "noise_epsilon", "wander_steps", "expert_view"}
     )
+    expert_view = raw.get("expert_view", "agent")
+    if expert_view not in EXPERT_VIEWS:
+        raise ParamError("dataset.expert_view", expert_view, f"one of {', '.join(EXPERT_VIEWS)}")
     mixture_raw = _section(_get(raw, "dataset", "mixture"), "dataset.mixture")
     for kind in mixture_raw:
         if kind not in MIXTURE_KINDS:
@@ -170,6 +177,7 @@ def dataset_config(raw: Any) -> DatasetConfig:
         mixture=mixture,
         noise_epsilon=_float(_get(raw, "dataset", "noise_epsilon"), "dataset.noise_epsilon", 0.0, 1.0),
         wander_steps=(low, high),
+        expert_view=expert_view,
     )
 
 

@@ -86,6 +86,7 @@ def test_stale_data_is_detected(tiny_dataset):
         ({"mixture": {"expert": 0.5, "noisy": 0.2, "partial": 0.2}}, "dataset.mixture", "sum to 1"),
         ({"mixture": {"expert": 0.5, "bogus": 0.5}}, "dataset.mixture.bogus", "expert, noisy, partial"),
         ({"noise_epsilon": 1.5}, "dataset.noise_epsilon", "[0.0, 1.0]"),
+        ({"expert_view": "omniscient"}, "dataset.expert_view", "agent, state"),
         ({"wander_steps": [9, 3]}, "dataset.wander_steps[1]", "9.."),
         ({"epsiodes_per_k": 3}, "dataset.epsiodes_per_k", "one of the keys"),
     ],

