@@ -11,6 +11,7 @@ logged at every evaluation. Writes ``reports/tuning/<name>.json``.
 
     python experiments/learning.py --name encoder --variant encoder=grid --variant encoder=entities
     python experiments/learning.py --name data --env room_size=5 --dataset episodes_per_k=600
+    python experiments/learning.py --name mix --dataset mixture.expert=0.5,mixture.noisy=0.3,mixture.partial=0.2
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from rgvlm.evaluation import EvalEpisode, rollout, summarize  # noqa: E402
 from rgvlm.params import EnvConfig, load_params, train_config  # noqa: E402
 from rgvlm.rewards import oracle_rewards, sparse_rewards  # noqa: E402
 from rgvlm.rl.diagnostics import CriticProbe, holdout_mask  # noqa: E402
-from rgvlm.rl.missions import MissionEmbedder  # noqa: E402
+from rgvlm.rl.missions import mission_embedder  # noqa: E402
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy  # noqa: E402
 from rgvlm.rl.runs import iql_config_for, scale_rewards  # noqa: E402
 
@@ -54,7 +55,12 @@ def build_dataset(env: dict, dataset: dict) -> Path:
     """The dataset for these overrides, collected once and cached by their hash."""
     params = load_params()
     params["env"].update(env)
-    params["dataset"].update(dataset)
+    for key, value in dataset.items():  # dotted keys reach into nested sections: mixture.expert=0.5
+        *parents, leaf = key.split(".")
+        section = params["dataset"]
+        for parent in parents:
+            section = section[parent]
+        section[leaf] = value
     key = hashlib.sha256(json.dumps([params["env"], params["dataset"]], sort_keys=True).encode()).hexdigest()[:12]
     out = paths.OUTPUTS / "experiments" / "data" / key
     if not (out / "manifest.json").exists():
@@ -78,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--episodes", type=int, default=30, help="validation episodes per k")
-    parser.add_argument("--temperature", type=float, default=1.0, help="of the sampled evaluation")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0],
+                        help="of the sampled evaluations (policy 'sampled' at 1.0, 'sampled@T' otherwise)")
+    parser.add_argument("--mission-encoder", default="minilm", help="tokens | minilm (rgvlm.rl.missions)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -88,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     success = np.repeat([float(e["success"]) for e in data.episodes], [e["length"] for e in data.episodes])
     rewards = {"sparse": sparse_rewards(data).rewards, "oracle": oracle_rewards(data).rewards}
     bc_rows = {"bc": 0, "bc_success": 1}  # rows of DeviceTransitions.bc_weights
-    embedder = MissionEmbedder(device="cpu")
+    embedder = mission_embedder(args.mission_encoder)
     table = torch.as_tensor(embedder.embed(data.missions))
     episodes = [EvalEpisode(k, "validation", validation_seed(0, i)) for k in args.ks for i in range(args.episodes)]
     runs = [(name, seed) for name in args.methods for seed in args.seeds]
@@ -97,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     records, diagnostics, timings = [], [], {}
     for variant_text in args.variant or [""]:
         variant = variant_text or "base"
-        train = train_config({**base, **parse_overrides(variant_text)})
+        train = train_config({**base, "mission_embed_dim": embedder.dim, **parse_overrides(variant_text)})
         config = iql_config_for(data, train.iql)
         holdout = holdout_mask(data, config.holdout_fraction)
         scaled = [scale_rewards(data, r, config.reward_scale, config.gamma) for r in rewards.values()]
@@ -114,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                 train_s = time.perf_counter() - started
                 probed = {k: v.tolist() for k, v in probe(trainer).items()}
                 states = [trainer.run_state(r)["policy"] for r in range(len(runs))]
-                for policy_name, temperature in (("greedy", 0.0), ("sampled", args.temperature)):
+                policies = [("greedy", 0.0)] + [("sampled" if t == 1.0 else f"sampled@{t:g}", t) for t in args.temperatures]
+                for policy_name, temperature in policies:
                     policy = StackedPolicy(config, states, temperature=temperature, seed=trainer.step)
                     per_run = rollout(policy, episodes, env_config, embedder.embed, num_runs=len(runs))
                     for (name, seed), run_records in zip(runs, per_run, strict=True):
