@@ -59,7 +59,7 @@ __all__ = [
 LOOP_FIELDS = frozenset({"num_steps", "log_every", "checkpoint_every", "checkpoint_interval_s"})
 
 
-#: How a reward set is scaled before training (see :func:`scale_rewards`).
+#: How a reward set is scaled before training (see :func:`rgvlm.rl.runs.scale_rewards`).
 REWARD_SCALES = ("none", "return_range")
 
 
