@@ -178,14 +178,16 @@ def collect_dataset(env_config: EnvConfig, config: DatasetConfig, workers: int =
 
 def params_record(env_config: EnvConfig, config: DatasetConfig) -> dict:
     """The parameters a dataset was built from, as stored in its manifest."""
-    return {
-        "env": env_config.kwargs(),
-        "dataset": {
-            "seed": config.seed, "ks": list(config.ks), "episodes_per_k": config.episodes_per_k,
-            "mixture": dict(config.mixture), "noise_epsilon": config.noise_epsilon,
-            "wander_steps": list(config.wander_steps), "expert_view": config.expert_view,
-        },
+    dataset = {
+        "seed": config.seed, "ks": list(config.ks), "episodes_per_k": config.episodes_per_k,
+        "mixture": dict(config.mixture), "noise_epsilon": config.noise_epsilon,
+        "wander_steps": list(config.wander_steps),
     }
+    # Recorded only when it is not BabyAI's own bot, so datasets built before the option
+    # existed keep their manifest (and their DVC hash) byte for byte.
+    if config.expert_view != "agent":
+        dataset["expert_view"] = config.expert_view
+    return {"env": env_config.kwargs(), "dataset": dataset}
 
 
 def check_dataset_params(manifest: dict, env_config: EnvConfig, config: DatasetConfig) -> None:
