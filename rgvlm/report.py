@@ -286,7 +286,9 @@ def build_index(metrics_dir: Path = paths.METRICS, out_path: Path = paths.INDEX_
                      + critic_table(pd.read_csv(training_path))
                      + "<p><code>v_return_corr</code>: correlation of V(s) with the Monte-Carlo discounted return of "
                        "the row's own reward on episodes held out from training (about 0: the critic learned "
-                       "nothing). <code>adv_weight_gt2</code> / <code>adv_weight_p90</code>: share of advantage "
+                       "nothing); <code>v_return_corr_success</code>: the same on the held-out episodes that "
+                       "succeeded, where the data's return is near the best one that IQL's V estimates (a fitted "
+                       "critic scores near 1 there). <code>adv_weight_gt2</code> / <code>adv_weight_p90</code>: share of advantage "
                        "weights exp(beta A) above 2, and their 90th percentile (all about 1: IQL's policy step is "
                        "behaviour cloning). BC rows' critics train on the sparse reward and do not steer their "
                        "policies. Source: <code>reports/metrics/training.csv</code>.</p>")

@@ -7,10 +7,9 @@ moves on, the plan is replaced by the subgoals of the new current sub-task.
 
 BabyAI's bot sees what the agent's 7x7 view has shown it so far and explores the rest, so
 its actions depend on its memory of the episode. The learner here reads the *full* grid and
-has no memory, so those exploratory actions cannot be predicted from its observation:
-measured on the validation split, behaviour cloning of that bot fitted 0.71 of its actions
-after 17 epochs and ignored the mission (swapping missions changed under 1% of the greedy
-actions; put-next sub-tasks 0.04 completed). ``state_view=True`` makes the bot's knowledge a
+has no memory, so some of those actions cannot be predicted from its observation
+(experiments/imitability.py: behaviour cloning fits 0.97 of this bot's k=1 expert actions,
+0.997 of the state-view bot's, in ~50 epochs). ``state_view=True`` makes the bot's knowledge a
 function of the current state, as the learner's is: at every step it knows every cell it can
 reach without opening a door, and the walls and closed doors around them (a closed door hides
 its room, and BabyAI's planner cannot path through one, so a whole-map mask would send it
