@@ -67,14 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=100, help="training seed (not the pipeline's)")
     parser.add_argument("--episodes", type=int, default=60, help="validation episodes")
-    parser.add_argument("--mission-encoder", default="minilm", help="tokens | minilm (rgvlm.rl.missions)")
     args = parser.parse_args(argv)
 
     data = load_dataset(build_dataset(parse_overrides(args.env), parse_overrides(args.dataset)))
-    embedder = mission_embedder(args.mission_encoder)
-    table = torch.as_tensor(embedder.embed(data.missions))
-    train = train_config({**load_params()["train"], "mission_embed_dim": embedder.dim, **parse_overrides(args.variant)})
+    train = train_config({**load_params()["train"], **parse_overrides(args.variant)})
     config = iql_config_for(data, train.iql)
+    embedder = mission_embedder(config.mission_encoder)
+    table = torch.as_tensor(embedder.embed(data.missions))
     env_config = EnvConfig(**data.manifest["env"])
     episodes = [EvalEpisode(args.k, "validation", validation_seed(0, i)) for i in range(args.episodes)]
     results = []

@@ -86,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=30, help="validation episodes per k")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0],
                         help="of the sampled evaluations (policy 'sampled' at 1.0, 'sampled@T' otherwise)")
-    parser.add_argument("--mission-encoder", default="minilm", help="tokens | minilm (rgvlm.rl.missions)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -96,8 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     success = np.repeat([float(e["success"]) for e in data.episodes], [e["length"] for e in data.episodes])
     rewards = {"sparse": sparse_rewards(data).rewards, "oracle": oracle_rewards(data).rewards}
     bc_rows = {"bc": 0, "bc_success": 1}  # rows of DeviceTransitions.bc_weights
-    embedder = mission_embedder(args.mission_encoder)
-    table = torch.as_tensor(embedder.embed(data.missions))
     episodes = [EvalEpisode(k, "validation", validation_seed(0, i)) for k in args.ks for i in range(args.episodes)]
     runs = [(name, seed) for name in args.methods for seed in args.seeds]
     reward_names = list(rewards)
@@ -105,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     records, diagnostics, timings = [], [], {}
     for variant_text in args.variant or [""]:
         variant = variant_text or "base"
-        train = train_config({**base, "mission_embed_dim": embedder.dim, **parse_overrides(variant_text)})
+        train = train_config({**base, **parse_overrides(variant_text)})
         config = iql_config_for(data, train.iql)
+        embedder = mission_embedder(config.mission_encoder)  # as the variant's networks read missions
+        table = torch.as_tensor(embedder.embed(data.missions))
         holdout = holdout_mask(data, config.holdout_fraction)
         scaled = [scale_rewards(data, r, config.reward_scale, config.gamma) for r in rewards.values()]
         transitions = DeviceTransitions(data, scaled, table, "cpu", bc_weights=[success], holdout=holdout)

@@ -1,10 +1,25 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 4. Language-conditioned IQL: every (reward set, seed) run at once
 #
 # Discrete-action IQL (`rgvlm/rl/iql.py`): twin Q with Polyak targets, V by expectile
 # regression, policy by advantage-weighted regression. Missions are embedded once per clause
-# by the frozen all-MiniLM-L6-v2 sentence encoder; observations are the symbolic full grid and
-# the carried object. All runs train together as one stack of parameters (`rgvlm/rl/multirun.py`:
+# (`train.mission_encoder`: word codes, or the frozen all-MiniLM-L6-v2 sentence encoder);
+# observations are the symbolic full grid and the carried object. All runs train together as one stack of parameters (`rgvlm/rl/multirun.py`:
 # `torch.func.vmap` over the runs, the dataset resident on the device; `train.compile` and
 # `train.cuda_graphs` are opt-in). An interrupted stage resumes from `outputs/models/`. Training
 # curves go to `reports/metrics/training.csv` (`dvc plots show`), each checkpoint's size and write
@@ -27,7 +42,7 @@ from rgvlm.data.storage import write_json_atomic
 from rgvlm.params import resolve_device, train_config
 from rgvlm.rewards import load_rewards
 from rgvlm.rl.diagnostics import DIAGNOSTIC_NAMES
-from rgvlm.rl.missions import ENCODER_NAME, MissionEmbedder
+from rgvlm.rl.missions import mission_embedder
 from rgvlm.rl.runs import baseline_weights, checkpoint_summary, iql_config_for, train_runs
 
 config = train_config(train)
@@ -39,7 +54,7 @@ bc_weights = {name: baseline_weights(data, name) for name in config.baselines}
 reward_sets.update({name: load_rewards(paths.REWARDS, "sparse").rewards for name in config.baselines})
 seeds = {name: config.seeds_for(name) for name in config.trained}
 iql_config = iql_config_for(data, config.iql)
-embedder = MissionEmbedder(device="cpu")
+embedder = mission_embedder(iql_config.mission_encoder, device="cpu")
 mission_table = torch.as_tensor(embedder.embed(data.missions), device=device)
 print(f"device {device}; {data.num_transitions} transitions; {len(data.missions)} missions; "
       f"{sum(map(len, seeds.values()))} runs of {iql_config.num_steps} updates")
@@ -57,7 +72,7 @@ print(checkpoint_summary(paths.METRICS / "checkpoints.json"))
 write_json_atomic(paths.MODELS / "runs.json", {
     "reward_sets": list(config.reward_sets), "baselines": list(config.baselines),
     "runs": [[name, seed] for name, name_seeds in seeds.items() for seed in name_seeds], "device": device,
-    "iql": asdict(iql_config), "mission_encoder": ENCODER_NAME, "compile": config.compile,
+    "iql": asdict(iql_config), "mission_encoder": embedder.name, "compile": config.compile,
     "cuda_graphs": config.cuda_graphs,
 })
 columns = ["reward_set", "seed", "step", "value_loss", "critic_loss", "policy_loss", "q_mean", "v_mean", "adv_mean",

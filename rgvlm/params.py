@@ -271,6 +271,14 @@ def train_config(raw: Any) -> TrainConfig:
     if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
         raise ParamError("train.device", device, "auto, cpu, cuda or cuda:N")
     iql = {k: v for k, v in raw.items() if k in iql_fields}
+    from rgvlm.rl.missions import MISSION_ENCODER_DIMS
+
+    # The clause embedding's size follows the mission encoder (an unknown encoder fails in IQLConfig).
+    encoder_dim = MISSION_ENCODER_DIMS.get(iql.get("mission_encoder", "minilm"))
+    if encoder_dim is not None and iql.setdefault("mission_embed_dim", encoder_dim) != encoder_dim:
+        raise ParamError("train.mission_embed_dim", iql["mission_embed_dim"],
+                         f"{encoder_dim}, the size of a {iql.get('mission_encoder', 'minilm')} clause embedding "
+                         "(or leave it out: it follows train.mission_encoder)")
     flags = {}
     for key in ("compile", "cuda_graphs"):
         flags[key] = raw.get(key, False)

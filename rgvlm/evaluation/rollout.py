@@ -144,14 +144,15 @@ def _chunk_seed(base_seed: int, policy: str, k: int, split: str) -> int:
 
 def _evaluate_chunk(job: tuple) -> list[dict]:
     """One (policy, k, split) chunk of :func:`evaluate_policies`, in a worker process."""
-    from rgvlm.rl.missions import MissionEmbedder
+    from rgvlm.rl.missions import mission_embedder
     from rgvlm.rl.runs import load_stacked_policy
 
     models_dir, runs, episodes, env_config, policy, temperature, seed, device, threads = job
     if threads:
         torch.set_num_threads(threads)
     act = load_stacked_policy(models_dir, runs, device, temperature=temperature, seed=seed)
-    records = evaluate_runs(act, runs, episodes, env_config, MissionEmbedder(device="cpu").embed, device)
+    embed = mission_embedder(act.config.mission_encoder, device="cpu").embed  # as the runs were trained
+    records = evaluate_runs(act, runs, episodes, env_config, embed, device)
     return [{**record, "policy": policy} for record in records]
 
 

