@@ -75,6 +75,7 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
         train_config,
     )
     from rgvlm.rewards import REWARD_METHODS
+    from rgvlm.rewards.registry import METHODS
 
     validators = {
         "env": env_config,
@@ -84,10 +85,9 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
         "evaluation": evaluation_config,
         "labeling": labeling_config,
     }
-    # Each comparison method validates its own section (rgvlm/rewards/<method>.py).
     validators["peer"] = lambda raw: import_module("rgvlm.peer.d3rlpy_baseline").peer_config(raw)
-    for method in ("vlm_car", "erl_vlm", "rl_vlm_f", "embedding"):
-        validators[method] = lambda raw, method=method: import_module(f"rgvlm.rewards.{method}").config_from_params(raw)
+    # Each labelled method validates its own section (rgvlm/rewards/<method>.py).
+    validators.update({method.section: method.config_from_params for method in METHODS.values()})
     for section, raw in parameters.items():
         if section in validators:
             validators[section](raw)

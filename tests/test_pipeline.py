@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rgvlm.rewards.registry import LABELLED_METHODS as LABELLED
+from rgvlm.rewards.registry import METHODS
+
 ROOT = Path(__file__).resolve().parent.parent
-LABELLED = ("rg_vlm", "vlm_car", "erl_vlm", "rl_vlm_f", "embedding")
 STAGES = ("dataset_card", *(f"label_{m}" for m in LABELLED), "rewards", "train", "peer", "evaluate", "report")
 NOTEBOOKS = ("01_dataset_card", "02a_rg_vlm", "02b_vlm_car", "02c_erl_vlm", "02d_rl_vlm_f", "02e_embedding",
              "03_rewards", "04_train", "04b_peer", "05_evaluate", "06_report")
@@ -82,7 +84,7 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
     evaluation = json.loads((dst / "reports" / "metrics" / "evaluation.json").read_text())
     methods = {row["method"] for row in evaluation["summary"]}
     baselines = {"bc", "bc_success", "d3rlpy_bc", "d3rlpy_cql"}
-    assert methods == {"sparse", "oracle", "rg_vlm", "sparse+rg_vlm@0.5", *LABELLED[1:], *baselines}
+    assert methods == {"sparse", "oracle", "sparse+rg_vlm@0.5", *LABELLED, *baselines}
     assert {row["k"] for row in evaluation["summary"]} == {1, 2}
     assert {row["split"] for row in evaluation["summary"]} == {"seen", "fresh"}
     assert {row["policy"] for row in evaluation["summary"]} == {"greedy", "sampled"}
@@ -94,7 +96,7 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
     assert "scripted annotator" in index.split("</title>")[0]  # never presented as an LVLM
     for method in LABELLED:
         labeling = json.loads((dst / "reports" / "metrics" / f"labeling_{method}.json").read_text())
-        if method == "embedding":  # an embedding model, no LVLM
+        if not METHODS[method].uses_lvlm:  # an embedding model
             assert labeling["cost"]["lvlm_calls"] == 0
             continue
         assert labeling["provenance"]["lvlm"]["backend"] == "scripted" and labeling["cost"]["lvlm_calls"] > 0, method
@@ -171,7 +173,7 @@ def test_training_param_change_reruns_training_and_what_follows_only(project):
 def test_cached_relabel_asks_no_lvlm(project):
     """Rerunning the labelling stage from scratch answers everything from the response cache."""
     dst, env, _ = project
-    for method in LABELLED[:-1]:
+    for method in (m for m in LABELLED if METHODS[m].uses_lvlm):
         run(["dvc", "repro", "--force", "--single-item", f"label_{method}"], dst, env)
         labeling = json.loads((dst / "reports" / "metrics" / f"labeling_{method}.json").read_text())
         assert labeling["cost"]["lvlm_calls"] == 0 and labeling["cost"]["cache_hits"] > 0, method
