@@ -16,6 +16,7 @@
 from rgvlm.params import load_params
 
 labeling = load_params()["labeling"]
+rg_vlm = load_params()["rg_vlm"]
 
 # %%
 from rgvlm import paths
@@ -23,16 +24,16 @@ from rgvlm.data import load_dataset
 from rgvlm.data.storage import write_json_atomic
 from rgvlm.params import labeling_config
 from rgvlm.rewards import save_rewards
-from rgvlm.rewards.rg_vlm import RGVLMConfig, label_rg_vlm, labeling_cost
+from rgvlm.rewards.rg_vlm import config_from_params, label_rg_vlm, labeling_cost
 from rgvlm.vlm import cached_clients
 
 data = load_dataset(paths.DATA)
-config = labeling_config(labeling, max_trajectory_length=data.max_episode_limit)
+config = config_from_params(rg_vlm)
+lvlm = labeling_config(labeling)
 # Fails here, before any query, on a bad backend setting.
-stage1, stage2, usage = cached_clients(config, paths.LVLM_CACHE / "rg_vlm")
-result, stats = label_rg_vlm(data, stage1, stage2, RGVLMConfig(**config.rg_vlm),
-                             needs_images=stage1.backend != "scripted")
-cost = labeling_cost(usage, stats, config.prices)
+stage1, stage2, usage = cached_clients(lvlm, paths.LVLM_CACHE / "rg_vlm")
+result, stats = label_rg_vlm(data, stage1, stage2, config, needs_images=stage1.backend != "scripted")
+cost = labeling_cost(usage, stats, lvlm.prices)
 result.cost = cost
 save_rewards(paths.LABELS / "rg_vlm", result)
 write_json_atomic(paths.METRICS / "labeling_rg_vlm.json", {"provenance": result.provenance, "cost": cost})

@@ -28,6 +28,7 @@ def test_each_method_names_real_prompts_and_scripted_query_kinds(name):
     method = METHODS[name]
     assert method.section == name and method.sections == ((LVLM_SECTION, name) if method.uses_lvlm else (name,))
     assert method.description.strip()
+    method.config_from_params(None)  # every key of a section is optional
     for prompt in method.prompts:
         assert (paths.ROOT / "prompts" / prompt).is_file(), prompt
     assert bool(method.queries) == method.uses_lvlm == bool(method.prompts)
