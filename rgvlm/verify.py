@@ -44,7 +44,7 @@ EVALUATION = "reports/metrics/evaluation.json"
 #: HTML, LVLM cache or timing-bearing metric files).
 EXACT_LOCK_OUTS: dict[str, tuple[str, ...]] = {
     "dataset_card": ("reports/metrics/dataset.json",),
-    **{f"label_{method}": (f"outputs/labels/{method}",) for method in LABELLED_METHODS},
+    **{f"label@{method}": (f"outputs/labels/{method}",) for method in LABELLED_METHODS},
     "rewards": ("outputs/rewards", "reports/metrics/label_quality.json"),
 }
 #: Metric files compared value by value, exactly.
@@ -190,7 +190,10 @@ def compare_exact_json(root: Path, ref: str, path: str) -> list[Row]:
 
 
 def _lock_outs(lock: dict, stage: str) -> dict[str, str]:
-    return {o["path"]: o.get("md5", "") for o in ((lock or {}).get("stages", {}).get(stage, {}) or {}).get("outs", [])}
+    stages = (lock or {}).get("stages", {})
+    # A ref from before the one labelling stage (issue 11) names label@<method> label_<method>.
+    entry = stages.get(stage) or stages.get(stage.replace("@", "_")) or {}
+    return {o["path"]: o.get("md5", "") for o in entry.get("outs", [])}
 
 
 def compare_hashes(root: Path, ref: str) -> list[Row]:

@@ -214,6 +214,13 @@ def label_rg_vlm(
     return RewardResult("rg_vlm", rewards, provenance=provenance, cost={**stats}), stats
 
 
+def label(dataset: OfflineDataset, clients: tuple[LVLMClient, LVLMClient], config: RGVLMConfig,
+          out_dir: Path) -> tuple[RewardResult, dict]:
+    """The labelling stage's entry (:mod:`rgvlm.rewards.registry`)."""
+    stage1, stage2 = clients
+    return label_rg_vlm(dataset, stage1, stage2, config, needs_images=stage1.backend != "scripted")
+
+
 def labeling_cost(usage, stats: dict, prices: dict[str, float]) -> dict:
     """The cost record of a labelling run: calls, cache hits, tokens, time and an estimate in
     USD from ``prices`` (``prompt_per_million`` / ``completion_per_million``)."""
