@@ -5,7 +5,9 @@ import, transitively: ``import rgvlm.x``, ``from rgvlm.x import y`` (``y`` count
 submodule), relative imports, imports inside functions (they may run) and the ``__init__.py`` of
 every package on the way. Imports under ``if TYPE_CHECKING:`` never run and are skipped, and so
 is a module with no statements (an empty ``__init__.py`` runs nothing; once it has code, the
-stages that import through it must list it). Dynamic imports (``import_module``) are not seen.
+stages that import through it must list it). Dynamic imports (``import_module``) are not seen,
+but one is known: a ``label@<method>`` stage runs the module of the registered method
+(:mod:`rgvlm.rewards.registry`), so that module and its imports count for that stage.
 
 A dep covers a module when it is the module's file or a directory above it (``rgvlm/rewards``).
 ``python -m rgvlm.deps`` prints each stage's missing modules and exits 1 when there are any.
@@ -17,8 +19,6 @@ import ast
 import json
 import sys
 from pathlib import Path
-
-import yaml
 
 from rgvlm import paths
 
@@ -115,18 +115,27 @@ def missing_deps(deps: list, modules: set[str]) -> list[str]:
     return sorted(m for m in modules if not any(m == d or m.startswith(d + "/") for d in declared))
 
 
-def stage_missing(spec: dict, root: Path = paths.ROOT) -> list[str]:
-    """The modules the stage's notebook runs that its deps do not cover."""
+def imported_by_name(stage: str) -> set[str]:
+    """The modules the stage's notebook imports by name: a ``label@<method>`` stage's method module."""
+    from rgvlm.rewards.registry import METHODS
+
+    key = stage.partition("@")[2]
+    return {METHODS[key].module} if key in METHODS else set()
+
+
+def stage_missing(spec: dict, root: Path = paths.ROOT, by_name: set[str] = frozenset()) -> list[str]:
+    """The modules the stage's notebook runs (and the modules ``by_name`` run) that its deps do not cover."""
     deps = spec.get("deps", [])
     notebooks = [str(d) for d in deps if str(d).startswith("notebooks/") and str(d).endswith(".ipynb")]
-    modules = set().union(*(notebook_modules(root / nb, root) for nb in notebooks))
+    modules = set().union(module_closure(set(by_name), root), *(notebook_modules(root / nb, root) for nb in notebooks))
     return missing_deps(deps, modules)
 
 
 def check(dvc_yaml: Path = paths.DVC_YAML, root: Path = paths.ROOT) -> dict[str, list[str]]:
-    """``{stage: missing modules}`` for every stage of ``dvc_yaml`` that misses any."""
-    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
-    missing = {stage: stage_missing(spec, root) for stage, spec in stages.items()}
+    """``{stage: missing modules}`` for every stage of ``dvc_yaml`` (foreach stages expanded) that misses any."""
+    from rgvlm.pipeline import load_stages
+
+    missing = {stage: stage_missing(spec, root, imported_by_name(stage)) for stage, spec in load_stages(dvc_yaml).items()}
     return {stage: modules for stage, modules in missing.items() if modules}
 
 

@@ -360,14 +360,15 @@ def resolve_device(device: str) -> str:
 BACKENDS = ("scripted", "transformers", "openai")
 LABELING_KEYS = {
     "backend", "model", "stage2_model", "base_url", "api_key_env", "max_concurrency", "timeout_s",
-    "max_retries", "device", "dtype", "batch_size", "scripted", "window_length", "window_stride",
-    "frame_stride", "tile_size", "max_reasks", "fallback_score", "prices", "max_failure_rate", "deadline_s",
+    "max_retries", "device", "dtype", "batch_size", "scripted", "prices", "max_failure_rate", "deadline_s",
 }
+#: Keys that were in ``labeling`` before they moved to RG-VLM's own section ``rg_vlm``.
+MOVED_TO_RG_VLM = ("window_length", "window_stride", "frame_stride", "tile_size", "max_reasks", "fallback_score")
 
 
 @dataclass(frozen=True)
 class LabelingConfig:
-    """Which LVLM labels the dataset (RG-VLM), and how it is queried."""
+    """The LVLM backend every labelling method that asks an LVLM shares, and how it is queried."""
 
     backend: str
     model: str | None
@@ -381,17 +382,18 @@ class LabelingConfig:
     dtype: str
     batch_size: int
     scripted: dict[str, Any] = field(hash=False)
-    rg_vlm: dict[str, Any] = field(hash=False)
     prices: dict[str, float] = field(hash=False)  # USD per 1M prompt / completion tokens
     # Share of a method's queries allowed to end with no usable answer (fallback or dropped).
     max_failure_rate: float = 0.05
     deadline_s: float | None = None  # openai: wall-clock limit of one attempt (None: 3 x timeout_s)
 
 
-def labeling_config(raw: Any, max_trajectory_length: int | None = None) -> LabelingConfig:
-    """Check ``labeling``; ``max_trajectory_length`` (the dataset's longest time limit) bounds
-    the window length."""
+def labeling_config(raw: Any) -> LabelingConfig:
+    """Check ``labeling``."""
     raw = _section(raw, "labeling")
+    for key in MOVED_TO_RG_VLM:
+        if key in raw:
+            raise ParamError(f"labeling.{key}", raw[key], f"rg_vlm.{key} instead (RG-VLM's own section)")
     _check_unknown(raw, "labeling", LABELING_KEYS)
     backend = _get(raw, "labeling", "backend", "scripted")
     if backend not in BACKENDS:
@@ -402,12 +404,6 @@ def labeling_config(raw: Any, max_trajectory_length: int | None = None) -> Label
     base_url = raw.get("base_url")
     if backend == "openai" and not (isinstance(base_url, str) and base_url.startswith(("http://", "https://"))):
         raise ParamError("labeling.base_url", base_url, "an http(s) URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1")
-    rg_vlm = {key: raw[key] for key in ("window_length", "window_stride", "frame_stride", "tile_size", "max_reasks", "fallback_score") if key in raw}
-    for key, value in rg_vlm.items():
-        _int(value, f"labeling.{key}", 0 if key in ("max_reasks", "fallback_score") else 1)
-    if max_trajectory_length is not None and rg_vlm.get("window_length", 16) > max_trajectory_length:
-        raise ParamError("labeling.window_length", rg_vlm["window_length"],
-                         f"at most {max_trajectory_length}, the longest trajectory the dataset allows")
     scripted = _section(raw.get("scripted", {}), "labeling.scripted")
     prices = _section(raw.get("prices", {}), "labeling.prices")
     for key, value in prices.items():
@@ -420,7 +416,7 @@ def labeling_config(raw: Any, max_trajectory_length: int | None = None) -> Label
         max_retries=_int(raw.get("max_retries", 5), "labeling.max_retries", 0),
         device=str(raw.get("device", "auto")), dtype=str(raw.get("dtype", "auto")),
         batch_size=_int(raw.get("batch_size", 4), "labeling.batch_size", 1),
-        scripted=dict(scripted), rg_vlm=rg_vlm, prices={k: float(v) for k, v in prices.items()},
+        scripted=dict(scripted), prices={k: float(v) for k, v in prices.items()},
         max_failure_rate=_float(raw.get("max_failure_rate", 0.05), "labeling.max_failure_rate", 0.0, 1.0),
         deadline_s=None if raw.get("deadline_s") is None else _float(raw["deadline_s"], "labeling.deadline_s", 0.1, 86400.0),
     )

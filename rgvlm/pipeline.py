@@ -6,12 +6,18 @@ injected are exactly the ``params`` keys the stage declares, read from ``params.
 a section ``train`` becomes the variable ``train`` (a dict) in the notebook, overriding
 the defaults of its ``parameters`` cell. The executed notebook goes to
 ``outputs/notebooks/`` (cached by DVC) and its HTML to ``reports/notebooks/`` (in git).
+
+A stage expanded by DVC from a ``foreach`` is named ``NAME@KEY`` (``label@rg_vlm``): its notebook
+gets the key as the variable ``method`` and its declared sections together as the dict
+``params`` (they differ from key to key), and its executed notebook and HTML are named
+``<notebook>_<KEY>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from importlib import import_module
@@ -25,11 +31,55 @@ from rgvlm.data.storage import write_bytes_atomic
 from rgvlm.params import ParamError, load_params
 
 EXECUTED_NOTEBOOKS = paths.OUTPUTS / "notebooks"
+#: What a foreach stage's notebook gets its key as.
+FOREACH_KEY_PARAMETER = "method"
+_REFERENCE = re.compile(r"\$\{\s*([^}]*?)\s*\}")
+
+
+def _interpolate(value: Any, context: dict[str, Any], where: str) -> Any:
+    """``value`` with every ``${key}``, ``${item}`` or ``${item.field}`` of ``context`` filled in,
+    as DVC does for a ``foreach`` stage (only what dvc.yaml uses: no other variables)."""
+    if isinstance(value, dict):
+        return {_interpolate(k, context, where): _interpolate(v, context, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, context, where) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def lookup(match: re.Match) -> str:
+        found: Any = context
+        for part in match.group(1).split("."):
+            if not isinstance(found, dict) or part not in found:
+                raise SystemExit(f"{where}: cannot resolve ${{{match.group(1)}}} (the runner knows key, item, item.<field>)")
+            found = found[part]
+        return str(found)
+
+    return _REFERENCE.sub(lookup, value)
+
+
+def expand_stages(stages: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every stage of ``dvc.yaml`` under the name DVC gives it: a ``foreach`` stage ``NAME`` (over
+    a list or a dict) becomes one stage ``NAME@KEY`` per key, its ``do`` interpolated."""
+    expanded: dict[str, dict[str, Any]] = {}
+    for name, spec in stages.items():
+        if "foreach" not in spec:
+            expanded[name] = spec
+            continue
+        items = spec["foreach"]
+        pairs = items.items() if isinstance(items, dict) else ((str(item), item) for item in items)
+        for key, item in pairs:
+            expanded[f"{name}@{key}"] = _interpolate(spec["do"], {"key": key, "item": item}, f"stage {name}@{key}")
+    return expanded
+
+
+def load_stages(dvc_yaml: Path = paths.DVC_YAML) -> dict[str, dict[str, Any]]:
+    """Every stage of ``dvc_yaml``, foreach stages expanded (:func:`expand_stages`)."""
+    return expand_stages(yaml.safe_load(dvc_yaml.read_text())["stages"])
 
 
 def stage_spec(stage: str, dvc_yaml: Path = paths.DVC_YAML) -> dict[str, Any]:
-    """The stage's entry in ``dvc.yaml``."""
-    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    """The stage's entry in ``dvc.yaml`` (a ``foreach`` stage's ``NAME@KEY``: its expansion)."""
+    stages = load_stages(dvc_yaml)
     if stage not in stages:
         raise SystemExit(f"stage {stage!r} is not in {dvc_yaml}; stages: {', '.join(stages)}")
     return stages[stage]
@@ -75,6 +125,7 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
         train_config,
     )
     from rgvlm.rewards import REWARD_METHODS
+    from rgvlm.rewards.registry import METHODS
 
     validators = {
         "env": env_config,
@@ -84,10 +135,9 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
         "evaluation": evaluation_config,
         "labeling": labeling_config,
     }
-    # Each comparison method validates its own section (rgvlm/rewards/<method>.py).
     validators["peer"] = lambda raw: import_module("rgvlm.peer.d3rlpy_baseline").peer_config(raw)
-    for method in ("vlm_car", "erl_vlm", "rl_vlm_f", "embedding"):
-        validators[method] = lambda raw, method=method: import_module(f"rgvlm.rewards.{method}").config_from_params(raw)
+    # Each labelled method validates its own section (rgvlm/rewards/<method>.py).
+    validators.update({method.section: method.config_from_params for method in METHODS.values()})
     for section, raw in parameters.items():
         if section in validators:
             validators[section](raw)
@@ -110,9 +160,13 @@ def run_stage(stage: str, params_path: Path = paths.PARAMS) -> None:
     notebook = stage_notebook(spec, stage)
     parameters = stage_parameters(spec, load_params(params_path))
     validate_parameters(parameters)
+    key = stage.partition("@")[2]
+    if key:
+        parameters = {FOREACH_KEY_PARAMETER: key, "params": parameters}
     EXECUTED_NOTEBOOKS.mkdir(parents=True, exist_ok=True)
-    executed = EXECUTED_NOTEBOOKS / notebook.name
-    html = paths.REPORT_NOTEBOOKS / (notebook.stem + ".html")
+    name = f"{notebook.stem}_{key}" if key else notebook.stem
+    executed = EXECUTED_NOTEBOOKS / f"{name}.ipynb"
+    html = paths.REPORT_NOTEBOOKS / f"{name}.html"
     started = time.perf_counter()
     # Keep Jupyter, IPython and matplotlib caches out of the user's home (CI machines).
     for variable, folder in (("MPLCONFIGDIR", "matplotlib"), ("IPYTHONDIR", "ipython")):
@@ -131,7 +185,7 @@ def run_stage(stage: str, params_path: Path = paths.PARAMS) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rgvlm.pipeline", description=__doc__)
-    parser.add_argument("stage", help="a stage name from dvc.yaml")
+    parser.add_argument("stage", help="a stage name from dvc.yaml (NAME@KEY for a foreach stage, e.g. label@rg_vlm)")
     parser.add_argument("--params", default=str(paths.PARAMS), help="parameters file")
     args = parser.parse_args(argv)
     try:

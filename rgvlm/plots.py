@@ -126,3 +126,15 @@ def save_figure(fig: plt.Figure, path) -> None:
     fig.savefig(tmp, dpi=110, metadata={"Software": None})
     tmp.replace(path)
     plt.close(fig)
+
+
+def reward_by_completion(rewards, completes, title: str) -> plt.Figure:
+    """A labelling diagnostic (privileged ground truth, never seen by the learner): the reward of
+    the steps that complete a sub-task against all the others. A useful reward separates them."""
+    frame = pd.DataFrame({"reward": rewards,
+                          "step": pd.Categorical(["completes a sub-task" if c else "other" for c in completes])})
+    fig, ax = plt.subplots(figsize=(6, 3))
+    sns.boxplot(data=frame, x="reward", y="step", ax=ax, showfliers=False)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -20,6 +20,7 @@ import pandas as pd
 from rgvlm import paths
 from rgvlm.data.storage import write_bytes_atomic
 from rgvlm.plots import METRIC_LABELS, SPLIT_TITLES, method_order
+from rgvlm.rewards.registry import COMPARISON_METHODS, PAPER_METHOD
 
 
 def lvlm_label(provenance: dict[str, Any]) -> str:
@@ -38,7 +39,6 @@ def provenance_title(methods: dict[str, dict[str, Any]]) -> str:
     return "rewards: " + ", ".join(method_order(list(methods))) + " | labels by: " + "; ".join(labels)
 
 
-COMPARISON_METHODS = ("vlm_car", "erl_vlm", "rl_vlm_f", "embedding")
 #: Rows that use no reward model: behaviour cloning in the same stack, and the d3rlpy peer library.
 BASELINE_ROWS = ("bc", "bc_success", "d3rlpy_bc", "d3rlpy_cql")
 
@@ -52,7 +52,7 @@ def fusion_lambda(name: str, dense: str = "rg_vlm") -> float | None:
 def figure4_left_methods(methods: list[str], headline: str) -> list[str]:
     """Figure 4 left: Sparse, Sparse + RG-VLM (the headline lambda), RG-VLM alone, every
     comparison method, the baselines (BC, filtered BC, d3rlpy) and the oracle as the upper reference."""
-    wanted = ["sparse", headline, "rg_vlm", *COMPARISON_METHODS, *BASELINE_ROWS, "oracle"]
+    wanted = ["sparse", headline, PAPER_METHOD, *COMPARISON_METHODS, *BASELINE_ROWS, "oracle"]
     return [m for m in wanted if m in methods]
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from rgvlm.rewards.base import RUN_KEYS
+from rgvlm.rewards.registry import LABELLED_METHODS
 
 DATA_DVC = "data.dvc"
 DVC_LOCK = "dvc.lock"
@@ -43,22 +44,14 @@ EVALUATION = "reports/metrics/evaluation.json"
 #: HTML, LVLM cache or timing-bearing metric files).
 EXACT_LOCK_OUTS: dict[str, tuple[str, ...]] = {
     "dataset_card": ("reports/metrics/dataset.json",),
-    "label_rg_vlm": ("outputs/labels/rg_vlm",),
-    "label_vlm_car": ("outputs/labels/vlm_car",),
-    "label_erl_vlm": ("outputs/labels/erl_vlm",),
-    "label_rl_vlm_f": ("outputs/labels/rl_vlm_f",),
-    "label_embedding": ("outputs/labels/embedding",),
+    **{f"label@{method}": (f"outputs/labels/{method}",) for method in LABELLED_METHODS},
     "rewards": ("outputs/rewards", "reports/metrics/label_quality.json"),
 }
 #: Metric files compared value by value, exactly.
 EXACT_METRICS: tuple[str, ...] = (
     "reports/metrics/dataset.json",
     "reports/metrics/label_quality.json",
-    "reports/metrics/labeling_rg_vlm.json",
-    "reports/metrics/labeling_vlm_car.json",
-    "reports/metrics/labeling_erl_vlm.json",
-    "reports/metrics/labeling_rl_vlm_f.json",
-    "reports/metrics/labeling_embedding.json",
+    *(f"reports/metrics/labeling_{method}.json" for method in LABELLED_METHODS),
 )
 #: Fields of the exact metric files that are not part of the contract: wall times, and the LVLM
 #: calls, tokens and cost a warm LVLM cache saves (``rgvlm.rewards.base.RUN_KEYS``, listed there).
@@ -197,7 +190,10 @@ def compare_exact_json(root: Path, ref: str, path: str) -> list[Row]:
 
 
 def _lock_outs(lock: dict, stage: str) -> dict[str, str]:
-    return {o["path"]: o.get("md5", "") for o in ((lock or {}).get("stages", {}).get(stage, {}) or {}).get("outs", [])}
+    stages = (lock or {}).get("stages", {})
+    # A ref from before the one labelling stage (issue 11) names label@<method> label_<method>.
+    entry = stages.get(stage) or stages.get(stage.replace("@", "_")) or {}
+    return {o["path"]: o.get("md5", "") for o in entry.get("outs", [])}
 
 
 def compare_hashes(root: Path, ref: str) -> list[Row]:

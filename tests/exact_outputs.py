@@ -1,7 +1,7 @@
 """Rebuild the exact outputs of the tiny profile into one directory (run by tests/test_exact.py
-in a fresh process per thread count): the dataset, the five label stages (scripted annotator)
-and the rewards stage, by executing the stages' own notebook sources with rgvlm.paths pointed
-at the directory. Usage: ``python tests/exact_outputs.py OUT_DIR NUM_THREADS``.
+in a fresh process per thread count): the dataset, every label@<method> stage (scripted
+annotator) and the rewards stage, by executing the stages' own notebook sources (with the method
+injected after the parameters cell, as papermill does) with rgvlm.paths pointed at the directory. Usage: ``python tests/exact_outputs.py OUT_DIR NUM_THREADS``.
 
 Output layout: OUT_DIR/data, OUT_DIR/outputs/labels/<method>, OUT_DIR/outputs/rewards,
 OUT_DIR/reports/metrics/{label_quality,labeling_*}.json, OUT_DIR/cache (LVLM cache, not compared).
@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-
-NOTEBOOKS = ("02a_rg_vlm", "02b_vlm_car", "02c_erl_vlm", "02d_rl_vlm_f", "02e_embedding", "03_rewards")
 
 
 def main(out: Path, threads: int) -> None:
@@ -30,6 +28,7 @@ def main(out: Path, threads: int) -> None:
     from rgvlm.data.collect import collect_dataset, params_record
     from rgvlm.data.storage import save_dataset
     from rgvlm.params import dataset_config, env_config
+    from rgvlm.rewards.registry import LABELLED_METHODS
 
     root = Path(__file__).resolve().parent.parent
     profile = yaml.safe_load((root / "profiles" / "tiny.yaml").read_text())
@@ -48,13 +47,27 @@ def main(out: Path, threads: int) -> None:
     episodes, arrays, stats = collect_dataset(env_cfg, cfg)
     save_dataset(paths.DATA, {**params_record(env_cfg, cfg), "bot_failures": stats["bot_failures"]}, episodes, arrays)
 
-    for name in NOTEBOOKS:
-        source = (root / "notebooks" / f"{name}.py").read_text()
+    runs = [("02_label", {"method": method}) for method in LABELLED_METHODS] + [("03_rewards", {})]
+    for name, injected in runs:
+        source = notebook_source(root / "notebooks" / f"{name}.py", injected)
         namespace = {"__name__": f"notebook_{name}", "display": lambda *args, **kwargs: None}
         exec(compile(source, f"notebooks/{name}.py", "exec"), namespace)  # noqa: S102 (the stage's own code)
         plt.close("all")
         if torch.get_num_threads() != threads:
-            raise SystemExit(f"{name} left torch with {torch.get_num_threads()} threads, not the caller's {threads}")
+            raise SystemExit(f"{name} {injected} left torch with {torch.get_num_threads()} threads, not the caller's {threads}")
+
+
+def notebook_source(path: Path, injected: dict) -> str:
+    """The notebook's code cells, with ``injected`` assigned right after its parameters cell."""
+    import jupytext
+
+    cells = []
+    for cell in jupytext.read(path).cells:
+        if cell.cell_type == "code":
+            cells.append(cell.source)
+            if "parameters" in cell.metadata.get("tags", []):
+                cells += [f"{key} = {value!r}" for key, value in injected.items()]
+    return "\n".join(cells)
 
 
 if __name__ == "__main__":

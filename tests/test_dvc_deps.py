@@ -9,31 +9,37 @@ import pytest
 import yaml
 
 from rgvlm import paths
-from rgvlm.deps import check, notebook_modules, stage_missing
+from rgvlm.deps import check, imported_by_name, notebook_modules, stage_missing
+from rgvlm.pipeline import load_stages
 
-STAGES = yaml.safe_load(paths.DVC_YAML.read_text())["stages"]
+STAGES = load_stages()
+RAW = yaml.safe_load(paths.DVC_YAML.read_text())["stages"]
+STAGES_METHODS = tuple(RAW["label"]["foreach"])
 
 
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_stage_deps_cover_the_modules_its_notebook_imports(stage):
-    missing = stage_missing(STAGES[stage])
+    missing = stage_missing(STAGES[stage], by_name=imported_by_name(stage))
     assert not missing, (f"stage {stage!r} in dvc.yaml does not depend on {', '.join(missing)}, which its notebook "
                          "imports: add them (or their directory) to its deps, or DVC leaves its outputs stale")
 
 
 def test_checker_catches_a_planted_omission(tmp_path):
-    stages = copy.deepcopy(STAGES)
-    deps = stages["label_erl_vlm"]["deps"]
-    deps.remove("rgvlm/rewards/rg_vlm.py")  # the omission issue 11 found
+    stages = copy.deepcopy(RAW)
+    label = stages["label"]["do"]["deps"]
+    label[label.index("rgvlm/rewards")] = "rgvlm/rewards/rg_vlm.py"  # every other rewards module goes missing
+    label.remove("rgvlm/sandbox.py")  # only VLM-CaR runs it, through its module (imported by name)
     stages["train"]["deps"] = [d for d in stages["train"]["deps"] if d != "rgvlm/rl"]  # a directory dep
     planted = tmp_path / "dvc.yaml"
     planted.write_text(yaml.safe_dump({"stages": stages}))
 
     missing = check(planted)
-    assert missing["label_erl_vlm"] == ["rgvlm/rewards/rg_vlm.py"]
+    assert "rgvlm/sandbox.py" in missing["label@vlm_car"] and "rgvlm/rewards/vlm_car.py" in missing["label@vlm_car"]
+    assert "rgvlm/rewards/erl_vlm.py" in missing["label@erl_vlm"] and "rgvlm/rewards/vlm_car.py" not in missing["label@erl_vlm"]
+    assert "rgvlm/sandbox.py" not in missing["label@rg_vlm"] and "rgvlm/rewards/label_stage.py" in missing["label@rg_vlm"]
     assert {"rgvlm/rl/iql.py", "rgvlm/rl/runs.py"} <= set(missing["train"])
     assert all(m.startswith("rgvlm/rl/") for m in missing["train"])
-    assert set(missing) == {"label_erl_vlm", "train"}
+    assert set(missing) == {f"label@{method}" for method in STAGES_METHODS} | {"train"}
 
 
 def test_closure_follows_relative_imports_packages_and_lazy_imports(tmp_path):

@@ -12,6 +12,8 @@ import jupytext
 import pytest
 import yaml
 
+from rgvlm.pipeline import load_stages
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -26,8 +28,7 @@ def test_environment_yml_mirrors_pyproject():
 
 
 def test_notebooks_are_paired_parameterised_and_in_sync():
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name, stage in stages.items():
+    for name, stage in load_stages(ROOT / "dvc.yaml").items():
         notebooks = [d for d in stage["deps"] if d.endswith(".ipynb")]
         assert len(notebooks) == 1, name
         ipynb = ROOT / notebooks[0]
@@ -47,7 +48,7 @@ def test_stages_declare_existing_params_and_profiles_share_sections():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     tiny = yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
     assert set(params) == set(tiny)
-    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+    for name, stage in load_stages(ROOT / "dvc.yaml").items():
         assert stage["cmd"] == f"python -m rgvlm.pipeline {name}"
         for key in stage.get("params", []):
             assert key.split(".")[0] in params, (name, key)
@@ -64,5 +65,5 @@ def test_every_profile_passes_the_stage_validators(profile):
     if profile.endswith("gpu.yaml"):  # CUDA graphs need a GPU; check the rest of the section on this machine
         with_cpu["train"] = {**with_cpu["train"], "cuda_graphs": False}
     validate_parameters(with_cpu)
-    assert set(params) >= {"env", "dataset", "labeling", "vlm_car", "erl_vlm", "rl_vlm_f", "embedding", "rewards",
+    assert set(params) >= {"env", "dataset", "labeling", "rg_vlm", "vlm_car", "erl_vlm", "rl_vlm_f", "embedding", "rewards",
                            "train", "evaluation", "report"}

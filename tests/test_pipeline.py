@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rgvlm.rewards.registry import LABELLED_METHODS as LABELLED
+from rgvlm.rewards.registry import METHODS
+
 ROOT = Path(__file__).resolve().parent.parent
-LABELLED = ("rg_vlm", "vlm_car", "erl_vlm", "rl_vlm_f", "embedding")
-STAGES = ("dataset_card", *(f"label_{m}" for m in LABELLED), "rewards", "train", "peer", "evaluate", "report")
-NOTEBOOKS = ("01_dataset_card", "02a_rg_vlm", "02b_vlm_car", "02c_erl_vlm", "02d_rl_vlm_f", "02e_embedding",
-             "03_rewards", "04_train", "04b_peer", "05_evaluate", "06_report")
+STAGES = ("dataset_card", *(f"label@{m}" for m in LABELLED), "rewards", "train", "peer", "evaluate", "report")
+NOTEBOOKS = ("01_dataset_card", *(f"02_label_{m}" for m in LABELLED), "03_rewards", "04_train", "04b_peer",
+             "05_evaluate", "06_report")
 pytestmark = pytest.mark.slow
 
 
@@ -82,7 +84,7 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
     evaluation = json.loads((dst / "reports" / "metrics" / "evaluation.json").read_text())
     methods = {row["method"] for row in evaluation["summary"]}
     baselines = {"bc", "bc_success", "d3rlpy_bc", "d3rlpy_cql"}
-    assert methods == {"sparse", "oracle", "rg_vlm", "sparse+rg_vlm@0.5", *LABELLED[1:], *baselines}
+    assert methods == {"sparse", "oracle", "sparse+rg_vlm@0.5", *LABELLED, *baselines}
     assert {row["k"] for row in evaluation["summary"]} == {1, 2}
     assert {row["split"] for row in evaluation["summary"]} == {"seen", "fresh"}
     assert {row["policy"] for row in evaluation["summary"]} == {"greedy", "sampled"}
@@ -94,7 +96,7 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
     assert "scripted annotator" in index.split("</title>")[0]  # never presented as an LVLM
     for method in LABELLED:
         labeling = json.loads((dst / "reports" / "metrics" / f"labeling_{method}.json").read_text())
-        if method == "embedding":  # an embedding model, no LVLM
+        if not METHODS[method].uses_lvlm:  # an embedding model
             assert labeling["cost"]["lvlm_calls"] == 0
             continue
         assert labeling["provenance"]["lvlm"]["backend"] == "scripted" and labeling["cost"]["lvlm_calls"] > 0, method
@@ -171,7 +173,39 @@ def test_training_param_change_reruns_training_and_what_follows_only(project):
 def test_cached_relabel_asks_no_lvlm(project):
     """Rerunning the labelling stage from scratch answers everything from the response cache."""
     dst, env, _ = project
-    for method in LABELLED[:-1]:
-        run(["dvc", "repro", "--force", "--single-item", f"label_{method}"], dst, env)
+    for method in (m for m in LABELLED if METHODS[m].uses_lvlm):
+        run(["dvc", "repro", "--force", "--single-item", f"label@{method}"], dst, env)
         labeling = json.loads((dst / "reports" / "metrics" / f"labeling_{method}.json").read_text())
         assert labeling["cost"]["lvlm_calls"] == 0 and labeling["cost"]["cache_hits"] > 0, method
+
+
+def ran_stages(output: str) -> set[str]:
+    return {stage for stage in STAGES if f"Running stage '{stage}'" in output}
+
+
+def test_a_method_params_change_reruns_that_method_labelling_and_what_follows_only(project):
+    """Each label@<method> stage declares only its own section (and the shared LVLM backend):
+    changing one method's section reruns that method's labelling and the stages after it, never
+    the other methods' labelling."""
+    dst, env, _ = project
+    run(["dvc", "repro"], dst, env)  # up to date whatever the tests before left
+    original = (dst / "params.yaml").read_text()
+
+    def repro_with(section: str, key: str, value, *args: str) -> str:
+        params = yaml.safe_load(original)
+        params[section] = {**params[section], key: value}
+        (dst / "params.yaml").write_text(yaml.safe_dump(params))
+        return run(["dvc", "repro", *args], dst, env).stdout
+
+    try:
+        # dry runs: which labelling stages a change reaches (a dry run does not follow the chain)
+        assert ran_stages(repro_with("rg_vlm", "window_length", 4, "--dry")) == {"label@rg_vlm"}
+        lvlm = {f"label@{m}" for m in LABELLED if METHODS[m].uses_lvlm}
+        assert ran_stages(repro_with("labeling", "max_failure_rate", 0.5, "--dry")) == lvlm
+        # a real run: ERL-VLM's labelling, and every stage that follows from its labels
+        changed = repro_with("erl_vlm", "train_steps", 3)
+    finally:
+        (dst / "params.yaml").write_text(original)
+    assert ran_stages(changed) == {"label@erl_vlm", "rewards", "train", "peer", "evaluate", "report"}
+    run(["dvc", "repro"], dst, env)  # back to the profile's labels
+    assert "up to date" in run(["dvc", "status"], dst, env).stdout

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rgvlm.rewards.rg_vlm import RGVLMConfig, episode_windows, frame_indices, label_rg_vlm
+from rgvlm.params import ParamError
+from rgvlm.rewards.rg_vlm import RGVLMConfig, config_from_params, episode_windows, frame_indices, label_rg_vlm
 from rgvlm.vlm.cache import CachedClient, ResponseCache
 from rgvlm.vlm.scripted import ScriptedAnnotator, ScriptedNoise
 
@@ -60,10 +61,19 @@ def test_frames_are_sent_and_a_cached_rerun_asks_nothing(tiny_dataset, tmp_path)
     np.testing.assert_array_equal(rerun.rewards, result.rewards)
 
 
-def test_bad_config_is_rejected():
-    with pytest.raises(ValueError, match="window_length=0"):
+def test_bad_config_is_rejected(tiny_dataset):
+    with pytest.raises(ParamError, match="rg_vlm.window_length=0"):
         RGVLMConfig(window_length=0)
-    with pytest.raises(ValueError, match="fallback_score=11"):
-        RGVLMConfig(fallback_score=11)
+    with pytest.raises(ParamError, match="rg_vlm.fallback_score=11"):
+        config_from_params({"fallback_score": 11})
+    with pytest.raises(ParamError, match="rg_vlm.frame_stride=2.5"):
+        config_from_params({"frame_stride": 2.5})
+    with pytest.raises(ParamError, match="rg_vlm.window=8"):
+        config_from_params({"window": 8})
+    assert config_from_params(None) == RGVLMConfig()
+    limit = tiny_dataset.max_episode_limit
+    with pytest.raises(ParamError, match=f"at most {limit}"):
+        label_rg_vlm(tiny_dataset, ScriptedAnnotator(CLEAN), ScriptedAnnotator(CLEAN), RGVLMConfig(window_length=limit + 1),
+                     needs_images=False)
     with pytest.raises(ValueError, match="malformed_rate"):
         ScriptedNoise(malformed_rate=2.0)

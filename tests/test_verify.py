@@ -92,13 +92,25 @@ def test_an_exact_output_changed_fails_and_is_named(repo, capsys):
 
 def test_a_changed_hash_in_dvc_lock_fails(repo, capsys):
     def change(obj):
-        obj["stages"]["label_embedding"]["outs"][0]["md5"] = "f" * 32 + ".dir"
+        obj["stages"]["label@embedding"]["outs"][0]["md5"] = "f" * 32 + ".dir"
         obj["stages"]["rewards"]["outs"][-1]["md5"] = "e" * 32  # the notebook's HTML: not compared
     edit(repo, "dvc.lock", change)
     assert verify.main(["--root", str(repo)]) == 1
     out = capsys.readouterr().out
-    assert "| DIFFERS | exact | dvc.lock: label_embedding outputs/labels/embedding md5 |" in out
+    assert "| DIFFERS | exact | dvc.lock: label@embedding outputs/labels/embedding md5 |" in out
     assert "html" not in out
+
+
+def test_a_ref_from_before_the_one_labelling_stage_is_compared_under_its_old_stage_names(repo):
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    lock["stages"] = {name.replace("@", "_"): stage for name, stage in lock["stages"].items()}
+    write(repo, "dvc.lock", lock)
+    git(repo, "commit", "-qam", "label_<method> stages")
+    edit(repo, "dvc.lock", lambda obj: obj.update(stages={name.replace("label_", "label@"): stage
+                                                          for name, stage in obj["stages"].items()}))
+    report = verify.compare(repo)
+    assert report.ok and not report.exact_differ
+    assert any(row.item.startswith("dvc.lock: label@rg_vlm") for row in report.rows)
 
 
 def test_trained_numbers_moved_within_their_intervals_agree(repo):

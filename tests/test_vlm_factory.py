@@ -53,8 +53,8 @@ def test_missing_model_and_base_url():
     fails_on({"backend": "openai", "model": "gpt"}, "labeling.base_url")
 
 
-def test_window_longer_than_the_trajectory_limit():
-    assert "at most 128" in fails_on({"window_length": 200}, "labeling.window_length", max_trajectory_length=128)
+def test_rg_vlm_keys_are_not_backend_keys():
+    assert "rg_vlm.window_length instead" in fails_on({"window_length": 16}, "labeling.window_length")
 
 
 def test_bad_scripted_noise():

@@ -1,6 +1,7 @@
 """Reward methods: each maps the offline dataset to one reward per transition.
 
-``REWARD_METHODS`` is the registry the rewards stage reads ``rewards.methods`` against.
+``REWARD_METHODS`` is what the rewards stage reads ``rewards.methods`` against: ``sparse``,
+``oracle`` and every labelled method of :mod:`rgvlm.rewards.registry`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,8 @@ from rgvlm.data.storage import OfflineDataset
 from rgvlm.rewards.base import RewardResult, load_rewards, save_rewards
 from rgvlm.rewards.fusion import fuse, fused_name
 from rgvlm.rewards.oracle import oracle_rewards
+from rgvlm.rewards.registry import LABELLED_METHODS
 from rgvlm.rewards.sparse import sparse_rewards
-
-#: Methods whose reward set a labelling stage writes to ``outputs/labels/<method>/`` (they ask
-#: an LVLM or an embedding model, which the rewards stage never does itself).
-LABELLED_METHODS = ("rg_vlm", "vlm_car", "erl_vlm", "rl_vlm_f", "embedding")
 
 
 def labelled_rewards(method: str) -> Callable[[OfflineDataset], RewardResult]:
@@ -27,7 +25,7 @@ def labelled_rewards(method: str) -> Callable[[OfflineDataset], RewardResult]:
         result = load_rewards(paths.LABELS / method, method)
         if result.rewards.shape != (dataset.num_transitions,):
             raise ValueError(f"outputs/labels/{method}/{method}.npy labels {result.rewards.shape[0]} transitions, "
-                             f"the dataset has {dataset.num_transitions}: rerun the label_{method} stage")
+                             f"the dataset has {dataset.num_transitions}: rerun the label@{method} stage")
         return result
 
     return load

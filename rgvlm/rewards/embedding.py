@@ -490,3 +490,30 @@ def label_embedding(dataset: OfflineDataset, config: EmbeddingConfig = Embedding
         "config": asdict(config),
     }
     return RewardResult(METHOD, rewards, provenance=provenance, cost=cost), stats
+
+
+def label(dataset: OfflineDataset, clients: None, config: EmbeddingConfig, out_dir: Path) -> tuple[RewardResult, dict]:
+    """The labelling stage's entry (:mod:`rgvlm.rewards.registry`); no LVLM (``clients`` is None)."""
+    return label_embedding(dataset, config)
+
+
+def diagnostic(dataset: OfflineDataset, result: RewardResult, out_dir: Path) -> Any:
+    """What the encoder saw: one episode of the dataset (k = 2, successful if any), each step whose
+    next state reads differently from the one before, with the description of that next state
+    (text path) and its reward."""
+    import pandas as pd
+
+    from rgvlm.rewards.describe import describe_observation
+
+    episodes = dataset.episodes
+    episode = max(range(len(episodes)), key=lambda i: (episodes[i]["k"] == 2, episodes[i]["success"], -i))
+    steps = dataset.episode_steps(episode)
+    rows, previous = [], None
+    for step in range(steps.start, steps.stop):
+        obs = dataset.next_obs_index[step]
+        text = describe_observation(dataset.obs_grid[obs], dataset.obs_carry[obs])
+        if text != previous:
+            rows.append({"t": step - steps.start, "reward": round(float(result.rewards[step]), 3),
+                         "description of s_t+1": text})
+        previous = text
+    return pd.DataFrame(rows).head(12).style.set_caption(f"mission: {episodes[episode]['mission']}")

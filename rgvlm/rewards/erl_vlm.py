@@ -40,6 +40,7 @@ from rgvlm.rewards.reward_model import (
     RewardEnsemble,
     RewardModelConfig,
     embed_missions,
+    label_with_reward_model,
     relabel,
     torch_threads,
     train_rating_model,
@@ -287,3 +288,10 @@ def label_erl_vlm(
                          "normalisation": "ensemble mean, min-max over the dataset to [0, 1]"},
     }
     return RewardResult("erl_vlm", rewards, provenance=provenance, cost={**stats}), stats, model
+
+
+def label(dataset: OfflineDataset, clients: tuple[LVLMClient, LVLMClient], config: ERLVLMConfig,
+          out_dir: Path) -> tuple[RewardResult, dict[str, Any]]:
+    """The labelling stage's entry (:mod:`rgvlm.rewards.registry`); the reward model goes to
+    ``out_dir/reward_model.pt``."""
+    return label_with_reward_model("erl_vlm", label_erl_vlm, dataset, clients, config, out_dir)

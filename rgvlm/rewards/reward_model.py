@@ -50,6 +50,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -213,6 +214,21 @@ def embed_missions(dataset: OfflineDataset) -> torch.Tensor:
 
     with exact_threads():  # the same bits whatever the caller's thread count
         return torch.as_tensor(MissionEmbedder(device="cpu").embed(dataset.missions))
+
+
+def label_with_reward_model(method: str, label_method: Any, dataset: OfflineDataset, clients: tuple[Any, Any],
+                            config: Any, out_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """The labelling stage's entry of ERL-VLM and RL-VLM-F (:mod:`rgvlm.rewards.registry`):
+    ``label_method`` (``label_erl_vlm`` or ``label_rl_vlm_f``) trains a reward model on the
+    LVLM's answers and relabels every transition; the model goes to ``out_dir/reward_model.pt``."""
+    from rgvlm.rl.missions import ENCODER_NAME
+
+    stage1, stage2 = clients
+    result, stats, model = label_method(dataset, stage1, stage2, config, needs_images=stage1.backend != "scripted",
+                                        mission_table=embed_missions(dataset))
+    save_reward_model(out_dir / "reward_model.pt", model,
+                      {"method": method, "mission_encoder": ENCODER_NAME, "config": result.provenance["config"]})
+    return result, stats
 
 
 class TransitionInputs:

@@ -12,6 +12,7 @@ A stage-2 answer that fails the parser is re-asked up to ``max_reasks`` times wi
 reason appended to the prompt; after that the window's scores fall back to
 ``fallback_score`` and the event is counted (a stage whose fallbacks pass
 ``labeling.max_failure_rate`` fails: :func:`~rgvlm.rewards.base.check_failure_rate`).
+These settings are the ``rg_vlm`` section of params.yaml; the LVLM is the shared ``labeling`` one.
 Overlapping windows are averaged per transition; reward = score / 10. Prompt templates are
 editable files under ``prompts/``; their text is part of every cache key.
 """
@@ -23,6 +24,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +32,7 @@ from rgvlm import paths
 from rgvlm.data.replay import replay_dataset_episode
 from rgvlm.data.storage import OfflineDataset
 from rgvlm.envs import ACTION_NAMES
+from rgvlm.params import ParamError
 from rgvlm.rewards.base import RewardResult, check_failure_rate
 from rgvlm.vlm.base import LVLMClient, LVLMRequest
 from rgvlm.vlm.parsing import SCORE_MAX, parse_scores
@@ -53,13 +56,20 @@ class RGVLMConfig:
     prompt_dir: str = str(PROMPTS)
 
     def __post_init__(self) -> None:
-        for name in ("window_length", "window_stride", "frame_stride", "tile_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"rg_vlm.{name}={getattr(self, name)}: expected an integer >= 1")
-        if self.max_reasks < 0:
-            raise ValueError(f"rg_vlm.max_reasks={self.max_reasks}: expected >= 0")
-        if not 0 <= self.fallback_score <= SCORE_MAX:
-            raise ValueError(f"rg_vlm.fallback_score={self.fallback_score}: expected 0..{SCORE_MAX}")
+        for name, value in vars(self).items():
+            if name == "prompt_dir":
+                continue
+            low = 0 if name in ("max_reasks", "fallback_score") else 1
+            high = SCORE_MAX if name == "fallback_score" else None
+            if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+                raise ParamError(f"rg_vlm.{name}", value, f"an integer in {low}..{'' if high is None else high}")
+
+
+def config_from_params(raw: Any) -> RGVLMConfig:
+    """The ``rg_vlm`` section of params.yaml as a checked config; every key is optional."""
+    from rgvlm.rewards.segments import config_from_section  # segments imports this module
+
+    return config_from_section(raw, RGVLMConfig, "rg_vlm")
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,9 @@ def label_rg_vlm(
 ) -> tuple[RewardResult, dict]:
     """Label every transition; returns the reward set and the labelling statistics."""
     started = time.perf_counter()
+    if config.window_length > dataset.max_episode_limit:
+        raise ParamError("rg_vlm.window_length", config.window_length,
+                         f"at most {dataset.max_episode_limit}, the longest trajectory the dataset allows")
     template1, template2 = load_templates(config.prompt_dir)
     windows: list[Window] = []
     context: list[tuple[str, tuple[bytes, ...], np.ndarray, WindowTruth, WindowTruth]] = []
@@ -199,6 +212,13 @@ def label_rg_vlm(
     provenance = {"method": "rg_vlm", "source": "two-stage LVLM query (analysis, then 0-10 score per action)",
                   "lvlm": lvlm, "config": {k: v for k, v in vars(config).items() if k != "prompt_dir"}}
     return RewardResult("rg_vlm", rewards, provenance=provenance, cost={**stats}), stats
+
+
+def label(dataset: OfflineDataset, clients: tuple[LVLMClient, LVLMClient], config: RGVLMConfig,
+          out_dir: Path) -> tuple[RewardResult, dict]:
+    """The labelling stage's entry (:mod:`rgvlm.rewards.registry`)."""
+    stage1, stage2 = clients
+    return label_rg_vlm(dataset, stage1, stage2, config, needs_images=stage1.backend != "scripted")
 
 
 def labeling_cost(usage, stats: dict, prices: dict[str, float]) -> dict:

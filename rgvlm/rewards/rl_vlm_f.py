@@ -38,6 +38,7 @@ from rgvlm.rewards.reward_model import (
     RewardEnsemble,
     RewardModelConfig,
     embed_missions,
+    label_with_reward_model,
     relabel,
     torch_threads,
     train_preference_model,
@@ -254,3 +255,10 @@ def label_rl_vlm_f(
                          "normalisation": "ensemble mean, min-max over the dataset to [0, 1]"},
     }
     return RewardResult("rl_vlm_f", rewards, provenance=provenance, cost={**stats}), stats, model
+
+
+def label(dataset: OfflineDataset, clients: tuple[LVLMClient, LVLMClient], config: RLVLMFConfig,
+          out_dir: Path) -> tuple[RewardResult, dict[str, Any]]:
+    """The labelling stage's entry (:mod:`rgvlm.rewards.registry`); the reward model goes to
+    ``out_dir/reward_model.pt``."""
+    return label_with_reward_model("rl_vlm_f", label_rl_vlm_f, dataset, clients, config, out_dir)

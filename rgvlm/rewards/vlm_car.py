@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 
 from rgvlm import paths
-from rgvlm.data.storage import OfflineDataset
+from rgvlm.data.storage import OfflineDataset, write_json_atomic
 from rgvlm.params import _check_unknown, _float, _int, _section
 from rgvlm.rewards.base import RewardResult, check_failure_rate
 from rgvlm.rewards.observation_api import API_DOC, API_VERSION, COLOUR_NAMES, trajectory_data
@@ -772,3 +772,21 @@ def label_vlm_car(
     stats["programs"] = records
     stats["decompositions"] = {m: list(d) if d else None for m, d in decomposition.items()}
     return result, stats
+
+
+def label(dataset: OfflineDataset, clients: tuple[LVLMClient, LVLMClient], config: VLMCaRConfig,
+          out_dir: Path) -> tuple[RewardResult, dict]:
+    """The labelling stage's entry (:mod:`rgvlm.rewards.registry`): one model (the stage-1 client)
+    writes decompositions and programs; their record goes to ``out_dir/programs.json``."""
+    client = clients[0]
+    result, stats = label_vlm_car(dataset, client, config, needs_images=client.backend != "scripted")
+    write_json_atomic(out_dir / "programs.json",
+                      {"programs": stats.pop("programs"), "decompositions": stats.pop("decompositions")})
+    return result, stats
+
+
+def diagnostic(dataset: OfflineDataset, result: RewardResult, out_dir: Path) -> dict[str, Any]:
+    """Programs that failed verification for good (their sub-tasks give no reward), with the last reason."""
+    programs = json.loads((out_dir / "programs.json").read_text())["programs"]
+    return {subtask: record["attempts"][-1]["failure"] for subtask, record in programs.items()
+            if record["status"] == "failed"}
