@@ -34,9 +34,9 @@ from rgvlm.evaluation.label_quality import label_quality  # noqa: E402
 from rgvlm.params import EnvConfig, labeling_config, load_params, train_config  # noqa: E402
 from rgvlm.plots import METRIC_LABELS, save_figure  # noqa: E402
 from rgvlm.rewards import fuse, sparse_rewards  # noqa: E402
-from rgvlm.rewards.rg_vlm import RGVLMConfig, label_rg_vlm  # noqa: E402
+from rgvlm.rewards.rg_vlm import config_from_params, label_rg_vlm  # noqa: E402
 from rgvlm.rl.diagnostics import holdout_mask  # noqa: E402
-from rgvlm.rl.missions import MissionEmbedder  # noqa: E402
+from rgvlm.rl.missions import mission_embedder  # noqa: E402
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy  # noqa: E402
 from rgvlm.rl.runs import iql_config_for  # noqa: E402
 from rgvlm.vlm import cached_clients  # noqa: E402
@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     for sd, mis in levels:
         raw = {**params["labeling"], "scripted": {**params["labeling"]["scripted"], "score_sd": sd,
                                                    "misattribution": mis}}
-        config = labeling_config(raw, max_trajectory_length=data.max_episode_limit)
+        config = labeling_config(raw)
         cache = paths.OUTPUTS / "experiments" / "noise_sweep" / f"cache_sd{sd:g}_mis{mis:g}"
         stage1, stage2, _ = cached_clients(config, cache)
-        dense, _ = label_rg_vlm(data, stage1, stage2, RGVLMConfig(**config.rg_vlm), needs_images=False)
+        dense, _ = label_rg_vlm(data, stage1, stage2, config_from_params(params["rg_vlm"]), needs_images=False)
         level = f"sd={sd:g}, mis={mis:g}"
         reward_sets[("rg_vlm", level)] = dense.rewards
         reward_sets[(f"sparse+rg_vlm@{args.lam:g}", level)] = fuse(sparse, dense, args.lam).rewards
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     config = iql_config_for(data, {**train.iql, **({"num_steps": args.steps} if args.steps else {})})
     names = list(reward_sets)
     runs = [(name, seed) for name in names for seed in args.seeds]
-    embedder = MissionEmbedder(device="cpu")
+    embedder = mission_embedder(config.mission_encoder)  # as the networks read missions
     table = torch.as_tensor(embedder.embed(data.missions))
     transitions = DeviceTransitions(data, list(reward_sets.values()), table, "cpu",
                                     holdout=holdout_mask(data, config.holdout_fraction))

@@ -33,7 +33,7 @@ from rgvlm.envs.seeds import validation_seed  # noqa: E402
 from rgvlm.evaluation import EvalEpisode, rollout, summarize  # noqa: E402
 from rgvlm.params import EnvConfig, load_params, train_config  # noqa: E402
 from rgvlm.rewards import load_rewards  # noqa: E402
-from rgvlm.rl.missions import MissionEmbedder  # noqa: E402
+from rgvlm.rl.missions import mission_embedder  # noqa: E402
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy  # noqa: E402
 from rgvlm.rl.runs import iql_config_for  # noqa: E402
 
@@ -62,9 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     data = load_dataset(paths.DATA)
     env_config = EnvConfig(**data.manifest["env"])
     rewards = [load_rewards(paths.REWARDS, name).rewards for name in args.reward_sets]
-    embedder = MissionEmbedder(device="cpu")
-    table = torch.as_tensor(embedder.embed(data.missions))
-    transitions = DeviceTransitions(data, rewards, table, "cpu")
     episodes = [EvalEpisode(k, "validation", validation_seed(0, i)) for k in args.ks for i in range(args.episodes)]
     runs = [(name, seed) for name in args.reward_sets for seed in args.seeds]
     base = load_params()["train"]
@@ -73,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_variant(variant_text)
         train = train_config({**base, **overrides})
         config = iql_config_for(data, train.iql)
+        embedder = mission_embedder(config.mission_encoder)  # as the variant's networks read missions
+        transitions = DeviceTransitions(data, rewards, torch.as_tensor(embedder.embed(data.missions)), "cpu")
         trainer = MultiRunIQL(config, [seed for _, seed in runs], [args.reward_sets.index(n) for n, _ in runs])
         started = time.perf_counter()
         while trainer.step < args.steps:
