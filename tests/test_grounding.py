@@ -9,11 +9,11 @@ from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
 from rgvlm.envs import SUITE_ENV_IDS, make_env, reset_quietly
 from rgvlm.envs.suite import encode_observation
 from rgvlm.params import ParamError, load_params, train_config
+from rgvlm.rewards import sparse_rewards
 from rgvlm.rl.iql import IQLConfig
 from rgvlm.rl.missions import CLAUSE_VOCABULARY, MAX_CLAUSE_WORDS, ClauseTokenEmbedder
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL
 from rgvlm.rl.networks import NUM_OBJECT_TYPES, ROLES, EncoderSpec, EntityStateEncoder, clause_lexicon
-from rgvlm.rewards import sparse_rewards
 
 
 def test_the_lexicon_maps_each_word_to_the_attribute_it_names():
