@@ -390,6 +390,7 @@ def test_update_polyak_and_frozen_target():
         ("num_actions", 1),
         ("hidden_dim", 0),
         ("gamma", float("nan")),
+        ("shared_encoder", "yes"),
     ],
 )
 def test_config_validation_names_field(field, value):

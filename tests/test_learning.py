@@ -24,8 +24,9 @@ HYPER = dict(batch_size=16, hidden_dim=16, num_layers=1, encoder="entities", ent
              holdout_fraction=0.2)
 
 
-def test_stack_with_the_entity_encoder_follows_eager_learners():
-    config = IQLConfig(**ENTITIES, batch_size=8)
+@pytest.mark.parametrize("shared_encoder", [False, True], ids=["own-encoders", "shared-encoder"])
+def test_stack_with_the_entity_encoder_follows_eager_learners(shared_encoder):
+    config = IQLConfig(**ENTITIES, batch_size=8, shared_encoder=shared_encoder)
     data = _random_dataset(32)
     stack, eager = MultiRunIQL(config, [0, 1]), [IQLLearner(config, seed=s) for s in (0, 1)]
     g = torch.Generator().manual_seed(0)
@@ -34,7 +35,30 @@ def test_stack_with_the_entity_encoder_follows_eager_learners():
         stacked = stack.update(TransitionBatch(**{k: v[idx] for k, v in data.items()}))
         for r, learner in enumerate(eager):
             metrics = learner.update(TransitionBatch(**{k: v[idx[r]] for k, v in data.items()}))
-            torch.testing.assert_close(stacked["critic_loss"][r], metrics["critic_loss"], rtol=1e-4, atol=1e-5)
+            for name in ("critic_loss", "value_loss", "policy_loss"):
+                torch.testing.assert_close(stacked[name][r], metrics[name], rtol=1e-4, atol=1e-5)
+
+
+def test_shared_encoder_heads_read_the_policy_features_and_do_not_train_them():
+    """With ``shared_encoder`` the critic and value are heads alone, reading the policy encoder's
+    features detached: with the policy's learning rate at zero, an update (which trains the critic
+    and value) must leave the encoder exactly where it was."""
+    config = IQLConfig(**ENTITIES, batch_size=8, shared_encoder=True)
+    learner = IQLLearner(config, seed=0)
+    assert not any(name.startswith(("q1.encoder", "q2.encoder")) for name, _ in learner.critic.named_parameters())
+    assert not any(name.startswith("encoder") for name, _ in learner.value.named_parameters())
+    own = IQLLearner(IQLConfig(**ENTITIES, batch_size=8), seed=0)
+    assert sum(p.numel() for p in learner.critic.parameters()) < sum(p.numel() for p in own.critic.parameters())
+    data = _random_dataset(32)
+    batch = TransitionBatch(**{k: v[:8] for k, v in data.items()})
+    encoder = {k: v.clone() for k, v in learner.policy.encoder.state_dict().items()}
+    learner.policy_optim.param_groups[0]["lr"] = 0.0  # only the critic and value may learn
+    learner.update(batch)
+    for key, value in learner.policy.encoder.state_dict().items():
+        torch.testing.assert_close(value, encoder[key], rtol=0, atol=0)
+    critic_view = learner.critic_view(batch.grid, batch.carry, batch.mission)
+    torch.testing.assert_close(critic_view[0], learner.policy.encoder(batch.grid, batch.carry, batch.mission))
+    assert critic_view[1] is None and not critic_view[0].requires_grad
 
 
 def _scene(agent=(3, 3), direction=0, objects=(((5, 5), (6, 1, 0)),), size=9):
@@ -168,9 +192,10 @@ def test_return_range_scaling_gives_critic_targets_of_width_one(tiny_dataset):
         train_config({"reward_sets": ["sparse"], "seeds": [0], "reward_scale": "z-score"})
 
 
-def test_critic_probe_matches_a_direct_computation(inputs):
+@pytest.mark.parametrize("shared_encoder", [False, True], ids=["own-encoders", "shared-encoder"])
+def test_critic_probe_matches_a_direct_computation(inputs, shared_encoder):
     data, table, rewards = inputs
-    config = iql_config_for(data, HYPER)
+    config = iql_config_for(data, dict(HYPER, shared_encoder=shared_encoder))
     mask = holdout_mask(data, 0.6)  # enough episodes that both successes and failures are held out
     transitions = DeviceTransitions(data, [rewards["a"]], table, "cpu", holdout=mask)
     stack = MultiRunIQL(config, [0, 1])

@@ -15,6 +15,8 @@ from tests.test_iql import SMALL, _random_dataset
 
 # The CPU profile's encoder (egocentric one-hot + Linear), shrunk.
 ONE_HOT = dict(SMALL, conv_channels=0, egocentric=True, obs_feature_dim=16, state_feature_dim=32, hidden_dim=32)
+# The critic and value heads read the policy encoder's features.
+SHARED = dict(SMALL, shared_encoder=True)
 
 
 def _stacked_batches(data, runs: int, batch_size: int, steps: int, seed: int = 0):
@@ -25,7 +27,7 @@ def _stacked_batches(data, runs: int, batch_size: int, steps: int, seed: int = 0
         yield idx, TransitionBatch(**{k: v[idx] for k, v in data.items()})
 
 
-@pytest.mark.parametrize("overrides", [SMALL, ONE_HOT], ids=["conv", "one-hot-egocentric"])
+@pytest.mark.parametrize("overrides", [SMALL, ONE_HOT, SHARED], ids=["conv", "one-hot-egocentric", "shared-encoder"])
 def test_stack_follows_eager_learners(overrides):
     """Run r of the stack = an eager IQLLearner with seed r fed the same batches."""
     config = IQLConfig(**overrides, batch_size=16)

@@ -92,9 +92,18 @@ class CriticProbe:
     def __call__(self, trainer: MultiRunIQL) -> dict[str, torch.Tensor]:
         """Each diagnostic as an ``[R]`` tensor."""
         cfg = trainer.config
-        s = (self.grid, self.carry, self.mission)
-        v = vmap(lambda p: functional_call(trainer._value, p, s))(trainer.value)  # [R, M]
-        q = vmap(lambda p: functional_call(trainer._critic, p, s))(trainer.target_critic)  # [R, M, 2, A]
+        if cfg.shared_encoder:  # every run reads its own policy encoder's features
+            runs = trainer.num_runs
+            obs = trainer.featurize(self.grid[None], self.carry[None])[0]  # parameter-free: once for all runs
+            obs = obs.expand(runs, *obs.shape)
+            mission = self.mission.expand(runs, *self.mission.shape)
+            x = trainer.critic_view(obs, mission)
+            v = vmap(lambda p, x, m: functional_call(trainer._value, p, (x, None, m)))(trainer.value, x, mission)
+            q = vmap(lambda p, x, m: functional_call(trainer._critic, p, (x, None, m)))(trainer.target_critic, x, mission)
+        else:  # the same states for every run
+            s = (self.grid, self.carry, self.mission)
+            v = vmap(lambda p: functional_call(trainer._value, p, s))(trainer.value)  # [R, M]
+            q = vmap(lambda p: functional_call(trainer._critic, p, s))(trainer.target_critic)  # [R, M, 2, A]
         q_sa = vmap(lambda x: _gather_actions(x, self.action).min(dim=1).values)(q)
         weights = vmap(lambda a: advantage_weights(a, cfg.beta, cfg.adv_clip, cfg.adv_normalise))(q_sa - v)
         g = self.returns[trainer.reward_rows]  # [R, M]

@@ -96,6 +96,9 @@ class IQLConfig:
     grounding: str = "attention"  # entities encoder: "attention" | "lexical" (rgvlm.rl.networks.GROUNDINGS)
     mission_encoder: str = "minilm"  # "minilm" sentence vectors | "tokens" clause word codes (rgvlm.rl.missions)
     adv_normalise: bool = False  # divide advantages by their batch std before exp(beta * A)
+    # One encoder: the critic and value heads read the policy encoder's state features, detached
+    # (the encoder is trained by the policy loss alone); False = each network its own encoder.
+    shared_encoder: bool = False
     reward_scale: str = "none"  # "none" | "return_range": rewards / range of returns (rgvlm.rl.runs.scale_rewards)
     holdout_fraction: float = 0.0  # share of episodes (per k) never trained on: the critic diagnostic's data
     num_steps: int = 1_000_000  # total gradient updates of a run
@@ -178,7 +181,7 @@ class IQLConfig:
                  "(lexical grounding matches the clause's words against the entities' type and colour)")
         if self.reward_scale not in REWARD_SCALES:
             fail("reward_scale", f"one of {', '.join(REWARD_SCALES)}")
-        for name in ("egocentric", "adv_normalise"):
+        for name in ("egocentric", "adv_normalise", "shared_encoder"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "true or false")
         if not 0 <= self.patch < min(self.grid_height, self.grid_width):
@@ -370,8 +373,9 @@ class IQLLearner:
         spec = config.encoder_spec()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            critic = DiscreteCritic(config.num_actions, config.hidden_dim, config.num_layers, spec)
-            value = ValueNetwork(config.hidden_dim, config.num_layers, spec)
+            shared = config.shared_encoder
+            critic = DiscreteCritic(config.num_actions, config.hidden_dim, config.num_layers, spec, shared)
+            value = ValueNetwork(config.hidden_dim, config.num_layers, spec, shared)
             policy = DiscretePolicy(config.num_actions, config.hidden_dim, config.num_layers, spec)
         self.critic = critic.to(self.device)
         self.value = value.to(self.device)
@@ -399,11 +403,15 @@ class IQLLearner:
         """One IQL gradient step on ``batch``; returns detached scalar tensors (no host sync)."""
         cfg = self.config
         s = (batch.grid, batch.carry, batch.mission)
+        # What the critic and value read, s and s' (with a shared encoder: the policy encoder's
+        # features before this update, as in the multi-run stack).
+        cs = self.critic_view(*s)
+        cs_next = self.critic_view(batch.next_grid, batch.next_carry, batch.mission)
 
         # 1. Value: expectile regression onto min of the *target* twin Q at dataset actions.
         with torch.no_grad():
-            target_q_sa = _gather_actions(self.target_critic(*s), batch.action).min(dim=1).values
-        v = self.value(*s)
+            target_q_sa = _gather_actions(self.target_critic(*cs), batch.action).min(dim=1).values
+        v = self.value(*cs)
         v_loss = value_loss(v, target_q_sa, cfg.tau)
         self.value_optim.zero_grad(set_to_none=True)
         v_loss.backward()
@@ -412,11 +420,7 @@ class IQLLearner:
         # V(s) for the advantage and V(s') for the bootstrap, both with the updated value net,
         # as in the reference implementation; one forward pass over [s; s'].
         with torch.no_grad():
-            both = self.value(
-                torch.cat([batch.grid, batch.next_grid]),
-                torch.cat([batch.carry, batch.next_carry]),
-                torch.cat([batch.mission, batch.mission]),
-            )
+            both = self.value(*(None if a is None else torch.cat([a, b]) for a, b in zip(cs, cs_next, strict=True)))
             v_s, next_v = both.chunk(2)
             adv = target_q_sa - v_s
 
@@ -427,7 +431,7 @@ class IQLLearner:
         self.policy_optim.step()
 
         # 3. Critic: TD regression of both Q heads onto r + gamma * (1 - done) * V(s').
-        q_sa = _gather_actions(self.critic(*s), batch.action)
+        q_sa = _gather_actions(self.critic(*cs), batch.action)
         q_loss = critic_loss(q_sa[:, 0], q_sa[:, 1], batch.reward, batch.done, next_v, cfg.gamma)
         self.critic_optim.zero_grad(set_to_none=True)
         q_loss.backward()
@@ -446,6 +450,15 @@ class IQLLearner:
             "v_mean": v.detach().mean(),
             "adv_mean": adv.mean(),
         }
+
+    @torch.no_grad()
+    def critic_view(self, grid: torch.Tensor, carry: torch.Tensor, mission: torch.Tensor) -> tuple:
+        """The inputs of the critic and value networks for states ``(grid, carry, mission)``: the
+        states themselves, or, with ``shared_encoder``, ``(features, None, mission)`` where the
+        features are the policy encoder's, detached (the critic's losses do not train it)."""
+        if not self.config.shared_encoder:
+            return grid, carry, mission
+        return self.policy.encoder(grid, carry, mission), None, mission
 
     # ---------------------------------------------------------------- inference
 
@@ -474,9 +487,10 @@ class IQLLearner:
         """Diagnostics for a batch of states: ``q`` = min(Q1, Q2) [B, A] of the online critic,
         ``v`` [B] and policy ``logits`` [B, A]."""
         s = self._inputs(grid, carry, mission)
+        cs = self.critic_view(*s)
         return {
-            "q": self.critic(*s).min(dim=1).values,
-            "v": self.value(*s),
+            "q": self.critic(*cs).min(dim=1).values,
+            "v": self.value(*cs),
             "logits": self.policy(*s),
         }
 

@@ -217,6 +217,9 @@ class MultiRunIQL:
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size={chunk_size}: expected None (all runs at once) or an int >= 1")
         self.chunk_size = chunk_size
+        # With a shared encoder, the critic and value read the policy encoder's features (detached).
+        self._encode = vmap(lambda p, obs, mission: functional_call(self._policy.encoder, p, (obs, None, mission)),
+                            chunk_size=chunk_size)
         value_grad = vmap(grad_and_value(self._value_objective, has_aux=True), chunk_size=chunk_size)
         actor_critic_grad = vmap(grad_and_value(self._actor_critic_objective, argnums=(0, 1), has_aux=True),
                                  chunk_size=chunk_size)
@@ -228,25 +231,24 @@ class MultiRunIQL:
 
     # ------------------------------------------------------------ per-run objectives
 
-    def _value_objective(self, value_p, target_p, obs, mission, action):
-        s = (obs, None, mission)  # featurized states (see rgvlm.rl.networks.state_encoder)
+    def _value_objective(self, value_p, target_p, x, mission, action):
+        s = (x, None, mission)  # what the critic and value read (see critic_view)
         target_q_sa = _gather_actions(functional_call(self._critic, target_p, s), action).min(dim=1).values
         v = functional_call(self._value, value_p, s)
         loss = value_loss(v, target_q_sa, self.config.tau)
         return loss, (target_q_sa.detach(), v.detach().mean())
 
-    def _actor_critic_objective(self, policy_p, critic_p, value_p, target_q_sa, obs, mission, action,
-                                reward, next_obs, done, is_bc, bc_weight):
+    def _actor_critic_objective(self, policy_p, critic_p, value_p, target_q_sa, obs, x, next_x, mission, action,
+                                reward, done, is_bc, bc_weight):
         cfg = self.config
-        s = (obs, None, mission)
         # V(s) and V(s') from the updated value net in one forward pass; value_p is not differentiated.
-        both = functional_call(self._value, value_p, (torch.cat([obs, next_obs]), None, torch.cat([mission, mission])))
+        both = functional_call(self._value, value_p, (torch.cat([x, next_x]), None, torch.cat([mission, mission])))
         v_s, next_v = both.detach().chunk(2)
         adv = target_q_sa - v_s
         weights = torch.where(is_bc > 0, bc_weight / bc_weight.mean().clamp(min=1e-6),
                               advantage_weights(adv, cfg.beta, cfg.adv_clip, cfg.adv_normalise))
-        pi_loss = weighted_log_likelihood(functional_call(self._policy, policy_p, s), action, weights)
-        q_sa = _gather_actions(functional_call(self._critic, critic_p, s), action)
+        pi_loss = weighted_log_likelihood(functional_call(self._policy, policy_p, (obs, None, mission)), action, weights)
+        q_sa = _gather_actions(functional_call(self._critic, critic_p, (x, None, mission)), action)
         q_loss = critic_loss(q_sa[:, 0], q_sa[:, 1], reward, done, next_v, cfg.gamma)
         # The two losses depend on disjoint parameters, so one sum gives each its own gradient.
         return pi_loss + q_loss, (pi_loss.detach(), q_loss.detach(), q_sa.detach().mean(), adv.mean())
@@ -258,6 +260,17 @@ class MultiRunIQL:
         runs, batch = grid.shape[:2]
         flat = self._policy.encoder.featurize(grid.flatten(end_dim=1), carry.flatten(end_dim=1))
         return flat.reshape(runs, batch, -1)
+
+    @torch.no_grad()
+    def critic_view(self, obs: torch.Tensor, mission: torch.Tensor) -> torch.Tensor:
+        """What every run's critic and value read for featurized states ``obs`` ``[R, B, F]`` with
+        missions ``[R, B, S, E]``: ``obs`` itself, or, with ``shared_encoder``, the policy encoder's
+        features ``[R, B, state_feature_dim]``, detached (the critic's losses do not train it)."""
+        if not self.config.shared_encoder:
+            return obs
+        encoder = {name.removeprefix("encoder."): p.detach() for name, p in self.policy.items()
+                   if name.startswith("encoder.")}
+        return self._encode(encoder, obs, mission)
 
     def _indices(self, data: DeviceTransitions) -> torch.Tensor:
         step = torch.tensor(self.step, dtype=torch.int64, device=self.device)
@@ -289,14 +302,15 @@ class MultiRunIQL:
             bc_weight = torch.ones_like(b.reward)
         # The parameter-free part of every encoder, once per batch instead of once per network.
         obs, next_obs = self.featurize(b.grid, b.carry), self.featurize(b.next_grid, b.next_carry)
+        x, next_x = self.critic_view(obs, b.mission), self.critic_view(next_obs, b.mission)
         v_grads, (v_loss, (target_q_sa, v_mean)) = self._value_grad(
-            self.value, self.target_critic, obs, b.mission, b.action)
+            self.value, self.target_critic, x, b.mission, b.action)
         self._apply(self.value_optim, self.value, v_grads)
 
         value_now = {k: v.detach() for k, v in self.value.items()}
         (pi_grads, q_grads), (_, (pi_loss, q_loss, q_mean, adv_mean)) = self._actor_critic_grad(
-            self.policy, self.critic, value_now, target_q_sa, obs, b.mission, b.action, b.reward,
-            next_obs, b.done, self.is_bc, bc_weight)
+            self.policy, self.critic, value_now, target_q_sa, obs, x, next_x, b.mission, b.action, b.reward,
+            b.done, self.is_bc, bc_weight)
         self._apply(self.policy_optim, self.policy, pi_grads)
         self._apply(self.critic_optim, self.critic, q_grads)
 

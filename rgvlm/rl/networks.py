@@ -12,10 +12,12 @@ Every module here is a plain ``nn.Module`` without Python-side state: no buffers
 during ``forward``, no in-place ops, no ``.item()``. That keeps them usable with
 ``torch.func.functional_call`` + ``torch.func.vmap`` over stacked parameters of many runs.
 
-Each head (:class:`DiscreteCritic`, :class:`ValueNetwork`, :class:`DiscretePolicy`) owns its
-own :class:`StateEncoder`; nothing is shared between critic, value and policy (and the two Q
-functions of the twin critic also have separate encoders), which is the standard IQL set-up and
-avoids one loss shaping the features of another.
+By default each head (:class:`DiscreteCritic`, :class:`ValueNetwork`, :class:`DiscretePolicy`)
+owns its own :class:`StateEncoder`; nothing is shared between critic, value and policy (and the
+two Q functions of the twin critic also have separate encoders), which is the standard IQL set-up
+and avoids one loss shaping the features of another. With ``shared=True`` the critic and value
+heads have no encoder of their own (:class:`EncodedState`): they read the state features of the
+policy's encoder, detached (``IQLConfig.shared_encoder``).
 """
 
 from __future__ import annotations
@@ -471,8 +473,22 @@ class EntityStateEncoder(nn.Module):
         present = present.to(read.dtype).repeat_interleave(ROLES, dim=1).unsqueeze(-1)
         return (read * present).flatten(start_dim=1)
 
+class EncodedState(nn.Module):
+    """The encoder of a head that reads another network's state features (``shared=True``).
+
+    Called like a state encoder, as ``(features [B, out_dim], None, mission)``; returns the
+    features. It has no parameters, so such a head is its MLP alone.
+    """
+
+    def forward(self, features: torch.Tensor, carry: torch.Tensor | None, mission: torch.Tensor) -> torch.Tensor:
+        if carry is not None:
+            raise ValueError("a head with shared=True reads encoded states (features, None, mission), "
+                             "not (grid, carry, mission)")
+        return features
+
+
 class QNetwork(nn.Module):
-    """One Q function: state -> ``[B, num_actions]``."""
+    """One Q function: state -> ``[B, num_actions]``. ``shared``: no encoder (:class:`EncodedState`)."""
 
     def __init__(
         self,
@@ -480,10 +496,11 @@ class QNetwork(nn.Module):
         hidden_dim: int = 256,
         num_layers: int = 2,
         spec: EncoderSpec | None = None,
+        shared: bool = False,
     ) -> None:
         super().__init__()
         spec = spec if spec is not None else EncoderSpec()
-        self.encoder = state_encoder(spec)
+        self.encoder = EncodedState() if shared else state_encoder(spec)
         self.head = mlp(spec.out_dim, hidden_dim, num_layers, num_actions)
 
     def forward(self, grid: torch.Tensor, carry: torch.Tensor, mission: torch.Tensor) -> torch.Tensor:
@@ -491,7 +508,7 @@ class QNetwork(nn.Module):
 
 
 class DiscreteCritic(nn.Module):
-    """Twin Q functions with independent encoders.
+    """Twin Q functions with independent encoders (or none, ``shared``).
 
     ``forward`` returns a single tensor of shape ``[B, 2, num_actions]``: index 0 along dim 1 is
     Q1, index 1 is Q2. A single output (rather than a tuple) keeps ``vmap``/``functional_call``
@@ -504,10 +521,11 @@ class DiscreteCritic(nn.Module):
         hidden_dim: int = 256,
         num_layers: int = 2,
         spec: EncoderSpec | None = None,
+        shared: bool = False,
     ) -> None:
         super().__init__()
-        self.q1 = QNetwork(num_actions, hidden_dim, num_layers, spec)
-        self.q2 = QNetwork(num_actions, hidden_dim, num_layers, spec)
+        self.q1 = QNetwork(num_actions, hidden_dim, num_layers, spec, shared)
+        self.q2 = QNetwork(num_actions, hidden_dim, num_layers, spec, shared)
 
     def forward(self, grid: torch.Tensor, carry: torch.Tensor, mission: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.q1(grid, carry, mission), self.q2(grid, carry, mission)], dim=1)
@@ -516,10 +534,11 @@ class DiscreteCritic(nn.Module):
 class ValueNetwork(nn.Module):
     """State value V(s): state -> ``[B]``."""
 
-    def __init__(self, hidden_dim: int = 256, num_layers: int = 2, spec: EncoderSpec | None = None) -> None:
+    def __init__(self, hidden_dim: int = 256, num_layers: int = 2, spec: EncoderSpec | None = None,
+                 shared: bool = False) -> None:
         super().__init__()
         spec = spec if spec is not None else EncoderSpec()
-        self.encoder = state_encoder(spec)
+        self.encoder = EncodedState() if shared else state_encoder(spec)
         self.head = mlp(spec.out_dim, hidden_dim, num_layers, 1)
 
     def forward(self, grid: torch.Tensor, carry: torch.Tensor, mission: torch.Tensor) -> torch.Tensor:
