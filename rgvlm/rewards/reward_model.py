@@ -216,6 +216,13 @@ def embed_missions(dataset: OfflineDataset) -> torch.Tensor:
         return torch.as_tensor(MissionEmbedder(device="cpu").embed(dataset.missions))
 
 
+def reward_model_record(model: RewardEnsemble) -> dict[str, Any]:
+    """The reward model's part of ERL-VLM's and RL-VLM-F's provenance: what it is and how its
+    output is scaled."""
+    return {"architecture": "StateEncoder (one-hot grid, clause-slot mission) + action head, tanh",
+            **model.metadata(), "normalisation": "ensemble mean, min-max over the dataset to [0, 1]"}
+
+
 def label_with_reward_model(method: str, label_method: Any, dataset: OfflineDataset, clients: tuple[Any, Any],
                             config: Any, out_dir: Path) -> tuple[Any, dict[str, Any]]:
     """The labelling stage's entry of ERL-VLM and RL-VLM-F (:mod:`rgvlm.rewards.registry`):

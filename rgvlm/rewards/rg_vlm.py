@@ -19,9 +19,7 @@ editable files under ``prompts/``; their text is part of every cache key.
 
 from __future__ import annotations
 
-import io
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,11 +32,18 @@ from rgvlm.data.storage import OfflineDataset
 from rgvlm.envs import ACTION_NAMES
 from rgvlm.params import ParamError
 from rgvlm.rewards.base import RewardResult, check_failure_rate
+from rgvlm.rewards.queries import (
+    ask_with_reasks,
+    frame_indices,
+    invalid_answer_note,
+    load_templates,
+    numbered_actions,
+    png_bytes,
+    provenance_record,
+)
 from rgvlm.vlm.base import LVLMClient, LVLMRequest
 from rgvlm.vlm.parsing import SCORE_MAX, parse_scores
 from rgvlm.vlm.scripted import WindowTruth
-
-PROMPTS = paths.ROOT / "prompts"
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ class RGVLMConfig:
     fallback_score: int = 0  # score of every action of a window whose answers all failed
     stage1_max_new_tokens: int = 512
     stage2_max_new_tokens: int = 256
-    prompt_dir: str = str(PROMPTS)
+    prompt_dir: str = str(paths.PROMPTS)
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -90,29 +95,6 @@ def episode_windows(length: int, window_length: int, stride: int) -> list[tuple[
     return windows
 
 
-def frame_indices(start: int, end: int, frame_stride: int) -> list[int]:
-    """Observation indices shown for the window: start, every ``frame_stride``-th, and end."""
-    shown = list(range(start, end + 1, frame_stride))
-    return shown if shown[-1] == end else [*shown, end]
-
-
-def load_templates(prompt_dir: str | Path) -> tuple[str, str]:
-    directory = Path(prompt_dir)
-    return (directory / "rg_vlm_stage1.txt").read_text(), (directory / "rg_vlm_stage2.txt").read_text()
-
-
-def png_bytes(frame: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="PNG", optimize=False)
-    return buffer.getvalue()
-
-
-def _actions_text(actions: np.ndarray) -> str:
-    return "\n".join(f"{i + 1}. {ACTION_NAMES[int(a)]}" for i, a in enumerate(actions))
-
-
 def label_rg_vlm(
     dataset: OfflineDataset,
     stage1: LVLMClient,
@@ -125,7 +107,7 @@ def label_rg_vlm(
     if config.window_length > dataset.max_episode_limit:
         raise ParamError("rg_vlm.window_length", config.window_length,
                          f"at most {dataset.max_episode_limit}, the longest trajectory the dataset allows")
-    template1, template2 = load_templates(config.prompt_dir)
+    template1, template2 = load_templates("rg_vlm", config.prompt_dir)
     windows: list[Window] = []
     context: list[tuple[str, tuple[bytes, ...], np.ndarray, WindowTruth, WindowTruth]] = []
     completed_all = dataset.progress.astype(np.int16) - dataset.progress_before.astype(np.int16)
@@ -152,7 +134,7 @@ def label_rg_vlm(
             context.append((episode["mission"], images, actions[s:e], truth1, truth2))
 
     def fields(goal: str, images: tuple, acts: np.ndarray) -> dict:
-        return {"goal": goal, "num_frames": len(images) if images else "no", "actions": _actions_text(acts),
+        return {"goal": goal, "num_frames": len(images) if images else "no", "actions": numbered_actions(acts),
                 "num_actions": len(acts)}
 
     analyses = stage1.generate([
@@ -162,33 +144,15 @@ def label_rg_vlm(
     ])
     prompts2 = [template2.format(**fields(goal, images, acts), analysis=analysis.text)
                 for (goal, images, acts, _, _), analysis in zip(context, analyses, strict=True)]
-    scores: list[tuple[int, ...] | None] = [None] * len(windows)
-    errors: Counter[str] = Counter()
-    reasks = 0
-    pending = list(range(len(windows)))
-    notes = [""] * len(windows)
-    for attempt in range(config.max_reasks + 1):
-        if not pending:
-            break
-        answers = stage2.generate([
-            LVLMRequest(prompt=prompts2[i] + notes[i], images=context[i][1],
-                        max_new_tokens=config.stage2_max_new_tokens, annotation=context[i][4])
-            for i in pending
-        ])
-        still = []
-        for i, answer in zip(pending, answers, strict=True):
-            parsed = parse_scores(answer.text, len(context[i][2]))
-            if parsed.ok:
-                scores[i] = parsed.scores
-                continue
-            errors[parsed.error] += 1
-            notes[i] += (f"\nYour previous answer was invalid ({parsed.detail}). "
-                         f"Answer with JSON only: exactly {len(context[i][2])} integers from 0 to 10.")
-            still.append(i)
-        if attempt < config.max_reasks:
-            reasks += len(still)
-        pending = still
-    fallbacks = len(pending)
+    requests2 = [LVLMRequest(prompt=prompt, images=images, max_new_tokens=config.stage2_max_new_tokens,
+                             annotation=truth2)
+                 for prompt, (_, images, _, _, truth2) in zip(prompts2, context, strict=True)]
+    sizes = [len(acts) for _, _, acts, _, _ in context]  # scores expected from each window
+    answers = ask_with_reasks(
+        stage2, requests2, lambda i, text: parse_scores(text, sizes[i]),
+        lambda i, detail: invalid_answer_note(detail, f"Answer with JSON only: exactly {sizes[i]} integers from 0 to 10."),
+        config.max_reasks)
+    scores, errors, reasks, fallbacks = answers.values, answers.errors, answers.reasks, answers.failed
     check_failure_rate("rg_vlm", fallbacks, len(windows), errors, stage2, "windows")
 
     total = np.zeros(dataset.num_transitions, dtype=np.float64)
@@ -207,10 +171,8 @@ def label_rg_vlm(
         "fallback_windows": fallbacks,
         "wall_time_s": round(time.perf_counter() - started, 3),
     }
-    lvlm = {"backend": stage1.backend, "model": stage1.model, "stage2_backend": stage2.backend,
-            "stage2_model": stage2.model, "settings": stage1.generation_settings()}
-    provenance = {"method": "rg_vlm", "source": "two-stage LVLM query (analysis, then 0-10 score per action)",
-                  "lvlm": lvlm, "config": {k: v for k, v in vars(config).items() if k != "prompt_dir"}}
+    provenance = provenance_record("rg_vlm", "two-stage LVLM query (analysis, then 0-10 score per action)", config,
+                                   stage1, stage2)
     return RewardResult("rg_vlm", rewards, provenance=provenance, cost={**stats}), stats
 
 
@@ -220,11 +182,3 @@ def label(dataset: OfflineDataset, clients: tuple[LVLMClient, LVLMClient], confi
     stage1, stage2 = clients
     return label_rg_vlm(dataset, stage1, stage2, config, needs_images=stage1.backend != "scripted")
 
-
-def labeling_cost(usage, stats: dict, prices: dict[str, float]) -> dict:
-    """The cost record of a labelling run: calls, cache hits, tokens, time and an estimate in
-    USD from ``prices`` (``prompt_per_million`` / ``completion_per_million``)."""
-    counts = usage.as_dict()
-    usd = (counts["prompt_tokens"] * prices.get("prompt_per_million", 0.0)
-           + counts["completion_tokens"] * prices.get("completion_per_million", 0.0)) / 1e6
-    return {**counts, **stats, "estimated_cost_usd": round(usd, 4)}
