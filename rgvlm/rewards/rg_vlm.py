@@ -142,16 +142,18 @@ def label_rg_vlm(
                     max_new_tokens=config.stage1_max_new_tokens, annotation=truth1)
         for goal, images, acts, truth1, _ in context
     ])
-    prompts2 = [template2.format(**fields(goal, images, acts), analysis=analysis.text)
-                for (goal, images, acts, _, _), analysis in zip(context, analyses, strict=True)]
-    requests2 = [LVLMRequest(prompt=prompt, images=images, max_new_tokens=config.stage2_max_new_tokens,
-                             annotation=truth2)
-                 for prompt, (_, images, _, _, truth2) in zip(prompts2, context, strict=True)]
+    requests2 = [
+        LVLMRequest(prompt=template2.format(**fields(goal, images, acts), analysis=analysis.text), images=images,
+                    max_new_tokens=config.stage2_max_new_tokens, annotation=truth2)
+        for (goal, images, acts, _, truth2), analysis in zip(context, analyses, strict=True)
+    ]
     sizes = [len(acts) for _, _, acts, _, _ in context]  # scores expected from each window
-    answers = ask_with_reasks(
-        stage2, requests2, lambda i, text: parse_scores(text, sizes[i]),
-        lambda i, detail: invalid_answer_note(detail, f"Answer with JSON only: exactly {sizes[i]} integers from 0 to 10."),
-        config.max_reasks)
+
+    def reminder(i: int) -> str:
+        return f"Answer with JSON only: exactly {sizes[i]} integers from 0 to 10."
+
+    answers = ask_with_reasks(stage2, requests2, lambda i, text: parse_scores(text, sizes[i]),
+                              lambda i, detail: invalid_answer_note(detail, reminder(i)), config.max_reasks)
     scores, errors, reasks, fallbacks = answers.values, answers.errors, answers.reasks, answers.failed
     check_failure_rate("rg_vlm", fallbacks, len(windows), errors, stage2, "windows")
 
