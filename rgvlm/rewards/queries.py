@@ -2,8 +2,9 @@
 
 - prompt templates: a method's files under :data:`rgvlm.paths.PROMPTS`, as the registry lists
   them (:func:`load_templates`);
-- what a query shows: the frames of a span (:func:`frame_indices`), encoded as PNG
-  (:func:`png_bytes`), and its numbered actions (:func:`numbered_actions`);
+- what a query shows: the frames of a span (:func:`frame_indices`), rendered by replay and
+  encoded as PNG (:func:`episode_pngs`, :func:`png_bytes`), and its numbered actions
+  (:func:`numbered_actions`);
 - the re-ask loop (:func:`ask_with_reasks`): an answer the method's strict parser rejects is
   asked again with the reason appended, a bounded number of times;
 - cost accounting (:func:`labeling_cost`) and the provenance record (:func:`provenance_record`)
@@ -24,6 +25,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from rgvlm import paths
+from rgvlm.data.replay import replay_dataset_episode
+from rgvlm.data.storage import OfflineDataset
 from rgvlm.envs import ACTION_NAMES
 from rgvlm.rewards.registry import METHODS
 from rgvlm.vlm.base import LVLMClient, LVLMRequest
@@ -51,6 +54,13 @@ def png_bytes(frame: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(frame).save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
+
+
+def episode_pngs(dataset: OfflineDataset, episode: int, times: Sequence[int], tile_size: int) -> list[bytes]:
+    """PNG frames of the observations ``times`` (sorted) of one dataset episode, in that order,
+    rendered by replaying the episode once."""
+    rendered = replay_dataset_episode(dataset, episode, tile_size, frames=times)["frames"]
+    return [png_bytes(frame) for frame in rendered]
 
 
 def numbered_actions(actions: np.ndarray) -> str:

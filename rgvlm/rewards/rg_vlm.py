@@ -27,18 +27,17 @@ from typing import Any
 import numpy as np
 
 from rgvlm import paths
-from rgvlm.data.replay import replay_dataset_episode
 from rgvlm.data.storage import OfflineDataset
 from rgvlm.envs import ACTION_NAMES
 from rgvlm.params import ParamError
 from rgvlm.rewards.base import RewardResult, check_failure_rate
 from rgvlm.rewards.queries import (
     ask_with_reasks,
+    episode_pngs,
     frame_indices,
     invalid_answer_note,
     load_templates,
     numbered_actions,
-    png_bytes,
     provenance_record,
 )
 from rgvlm.vlm.base import LVLMClient, LVLMRequest
@@ -116,8 +115,8 @@ def label_rg_vlm(
         shown = {t: None for s, e in spans for t in frame_indices(s, e, config.frame_stride)}
         frames = {}
         if needs_images:
-            rendered = replay_dataset_episode(dataset, index, config.tile_size, frames=sorted(shown))["frames"]
-            frames = {t: png_bytes(f) for t, f in zip(sorted(shown), rendered, strict=True)}
+            order = sorted(shown)
+            frames = dict(zip(order, episode_pngs(dataset, index, order, config.tile_size), strict=True))
         steps = dataset.episode_steps(index)
         actions, completed = dataset.actions[steps], completed_all[steps]
         for s, e in spans:

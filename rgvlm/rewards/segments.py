@@ -30,10 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from rgvlm.data.replay import replay_dataset_episode
 from rgvlm.data.storage import OfflineDataset
 from rgvlm.params import ParamError
-from rgvlm.rewards.queries import frame_indices, numbered_actions, png_bytes
+from rgvlm.rewards.queries import episode_pngs, frame_indices, numbered_actions
 from rgvlm.vlm.parsing import MAX_ANSWER_CHARS
 from rgvlm.vlm.scripted import ScriptedAnnotator, ScriptedNoise, WindowTruth
 
@@ -151,8 +150,8 @@ def segment_frames(dataset: OfflineDataset, segments: Sequence[Segment], frame_s
     pngs: dict[tuple[int, int], bytes] = {}
     for episode, times in sorted(wanted.items()):
         order = sorted(times)
-        rendered = replay_dataset_episode(dataset, episode, tile_size, frames=order)["frames"]
-        pngs.update({(episode, t): png_bytes(frame) for t, frame in zip(order, rendered, strict=True)})
+        for t, png in zip(order, episode_pngs(dataset, episode, order, tile_size), strict=True):
+            pngs[(episode, t)] = png
     return [tuple(pngs[(s.episode, t)] for t in frame_indices(s.start, s.end, frame_stride)) for s in segments]
 
 

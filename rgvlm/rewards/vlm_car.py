@@ -77,8 +77,8 @@ from rgvlm.rewards.queries import (
     Answers,
     ParsedAnswer,
     ask_with_reasks,
+    episode_pngs,
     load_templates,
-    png_bytes,
     provenance_record,
 )
 from rgvlm.sandbox import SandboxLimits, run_checks
@@ -464,12 +464,8 @@ def decompose_missions(dataset: OfflineDataset, client: LVLMClient, config: VLMC
     for mission in dataset.missions:
         index = _representative(dataset, mission)
         shown: tuple[bytes, ...] = ()
-        if needs_images:
-            from rgvlm.data.replay import replay_dataset_episode
-
-            length = episodes[index]["length"]
-            frames = replay_dataset_episode(dataset, index, config.tile_size, frames=[0, length])["frames"]
-            shown = tuple(png_bytes(f) for f in frames)
+        if needs_images:  # the first and the last state
+            shown = tuple(episode_pngs(dataset, index, [0, episodes[index]["length"]], config.tile_size))
         requests.append(LVLMRequest(prompt=template.format(frames=_frames_text(needs_images), goal=mission),
                                     images=shown, max_new_tokens=config.decompose_max_new_tokens,
                                     annotation=DecompositionTruth(tuple(episodes[index]["subtasks"]))))
