@@ -491,13 +491,41 @@ class ProgramVerifier:
         self.config = config
         self.store = _Store()
         self.trajectories: list[_Trajectory] = []
-        episodes = dataset.episodes
-        for index, e in enumerate(episodes):
+        self._add_dataset_episodes(dataset, decomposition)
+        rollout_started = time.perf_counter()
+        self.random_steps = self._add_random_rollouts(dataset, decomposition)
+        self.rollout_s = time.perf_counter() - rollout_started
+        self.uses: dict[str, list[int]] = {}  # sub-task -> trajectories whose decomposition has it
+        self.experts_by_mission: dict[str, list[int]] = {}  # the expert trajectories the expert rule reads
+        self.randoms_by_mission: dict[str, list[int]] = {}
+        for t, trajectory in enumerate(self.trajectories):
+            for s in decomposition[trajectory.mission]:
+                self.uses.setdefault(s, []).append(t)
+            if trajectory.kind == "expert":
+                chosen = self.experts_by_mission.setdefault(trajectory.mission, [])
+                if not config.expert_trajectories or len(chosen) < config.expert_trajectories:
+                    chosen.append(t)
+            elif trajectory.kind == "random":
+                self.randoms_by_mission.setdefault(trajectory.mission, []).append(t)
+        self.evaluations: dict[tuple[str, str], _Evaluation] = {}
+        self.sandbox_failures: Counter[str] = Counter()
+        self.sandbox_calls = 0
+        self.evaluated = 0
+        self._lock = threading.Lock()
+
+    def _add_dataset_episodes(self, dataset: OfflineDataset, decomposition: dict[str, tuple[str, ...] | None]) -> None:
+        """Every dataset episode of a decomposed mission (their values are also the labels)."""
+        for index, e in enumerate(dataset.episodes):
             if decomposition[e["mission"]] is None:
                 continue
             rows = slice(e["obs_start"], e["obs_start"] + e["length"] + 1)
             ids = self.store.add(trajectory_data(dataset.obs_grid[rows], dataset.obs_carry[rows]))
             self.trajectories.append(_Trajectory(ids, e["mission"], e["kind"], index))
+
+    def _add_random_rollouts(self, dataset: OfflineDataset, decomposition: dict[str, tuple[str, ...] | None]) -> int:
+        """``random_trajectories`` random-action rollouts per mission the random rule can reject,
+        in the layouts of the mission's episodes; returns the steps taken."""
+        config, episodes = self.config, dataset.episodes
         env_kwargs = dict(dataset.manifest.get("env") or {})
         jobs = []
         for mission in dataset.missions:
@@ -507,33 +535,13 @@ class ProgramVerifier:
             for i in range(config.random_trajectories):
                 env_id, seed, k = layouts[i % len(layouts)]
                 jobs.append((mission, (env_id, seed, env_kwargs, (config.seed, seed, k, i), config.random_max_steps)))
-        rollout_started = time.perf_counter()
-        self.random_steps = 0
+        steps = 0
         for mission, job in jobs:
             grids, carries = _rollout_job(job)
-            self.random_steps += len(grids) - 1
-            self.trajectories.append(_Trajectory(self.store.add(trajectory_data(grids, carries)), mission, "random",
-                                                 None))
-        self.rollout_s = time.perf_counter() - rollout_started
-        self.uses: dict[str, list[int]] = {}  # sub-task -> trajectories whose decomposition has it
-        for t, trajectory in enumerate(self.trajectories):
-            for s in decomposition[trajectory.mission]:
-                self.uses.setdefault(s, []).append(t)
-        self.experts_by_mission: dict[str, list[int]] = {}
-        for t, trajectory in enumerate(self.trajectories):
-            if trajectory.kind == "expert":
-                chosen = self.experts_by_mission.setdefault(trajectory.mission, [])
-                if not config.expert_trajectories or len(chosen) < config.expert_trajectories:
-                    chosen.append(t)
-        self.randoms_by_mission: dict[str, list[int]] = {}
-        for t, trajectory in enumerate(self.trajectories):
-            if trajectory.kind == "random":
-                self.randoms_by_mission.setdefault(trajectory.mission, []).append(t)
-        self.evaluations: dict[tuple[str, str], _Evaluation] = {}
-        self.sandbox_failures: Counter[str] = Counter()
-        self.sandbox_calls = 0
-        self.evaluated = 0
-        self._lock = threading.Lock()
+            steps += len(grids) - 1
+            ids = self.store.add(trajectory_data(grids, carries))
+            self.trajectories.append(_Trajectory(ids, mission, "random", None))
+        return steps
 
     def evaluate(self, subtask: str, source: str) -> _Evaluation:
         """The program's values on every observation of the trajectories that need ``subtask``."""
