@@ -6,7 +6,8 @@
   encoded as PNG (:func:`episode_pngs`, :func:`png_bytes`), and its numbered actions
   (:func:`numbered_actions`);
 - the re-ask loop (:func:`ask_with_reasks`): an answer the method's strict parser rejects is
-  asked again with the reason appended, a bounded number of times;
+  asked again with the reason appended, a bounded number of times; and the two-stage query of
+  RG-VLM, ERL-VLM and RL-VLM-F (:func:`ask_two_stage`: an analysis, then the answer);
 - cost accounting (:func:`labeling_cost`) and the provenance record (:func:`provenance_record`)
   of a labelling run.
 
@@ -151,6 +152,37 @@ def ask_with_reasks(
             reasks += len(still)
         pending = still
     return Answers(values, errors, queries, reasks)
+
+
+@dataclass(frozen=True)
+class TwoStageQuery:
+    """One query of a two-stage method: the fields its prompt templates are filled with, the
+    frames shown in both stages, and the scripted annotator's ground truth of each stage."""
+
+    fields: dict[str, Any]
+    images: tuple[bytes, ...]
+    truth1: Any
+    truth2: Any
+
+
+def ask_two_stage(stage1: LVLMClient, stage2: LVLMClient, templates: tuple[str, str], queries: Sequence[TwoStageQuery],
+                  max_new_tokens: tuple[int, int], parse: Callable[[int, str], Parsed],
+                  reask_note: Callable[[int, str], str], max_reasks: int) -> Answers:
+    """Stage 1 asks ``stage1`` for a free-text analysis of every query (template 1); stage 2 asks
+    ``stage2`` (possibly a cheaper model) for the answer the method parses, given the same fields
+    and ``{analysis}`` (template 2), through :func:`ask_with_reasks`."""
+    template1, template2 = templates
+    analyses = stage1.generate([
+        LVLMRequest(prompt=template1.format(**q.fields), images=q.images, max_new_tokens=max_new_tokens[0],
+                    annotation=q.truth1)
+        for q in queries
+    ])
+    requests = [
+        LVLMRequest(prompt=template2.format(**q.fields, analysis=analysis.text), images=q.images,
+                    max_new_tokens=max_new_tokens[1], annotation=q.truth2)
+        for q, analysis in zip(queries, analyses, strict=True)
+    ]
+    return ask_with_reasks(stage2, requests, parse, reask_note, max_reasks)
 
 
 # -- cost and provenance ------------------------------------------------------------------

@@ -32,7 +32,8 @@ from rgvlm.envs import ACTION_NAMES
 from rgvlm.params import ParamError
 from rgvlm.rewards.base import RewardResult, check_failure_rate
 from rgvlm.rewards.queries import (
-    ask_with_reasks,
+    TwoStageQuery,
+    ask_two_stage,
     episode_pngs,
     frame_indices,
     invalid_answer_note,
@@ -40,7 +41,7 @@ from rgvlm.rewards.queries import (
     numbered_actions,
     provenance_record,
 )
-from rgvlm.vlm.base import LVLMClient, LVLMRequest
+from rgvlm.vlm.base import LVLMClient
 from rgvlm.vlm.parsing import SCORE_MAX, parse_scores
 from rgvlm.vlm.scripted import WindowTruth
 
@@ -106,9 +107,9 @@ def label_rg_vlm(
     if config.window_length > dataset.max_episode_limit:
         raise ParamError("rg_vlm.window_length", config.window_length,
                          f"at most {dataset.max_episode_limit}, the longest trajectory the dataset allows")
-    template1, template2 = load_templates("rg_vlm", config.prompt_dir)
+    templates = load_templates("rg_vlm", config.prompt_dir)
     windows: list[Window] = []
-    context: list[tuple[str, tuple[bytes, ...], np.ndarray, WindowTruth, WindowTruth]] = []
+    queries: list[TwoStageQuery] = []
     completed_all = dataset.progress.astype(np.int16) - dataset.progress_before.astype(np.int16)
     for index, episode in enumerate(dataset.episodes):
         spans = episode_windows(episode["length"], config.window_length, config.window_stride)
@@ -130,29 +131,17 @@ def label_rg_vlm(
             truth1 = WindowTruth(1, tuple(int(c) for c in completed[s:e]), names, tuple(done_texts))
             truth2 = WindowTruth(2, truth1.completed, names, truth1.subtasks_completed)
             windows.append(Window(index, s, e))
-            context.append((episode["mission"], images, actions[s:e], truth1, truth2))
-
-    def fields(goal: str, images: tuple, acts: np.ndarray) -> dict:
-        return {"goal": goal, "num_frames": len(images) if images else "no", "actions": numbered_actions(acts),
-                "num_actions": len(acts)}
-
-    analyses = stage1.generate([
-        LVLMRequest(prompt=template1.format(**fields(goal, images, acts)), images=images,
-                    max_new_tokens=config.stage1_max_new_tokens, annotation=truth1)
-        for goal, images, acts, truth1, _ in context
-    ])
-    requests2 = [
-        LVLMRequest(prompt=template2.format(**fields(goal, images, acts), analysis=analysis.text), images=images,
-                    max_new_tokens=config.stage2_max_new_tokens, annotation=truth2)
-        for (goal, images, acts, _, truth2), analysis in zip(context, analyses, strict=True)
-    ]
-    sizes = [len(acts) for _, _, acts, _, _ in context]  # scores expected from each window
+            fields = {"goal": episode["mission"], "num_frames": len(images) if images else "no",
+                      "actions": numbered_actions(actions[s:e]), "num_actions": e - s}
+            queries.append(TwoStageQuery(fields, images, truth1, truth2))
 
     def reminder(i: int) -> str:
-        return f"Answer with JSON only: exactly {sizes[i]} integers from 0 to 10."
+        return f"Answer with JSON only: exactly {windows[i].end - windows[i].start} integers from 0 to 10."
 
-    answers = ask_with_reasks(stage2, requests2, lambda i, text: parse_scores(text, sizes[i]),
-                              lambda i, detail: invalid_answer_note(detail, reminder(i)), config.max_reasks)
+    answers = ask_two_stage(stage1, stage2, templates, queries,
+                            (config.stage1_max_new_tokens, config.stage2_max_new_tokens),
+                            lambda i, text: parse_scores(text, windows[i].end - windows[i].start),
+                            lambda i, detail: invalid_answer_note(detail, reminder(i)), config.max_reasks)
     scores, errors, reasks, fallbacks = answers.values, answers.errors, answers.reasks, answers.failed
     check_failure_rate("rg_vlm", fallbacks, len(windows), errors, stage2, "windows")
 
