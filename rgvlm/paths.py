@@ -8,6 +8,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PARAMS = ROOT / "params.yaml"
 DVC_YAML = ROOT / "dvc.yaml"
 NOTEBOOKS = ROOT / "notebooks"
+#: The LVLM prompt templates (editable; their text is part of every cache key).
+PROMPTS = ROOT / "prompts"
 
 #: The offline dataset (tracked by data.dvc). Immutable once built.
 DATA = ROOT / "data"

@@ -13,10 +13,10 @@ import shutil
 import pytest
 
 from rgvlm.rewards.erl_vlm import parse_rating
+from rgvlm.rewards.queries import ask_with_reasks, invalid_answer_note
 from rgvlm.rewards.rg_vlm import RGVLMConfig, label_rg_vlm
 from rgvlm.rewards.rl_vlm_f import parse_preference
-from rgvlm.rewards.segments import ask_with_reasks
-from rgvlm.rewards.vlm_car import DECOMPOSE_NOTE, PROGRAM_NOTE, _ask, parse_decomposition, parse_program
+from rgvlm.rewards.vlm_car import DECOMPOSE_NOTE, PROGRAM_NOTE, parse_decomposition, parse_program
 from rgvlm.vlm.base import LVLMRequest, LVLMResponse
 from rgvlm.vlm.cache import CachedClient, ResponseCache
 from rgvlm.vlm.parsing import MAX_ANSWER_CHARS
@@ -121,14 +121,16 @@ class Poisoning:
 ], ids=["erl_vlm", "rl_vlm_f"])
 def test_segment_methods_reask_poisoned_answers(tmp_path, name, parse, poison, good, value):
     requests = [LVLMRequest(prompt=f"q{i}") for i in range(len(poison))]
+    parse_answer = lambda _, text: parse(text)  # noqa: E731
+    note = lambda _, detail: invalid_answer_note(detail, "Answer in the format asked.")  # noqa: E731
     for attempt in range(2):
         backend = Poisoning(poison, good)
         client = CachedClient(backend, ResponseCache(tmp_path))
-        values, errors, reasks = ask_with_reasks(client, requests, parse, "Answer in the format asked.", 2)
-        assert values == [value] * len(poison) and sum(errors.values()) == reasks == len(poison)
+        answers = ask_with_reasks(client, requests, parse_answer, note, 2)
+        assert answers.values == [value] * len(poison) and sum(answers.errors.values()) == answers.reasks == len(poison)
         assert backend.calls == (2 * len(poison) if attempt == 0 else 0)
-        ask_with_reasks(CachedClient(Poisoning(poison, good), ResponseCache(tmp_path)), requests, parse,
-                                  "Answer in the format asked.", 0)  # no re-asks: dropped, never raised
+        ask_with_reasks(CachedClient(Poisoning(poison, good), ResponseCache(tmp_path)), requests, parse_answer,
+                        note, 0)  # no re-asks: dropped, never raised
 
 
 @pytest.mark.parametrize("parse, note, poison, good", [
@@ -141,15 +143,16 @@ def test_segment_methods_reask_poisoned_answers(tmp_path, name, parse, poison, g
      "```python\ndef check(obs):\n    return True\n```"),
 ], ids=["decomposition", "program"])
 def test_vlm_car_reasks_poisoned_answers(tmp_path, parse, note, poison, good):
-    prompts = [f"q{i}" for i in range(len(poison))]
+    requests = [LVLMRequest(prompt=f"q{i}", max_new_tokens=64) for i in range(len(poison))]
+    parse_answer = lambda _, text: parse(text)  # noqa: E731
+    reask_note = lambda _, detail: note.format(detail=detail)  # noqa: E731
     for attempt in range(2):
         backend = Poisoning(poison, good)
         client = CachedClient(backend, ResponseCache(tmp_path))
-        values, counts = _ask(client, prompts, [()] * len(poison), [None] * len(poison), 64, parse, 2,
-                              note)
-        assert all(v is not None for v in values) and counts["reasks"] == len(poison) and counts["failed"] == 0
-        assert sum(counts["errors"].values()) == len(poison)
+        answers = ask_with_reasks(client, requests, parse_answer, reask_note, 2)
+        assert all(v is not None for v in answers.values) and answers.reasks == len(poison) and answers.failed == 0
+        assert sum(answers.errors.values()) == len(poison)
         assert backend.calls == (2 * len(poison) if attempt == 0 else 0)
-    values, counts = _ask(CachedClient(Poisoning(poison, good), ResponseCache(tmp_path)), prompts,
-                          [()] * len(poison), [None] * len(poison), 64, parse, 0, note)
-    assert values == [None] * len(poison) and counts["failed"] == len(poison)
+    answers = ask_with_reasks(CachedClient(Poisoning(poison, good), ResponseCache(tmp_path)), requests,
+                              parse_answer, reask_note, 0)
+    assert answers.values == [None] * len(poison) and answers.failed == len(poison)

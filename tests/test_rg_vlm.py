@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from rgvlm.params import ParamError
-from rgvlm.rewards.rg_vlm import RGVLMConfig, config_from_params, episode_windows, frame_indices, label_rg_vlm
+from rgvlm.rewards.queries import frame_indices
+from rgvlm.rewards.rg_vlm import RGVLMConfig, config_from_params, episode_windows, label_rg_vlm
 from rgvlm.vlm.cache import CachedClient, ResponseCache
 from rgvlm.vlm.scripted import ScriptedAnnotator, ScriptedNoise
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,24 +34,30 @@ from rgvlm import paths
 from rgvlm.data.storage import OfflineDataset
 from rgvlm.params import ParamError
 from rgvlm.rewards.base import RewardResult, check_failure_rate
+from rgvlm.rewards.queries import (
+    ParsedAnswer,
+    TwoStageQuery,
+    ask_two_stage,
+    invalid_answer_note,
+    load_templates,
+    provenance_record,
+)
 from rgvlm.rewards.reward_model import (
     LOSSES,
     RatingObjective,
     RewardEnsemble,
     RewardModelConfig,
     embed_missions,
+    fit_and_relabel,
     label_with_reward_model,
-    relabel,
-    torch_threads,
+    reward_model_record,
     train_rating_model,
 )
 from rgvlm.rewards.segments import (
-    ParsedAnswer,
     Segment,
     SegmentFacts,
     actions_text,
     answer_field,
-    ask_with_reasks,
     check_config,
     completed_per_step,
     config_from_section,
@@ -60,10 +66,8 @@ from rgvlm.rewards.segments import (
     segment_frames,
     segment_steps,
 )
-from rgvlm.vlm.base import LVLMClient, LVLMRequest
+from rgvlm.vlm.base import LVLMClient
 from rgvlm.vlm.scripted import ScriptedNoise
-
-PROMPTS = paths.ROOT / "prompts"
 
 # Rating classes, worst first, with what each means (shown to the LVLM). Two or three classes
 # worked best in the paper, four hurt; up to five are allowed for ablations.
@@ -110,7 +114,7 @@ class ERLVLMConfig:
     num_threads: int = 1  # torch threads for the reward model; 0 = torch's default (see reward_model)
     stage1_max_new_tokens: int = 512
     stage2_max_new_tokens: int = 32
-    prompt_dir: str = str(PROMPTS)
+    prompt_dir: str = str(paths.PROMPTS)
 
     def __post_init__(self) -> None:
         check_config(self, "erl_vlm")
@@ -138,12 +142,7 @@ def config_from_params(raw: Any) -> ERLVLMConfig:
     return config_from_section(raw, ERLVLMConfig, "erl_vlm")
 
 
-# -- prompts and parsing ----------------------------------------------------------------
-def load_templates(prompt_dir: str | Path) -> tuple[str, str]:
-    directory = Path(prompt_dir)
-    return (directory / "erl_vlm_stage1.txt").read_text(), (directory / "erl_vlm_stage2.txt").read_text()
-
-
+# -- parsing ----------------------------------------------------------------------------
 def parse_rating(text: str, class_names: tuple[str, ...]) -> ParsedAnswer:
     """The class index of a ``Rating: <class>`` answer (or of an answer that is just the class name).
 
@@ -223,7 +222,7 @@ def label_erl_vlm(
     started = time.perf_counter()
     if mission_table is None:
         mission_table = embed_missions(dataset)
-    template1, template2 = load_templates(config.prompt_dir)
+    templates = load_templates("erl_vlm", config.prompt_dir)
     names = config.class_names
     segments = sample_segments(dataset, config.num_queries, config.segment_length, config.seed)
     frames = (segment_frames(dataset, segments, config.frame_stride, config.tile_size) if needs_images
@@ -238,31 +237,22 @@ def label_erl_vlm(
                 "class_names": " | ".join(names)}
 
     facts = [segment_facts(dataset, s, completed) for s in segments]
-    analyses = stage1.generate([
-        LVLMRequest(prompt=template1.format(**fields_of(s, images)), images=images,
-                    max_new_tokens=config.stage1_max_new_tokens, annotation=RatingTruth(1, f, names))
-        for s, images, f in zip(segments, frames, facts, strict=True)
-    ])
-    requests = [
-        LVLMRequest(prompt=template2.format(**fields_of(s, images), analysis=analysis.text), images=images,
-                    max_new_tokens=config.stage2_max_new_tokens, annotation=RatingTruth(2, f, names))
-        for s, images, f, analysis in zip(segments, frames, facts, analyses, strict=True)
-    ]
+    queries = [TwoStageQuery(fields_of(s, images), images, RatingTruth(1, f, names), RatingTruth(2, f, names))
+               for s, images, f in zip(segments, frames, facts, strict=True)]
     reminder = f"Answer with one line only: Rating: <one of {', '.join(names)}>."
-    ratings, errors, reasks = ask_with_reasks(stage2, requests, lambda text: parse_rating(text, names),
-                                              reminder, config.max_reasks)
-    check_failure_rate("erl_vlm", sum(r is None for r in ratings), len(requests), errors, stage2, "segments")
+    answers = ask_two_stage(stage1, stage2, templates, queries,
+                            (config.stage1_max_new_tokens, config.stage2_max_new_tokens),
+                            lambda _, text: parse_rating(text, names),
+                            lambda _, detail: invalid_answer_note(detail, reminder), config.max_reasks)
+    ratings, errors, reasks = answers.values, answers.errors, answers.reasks
+    check_failure_rate("erl_vlm", answers.failed, len(queries), errors, stage2, "segments")
     kept = [i for i, r in enumerate(ratings) if r is not None]
     labels = np.array([ratings[i] for i in kept], dtype=np.int64)
     steps, mask = segment_steps(dataset, [segments[i] for i in kept], config.segment_length)
-    table = torch.as_tensor(mission_table)
-    with torch_threads(config.num_threads):
-        model, training = train_rating_model(dataset, table, steps, mask, labels, config.reward_model(),
-                                             config.objective())
-        if labels.size:
-            rewards, relabelling = relabel(model, dataset, table, config.reward_model().relabel_batch_size)
-        else:  # nothing to learn from: no information, no reward
-            rewards, relabelling = np.zeros(dataset.num_transitions, dtype=np.float32), {}
+    model, rewards, training = fit_and_relabel(
+        dataset, mission_table, config.reward_model(), labels.size,
+        lambda table: train_rating_model(dataset, table, steps, mask, labels, config.reward_model(),
+                                         config.objective()))
     counts = Counter(int(r) for r in labels)
     stats = {
         "queries": len(segments),
@@ -271,22 +261,13 @@ def label_erl_vlm(
         "stage2_errors": dict(errors),
         "reasks": reasks,
         "dropped": len(segments) - int(labels.size),
-        "reward_model": {**training, **relabelling},
+        "reward_model": training,
         "wall_time_s": round(time.perf_counter() - started, 3),
     }
-    lvlm = {"backend": stage1.backend, "model": stage1.model, "stage2_backend": stage2.backend,
-            "stage2_model": stage2.model, "settings": stage1.generation_settings()}
-    provenance = {
-        "method": "erl_vlm",
-        "source": ("LVLM ratings of trajectory segments (analysis, then one of "
-                   f"{config.num_classes} classes: {', '.join(names)}) -> reward model r(s, a) fitted with "
-                   f"the rating objective ({config.loss.upper()} loss), relabelling every transition"),
-        "lvlm": lvlm,
-        "config": {k: v for k, v in asdict(config).items() if k != "prompt_dir"},
-        "reward_model": {"architecture": "StateEncoder (one-hot grid, clause-slot mission) + action head, tanh",
-                         **model.metadata(),
-                         "normalisation": "ensemble mean, min-max over the dataset to [0, 1]"},
-    }
+    source = ("LVLM ratings of trajectory segments (analysis, then one of "
+              f"{config.num_classes} classes: {', '.join(names)}) -> reward model r(s, a) fitted with "
+              f"the rating objective ({config.loss.upper()} loss), relabelling every transition")
+    provenance = provenance_record("erl_vlm", source, config, stage1, stage2, reward_model=reward_model_record(model))
     return RewardResult("erl_vlm", rewards, provenance=provenance, cost={**stats}), stats, model
 
 

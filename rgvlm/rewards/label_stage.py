@@ -98,7 +98,7 @@ def run(name: str, params: Mapping[str, Any] | None = None) -> LabelRun:
     out_dir = paths.LABELS / method.name
     result, stats = method.label(dataset, clients, config, out_dir)
     if usage is not None:
-        from rgvlm.rewards.rg_vlm import labeling_cost
+        from rgvlm.rewards.queries import labeling_cost
 
         result.cost = labeling_cost(usage, stats, lvlm.prices)
     save_rewards(out_dir, result)

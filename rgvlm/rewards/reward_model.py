@@ -48,7 +48,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,6 +214,13 @@ def embed_missions(dataset: OfflineDataset) -> torch.Tensor:
 
     with exact_threads():  # the same bits whatever the caller's thread count
         return torch.as_tensor(MissionEmbedder(device="cpu").embed(dataset.missions))
+
+
+def reward_model_record(model: RewardEnsemble) -> dict[str, Any]:
+    """The reward model's part of ERL-VLM's and RL-VLM-F's provenance: what it is and how its
+    output is scaled."""
+    return {"architecture": "StateEncoder (one-hot grid, clause-slot mission) + action head, tanh",
+            **model.metadata(), "normalisation": "ensemble mean, min-max over the dataset to [0, 1]"}
 
 
 def label_with_reward_model(method: str, label_method: Any, dataset: OfflineDataset, clients: tuple[Any, Any],
@@ -471,3 +478,19 @@ def relabel(model: RewardEnsemble, dataset: OfflineDataset, mission_table: torch
     info = {"raw_min": round(low, 6), "raw_max": round(high, 6), "raw_mean": round(float(raw.mean()), 6) if raw.size else 0.0,
             "relabel_time_s": round(time.perf_counter() - started, 3)}
     return rewards, info
+
+
+def fit_and_relabel(dataset: OfflineDataset, mission_table: torch.Tensor | np.ndarray, config: RewardModelConfig,
+                    num_labels: int, fit: Callable[[torch.Tensor], tuple[RewardEnsemble, dict[str, Any]]],
+                    ) -> tuple[RewardEnsemble, np.ndarray, dict[str, Any]]:
+    """``fit(mission_table)`` (training on ``num_labels`` answers), then :func:`relabel`, both with
+    ``config.num_threads`` torch threads. Returns the model, the rewards and the training and
+    relabelling statistics."""
+    table = torch.as_tensor(mission_table)
+    with torch_threads(config.num_threads):
+        model, training = fit(table)
+        if num_labels:
+            rewards, relabelling = relabel(model, dataset, table, config.relabel_batch_size)
+        else:  # nothing to learn from: no information, no reward
+            rewards, relabelling = np.zeros(dataset.num_transitions, dtype=np.float32), {}
+    return model, rewards, {**training, **relabelling}

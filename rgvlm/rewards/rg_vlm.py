@@ -19,9 +19,7 @@ editable files under ``prompts/``; their text is part of every cache key.
 
 from __future__ import annotations
 
-import io
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,16 +27,23 @@ from typing import Any
 import numpy as np
 
 from rgvlm import paths
-from rgvlm.data.replay import replay_dataset_episode
 from rgvlm.data.storage import OfflineDataset
 from rgvlm.envs import ACTION_NAMES
 from rgvlm.params import ParamError
 from rgvlm.rewards.base import RewardResult, check_failure_rate
-from rgvlm.vlm.base import LVLMClient, LVLMRequest
+from rgvlm.rewards.queries import (
+    TwoStageQuery,
+    ask_two_stage,
+    episode_pngs,
+    frame_indices,
+    invalid_answer_note,
+    load_templates,
+    numbered_actions,
+    provenance_record,
+)
+from rgvlm.vlm.base import LVLMClient
 from rgvlm.vlm.parsing import SCORE_MAX, parse_scores
 from rgvlm.vlm.scripted import WindowTruth
-
-PROMPTS = paths.ROOT / "prompts"
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ class RGVLMConfig:
     fallback_score: int = 0  # score of every action of a window whose answers all failed
     stage1_max_new_tokens: int = 512
     stage2_max_new_tokens: int = 256
-    prompt_dir: str = str(PROMPTS)
+    prompt_dir: str = str(paths.PROMPTS)
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -90,29 +95,6 @@ def episode_windows(length: int, window_length: int, stride: int) -> list[tuple[
     return windows
 
 
-def frame_indices(start: int, end: int, frame_stride: int) -> list[int]:
-    """Observation indices shown for the window: start, every ``frame_stride``-th, and end."""
-    shown = list(range(start, end + 1, frame_stride))
-    return shown if shown[-1] == end else [*shown, end]
-
-
-def load_templates(prompt_dir: str | Path) -> tuple[str, str]:
-    directory = Path(prompt_dir)
-    return (directory / "rg_vlm_stage1.txt").read_text(), (directory / "rg_vlm_stage2.txt").read_text()
-
-
-def png_bytes(frame: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="PNG", optimize=False)
-    return buffer.getvalue()
-
-
-def _actions_text(actions: np.ndarray) -> str:
-    return "\n".join(f"{i + 1}. {ACTION_NAMES[int(a)]}" for i, a in enumerate(actions))
-
-
 def label_rg_vlm(
     dataset: OfflineDataset,
     stage1: LVLMClient,
@@ -125,17 +107,17 @@ def label_rg_vlm(
     if config.window_length > dataset.max_episode_limit:
         raise ParamError("rg_vlm.window_length", config.window_length,
                          f"at most {dataset.max_episode_limit}, the longest trajectory the dataset allows")
-    template1, template2 = load_templates(config.prompt_dir)
+    templates = load_templates("rg_vlm", config.prompt_dir)
     windows: list[Window] = []
-    context: list[tuple[str, tuple[bytes, ...], np.ndarray, WindowTruth, WindowTruth]] = []
+    queries: list[TwoStageQuery] = []
     completed_all = dataset.progress.astype(np.int16) - dataset.progress_before.astype(np.int16)
     for index, episode in enumerate(dataset.episodes):
         spans = episode_windows(episode["length"], config.window_length, config.window_stride)
         shown = {t: None for s, e in spans for t in frame_indices(s, e, config.frame_stride)}
         frames = {}
         if needs_images:
-            rendered = replay_dataset_episode(dataset, index, config.tile_size, frames=sorted(shown))["frames"]
-            frames = {t: png_bytes(f) for t, f in zip(sorted(shown), rendered, strict=True)}
+            order = sorted(shown)
+            frames = dict(zip(order, episode_pngs(dataset, index, order, config.tile_size), strict=True))
         steps = dataset.episode_steps(index)
         actions, completed = dataset.actions[steps], completed_all[steps]
         for s, e in spans:
@@ -149,46 +131,18 @@ def label_rg_vlm(
             truth1 = WindowTruth(1, tuple(int(c) for c in completed[s:e]), names, tuple(done_texts))
             truth2 = WindowTruth(2, truth1.completed, names, truth1.subtasks_completed)
             windows.append(Window(index, s, e))
-            context.append((episode["mission"], images, actions[s:e], truth1, truth2))
+            fields = {"goal": episode["mission"], "num_frames": len(images) if images else "no",
+                      "actions": numbered_actions(actions[s:e]), "num_actions": e - s}
+            queries.append(TwoStageQuery(fields, images, truth1, truth2))
 
-    def fields(goal: str, images: tuple, acts: np.ndarray) -> dict:
-        return {"goal": goal, "num_frames": len(images) if images else "no", "actions": _actions_text(acts),
-                "num_actions": len(acts)}
+    def reminder(i: int) -> str:
+        return f"Answer with JSON only: exactly {windows[i].end - windows[i].start} integers from 0 to 10."
 
-    analyses = stage1.generate([
-        LVLMRequest(prompt=template1.format(**fields(goal, images, acts)), images=images,
-                    max_new_tokens=config.stage1_max_new_tokens, annotation=truth1)
-        for goal, images, acts, truth1, _ in context
-    ])
-    prompts2 = [template2.format(**fields(goal, images, acts), analysis=analysis.text)
-                for (goal, images, acts, _, _), analysis in zip(context, analyses, strict=True)]
-    scores: list[tuple[int, ...] | None] = [None] * len(windows)
-    errors: Counter[str] = Counter()
-    reasks = 0
-    pending = list(range(len(windows)))
-    notes = [""] * len(windows)
-    for attempt in range(config.max_reasks + 1):
-        if not pending:
-            break
-        answers = stage2.generate([
-            LVLMRequest(prompt=prompts2[i] + notes[i], images=context[i][1],
-                        max_new_tokens=config.stage2_max_new_tokens, annotation=context[i][4])
-            for i in pending
-        ])
-        still = []
-        for i, answer in zip(pending, answers, strict=True):
-            parsed = parse_scores(answer.text, len(context[i][2]))
-            if parsed.ok:
-                scores[i] = parsed.scores
-                continue
-            errors[parsed.error] += 1
-            notes[i] += (f"\nYour previous answer was invalid ({parsed.detail}). "
-                         f"Answer with JSON only: exactly {len(context[i][2])} integers from 0 to 10.")
-            still.append(i)
-        if attempt < config.max_reasks:
-            reasks += len(still)
-        pending = still
-    fallbacks = len(pending)
+    answers = ask_two_stage(stage1, stage2, templates, queries,
+                            (config.stage1_max_new_tokens, config.stage2_max_new_tokens),
+                            lambda i, text: parse_scores(text, windows[i].end - windows[i].start),
+                            lambda i, detail: invalid_answer_note(detail, reminder(i)), config.max_reasks)
+    scores, errors, reasks, fallbacks = answers.values, answers.errors, answers.reasks, answers.failed
     check_failure_rate("rg_vlm", fallbacks, len(windows), errors, stage2, "windows")
 
     total = np.zeros(dataset.num_transitions, dtype=np.float64)
@@ -207,10 +161,8 @@ def label_rg_vlm(
         "fallback_windows": fallbacks,
         "wall_time_s": round(time.perf_counter() - started, 3),
     }
-    lvlm = {"backend": stage1.backend, "model": stage1.model, "stage2_backend": stage2.backend,
-            "stage2_model": stage2.model, "settings": stage1.generation_settings()}
-    provenance = {"method": "rg_vlm", "source": "two-stage LVLM query (analysis, then 0-10 score per action)",
-                  "lvlm": lvlm, "config": {k: v for k, v in vars(config).items() if k != "prompt_dir"}}
+    provenance = provenance_record("rg_vlm", "two-stage LVLM query (analysis, then 0-10 score per action)", config,
+                                   stage1, stage2)
     return RewardResult("rg_vlm", rewards, provenance=provenance, cost={**stats}), stats
 
 
@@ -220,11 +172,3 @@ def label(dataset: OfflineDataset, clients: tuple[LVLMClient, LVLMClient], confi
     stage1, stage2 = clients
     return label_rg_vlm(dataset, stage1, stage2, config, needs_images=stage1.backend != "scripted")
 
-
-def labeling_cost(usage, stats: dict, prices: dict[str, float]) -> dict:
-    """The cost record of a labelling run: calls, cache hits, tokens, time and an estimate in
-    USD from ``prices`` (``prompt_per_million`` / ``completion_per_million``)."""
-    counts = usage.as_dict()
-    usd = (counts["prompt_tokens"] * prices.get("prompt_per_million", 0.0)
-           + counts["completion_tokens"] * prices.get("completion_per_million", 0.0)) / 1e6
-    return {**counts, **stats, "estimated_cost_usd": round(usd, 4)}

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +34,28 @@ import torch
 from rgvlm import paths
 from rgvlm.data.storage import OfflineDataset
 from rgvlm.rewards.base import RewardResult, check_failure_rate
+from rgvlm.rewards.queries import (
+    ParsedAnswer,
+    TwoStageQuery,
+    ask_two_stage,
+    invalid_answer_note,
+    load_templates,
+    provenance_record,
+)
 from rgvlm.rewards.reward_model import (
     RewardEnsemble,
     RewardModelConfig,
     embed_missions,
+    fit_and_relabel,
     label_with_reward_model,
-    relabel,
-    torch_threads,
+    reward_model_record,
     train_preference_model,
 )
 from rgvlm.rewards.segments import (
-    ParsedAnswer,
     Segment,
     SegmentFacts,
     actions_text,
     answer_field,
-    ask_with_reasks,
     check_config,
     completed_per_step,
     config_from_section,
@@ -58,10 +64,9 @@ from rgvlm.rewards.segments import (
     segment_frames,
     segment_steps,
 )
-from rgvlm.vlm.base import LVLMClient, LVLMRequest
+from rgvlm.vlm.base import LVLMClient
 from rgvlm.vlm.scripted import ScriptedNoise
 
-PROMPTS = paths.ROOT / "prompts"
 CANNOT_TELL = -1
 # The scripted annotator cannot tell two segments apart when their noisy latent values (in
 # completions, see SegmentFacts.latent_value) differ by less than this.
@@ -88,7 +93,7 @@ class RLVLMFConfig:
     num_threads: int = 1  # torch threads for the reward model; 0 = torch's default (see reward_model)
     stage1_max_new_tokens: int = 512
     stage2_max_new_tokens: int = 32
-    prompt_dir: str = str(PROMPTS)
+    prompt_dir: str = str(paths.PROMPTS)
 
     def __post_init__(self) -> None:
         check_config(self, "rl_vlm_f")
@@ -103,11 +108,6 @@ class RLVLMFConfig:
 def config_from_params(raw: Any) -> RLVLMFConfig:
     """The ``rl_vlm_f`` section of params.yaml as a checked config; every key is optional."""
     return config_from_section(raw, RLVLMFConfig, "rl_vlm_f")
-
-
-def load_templates(prompt_dir: str | Path) -> tuple[str, str]:
-    directory = Path(prompt_dir)
-    return (directory / "rl_vlm_f_stage1.txt").read_text(), (directory / "rl_vlm_f_stage2.txt").read_text()
 
 
 def parse_preference(text: str) -> ParsedAnswer:
@@ -187,7 +187,7 @@ def label_rl_vlm_f(
     started = time.perf_counter()
     if mission_table is None:
         mission_table = embed_missions(dataset)
-    template1, template2 = load_templates(config.prompt_dir)
+    templates = load_templates("rl_vlm_f", config.prompt_dir)
     pairs = sample_segment_pairs(dataset, config.num_queries, config.segment_length, config.seed)
     firsts, seconds = [p[0] for p in pairs], [p[1] for p in pairs]
     if needs_images:
@@ -202,34 +202,26 @@ def label_rl_vlm_f(
                 "segment_0": a.label(), "segment_1": b.label(),
                 "actions_0": actions_text(dataset, a), "actions_1": actions_text(dataset, b)}
 
-    context = [(fields_of(a, b, i0, i1), (*i0, *i1),
-                (segment_facts(dataset, a, completed), segment_facts(dataset, b, completed)))
-               for (a, b), i0, i1 in zip(pairs, frames0, frames1, strict=True)]
-    analyses = stage1.generate([
-        LVLMRequest(prompt=template1.format(**f), images=images, max_new_tokens=config.stage1_max_new_tokens,
-                    annotation=PreferenceTruth(1, *facts))
-        for f, images, facts in context
-    ])
-    requests = [
-        LVLMRequest(prompt=template2.format(**f, analysis=analysis.text), images=images,
-                    max_new_tokens=config.stage2_max_new_tokens, annotation=PreferenceTruth(2, *facts))
-        for (f, images, facts), analysis in zip(context, analyses, strict=True)
-    ]
+    queries = []
+    for (a, b), i0, i1 in zip(pairs, frames0, frames1, strict=True):
+        facts = (segment_facts(dataset, a, completed), segment_facts(dataset, b, completed))
+        queries.append(TwoStageQuery(fields_of(a, b, i0, i1), (*i0, *i1), PreferenceTruth(1, *facts),
+                                     PreferenceTruth(2, *facts)))
     reminder = "Answer with one line only: Preference: 0, Preference: 1 or Preference: -1."
-    answers, errors, reasks = ask_with_reasks(stage2, requests, parse_preference, reminder, config.max_reasks)
-    check_failure_rate("rl_vlm_f", sum(a is None for a in answers), len(requests), errors, stage2, "pairs")
+    asked = ask_two_stage(stage1, stage2, templates, queries,
+                          (config.stage1_max_new_tokens, config.stage2_max_new_tokens),
+                          lambda _, text: parse_preference(text),
+                          lambda _, detail: invalid_answer_note(detail, reminder), config.max_reasks)
+    answers, errors, reasks = asked.values, asked.errors, asked.reasks
+    check_failure_rate("rl_vlm_f", asked.failed, len(queries), errors, stage2, "pairs")
     kept = [i for i, a in enumerate(answers) if a in (0, 1)]
     preferences = np.array([answers[i] for i in kept], dtype=np.float32)
     steps0, mask0 = segment_steps(dataset, [firsts[i] for i in kept], config.segment_length)
     steps1, mask1 = segment_steps(dataset, [seconds[i] for i in kept], config.segment_length)
-    table = torch.as_tensor(mission_table)
-    with torch_threads(config.num_threads):
-        model, training = train_preference_model(dataset, table, steps0, mask0, steps1, mask1, preferences,
-                                                 config.reward_model())
-        if preferences.size:
-            rewards, relabelling = relabel(model, dataset, table, config.reward_model().relabel_batch_size)
-        else:  # nothing to learn from: no information, no reward
-            rewards, relabelling = np.zeros(dataset.num_transitions, dtype=np.float32), {}
+    model, rewards, training = fit_and_relabel(
+        dataset, mission_table, config.reward_model(), preferences.size,
+        lambda table: train_preference_model(dataset, table, steps0, mask0, steps1, mask1, preferences,
+                                             config.reward_model()))
     outcomes = Counter(a for a in answers if a is not None)
     stats = {
         "queries": len(pairs),
@@ -239,21 +231,12 @@ def label_rl_vlm_f(
         "stage2_errors": dict(errors),
         "reasks": reasks,
         "dropped": sum(a is None for a in answers),
-        "reward_model": {**training, **relabelling},
+        "reward_model": training,
         "wall_time_s": round(time.perf_counter() - started, 3),
     }
-    lvlm = {"backend": stage1.backend, "model": stage1.model, "stage2_backend": stage2.backend,
-            "stage2_model": stage2.model, "settings": stage1.generation_settings()}
-    provenance = {
-        "method": "rl_vlm_f",
-        "source": ("LVLM preferences between two trajectory segments (description, then 0 / 1 / cannot tell) -> "
-                   f"Bradley-Terry reward ensemble of {config.ensemble_size} r(s, a), relabelling every transition"),
-        "lvlm": lvlm,
-        "config": {k: v for k, v in asdict(config).items() if k != "prompt_dir"},
-        "reward_model": {"architecture": "StateEncoder (one-hot grid, clause-slot mission) + action head, tanh",
-                         **model.metadata(),
-                         "normalisation": "ensemble mean, min-max over the dataset to [0, 1]"},
-    }
+    source = ("LVLM preferences between two trajectory segments (description, then 0 / 1 / cannot tell) -> "
+              f"Bradley-Terry reward ensemble of {config.ensemble_size} r(s, a), relabelling every transition")
+    provenance = provenance_record("rl_vlm_f", source, config, stage1, stage2, reward_model=reward_model_record(model))
     return RewardResult("rl_vlm_f", rewards, provenance=provenance, cost={**stats}), stats, model
 
 

@@ -16,27 +16,23 @@ Also here, shared by both methods:
 - :class:`SegmentFacts`, the privileged ground truth of a segment, and the scripted
   annotator's *latent value* of a segment, from which both the ratings and the preferences of
   the scripted annotator are derived (so the two methods face the same, documented noise);
-- the re-ask loop: a stage-2 answer the strict parser rejects is asked again, with the reason
-  appended to the prompt, up to ``max_reasks`` times; then the query is dropped and counted;
+- the strict parsing of a ``<field>: value`` answer (:func:`answer_field`);
 - the checks of the two methods' config sections in params.yaml.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
-from rgvlm.data.replay import replay_dataset_episode
 from rgvlm.data.storage import OfflineDataset
-from rgvlm.envs import ACTION_NAMES
 from rgvlm.params import ParamError
-from rgvlm.rewards.rg_vlm import frame_indices, png_bytes
-from rgvlm.vlm.base import LVLMClient, LVLMRequest
+from rgvlm.rewards.queries import episode_pngs, frame_indices, numbered_actions
 from rgvlm.vlm.parsing import MAX_ANSWER_CHARS
 from rgvlm.vlm.scripted import ScriptedAnnotator, ScriptedNoise, WindowTruth
 
@@ -154,16 +150,15 @@ def segment_frames(dataset: OfflineDataset, segments: Sequence[Segment], frame_s
     pngs: dict[tuple[int, int], bytes] = {}
     for episode, times in sorted(wanted.items()):
         order = sorted(times)
-        rendered = replay_dataset_episode(dataset, episode, tile_size, frames=order)["frames"]
-        pngs.update({(episode, t): png_bytes(frame) for t, frame in zip(order, rendered, strict=True)})
+        for t, png in zip(order, episode_pngs(dataset, episode, order, tile_size), strict=True):
+            pngs[(episode, t)] = png
     return [tuple(pngs[(s.episode, t)] for t in frame_indices(s.start, s.end, frame_stride)) for s in segments]
 
 
 def actions_text(dataset: OfflineDataset, segment: Segment) -> str:
     """The segment's actions, numbered from 1."""
     base = dataset.episodes[segment.episode]["step_start"]
-    actions = dataset.actions[base + segment.start : base + segment.end]
-    return "\n".join(f"{i + 1}. {ACTION_NAMES[int(a)]}" for i, a in enumerate(actions))
+    return numbered_actions(dataset.actions[base + segment.start : base + segment.end])
 
 
 # -- privileged ground truth (scripted annotator only) ----------------------------------
@@ -242,20 +237,7 @@ def segment_facts(dataset: OfflineDataset, segment: Segment, completed: np.ndarr
     return SegmentFacts(tuple(int(c) for c in context), segment.start - lo, segment.length, tuple(completions))
 
 
-# -- strict parsing and re-asks ---------------------------------------------------------
-@dataclass(frozen=True)
-class ParsedAnswer:
-    """``value`` when the answer is valid, else ``error`` (a short category) and ``detail``."""
-
-    value: Any
-    error: str | None = None
-    detail: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.value is not None
-
-
+# -- strict parsing ---------------------------------------------------------------------
 def clean_line(text: str) -> str:
     """A line without surrounding whitespace, markdown emphasis, quotes or a final period."""
     return text.strip().strip("*`'\" \t").rstrip(".").strip().strip("*`'\" \t")
@@ -290,43 +272,6 @@ def answer_field(text: Any, field: str) -> tuple[str | None, str, str]:
     if len(lines) == 1:
         return lines[0], "", ""
     return None, "unparseable", f"no '{field}:' line"
-
-
-def ask_with_reasks(
-    client: LVLMClient,
-    requests: list[LVLMRequest],
-    parse: Callable[[str], ParsedAnswer],
-    reminder: str,
-    max_reasks: int,
-) -> tuple[list[int | None], Counter[str], int]:
-    """Ask every request; re-ask each rejected answer with the parser's reason and ``reminder``
-    appended (a new prompt, so a new answer and a new cache entry), at most ``max_reasks`` times.
-
-    Returns the parsed value of each request (None: dropped after its last re-ask), the count of
-    each parse error, and the number of re-asks made.
-    """
-    values: list[int | None] = [None] * len(requests)
-    errors: Counter[str] = Counter()
-    notes = [""] * len(requests)
-    pending = list(range(len(requests)))
-    reasks = 0
-    for attempt in range(max_reasks + 1):
-        if not pending:
-            break
-        answers = client.generate([replace(requests[i], prompt=requests[i].prompt + notes[i]) for i in pending])
-        still = []
-        for i, answer in zip(pending, answers, strict=True):
-            parsed = parse(answer.text)
-            if parsed.ok:
-                values[i] = parsed.value
-                continue
-            errors[parsed.error or "unparseable"] += 1
-            notes[i] += f"\nYour previous answer was invalid ({parsed.detail}). {reminder}"
-            still.append(i)
-        if attempt < max_reasks:
-            reasks += len(still)
-        pending = still
-    return values, errors, reasks
 
 
 # -- method configs (params.yaml sections erl_vlm and rl_vlm_f) -----------------------

@@ -73,15 +73,21 @@ from rgvlm.data.storage import OfflineDataset, write_json_atomic
 from rgvlm.params import _check_unknown, _float, _int, _section
 from rgvlm.rewards.base import RewardResult, check_failure_rate
 from rgvlm.rewards.observation_api import API_DOC, API_VERSION, COLOUR_NAMES, trajectory_data
-from rgvlm.rewards.segments import ParsedAnswer
+from rgvlm.rewards.queries import (
+    Answers,
+    ParsedAnswer,
+    ask_with_reasks,
+    episode_pngs,
+    load_templates,
+    provenance_record,
+)
 from rgvlm.sandbox import SandboxLimits, run_checks
 from rgvlm.vlm.base import LVLMClient, LVLMRequest
 from rgvlm.vlm.parsing import MAX_ANSWER_CHARS, distinct, json_values
 from rgvlm.vlm.scripted import ScriptedNoise
 
-PROMPTS = paths.ROOT / "prompts"
-TEMPLATES = {"decompose": "vlm_car_decompose.txt", "program": "vlm_car_program.txt",
-             "feedback": "vlm_car_feedback.txt"}
+#: What each of the method's prompt files (the registry's ``prompts``, in that order) is for.
+TEMPLATE_NAMES = ("decompose", "program", "feedback")
 FUNCTION_NAME = "check"
 MAX_DECOMPOSITION_SUBTASKS = 12
 #: The integer settings of VLMCaRConfig and their smallest allowed values.
@@ -109,7 +115,7 @@ class VLMCaRConfig:
     sandbox: SandboxLimits = field(default_factory=SandboxLimits)
     sandbox_workers: int = 2  # sandbox processes at a time
     sandbox_batch: int = 20_000  # observations per sandbox process at most
-    prompt_dir: str = str(PROMPTS)
+    prompt_dir: str = str(paths.PROMPTS)
 
     def __post_init__(self) -> None:
         for name in ("expert_min_success", "max_random_success"):
@@ -122,10 +128,6 @@ class VLMCaRConfig:
                 raise ValueError(f"vlm_car.{name}={value!r}: expected an integer >= {low}")
         if not isinstance(self.sandbox, SandboxLimits):
             raise ValueError(f"vlm_car.sandbox={self.sandbox!r}: expected SandboxLimits")
-
-    def record(self) -> dict[str, Any]:
-        """The settings that decide the rewards (for provenance)."""
-        return {k: v for k, v in asdict(self).items() if k != "prompt_dir"}
 
 
 PARAM_KEYS = {f.name for f in fields(VLMCaRConfig)} - {"prompt_dir"}
@@ -314,11 +316,6 @@ class ProgramTruth:
 
 
 # -- helpers -----------------------------------------------------------------------------
-def load_templates(prompt_dir: str | Path) -> dict[str, str]:
-    directory = Path(prompt_dir)
-    return {name: (directory / file).read_text() for name, file in TEMPLATES.items()}
-
-
 def ordered_completion(holds: np.ndarray) -> list[int]:
     """Completion indices of the leading sub-tasks, ordered and latched: sub-task i completes
     at the first index >= the completion of sub-task i - 1 at which ``holds[i]`` is True.
@@ -338,12 +335,6 @@ def progress_curve(holds: np.ndarray) -> np.ndarray:
     """Sub-tasks completed up to and including each index, int64 [T]."""
     times = ordered_completion(holds)
     return np.searchsorted(np.asarray(times, dtype=np.int64), np.arange(holds.shape[1]), side="right")
-
-
-def _png(frame: np.ndarray) -> bytes:
-    from rgvlm.rewards.rg_vlm import png_bytes
-
-    return png_bytes(frame)
 
 
 @dataclass
@@ -429,40 +420,6 @@ def _rollout_job(job: tuple) -> tuple[np.ndarray, np.ndarray]:
     return random_rollout(env_id, seed, env_kwargs, np.random.default_rng(list(rng_seed)), max_steps)
 
 
-def _ask(client: LVLMClient, prompts: list[str], images: list[tuple[bytes, ...]], truths: list[Any],
-         max_new_tokens: int, parse, max_reasks: int, note: str) -> tuple[list, dict]:
-    """Ask every prompt, re-asking (with the parser's reason appended) up to ``max_reasks``
-    times; returns the parsed values (None where every answer failed) and counts."""
-    results: list[Any] = [None] * len(prompts)
-    notes = [""] * len(prompts)
-    pending = list(range(len(prompts)))
-    counts: dict[str, Any] = {"queries": 0, "reasks": 0, "unparseable": 0, "failed": 0, "errors": Counter()}
-    for attempt in range(max_reasks + 1):
-        if not pending:
-            break
-        answers = client.generate([
-            LVLMRequest(prompt=prompts[i] + notes[i], images=images[i], max_new_tokens=max_new_tokens,
-                        annotation=truths[i])
-            for i in pending
-        ])
-        counts["queries"] += len(pending)
-        still = []
-        for i, answer in zip(pending, answers, strict=True):
-            parsed = parse(answer.text)
-            if parsed.ok:
-                results[i] = parsed.value
-                continue
-            counts["unparseable"] += 1  # every rejected answer, whatever the reason (see "errors")
-            counts["errors"][parsed.error] += 1
-            notes[i] += note.format(detail=parsed.detail)
-            still.append(i)
-        if attempt < max_reasks:
-            counts["reasks"] += len(still)
-        pending = still
-    counts["failed"] = len(pending)
-    return results, counts
-
-
 DECOMPOSE_NOTE = "\n\nYour previous answer could not be used ({detail}). Answer with a JSON list of strings only."
 PROGRAM_NOTE = ("\n\nYour previous answer could not be used ({detail}). Answer with one Python code block "
                 "defining check(obs) only.")
@@ -497,169 +454,151 @@ def _attempts_text(attempts: list[dict]) -> str:
     return "\n".join(blocks)
 
 
-# -- the method ---------------------------------------------------------------------------
-def label_vlm_car(
-    dataset: OfflineDataset,
-    client: LVLMClient,
-    config: VLMCaRConfig = VLMCaRConfig(),
-    needs_images: bool = True,
-) -> tuple[RewardResult, dict]:
-    """Label every transition with VLM-CaR (see the module docstring).
-
-    Returns the reward set and the statistics. ``stats["programs"]`` (per sub-task: status,
-    final source, every attempt with its failure) and ``stats["decompositions"]`` (per
-    mission) are the programs' record, kept out of ``result.cost``; pop them before using
-    the rest as a cost record.
-    """
-    started = time.perf_counter()
-    templates = load_templates(config.prompt_dir)
+# -- 1. decomposition ---------------------------------------------------------------------
+def decompose_missions(dataset: OfflineDataset, client: LVLMClient, config: VLMCaRConfig, template: str,
+                       needs_images: bool) -> tuple[dict[str, tuple[str, ...] | None], Answers]:
+    """Stage 1: the ordered sub-tasks of each distinct mission (None where every answer failed),
+    and the answers' counts."""
     episodes = dataset.episodes
-    missions = dataset.missions
-
-    # Stage 1: decomposition, once per distinct mission.
-    prompts, images, truths = [], [], []
-    for mission in missions:
+    requests = []
+    for mission in dataset.missions:
         index = _representative(dataset, mission)
         shown: tuple[bytes, ...] = ()
-        if needs_images:
-            from rgvlm.data.replay import replay_dataset_episode
+        if needs_images:  # the first and the last state
+            shown = tuple(episode_pngs(dataset, index, [0, episodes[index]["length"]], config.tile_size))
+        requests.append(LVLMRequest(prompt=template.format(frames=_frames_text(needs_images), goal=mission),
+                                    images=shown, max_new_tokens=config.decompose_max_new_tokens,
+                                    annotation=DecompositionTruth(tuple(episodes[index]["subtasks"]))))
+    answers = ask_with_reasks(client, requests, lambda _, text: parse_decomposition(text),
+                              lambda _, detail: DECOMPOSE_NOTE.format(detail=detail), config.max_reasks)
+    return dict(zip(dataset.missions, answers.values, strict=True)), answers
 
-            length = episodes[index]["length"]
-            frames = replay_dataset_episode(dataset, index, config.tile_size, frames=[0, length])["frames"]
-            shown = tuple(_png(f) for f in frames)
-        prompts.append(templates["decompose"].format(frames=_frames_text(needs_images), goal=mission))
-        images.append(shown)
-        truths.append(DecompositionTruth(tuple(episodes[index]["subtasks"])))
-    parsed, decompose_counts = _ask(client, prompts, images, truths, config.decompose_max_new_tokens,
-                                    parse_decomposition, config.max_reasks, DECOMPOSE_NOTE)
-    decomposition: dict[str, tuple[str, ...] | None] = dict(zip(missions, parsed, strict=True))
-    subtasks = list(dict.fromkeys(s for d in parsed if d for s in d))
 
-    # Observations: every dataset episode of a decomposed mission, and random rollouts.
-    store = _Store()
-    trajectories: list[_Trajectory] = []
-    for index, e in enumerate(episodes):
-        if decomposition[e["mission"]] is None:
-            continue
-        rows = slice(e["obs_start"], e["obs_start"] + e["length"] + 1)
-        ids = store.add(trajectory_data(dataset.obs_grid[rows], dataset.obs_carry[rows]))
-        trajectories.append(_Trajectory(ids, e["mission"], e["kind"], index))
-    env_kwargs = dict(dataset.manifest.get("env") or {})
-    jobs = []
-    for mission in missions:
-        if decomposition[mission] is None or len(decomposition[mission]) < config.random_min_subtasks:
-            continue
-        layouts = list(dict.fromkeys((e["env_id"], e["seed"], e["k"]) for e in episodes if e["mission"] == mission))
-        for i in range(config.random_trajectories):
-            env_id, seed, k = layouts[i % len(layouts)]
-            jobs.append((mission, (env_id, seed, env_kwargs, (config.seed, seed, k, i), config.random_max_steps)))
-    rollout_started = time.perf_counter()
-    random_steps = 0
-    for mission, job in jobs:
-        grids, carries = _rollout_job(job)
-        random_steps += len(grids) - 1
-        trajectories.append(_Trajectory(store.add(trajectory_data(grids, carries)), mission, "random", None))
-    rollout_s = time.perf_counter() - rollout_started
-    uses: dict[str, list[int]] = {s: [] for s in subtasks}  # trajectories whose decomposition has s
-    for t, trajectory in enumerate(trajectories):
-        for s in decomposition[trajectory.mission]:
-            uses[s].append(t)
-    experts_by_mission: dict[str, list[int]] = {}
-    for t, trajectory in enumerate(trajectories):
-        if trajectory.kind == "expert":
-            chosen = experts_by_mission.setdefault(trajectory.mission, [])
-            if not config.expert_trajectories or len(chosen) < config.expert_trajectories:
-                chosen.append(t)
-    randoms_by_mission: dict[str, list[int]] = {}
-    for t, trajectory in enumerate(trajectories):
-        if trajectory.kind == "random":
-            randoms_by_mission.setdefault(trajectory.mission, []).append(t)
+# -- 2. verification ----------------------------------------------------------------------
+class ProgramVerifier:
+    """Runs check programs on the verification trajectories and applies the expert and random
+    rules (module docstring, step 3).
 
-    # Stage 2 and verification.
-    sandbox_failures: Counter[str] = Counter()
-    sandbox_calls = 0
-    evaluated = 0
-    cache: dict[tuple[str, str], _Evaluation] = {}
-    lock = threading.Lock()  # evaluate() runs in sandbox_workers threads
+    The trajectories are every dataset episode of a decomposed mission and the random rollouts
+    of the missions the random rule can reject; each observation is stored once
+    (:class:`_Store`). A program's values are computed once per (sub-task, source) and kept:
+    the rules, and the rewards after them, read them again and again. :meth:`evaluate` runs in
+    ``sandbox_workers`` threads at once, so its counters are updated under a lock.
+    """
 
-    def evaluate(s: str, source: str) -> _Evaluation:
-        nonlocal sandbox_calls, evaluated
-        key = (s, source)
-        if key in cache:
-            return cache[key]
-        ids = np.unique(np.concatenate([trajectories[t].ids for t in uses[s]])) if uses[s] else np.zeros(0, np.int64)
+    def __init__(self, dataset: OfflineDataset, decomposition: dict[str, tuple[str, ...] | None],
+                 config: VLMCaRConfig) -> None:
+        self.config = config
+        self.store = _Store()
+        self.trajectories: list[_Trajectory] = []
+        self._add_dataset_episodes(dataset, decomposition)
+        rollout_started = time.perf_counter()
+        self.random_steps = self._add_random_rollouts(dataset, decomposition)
+        self.rollout_s = time.perf_counter() - rollout_started
+        self.uses: dict[str, list[int]] = {}  # sub-task -> trajectories whose decomposition has it
+        self.experts_by_mission: dict[str, list[int]] = {}  # the expert trajectories the expert rule reads
+        self.randoms_by_mission: dict[str, list[int]] = {}
+        for t, trajectory in enumerate(self.trajectories):
+            for s in decomposition[trajectory.mission]:
+                self.uses.setdefault(s, []).append(t)
+            if trajectory.kind == "expert":
+                chosen = self.experts_by_mission.setdefault(trajectory.mission, [])
+                if not config.expert_trajectories or len(chosen) < config.expert_trajectories:
+                    chosen.append(t)
+            elif trajectory.kind == "random":
+                self.randoms_by_mission.setdefault(trajectory.mission, []).append(t)
+        self.evaluations: dict[tuple[str, str], _Evaluation] = {}
+        self.sandbox_failures: Counter[str] = Counter()
+        self.sandbox_calls = 0
+        self.evaluated = 0
+        self._lock = threading.Lock()
+
+    def _add_dataset_episodes(self, dataset: OfflineDataset, decomposition: dict[str, tuple[str, ...] | None]) -> None:
+        """Every dataset episode of a decomposed mission (their values are also the labels)."""
+        for index, e in enumerate(dataset.episodes):
+            if decomposition[e["mission"]] is None:
+                continue
+            rows = slice(e["obs_start"], e["obs_start"] + e["length"] + 1)
+            ids = self.store.add(trajectory_data(dataset.obs_grid[rows], dataset.obs_carry[rows]))
+            self.trajectories.append(_Trajectory(ids, e["mission"], e["kind"], index))
+
+    def _add_random_rollouts(self, dataset: OfflineDataset, decomposition: dict[str, tuple[str, ...] | None]) -> int:
+        """``random_trajectories`` random-action rollouts per mission the random rule can reject,
+        in the layouts of the mission's episodes; returns the steps taken."""
+        config, episodes = self.config, dataset.episodes
+        env_kwargs = dict(dataset.manifest.get("env") or {})
+        jobs = []
+        for mission in dataset.missions:
+            if decomposition[mission] is None or len(decomposition[mission]) < config.random_min_subtasks:
+                continue
+            layouts = list(dict.fromkeys((e["env_id"], e["seed"], e["k"]) for e in episodes if e["mission"] == mission))
+            for i in range(config.random_trajectories):
+                env_id, seed, k = layouts[i % len(layouts)]
+                jobs.append((mission, (env_id, seed, env_kwargs, (config.seed, seed, k, i), config.random_max_steps)))
+        steps = 0
+        for mission, job in jobs:
+            grids, carries = _rollout_job(job)
+            steps += len(grids) - 1
+            ids = self.store.add(trajectory_data(grids, carries))
+            self.trajectories.append(_Trajectory(ids, mission, "random", None))
+        return steps
+
+    def evaluate(self, subtask: str, source: str) -> _Evaluation:
+        """The program's values on every observation of the trajectories that need ``subtask``."""
+        key = (subtask, source)
+        if key in self.evaluations:
+            return self.evaluations[key]
+        uses = self.uses.get(subtask, [])
+        ids = np.unique(np.concatenate([self.trajectories[t].ids for t in uses])) if uses else np.zeros(0, np.int64)
         values = np.zeros(ids.shape, dtype=bool)
         outcome = _Evaluation(True, ids, values)
-        for start in range(0, max(len(ids), 1), config.sandbox_batch):
-            chunk = ids[start : start + config.sandbox_batch]
-            result = run_checks(source, FUNCTION_NAME, [store.data[i] for i in chunk], config.sandbox)
-            with lock:
-                sandbox_calls += 1
-                evaluated += len(chunk)
+        batch = self.config.sandbox_batch
+        for start in range(0, max(len(ids), 1), batch):
+            chunk = ids[start : start + batch]
+            result = run_checks(source, FUNCTION_NAME, [self.store.data[i] for i in chunk], self.config.sandbox)
+            with self._lock:
+                self.sandbox_calls += 1
+                self.evaluated += len(chunk)
                 if not result.ok:
-                    sandbox_failures[result.error_kind] += 1
+                    self.sandbox_failures[result.error_kind] += 1
             if not result.ok:
                 outcome = _Evaluation(False, error_kind=result.error_kind, message=result.message)
                 break
             values[start : start + len(chunk)] = result.values
-        with lock:
-            cache[key] = outcome
+        with self._lock:
+            self.evaluations[key] = outcome
         return outcome
 
-    base_prompts = {s: templates["program"].format(api=API_DOC, subtask=s) for s in subtasks}
-    records: dict[str, dict[str, Any]] = {s: {"status": None, "source": None, "attempts": []} for s in subtasks}
-    current: dict[str, str | None] = {}  # the latest program of each sub-task (None: no parseable answer)
-    feedback: dict[str, str] = {}  # what to append to the next query of a sub-task
-    dropped: set[str] = set()  # sub-tasks whose programs failed for good
-    program_counts: Counter[str] = Counter()
-    program_errors: Counter[str] = Counter()  # rejected program answers by reason
-    program_asks = 0  # program queries, re-asks not counted
-    regenerations = 0
-    to_ask = list(subtasks)
-    recheck = False
-    # Each round asks for the programs that need one (if any), then verifies every set again:
-    # a dropped sub-task changes the sets it was part of, so they are re-verified even when
-    # nothing new was asked. Every round either spends a regeneration or drops a sub-task.
-    while to_ask or recheck:
-        outcomes: dict[str, _Evaluation | None] = {}
-        if to_ask:
-            answers, counts = _ask(client, [base_prompts[s] + feedback.get(s, "") for s in to_ask],
-                                   [() for _ in to_ask], [ProgramTruth(s) for s in to_ask],
-                                   config.program_max_new_tokens, parse_program, config.max_reasks, PROGRAM_NOTE)
-            program_errors.update(counts.pop("errors"))
-            program_asks += len(to_ask)
-            program_counts.update(counts)
-            for s, source in zip(to_ask, answers, strict=True):
-                current[s] = source
-            with ThreadPoolExecutor(max_workers=config.sandbox_workers) as pool:
-                evaluated_now = pool.map(lambda s: evaluate(s, current[s]) if current[s] else None, to_ask)
-                outcomes = dict(zip(to_ask, evaluated_now, strict=True))
-        reasons: dict[str, tuple[str, str]] = {}  # sub-task -> (category, feedback text)
-        for s in to_ask:
-            outcome = outcomes[s]
-            if outcome is None:
-                reasons[s] = ("unparseable", "the answer held no usable program")
-            elif not outcome.ok:
-                reasons[s] = (f"sandbox_{outcome.error_kind}",
-                              f"it failed when run ({outcome.error_kind}): {outcome.message}")
-        active = {m: [s for s in d if s not in dropped] for m, d in decomposition.items() if d}
+    def evaluate_all(self, sources: dict[str, str | None]) -> dict[str, _Evaluation | None]:
+        """:meth:`evaluate` of each sub-task's program, ``sandbox_workers`` at a time (None: no program)."""
+        with ThreadPoolExecutor(max_workers=self.config.sandbox_workers) as pool:
+            evaluated = pool.map(lambda s: self.evaluate(s, sources[s]) if sources[s] else None, sources)
+            return dict(zip(sources, evaluated, strict=True))
 
-        def holds_of(sequence: list[str], ids: np.ndarray) -> np.ndarray:
-            return np.stack([cache[(s, current[s])].holds(ids[1:]) for s in sequence]) if sequence else \
-                np.zeros((0, len(ids) - 1), dtype=bool)
+    def holds(self, sequence: list[str], sources: dict[str, str | None], ids: np.ndarray) -> np.ndarray:
+        """bool [len(sequence), len(ids) - 1]: each program's values on the observations after
+        the first action of a trajectory (the environment never checks the initial state)."""
+        if not sequence:
+            return np.zeros((0, len(ids) - 1), dtype=bool)
+        return np.stack([self.evaluations[(s, sources[s])].holds(ids[1:]) for s in sequence])
 
-        # Expert rule (programs failing in the sandbox are left out: they are regenerated anyway).
+    def rule_failures(self, active: dict[str, list[str]], sources: dict[str, str | None],
+                      reasons: dict[str, tuple[str, str]]) -> None:
+        """Add to ``reasons`` (sub-task -> (category, feedback text)) the programs the expert
+        and random rules blame, for the missions' ``active`` sub-tasks. Sub-tasks already in
+        ``reasons`` (failing in the sandbox) are left out of the sets: they are regenerated anyway."""
+        config = self.config
         expert_runs: Counter[str] = Counter()
         expert_fails: dict[str, list[str]] = {}
-        for mission, chosen in experts_by_mission.items():
+        for mission, chosen in self.experts_by_mission.items():
             sequence = [s for s in active[mission] if s not in reasons]
             for t in chosen:
-                holds = holds_of(sequence, trajectories[t].ids)
+                holds = self.holds(sequence, sources, self.trajectories[t].ids)
                 done = len(ordered_completion(holds))
                 for s in sequence[: done + 1]:
                     expert_runs[s] += 1
                 if done < len(sequence):
-                    episode = trajectories[t].episode
+                    episode = self.trajectories[t].episode
                     stalled = sequence[done]
                     expert_fails.setdefault(stalled, []).append(
                         f"on the expert trajectory of episode {episode} ('{mission}') it never returned True "
@@ -675,11 +614,12 @@ def label_vlm_car(
                                         f"required: {config.expert_min_success:.0%})")
 
         # Random rule (public code): too many random rollouts complete random_min_subtasks sub-tasks.
-        for mission, chosen in randoms_by_mission.items():
+        for mission, chosen in self.randoms_by_mission.items():
             sequence = [s for s in active[mission] if s not in reasons]
             if len(sequence) < config.random_min_subtasks or not chosen:
                 continue
-            reached = np.array([len(ordered_completion(holds_of(sequence, trajectories[t].ids))) for t in chosen])
+            reached = np.array([len(ordered_completion(self.holds(sequence, sources, self.trajectories[t].ids)))
+                                for t in chosen])
             share = float(np.mean(reached >= config.random_min_subtasks))
             if share <= config.max_random_success:
                 continue
@@ -692,13 +632,71 @@ def label_vlm_car(
                         f"{config.max_random_success:.0%}); this sub-task is complete on {own:.0%} of them, so "
                         "the program is probably too permissive"))
 
+
+@dataclass
+class ProgramSearch:
+    """The outcome of :func:`write_programs`."""
+
+    records: dict[str, dict[str, Any]]  # per sub-task: status, final source, every attempt with its failure
+    sources: dict[str, str | None]  # the latest program of each sub-task (None: no parseable answer)
+    dropped: set[str]  # sub-tasks whose programs failed for good
+    asks: int = 0  # program queries, re-asks not counted
+    queries: int = 0  # program queries, re-asks counted
+    reasks: int = 0
+    failed: int = 0  # program queries with no parseable answer
+    errors: Counter[str] = field(default_factory=Counter)  # rejected program answers by reason
+    regenerations: int = 0
+
+    def accepted(self) -> dict[str, str]:
+        """Sub-task -> source of every accepted program."""
+        return {s: source for s, source in self.sources.items() if s not in self.dropped}
+
+
+def write_programs(client: LVLMClient, config: VLMCaRConfig, templates: dict[str, str], subtasks: list[str],
+                   decomposition: dict[str, tuple[str, ...] | None], verifier: ProgramVerifier) -> ProgramSearch:
+    """Stage 2 with verification: a program per sub-task, regenerated with the failure fed back
+    until it passes or its regenerations run out (then its sub-task is dropped)."""
+    base_prompts = {s: templates["program"].format(api=API_DOC, subtask=s) for s in subtasks}
+    search = ProgramSearch({s: {"status": None, "source": None, "attempts": []} for s in subtasks}, {}, set())
+    feedback: dict[str, str] = {}  # what to append to the next query of a sub-task
+    to_ask = list(subtasks)
+    recheck = False
+    # Each round asks for the programs that need one (if any), then verifies every set again:
+    # a dropped sub-task changes the sets it was part of, so they are re-verified even when
+    # nothing new was asked. Every round either spends a regeneration or drops a sub-task.
+    while to_ask or recheck:
+        outcomes: dict[str, _Evaluation | None] = {}
+        if to_ask:
+            requests = [LVLMRequest(prompt=base_prompts[s] + feedback.get(s, ""), images=(),
+                                    max_new_tokens=config.program_max_new_tokens, annotation=ProgramTruth(s))
+                        for s in to_ask]
+            answers = ask_with_reasks(client, requests, lambda _, text: parse_program(text),
+                                      lambda _, detail: PROGRAM_NOTE.format(detail=detail), config.max_reasks)
+            search.errors.update(answers.errors)
+            search.asks += len(to_ask)
+            search.queries += answers.queries
+            search.reasks += answers.reasks
+            search.failed += answers.failed
+            search.sources.update(zip(to_ask, answers.values, strict=True))
+            outcomes = verifier.evaluate_all({s: search.sources[s] for s in to_ask})
+        reasons: dict[str, tuple[str, str]] = {}  # sub-task -> (category, feedback text)
+        for s in to_ask:
+            outcome = outcomes[s]
+            if outcome is None:
+                reasons[s] = ("unparseable", "the answer held no usable program")
+            elif not outcome.ok:
+                reasons[s] = (f"sandbox_{outcome.error_kind}",
+                              f"it failed when run ({outcome.error_kind}): {outcome.message}")
+        active = {m: [s for s in d if s not in search.dropped] for m, d in decomposition.items() if d}
+        verifier.rule_failures(active, search.sources, reasons)
+
         to_ask, recheck = [], False
         for s in subtasks:
-            if s in dropped:
+            if s in search.dropped:
                 continue
-            record = records[s]
+            record = search.records[s]
             if s in outcomes:  # a new program this round
-                record["attempts"].append({"source": current[s], "failure": None})
+                record["attempts"].append({"source": search.sources[s], "failure": None})
             if s not in reasons:
                 continue
             category, text = reasons[s]
@@ -706,70 +704,95 @@ def label_vlm_car(
             if len(record["attempts"]) <= config.max_regenerations:
                 feedback[s] = templates["feedback"].format(attempts=_attempts_text(record["attempts"]))
                 to_ask.append(s)
-                regenerations += 1
+                search.regenerations += 1
             else:
-                dropped.add(s)
+                search.dropped.add(s)
                 recheck = True
-    # Answers that never parsed; programs that parsed but failed verification are the method's
-    # own filtering (regenerated, then dropped), recorded in "program_failures", not counted here.
-    check_failure_rate("vlm_car", decompose_counts["failed"] + program_counts["failed"],
-                       len(missions) + program_asks, decompose_counts["errors"] + program_errors, client,
-                       "decomposition and program queries")
-    accepted = [s for s in subtasks if s not in dropped]
     for s in subtasks:
-        records[s]["status"] = "failed" if s in dropped else "accepted"
-        records[s]["source"] = None if s in dropped else current[s]
+        search.records[s]["status"] = "failed" if s in search.dropped else "accepted"
+        search.records[s]["source"] = None if s in search.dropped else search.sources[s]
+    return search
 
-    # Dense reward: the increase of ordered, latched progress by the accepted programs.
+
+# -- 3. reward ----------------------------------------------------------------------------
+def progress_rewards(dataset: OfflineDataset, verifier: ProgramVerifier,
+                     decomposition: dict[str, tuple[str, ...] | None], accepted: dict[str, str]) -> np.ndarray:
+    """Dense reward: the increase of ordered, latched progress by the ``accepted`` programs on
+    each dataset episode (sub-tasks without one are left out, the others keep their order)."""
     rewards = np.zeros(dataset.num_transitions, dtype=np.float32)
-    for trajectory in trajectories:
+    for trajectory in verifier.trajectories:
         if trajectory.episode is None:
             continue
-        sequence = [s for s in decomposition[trajectory.mission] if s not in dropped]
+        sequence = [s for s in decomposition[trajectory.mission] if s in accepted]
         if not sequence:
             continue
-        after = progress_curve(np.stack([cache[(s, current[s])].holds(trajectory.ids[1:]) for s in sequence]))
-        start = episodes[trajectory.episode]["step_start"]
+        after = progress_curve(verifier.holds(sequence, accepted, trajectory.ids))
+        start = dataset.episodes[trajectory.episode]["step_start"]
         rewards[start : start + len(after)] = np.diff(after, prepend=0)
+    return rewards
 
-    failure_categories = Counter(a["failure"]["category"] for r in records.values() for a in r["attempts"]
+
+# -- the method ---------------------------------------------------------------------------
+def label_vlm_car(
+    dataset: OfflineDataset,
+    client: LVLMClient,
+    config: VLMCaRConfig = VLMCaRConfig(),
+    needs_images: bool = True,
+) -> tuple[RewardResult, dict]:
+    """Label every transition with VLM-CaR (see the module docstring).
+
+    Returns the reward set and the statistics. ``stats["programs"]`` (per sub-task: status,
+    final source, every attempt with its failure) and ``stats["decompositions"]`` (per
+    mission) are the programs' record, kept out of ``result.cost``; pop them before using
+    the rest as a cost record.
+    """
+    started = time.perf_counter()
+    templates = dict(zip(TEMPLATE_NAMES, load_templates("vlm_car", config.prompt_dir), strict=True))
+    missions = dataset.missions
+    decomposition, decompositions = decompose_missions(dataset, client, config, templates["decompose"], needs_images)
+    subtasks = list(dict.fromkeys(s for d in decomposition.values() if d for s in d))
+    verifier = ProgramVerifier(dataset, decomposition, config)
+    programs = write_programs(client, config, templates, subtasks, decomposition, verifier)
+    # Answers that never parsed; programs that parsed but failed verification are the method's
+    # own filtering (regenerated, then dropped), recorded in "program_failures", not counted here.
+    check_failure_rate("vlm_car", decompositions.failed + programs.failed, len(missions) + programs.asks,
+                       decompositions.errors + programs.errors, client, "decomposition and program queries")
+    accepted = programs.accepted()
+    rewards = progress_rewards(dataset, verifier, decomposition, accepted)
+
+    failure_categories = Counter(a["failure"]["category"] for r in programs.records.values() for a in r["attempts"]
                                  if a["failure"])
     stats = {
         "missions": len(missions),
-        "decomposition_queries": decompose_counts["queries"],
-        "decomposition_reasks": decompose_counts["reasks"],
-        "failed_decompositions": decompose_counts["failed"],
-        "decomposition_errors": dict(sorted(decompose_counts["errors"].items())),
+        "decomposition_queries": decompositions.queries,
+        "decomposition_reasks": decompositions.reasks,
+        "failed_decompositions": decompositions.failed,
+        "decomposition_errors": dict(sorted(decompositions.errors.items())),
         "subtasks": len(subtasks),
-        "program_queries": program_counts["queries"],
-        "program_reasks": program_counts["reasks"],
-        "failed_program_answers": program_counts["failed"],  # program queries with no parseable answer
-        "program_errors": dict(sorted(program_errors.items())),
-        "regenerations": regenerations,
+        "program_queries": programs.queries,
+        "program_reasks": programs.reasks,
+        "failed_program_answers": programs.failed,  # program queries with no parseable answer
+        "program_errors": dict(sorted(programs.errors.items())),
+        "regenerations": programs.regenerations,
         "accepted_programs": len(accepted),
         "failed_programs": len(subtasks) - len(accepted),
         "program_failures": dict(sorted(failure_categories.items())),
-        "sandbox_calls": sandbox_calls,
-        "sandbox_failures": dict(sorted(sandbox_failures.items())),
-        "evaluated_observations": evaluated,
-        "distinct_observations": len(store.data),
-        "random_rollouts": sum(len(v) for v in randoms_by_mission.values()),
-        "random_steps": random_steps,
-        "random_rollout_s": round(rollout_s, 3),
+        "sandbox_calls": verifier.sandbox_calls,
+        "sandbox_failures": dict(sorted(verifier.sandbox_failures.items())),
+        "evaluated_observations": verifier.evaluated,
+        "distinct_observations": len(verifier.store.data),
+        "random_rollouts": sum(len(v) for v in verifier.randoms_by_mission.values()),
+        "random_steps": verifier.random_steps,
+        "random_rollout_s": round(verifier.rollout_s, 3),
         "wall_time_s": round(time.perf_counter() - started, 3),
     }
-    lvlm = {"backend": client.backend, "model": client.model, "settings": client.generation_settings()}
-    provenance = {
-        "method": "vlm_car",
-        "source": "LVLM sub-task decomposition and generated check programs (code as reward), verified on "
-                  "expert and random trajectories, run in a sandbox",
-        "lvlm": lvlm,
-        "config": config.record(),
-        "observation_api_version": API_VERSION,
-        "prompts_sha256": {name: hashlib.sha256(text.encode()).hexdigest()[:16] for name, text in templates.items()},
-    }
+    provenance = provenance_record(
+        "vlm_car", "LVLM sub-task decomposition and generated check programs (code as reward), verified on "
+                   "expert and random trajectories, run in a sandbox", config, client,
+        observation_api_version=API_VERSION,
+        prompts_sha256={name: hashlib.sha256(text.encode()).hexdigest()[:16] for name, text in templates.items()})
     result = RewardResult("vlm_car", rewards, provenance=provenance, cost=dict(stats))
-    stats["programs"] = records
+    stats["programs"] = programs.records
     stats["decompositions"] = {m: list(d) if d else None for m, d in decomposition.items()}
     return result, stats
 

@@ -108,6 +108,11 @@ class ParsedScores:
     def ok(self) -> bool:
         return self.scores is not None
 
+    @property
+    def value(self) -> tuple[int, ...] | None:
+        """The scores, under the name the re-ask loop reads (:class:`rgvlm.rewards.queries.Parsed`)."""
+        return self.scores
+
 
 def _score(value: Any) -> tuple[int | None, str, str]:
     """(score, error, detail) of one list item."""

@@ -56,19 +56,27 @@ def chat_template(image_text: str) -> str:
     )
 
 
-def build_tokenizer(kind: str):
-    """A byte-level BPE tokenizer (vocab ~300) with the special tokens ``kind`` needs."""
+def _byte_level_bpe(special_tokens: list[str]):
+    """A byte-level BPE (vocab ~300) trained on :data:`_SENTENCES`, the tokenizer of every tiny model."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
-    base = ["<pad>", "<s>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=base, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=300, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(_SENTENCES, trainer=trainer)
+    return tok
+
+
+def build_tokenizer(kind: str):
+    """A byte-level BPE tokenizer (vocab ~300) with the special tokens ``kind`` needs."""
+    from transformers import PreTrainedTokenizerFast
+
+    base = ["<pad>", "<s>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+    tok = _byte_level_bpe(base)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",
@@ -225,19 +233,12 @@ def build_tiny_clip(directory: Path) -> Path:
     come from ``torch.manual_seed(0)``, so every call builds the same model.
     """
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    special = ["<pad>", "<s>", "</s>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    tok.train_from_iterator(_SENTENCES, trainer=trainer)
+    tok = _byte_level_bpe(["<pad>", "<s>", "</s>"])
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))]
     )
