@@ -5,7 +5,10 @@ size and the same batches (the counter-based sampler of ``rgvlm.rl.multirun``) o
 dataset in ``data/``, on the same device. Reported: total run-updates per second of
 
 (a) ``eager``: an :class:`IQLLearner` per run, each trained for ``--steps`` updates in turn;
-(b) ``stack``: :class:`MultiRunIQL` with every run stacked (vmap), eager PyTorch;
+(b) ``stack``: :class:`MultiRunIQL` with every run stacked (vmap), eager PyTorch; ``stack_chunk<c>``
+    the same, ``c`` runs per vmapped slice; ``stack_shared_encoder`` (or ``stack_own_encoders``) and
+    ``stack_chunk<c>_...``: the same with the other setting of ``train.shared_encoder`` than the
+    params file's (one encoder per run, or one per network);
 (c) ``stack_compiled``: the same with ``torch.compile`` (``--compile``);
 (d) ``stack_cuda_graphs``: compiled in mode "reduce-overhead" (CUDA graphs; GPU only);
 (e) ``d3rlpy_bc`` / ``d3rlpy_cql`` (``--d3rlpy``): the peer library's DiscreteBC and DiscreteCQL
@@ -21,6 +24,7 @@ and each ratio to (a), and of the stack to each d3rlpy algorithm. Written to ``r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -111,9 +115,15 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {"eager": time_eager(config, seeds, data, device, args.steps, args.warmup)}
     results["stack"] = time_stack(config, seeds, data, device, args.steps, args.warmup)
+    # The profile's encoder sharing and the other one (train.shared_encoder), at each chunk size.
+    other = dataclasses.replace(config, shared_encoder=not config.shared_encoder)
+    other_name = "own_encoders" if config.shared_encoder else "shared_encoder"
+    results[f"stack_{other_name}"] = time_stack(other, seeds, data, device, args.steps, args.warmup)
     for chunk in args.chunk_sizes:
         results[f"stack_chunk{chunk}"] = time_stack(config, seeds, data, device, args.steps, args.warmup,
                                                     chunk_size=chunk)
+        results[f"stack_chunk{chunk}_{other_name}"] = time_stack(other, seeds, data, device, args.steps,
+                                                                 args.warmup, chunk_size=chunk)
     if args.compile:
         results["stack_compiled"] = time_stack(config, seeds, data, device, args.steps, args.warmup, compile=True)
         if device.type == "cuda":
@@ -138,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         "iql": asdict(config),
         "run_updates_per_s": {k: round(v, 2) for k, v in results.items()},
         "speedup_vs_eager": {k: round(v / results["eager"], 3) for k, v in results.items() if k != "eager"},
-        "stack_vs_d3rlpy": {k: round(results["stack"] / v, 3) for k, v in results.items() if k.startswith("d3rlpy")},
+        # Every stacked variant against every d3rlpy algorithm: "<stack row>/<d3rlpy row>".
+        "stack_vs_d3rlpy": {f"{s}/{d}": round(results[s] / results[d], 3) for s in results if s.startswith("stack")
+                            for d in results if d.startswith("d3rlpy")},
         "command": "python benchmarks/iql_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     write_json_atomic(Path(args.out), report)
