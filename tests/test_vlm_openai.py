@@ -527,7 +527,11 @@ def test_the_cache_keeps_max_concurrency_requests_in_flight(serve, key, tmp_path
     from rgvlm.vlm.cache import CachedClient, ResponseCache
 
     def behaviour(payload: dict, headers: dict) -> Action:
-        time.sleep(0.1)
+        # Held until more than 16 requests are in flight (or 5 s): a client that lets 32 go at once
+        # releases them at once, one that caps below 17 waits; a loaded machine changes neither.
+        until = time.monotonic() + 5.0
+        while server.max_in_flight <= 16 and time.monotonic() < until:
+            time.sleep(0.01)
         return ok("x")
 
     server = serve(behaviour)

@@ -386,10 +386,12 @@ class OpenAIClient:
         except _Retryable:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded, retried reason
-            if deadline.expired:
+            reason = _reason(exc)
+            # With timeout_s >= deadline_s every socket operation's timeout is the deadline itself,
+            # so such a timeout is the deadline, whichever of the two threads woke first.
+            if deadline.expired or (reason == "timeout" and limit >= self.deadline_s):
                 raise _Retryable("deadline", f"attempt passed its deadline of {self.deadline_s}s "
                                              f"({type(exc).__name__})") from exc
-            reason = _reason(exc)
             detail = f"timeout after {limit}s ({type(exc).__name__})" if reason == "timeout" else \
                 f"{type(exc).__name__}: {exc}"
             raise _Retryable(reason, detail) from exc
