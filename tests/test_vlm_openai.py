@@ -400,7 +400,13 @@ def test_any_http_answer_counts_as_reachable(serve, key):
 
 
 def raw(head: str, *parts: bytes, gap_s: float = 0.0) -> Callable:
-    """A raw HTTP/1.1 answer: ``head`` (status line and headers), then ``parts``, ``gap_s`` apart."""
+    """A raw HTTP/1.1 answer: ``head`` (status line and headers), then ``parts``, ``gap_s`` apart.
+
+    The server closes the connection after a raw answer, so the head says ``Connection: close``:
+    otherwise the client may pool the connection and send its retry down a socket the server is
+    closing, adding a ``protocol`` failure that depends on which side is faster."""
+    if head.startswith("HTTP/") and "\nconnection:" not in head.lower():
+        head += "Connection: close\n"
 
     def write(wfile, stop: threading.Event) -> None:
         wfile.write(head.replace("\n", "\r\n").encode() + b"\r\n")
