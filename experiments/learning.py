@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         table = torch.as_tensor(embedder.embed(data.missions))
         holdout = holdout_mask(data, config.holdout_fraction)
         scaled = [scale_rewards(data, r, config.reward_scale, config.gamma) for r in rewards.values()]
-        transitions = DeviceTransitions(data, scaled, table, "cpu", bc_weights=[success], holdout=holdout)
+        transitions = DeviceTransitions(data, scaled, table, "cpu", bc_weights=[success], holdout=holdout,
+                                        n_step=config.n_step, gamma=config.gamma)
         # BC runs train their (unused) critic on the sparse reward.
         trainer = MultiRunIQL(config, [seed for _, seed in runs],
                               [reward_names.index(n if n in rewards else "sparse") for n, _ in runs],

@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     embedder = mission_embedder(config.mission_encoder)  # as the networks read missions
     table = torch.as_tensor(embedder.embed(data.missions))
     transitions = DeviceTransitions(data, list(reward_sets.values()), table, "cpu",
-                                    holdout=holdout_mask(data, config.holdout_fraction))
+                                    holdout=holdout_mask(data, config.holdout_fraction),
+                                    n_step=config.n_step, gamma=config.gamma)
     trainer = MultiRunIQL(config, [seed for _, seed in runs], [names.index(name) for name, _ in runs])
     while trainer.step < config.num_steps:
         trainer.train_step(transitions)

@@ -159,6 +159,50 @@ def test_holdout_keeps_whole_episodes_per_k_and_is_never_sampled(inputs):
         holdout_mask(data, 1.0)
 
 
+def test_n_step_transitions_by_hand(inputs):
+    """Each n-step transition sums the episode's next n rewards, discounted, and bootstraps from
+    the state after them; windows stop at the episode's end; n = 1 is the one-step dataset."""
+    data, table, rewards = inputs
+    one = DeviceTransitions(data, [rewards["a"]], table, "cpu")
+    same = DeviceTransitions(data, [rewards["a"]], table, "cpu", n_step=1, gamma=0.9)
+    assert one.discount is None and same.discount is None
+    assert torch.equal(one.rewards, same.rewards) and torch.equal(one.next_obs_index, same.next_obs_index)
+    n, gamma = 4, 0.9
+    multi = DeviceTransitions(data, [rewards["a"]], table, "cpu", n_step=n, gamma=gamma)
+    for episode in data.episodes:
+        start, length = episode["step_start"], episode["length"]
+        for t in range(start, start + length):
+            last = min(t + n - 1, start + length - 1)
+            expected = sum(gamma ** (i - t) * float(rewards["a"][i]) for i in range(t, last + 1))
+            assert multi.rewards[0, t].item() == pytest.approx(expected, rel=1e-5)
+            assert multi.next_obs_index[t].item() == data.next_obs_index[last]
+            assert multi.done[t].item() == float(data.terminals[last])
+            assert multi.discount[t].item() == pytest.approx(gamma ** (last - t + 1), rel=1e-6)
+    with pytest.raises(ValueError, match="gamma"):
+        DeviceTransitions(data, [rewards["a"]], table, "cpu", n_step=n)
+
+
+def test_n_step_stack_follows_eager_learners_and_checks_its_data(inputs):
+    """The stack's n-step update = an eager learner fed the same n-step batches (discounts included);
+    transitions built for another n_step are refused before any update."""
+    data, table, rewards = inputs
+    config = iql_config_for(data, dict(HYPER, n_step=3, gamma=0.9))
+    transitions = DeviceTransitions(data, [rewards["a"]], table, "cpu", n_step=3, gamma=0.9)
+    stack, eager = MultiRunIQL(config, [0, 1]), [IQLLearner(config, seed=s) for s in (0, 1)]
+    for _ in range(4):
+        batch = transitions.batch(stack._indices(transitions), stack.reward_rows)
+        assert batch.discount is not None and (batch.discount < 0.9 ** 0.5).any()
+        stacked = stack.train_step(transitions)
+        for r, learner in enumerate(eager):
+            metrics = learner.update(TransitionBatch(**{k: None if v is None else v[r] for k, v in vars(batch).items()}))
+            for name in ("critic_loss", "value_loss", "policy_loss"):
+                torch.testing.assert_close(stacked[name][r], metrics[name], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="expects n_step 1"):
+        MultiRunIQL(iql_config_for(data, HYPER), [0]).train_step(transitions)
+    with pytest.raises(ValueError, match="n_step"):
+        iql_config_for(data, dict(HYPER, n_step=0))
+
+
 def test_discounted_returns_by_hand(tiny_dataset):
     rewards = np.zeros(tiny_dataset.num_transitions, dtype=np.float32)
     episode = next(e for e in tiny_dataset.episodes if e["success"])

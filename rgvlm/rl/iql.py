@@ -99,6 +99,10 @@ class IQLConfig:
     # One encoder: the critic and value heads read the policy encoder's state features, detached
     # (the encoder is trained by the policy loss alone); False = each network its own encoder.
     shared_encoder: bool = False
+    # Rewards summed over up to n_step transitions of the episode before bootstrapping from V:
+    # value information travels n steps per update instead of one (the data must be built with
+    # the same n_step and gamma: rgvlm.rl.multirun.DeviceTransitions). 1 = the IQL paper's target.
+    n_step: int = 1
     reward_scale: str = "none"  # "none" | "return_range": rewards / range of returns (rgvlm.rl.runs.scale_rewards)
     holdout_fraction: float = 0.0  # share of episodes (per k) never trained on: the critic diagnostic's data
     num_steps: int = 1_000_000  # total gradient updates of a run
@@ -139,6 +143,7 @@ class IQLConfig:
             "num_steps",
             "log_every",
             "checkpoint_every",
+            "n_step",
         )
         for name in ints:
             value = getattr(self, name)
@@ -234,13 +239,19 @@ class TransitionBatch:
     next_grid: torch.Tensor  # uint8 [B, H, W, 3]
     next_carry: torch.Tensor  # uint8 [B, 2]
     done: torch.Tensor  # float32 [B]
+    # Per-transition discount of the bootstrap, float32 [B]: gamma ** m for an m-step target
+    # (``reward`` is then the discounted sum of m rewards and ``next_*`` the state m steps on;
+    # see rgvlm.rl.multirun.n_step_layout). None = one-step transitions, discount ``config.gamma``.
+    discount: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> TransitionBatch:
         """Copy of the batch with every tensor on ``device``."""
-        return TransitionBatch(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
+        return TransitionBatch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                                  for f in dataclasses.fields(self)})
 
 
-BATCH_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TransitionBatch))
+# The fields every sampler must provide (``discount`` is optional).
+BATCH_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TransitionBatch) if f.name != "discount")
 
 Sampler = Callable[[torch.Generator], TransitionBatch]
 
@@ -311,9 +322,10 @@ def critic_loss(
     reward: torch.Tensor,
     done: torch.Tensor,
     next_v: torch.Tensor,
-    gamma: float,
+    gamma: float | torch.Tensor,
 ) -> torch.Tensor:
-    """``mean((y - q1)^2) + mean((y - q2)^2)`` with ``y = r + gamma * (1 - done) * V(s')`` detached."""
+    """``mean((y - q1)^2) + mean((y - q2)^2)`` with ``y = r + gamma * (1 - done) * V(s')`` detached.
+    ``gamma`` is the discount, or a tensor [B] of per-transition discounts (n-step targets)."""
     target = (reward + gamma * (1.0 - done) * next_v).detach()
     return (target - q1_sa).square().mean() + (target - q2_sa).square().mean()
 
@@ -432,7 +444,8 @@ class IQLLearner:
 
         # 3. Critic: TD regression of both Q heads onto r + gamma * (1 - done) * V(s').
         q_sa = _gather_actions(self.critic(*cs), batch.action)
-        q_loss = critic_loss(q_sa[:, 0], q_sa[:, 1], batch.reward, batch.done, next_v, cfg.gamma)
+        discount = cfg.gamma if batch.discount is None else batch.discount
+        q_loss = critic_loss(q_sa[:, 0], q_sa[:, 1], batch.reward, batch.done, next_v, discount)
         self.critic_optim.zero_grad(set_to_none=True)
         q_loss.backward()
         self.critic_optim.step()

@@ -88,6 +88,27 @@ def sample_indices(seeds: torch.Tensor, step: torch.Tensor, batch_size: int, n: 
     return (mixed & 0x7FFFFFFFFFFFFFFF) % n
 
 
+def n_step_layout(dataset: OfflineDataset, n_step: int) -> np.ndarray:
+    """The last transition of every transition's ``n_step`` window, int64 [N]: ``t + n_step - 1``,
+    cut at the end of t's episode (a success is always an episode's last transition, so a window
+    never reaches past a terminal state)."""
+    if isinstance(n_step, bool) or not isinstance(n_step, int) or n_step < 1:
+        raise ValueError(f"n_step = {n_step!r} is invalid: must be an int >= 1")
+    last = np.array([e["step_start"] + e["length"] - 1 for e in dataset.episodes], dtype=np.int64)
+    return np.minimum(np.arange(dataset.num_transitions, dtype=np.int64) + n_step - 1, last[dataset.episode_of_step])
+
+
+def n_step_rewards(rewards: np.ndarray, end: np.ndarray, gamma: float) -> np.ndarray:
+    """``sum_{i=t}^{end[t]} gamma**(i-t) * rewards[i]`` of every transition t, float32 [N]."""
+    rewards = np.asarray(rewards, dtype=np.float64)
+    start = np.arange(rewards.shape[0])
+    total = np.zeros_like(rewards)
+    for offset in range(int((end - start).max(initial=0)) + 1):
+        inside = start + offset <= end
+        total[inside] += gamma ** offset * rewards[start[inside] + offset]
+    return total.astype(np.float32)
+
+
 class DeviceTransitions:
     """The offline dataset resident on the device, with one reward row per reward set.
 
@@ -97,11 +118,15 @@ class DeviceTransitions:
     ``bc_weights`` are extra per-transition policy-weight rows for behaviour-cloning baselines
     (row 0 is always all ones: plain BC); ``holdout`` (bool ``[N]``) marks transitions that are
     never sampled for training (the critic diagnostic's held-out episodes).
+
+    ``n_step`` > 1 (with its ``gamma``) makes every transition an n-step one: its reward is the
+    discounted sum of the episode's next ``n_step`` rewards (fewer at the episode's end), its
+    next state the one after them, and its ``discount`` ``gamma ** m`` for the m steps summed.
     """
 
     def __init__(self, dataset: OfflineDataset, rewards: Sequence[np.ndarray], mission_table: torch.Tensor,
                  device: str | torch.device, bc_weights: Sequence[np.ndarray] = (),
-                 holdout: np.ndarray | None = None) -> None:
+                 holdout: np.ndarray | None = None, n_step: int = 1, gamma: float | None = None) -> None:
         n = dataset.num_transitions
         for what, rows in (("reward", rewards), ("bc weight", bc_weights)):
             for i, r in enumerate(rows):
@@ -110,18 +135,29 @@ class DeviceTransitions:
         holdout = np.zeros(n, dtype=bool) if holdout is None else np.asarray(holdout, dtype=bool)
         if holdout.shape != (n,) or holdout.all():
             raise ValueError(f"holdout must be a bool mask of the {n} transitions that leaves some for training")
+        if n_step != 1 and (gamma is None or not 0.0 <= gamma < 1.0):
+            raise ValueError(f"n_step = {n_step} needs the learner's gamma in [0, 1), got gamma = {gamma!r}")
         on = lambda array: torch.as_tensor(np.ascontiguousarray(array), device=device)  # noqa: E731
         self.num_transitions = n
+        self.n_step, self.gamma = n_step, gamma
+        end = n_step_layout(dataset, n_step)  # the identity for n_step = 1
         self.obs_grid = on(dataset.obs_grid)
         self.obs_carry = on(dataset.obs_carry)
         self.obs_index = on(dataset.obs_index)
-        self.next_obs_index = on(dataset.next_obs_index)
+        self.next_obs_index = on(dataset.next_obs_index[end])
         self.mission_index = on(dataset.mission_of_step)
         self.mission_table = mission_table.to(device=device, dtype=torch.float32)
         self.action = on(dataset.actions.astype(np.int64))
         # Time-outs are not terminal: only success ends an episode for bootstrapping.
-        self.done = on(dataset.terminals.astype(np.float32))
-        self.rewards = on(np.stack([np.asarray(r, dtype=np.float32) for r in rewards]))  # [K, N]
+        self.done = on(dataset.terminals[end].astype(np.float32))
+        if n_step == 1:
+            self.discount = None  # the learner's gamma
+            rows = [np.asarray(r, dtype=np.float32) for r in rewards]
+        else:
+            steps = end - np.arange(n) + 1
+            self.discount = on((gamma ** steps.astype(np.float64)).astype(np.float32))
+            rows = [n_step_rewards(r, end, gamma) for r in rewards]
+        self.rewards = on(np.stack(rows))  # [K, N]
         self.bc_weights = on(np.stack([np.ones(n, dtype=np.float32)]
                                       + [np.asarray(w, dtype=np.float32) for w in bc_weights]))
         self.train_index = on(np.flatnonzero(~holdout))  # what the sampler draws from
@@ -141,6 +177,7 @@ class DeviceTransitions:
             next_grid=self.obs_grid[next_obs],
             next_carry=self.obs_carry[next_obs],
             done=self.done[indices],
+            discount=None if self.discount is None else self.discount[indices],
         )
 
     def bc_weight(self, indices: torch.Tensor, weight_rows: torch.Tensor) -> torch.Tensor:
@@ -239,7 +276,7 @@ class MultiRunIQL:
         return loss, (target_q_sa.detach(), v.detach().mean())
 
     def _actor_critic_objective(self, policy_p, critic_p, value_p, target_q_sa, obs, x, next_x, mission, action,
-                                reward, done, is_bc, bc_weight):
+                                reward, done, discount, is_bc, bc_weight):
         cfg = self.config
         # V(s) and V(s') from the updated value net in one forward pass; value_p is not differentiated.
         both = functional_call(self._value, value_p, (torch.cat([x, next_x]), None, torch.cat([mission, mission])))
@@ -249,7 +286,7 @@ class MultiRunIQL:
                               advantage_weights(adv, cfg.beta, cfg.adv_clip, cfg.adv_normalise))
         pi_loss = weighted_log_likelihood(functional_call(self._policy, policy_p, (obs, None, mission)), action, weights)
         q_sa = _gather_actions(functional_call(self._critic, critic_p, (x, None, mission)), action)
-        q_loss = critic_loss(q_sa[:, 0], q_sa[:, 1], reward, done, next_v, cfg.gamma)
+        q_loss = critic_loss(q_sa[:, 0], q_sa[:, 1], reward, done, next_v, discount)
         # The two losses depend on disjoint parameters, so one sum gives each its own gradient.
         return pi_loss + q_loss, (pi_loss.detach(), q_loss.detach(), q_sa.detach().mean(), adv.mean())
 
@@ -282,6 +319,9 @@ class MultiRunIQL:
 
     def train_step(self, data: DeviceTransitions) -> dict[str, torch.Tensor]:
         """Sample this step's batches (with the BC weights of baseline runs) and update every run."""
+        if data.n_step != self.config.n_step or (data.n_step != 1 and data.gamma != self.config.gamma):
+            raise ValueError(f"the transitions are {data.n_step}-step with gamma {data.gamma}; the learner's config "
+                             f"expects n_step {self.config.n_step}, gamma {self.config.gamma}")
         indices = self._indices(data)
         bc_weight = data.bc_weight(indices, self.bc_row_tensor) if self.bc_rows.count(None) < self.num_runs else None
         return self.update(data.batch(indices, self.reward_rows), bc_weight)
@@ -300,6 +340,7 @@ class MultiRunIQL:
         b = batch
         if bc_weight is None:
             bc_weight = torch.ones_like(b.reward)
+        discount = torch.full_like(b.reward, self.config.gamma) if b.discount is None else b.discount
         # The parameter-free part of every encoder, once per batch instead of once per network.
         obs, next_obs = self.featurize(b.grid, b.carry), self.featurize(b.next_grid, b.next_carry)
         x, next_x = self.critic_view(obs, b.mission), self.critic_view(next_obs, b.mission)
@@ -310,7 +351,7 @@ class MultiRunIQL:
         value_now = {k: v.detach() for k, v in self.value.items()}
         (pi_grads, q_grads), (_, (pi_loss, q_loss, q_mean, adv_mean)) = self._actor_critic_grad(
             self.policy, self.critic, value_now, target_q_sa, obs, x, next_x, b.mission, b.action, b.reward,
-            b.done, self.is_bc, bc_weight)
+            b.done, discount, self.is_bc, bc_weight)
         self._apply(self.policy_optim, self.policy, pi_grads)
         self._apply(self.critic_optim, self.critic, q_grads)
 

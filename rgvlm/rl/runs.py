@@ -165,7 +165,8 @@ def _train_stack(dataset, mission_table, reward_sets, todo, fingerprints, config
     holdout = holdout_mask(dataset, config.holdout_fraction)
     rewards = [scale_rewards(dataset, reward_sets[name], config.reward_scale, config.gamma) for name in names]
     data = DeviceTransitions(dataset, rewards, mission_table, device,
-                             bc_weights=[bc_weights[name] for name in baselines], holdout=holdout)
+                             bc_weights=[bc_weights[name] for name in baselines], holdout=holdout,
+                             n_step=config.n_step, gamma=config.gamma)
     # Row 0 of data.bc_weights is all ones; baseline b's weights are row b + 1.
     trainer = MultiRunIQL(config, [seed for _, seed in todo], [names.index(name) for name, _ in todo],
                           device=device, compile=compile, cuda_graphs=cuda_graphs,
