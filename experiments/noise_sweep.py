@@ -16,6 +16,7 @@ policy, not any LVLM.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
 
     train = train_config(params["train"])
-    config = iql_config_for(data, {**train.iql, **({"num_steps": args.steps} if args.steps else {})})
+    config = iql_config_for(data, dataclasses.replace(train.iql, num_steps=args.steps) if args.steps else train.iql)
     names = list(reward_sets)
     runs = [(name, seed) for name in names for seed in args.seeds]
     embedder = mission_embedder(config.mission_encoder)  # as the networks read missions

@@ -1,32 +1,39 @@
 """Reading and checking ``params.yaml``: every knob of the pipeline, validated up front.
 
-Each pipeline section has one ``*_config`` function that turns the raw mapping into a
-frozen dataclass, or raises :class:`ParamError` naming the key, the value and what is
-allowed, before any expensive work starts.
+Each pipeline section is a config dataclass (:mod:`rgvlm.config`: its fields say what they
+allow) built by one ``*_config`` function, which raises :class:`ParamError` naming the key, the
+value and what is allowed, before any expensive work starts. :class:`IQLConfig`, the learner's
+hyperparameters that ``train`` holds, is defined here too, with the choices it checks, so that
+this layer imports nothing from ``rgvlm.rl`` (which imports it from here).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from rgvlm.envs import MAX_SUBTASKS, MIN_SUBTASKS
+from rgvlm.config import Config, ParamError, as_section, param  # ParamError: what callers catch
+from rgvlm.envs import CLAUSE_VOCABULARY, MAX_CLAUSE_WORDS, MAX_SUBTASKS, MIN_SUBTASKS
 
 MIXTURE_KINDS = ("expert", "noisy", "partial")
 SPLITS = ("seen", "fresh")
+EXPERT_VIEWS = ("agent", "state")
+#: Behaviour-cloning baselines: "bc" imitates every dataset action, "bc_success" only those of
+#: successful episodes (filtered BC). Both are trained by the same stack as the IQL runs.
+BASELINES = ("bc", "bc_success")
+BACKENDS = ("scripted", "transformers", "openai")
+#: Keys that were in ``labeling`` before they moved to RG-VLM's own section ``rg_vlm``.
+MOVED_TO_RG_VLM = ("window_length", "window_stride", "frame_stride", "tile_size", "max_reasks", "fallback_score")
+DEVICES = "auto, cpu, cuda or cuda:N"
 
 
-class ParamError(ValueError):
-    """A parameter with a value outside what is allowed."""
-
-    def __init__(self, key: str, value: Any, expected: str):
-        self.key, self.value, self.expected = key, value, expected
-        super().__init__(f"params: {key}={value!r} is invalid: expected {expected}")
+def device_name(value: str) -> bool:
+    """Whether ``value`` names a torch device a section may ask for (:data:`DEVICES`)."""
+    return value in ("auto", "cpu", "cuda") or value.startswith("cuda:")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -38,74 +45,16 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     return params
 
 
-# -- small checkers -------------------------------------------------------------------
-def _section(raw: Any, name: str) -> Mapping[str, Any]:
-    if not isinstance(raw, Mapping):
-        raise ParamError(name, raw, "a mapping")
-    return raw
-
-
-def _get(raw: Mapping[str, Any], section: str, key: str, default: Any = ...) -> Any:
-    if key in raw:
-        return raw[key]
-    if default is ...:
-        raise ParamError(f"{section}.{key}", None, "a value (the key is missing)")
-    return default
-
-
-def _check_unknown(raw: Mapping[str, Any], section: str, known: set[str]) -> None:
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ParamError(f"{section}.{unknown[0]}", raw[unknown[0]], f"one of the keys {sorted(known)}")
-
-
-def _int(value: Any, key: str, low: int | None = None, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ParamError(key, value, "an integer")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"{'' if low is None else low}..{'' if high is None else high}"
-        raise ParamError(key, value, f"an integer in {bounds}")
-    return value
-
-
-def _float(value: Any, key: str, low: float | None = None, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ParamError(key, value, "a number")
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise ParamError(key, value, f"a number in [{low}, {high}]")
-    return float(value)
-
-
-def _ks(value: Any, key: str) -> tuple[int, ...]:
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ParamError(key, value, f"a non-empty list of sub-task counts in {MIN_SUBTASKS}..{MAX_SUBTASKS}")
-    ks = tuple(_int(k, f"{key}[{i}]", MIN_SUBTASKS, MAX_SUBTASKS) for i, k in enumerate(value))
-    if len(set(ks)) != len(ks):
-        raise ParamError(key, value, "a list without repeats")
-    return ks
-
-
-def _str_list(value: Any, key: str, allowed: tuple[str, ...] | None = None) -> tuple[str, ...]:
-    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value):
-        raise ParamError(key, value, "a non-empty list of names")
-    if allowed is not None:
-        for i, v in enumerate(value):
-            if v not in allowed:
-                raise ParamError(f"{key}[{i}]", v, f"one of {', '.join(allowed)}")
-    if len(set(value)) != len(value):
-        raise ParamError(key, value, "a list without repeats")
-    return tuple(value)
-
-
 # -- sections -------------------------------------------------------------------------
 @dataclass(frozen=True)
-class EnvConfig:
+class EnvConfig(Config):
     """Construction arguments of the suite's levels (shared by collection, replay, eval)."""
 
-    room_size: int = 6
-    objs_per_room: int = 2
-    door_subtask_prob: float = 0.3
-    steps_per_subtask: int = 64
+    SECTION = "env"
+    room_size: int = param(6, low=5, high=10)
+    objs_per_room: int = param(2, low=2, high=3)
+    door_subtask_prob: float = param(0.3, low=0.0, high=1.0)
+    steps_per_subtask: int = param(64, low=16, high=1000)
 
     def kwargs(self) -> dict[str, Any]:
         return {
@@ -117,113 +66,182 @@ class EnvConfig:
 
 
 def env_config(raw: Any) -> EnvConfig:
-    raw = _section(raw, "env")
-    _check_unknown(raw, "env", {"room_size", "objs_per_room", "door_subtask_prob", "steps_per_subtask"})
-    d = EnvConfig()
-    return EnvConfig(
-        room_size=_int(_get(raw, "env", "room_size", d.room_size), "env.room_size", 5, 10),
-        objs_per_room=_int(_get(raw, "env", "objs_per_room", d.objs_per_room), "env.objs_per_room", 2, 3),
-        door_subtask_prob=_float(
-            _get(raw, "env", "door_subtask_prob", d.door_subtask_prob), "env.door_subtask_prob", 0.0, 1.0
-        ),
-        steps_per_subtask=_int(
-            _get(raw, "env", "steps_per_subtask", d.steps_per_subtask), "env.steps_per_subtask", 16, 1000
-        ),
-    )
+    return EnvConfig.from_section(raw)
 
 
 @dataclass(frozen=True)
-class DatasetConfig:
+class DatasetConfig(Config):
     """What the offline dataset holds; see :mod:`rgvlm.data.collect`."""
 
-    seed: int
-    ks: tuple[int, ...]
-    episodes_per_k: int
-    mixture: dict[str, float] = field(hash=False)
-    noise_epsilon: float
-    wander_steps: tuple[int, int]
-    expert_view: str = "agent"  # what the bot plans from: "agent" (BabyAI's: its view so far) | "state" (the current state)
+    SECTION = "dataset"
+    seed: int = param(low=0, high=999)
+    ks: tuple[int, ...] = param(low=MIN_SUBTASKS, high=MAX_SUBTASKS, nonempty=True, unique=True)
+    episodes_per_k: int = param(low=1)
+    mixture: dict[str, float] = param(hash=False, keys=MIXTURE_KINDS, low=0.0, high=1.0)  # kind -> share
+    noise_epsilon: float = param(low=0.0, high=1.0)
+    wander_steps: tuple[int, int] = param(low=0, expected="a [min, max] pair of step counts")
+    expert_view: str = param("agent", choices=EXPERT_VIEWS)  # what the bot plans from: "agent" (BabyAI's: its view so far) | "state" (the current state)
 
-
-EXPERT_VIEWS = ("agent", "state")
+    def check(self) -> None:
+        # A kind left out has no share; every kind is listed, in MIXTURE_KINDS order.
+        self._normalise(mixture={kind: self.mixture.get(kind, 0.0) for kind in MIXTURE_KINDS})
+        if abs(sum(self.mixture.values()) - 1.0) > 1e-6:
+            raise ParamError("dataset.mixture", self.mixture, "shares that sum to 1")
+        low, high = self.wander_steps
+        if high < low:
+            raise ParamError("dataset.wander_steps[1]", high, f"an integer in {low}..")
 
 
 def dataset_config(raw: Any) -> DatasetConfig:
-    raw = _section(raw, "dataset")
-    _check_unknown(
-        raw, "dataset", {"seed", "ks", "episodes_per_k", "mixture", "noise_epsilon", "wander_steps", "expert_view"}
-    )
-    expert_view = raw.get("expert_view", "agent")
-    if expert_view not in EXPERT_VIEWS:
-        raise ParamError("dataset.expert_view", expert_view, f"one of {', '.join(EXPERT_VIEWS)}")
-    mixture_raw = _section(_get(raw, "dataset", "mixture"), "dataset.mixture")
-    for kind in mixture_raw:
-        if kind not in MIXTURE_KINDS:
-            raise ParamError(f"dataset.mixture.{kind}", mixture_raw[kind], f"one of the kinds {', '.join(MIXTURE_KINDS)}")
-    mixture = {
-        kind: _float(mixture_raw.get(kind, 0.0), f"dataset.mixture.{kind}", 0.0, 1.0) for kind in MIXTURE_KINDS
-    }
-    if abs(sum(mixture.values()) - 1.0) > 1e-6:
-        raise ParamError("dataset.mixture", dict(mixture_raw), "shares that sum to 1")
-    wander = _get(raw, "dataset", "wander_steps")
-    if not isinstance(wander, (list, tuple)) or len(wander) != 2:
-        raise ParamError("dataset.wander_steps", wander, "a [min, max] pair of step counts")
-    low = _int(wander[0], "dataset.wander_steps[0]", 0)
-    high = _int(wander[1], "dataset.wander_steps[1]", low)
-    return DatasetConfig(
-        seed=_int(_get(raw, "dataset", "seed"), "dataset.seed", 0, 999),
-        ks=_ks(_get(raw, "dataset", "ks"), "dataset.ks"),
-        episodes_per_k=_int(_get(raw, "dataset", "episodes_per_k"), "dataset.episodes_per_k", 1),
-        mixture=mixture,
-        noise_epsilon=_float(_get(raw, "dataset", "noise_epsilon"), "dataset.noise_epsilon", 0.0, 1.0),
-        wander_steps=(low, high),
-        expert_view=expert_view,
-    )
+    return DatasetConfig.from_section(raw)
 
 
 @dataclass(frozen=True)
-class RewardsConfig:
+class FusionConfig(Config):
+    """``rewards.fusion``: sparse + lambda * dense, one reward set per (dense, lambda)."""
+
+    SECTION = "rewards.fusion"
+    dense: tuple[str, ...] = param((), unique=True)
+    lambdas: tuple[float, ...] = param((), low=0.0)
+
+
+@dataclass(frozen=True)
+class RewardsConfig(Config):
     """Which reward sets the rewards stage writes."""
 
-    methods: tuple[str, ...]
-    fusion_dense: tuple[str, ...]
-    fusion_lambdas: tuple[float, ...]
+    SECTION = "rewards"
+    methods: tuple[str, ...] = param(nonempty=True, unique=True)
+    fusion: FusionConfig = param(default_factory=FusionConfig)
+
+    @property
+    def fusion_dense(self) -> tuple[str, ...]:
+        return self.fusion.dense
+
+    @property
+    def fusion_lambdas(self) -> tuple[float, ...]:
+        return self.fusion.lambdas
+
+    def check(self) -> None:
+        dense_methods = [m for m in self.methods if m != "sparse"]
+        for i, name in enumerate(self.fusion.dense):
+            if name not in dense_methods:
+                raise ParamError(f"rewards.fusion.dense[{i}]", name,
+                                 f"a dense method listed in rewards.methods ({', '.join(dense_methods)})")
+        if self.fusion.dense and "sparse" not in self.methods:
+            raise ParamError("rewards.methods", list(self.methods),
+                             "a list including 'sparse' when rewards.fusion.dense is set")
+        if self.fusion.dense and not self.fusion.lambdas:
+            raise ParamError("rewards.fusion.lambdas", [], "at least one lambda when rewards.fusion.dense is set")
 
 
 def rewards_config(raw: Any, available: tuple[str, ...]) -> RewardsConfig:
-    raw = _section(raw, "rewards")
-    _check_unknown(raw, "rewards", {"methods", "fusion"})
-    methods = _str_list(_get(raw, "rewards", "methods"), "rewards.methods", available)
-    fusion = _section(raw.get("fusion", {"dense": [], "lambdas": []}), "rewards.fusion")
-    _check_unknown(fusion, "rewards.fusion", {"dense", "lambdas"})
-    dense = tuple(fusion.get("dense") or ())
-    for i, name in enumerate(dense):
-        if name not in methods or name == "sparse":
-            raise ParamError(f"rewards.fusion.dense[{i}]", name, f"a dense method listed in rewards.methods ({', '.join(m for m in methods if m != 'sparse')})")
-    if dense and "sparse" not in methods:
-        raise ParamError("rewards.methods", list(methods), "a list including 'sparse' when rewards.fusion.dense is set")
-    lambdas_raw = fusion.get("lambdas") or []
-    if not isinstance(lambdas_raw, (list, tuple)):
-        raise ParamError("rewards.fusion.lambdas", lambdas_raw, "a list of numbers >= 0")
-    lambdas = tuple(_float(v, f"rewards.fusion.lambdas[{i}]", 0.0) for i, v in enumerate(lambdas_raw))
-    if dense and not lambdas:
-        raise ParamError("rewards.fusion.lambdas", lambdas_raw, "at least one lambda when rewards.fusion.dense is set")
-    return RewardsConfig(methods=methods, fusion_dense=dense, fusion_lambdas=lambdas)
+    """Check ``rewards``; ``available`` are the reward methods there are (rgvlm.rewards, a layer above)."""
+    config = RewardsConfig.from_section(raw)
+    for i, name in enumerate(config.methods):
+        if name not in available:
+            raise ParamError(f"rewards.methods[{i}]", name, f"one of {', '.join(available)}")
+    return config
+
+
+# -- IQL: the learner's hyperparameters (train's other keys) ---------------------------------
+#: State encoders of the learner (rgvlm.rl.networks): "grid" one-hot/CNN over the grid,
+#: "entities" object-centric tokens with mission FiLM.
+STATE_ENCODERS = ("grid", "entities")
+#: How the entity encoder finds, for each clause and role, the entity the clause names:
+#: "attention": learned queries from the clause embedding over learned keys of the entity tokens;
+#: "lexical": the clause's words are matched against each entity's type and colour names (needs
+#: the clause word codes, ``train.mission_encoder: tokens``); only which word positions name which
+#: role is learned (see :class:`rgvlm.rl.networks.EntityStateEncoder`).
+GROUNDINGS = ("attention", "lexical")
+#: How a reward set is scaled before training (see :func:`rgvlm.rl.runs.scale_rewards`).
+REWARD_SCALES = ("none", "return_range")
+#: Values per clause of each mission encoder's embedding (rgvlm.rl.missions): the clause word
+#: codes (a one-hot word per position) and all-MiniLM-L6-v2's sentence vector. The order is
+#: MISSION_ENCODERS'. ``train.mission_embed_dim`` follows ``train.mission_encoder``.
+MISSION_ENCODER_DIMS = {"tokens": MAX_CLAUSE_WORDS * len(CLAUSE_VOCABULARY), "minilm": 384}
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class IQLConfig(Config):
+    """Hyper-parameters of IQL and sizes of the networks. Validated on construction.
+
+    Every field is a ``train`` key; errors name it ``train.<field>``."""
+
+    SECTION = "train"
+    # Saved as given in every checkpoint and run fingerprint (an int stays an int): converting
+    # would change the bytes of the runs trained before.
+    FLOATS_AS_FLOAT = False
+
+    gamma: float = param(0.99, low=0.0, below=1.0)  # discount factor
+    tau: float = param(0.7, above=0.0, below=1.0)  # expectile of the value loss; 0.5 = mean, -> 1 = max over data actions
+    beta: float = param(3.0, low=0.0)  # inverse temperature of the advantage weights exp(beta * adv); 0 = plain BC
+    adv_clip: float = param(100.0, above=0.0)  # upper clip of the advantage weights
+    lr: float = param(3e-4, above=0.0)  # Adam learning rate used for critic, value and policy
+    batch_size: int = param(256, low=1)  # transitions per update (used by the caller's sampler)
+    polyak: float = param(0.005, above=0.0, high=1.0)  # target <- (1-polyak)*target + polyak*online; 1 = copy
+    hidden_dim: int = param(256, low=1)  # width of the hidden layers of every head MLP
+    num_layers: int = param(2, low=0)  # number of hidden layers of every head MLP
+    grid_height: int = param(11, low=1)  # rows H of the symbolic grid
+    grid_width: int = param(11, low=1)  # columns W of the symbolic grid
+    num_actions: int = param(6, low=2)  # size of the discrete action space
+    mission_slots: int = param(6, low=1)  # clause slots S of the mission tensor
+    mission_embed_dim: int = param(384, low=1)  # sentence-embedding size E of a clause
+    cell_embed_dim: int = param(16, low=1)  # embedding size of a grid cell (type + colour + state tables)
+    conv_channels: int = param(32, low=0)  # channels of the two 3x3 convolutions of the grid encoder; 0 = none (MLP)
+    obs_feature_dim: int = param(128, low=1)  # output size of the grid+carry encoder
+    slot_dim: int = param(32, low=1)  # per-clause projection size of the mission encoder
+    mission_feature_dim: int = param(128, low=1)  # output size of the mission encoder
+    state_feature_dim: int = param(256, low=1)  # output size of the joint state encoder (input of head MLPs)
+    egocentric: bool = False  # re-express the grid around the agent (centre, facing up) before encoding
+    encoder: str = param("grid", choices=STATE_ENCODERS)  # "grid" (one-hot/CNN over the grid) or "entities" (object-centric, mission FiLM)
+    entity_dim: int = param(64, low=1)  # entities encoder: token width
+    max_entities: int = param(16, low=1)  # entities encoder: doors/objects encoded
+    patch: int = param(2, low=0)  # entities encoder: cells on each side of the agent in its local egocentric patch
+    grounding: str = param("attention", choices=GROUNDINGS)  # entities encoder: "attention" | "lexical"
+    mission_encoder: str = param("minilm", choices=tuple(MISSION_ENCODER_DIMS))  # "minilm" sentence vectors | "tokens" clause word codes
+    adv_normalise: bool = False  # divide advantages by their batch std before exp(beta * A)
+    # One encoder: the critic and value heads read the policy encoder's state features, detached
+    # (the encoder is trained by the policy loss alone); False = each network its own encoder.
+    shared_encoder: bool = False
+    # Rewards summed over up to n_step transitions of the episode before bootstrapping from V:
+    # value information travels n steps per update instead of one (the data must be built with
+    # the same n_step and gamma: rgvlm.rl.multirun.DeviceTransitions). 1 = the IQL paper's target.
+    n_step: int = param(1, low=1)
+    reward_scale: str = param("none", choices=REWARD_SCALES)  # "none" | "return_range": rewards / range of returns (rgvlm.rl.runs.scale_rewards)
+    holdout_fraction: float = param(0.0, low=0.0, below=1.0)  # share of episodes (per k) never trained on: the critic diagnostic's data
+    num_steps: int = param(1_000_000, low=0)  # total gradient updates of a run
+    log_every: int = param(1_000, low=1)  # updates between two on_log calls
+    checkpoint_every: int = param(50_000, low=1)  # updates between two checkpoints
+    # Least wall-clock seconds between two multi-run stack checkpoints (rgvlm.rl.runs): at a
+    # checkpoint_every step the stack is written only if this long has passed since the last write
+    # (or the start); 0 = at every checkpoint_every step. The critic diagnostic keeps checkpoint_every.
+    checkpoint_interval_s: float = param(0.0, low=0.0)
+
+    def check(self) -> None:
+        if self.grounding == "lexical" and (self.encoder != "entities" or self.mission_encoder != "tokens"
+                                            or self.mission_embed_dim != MISSION_ENCODER_DIMS["tokens"]):
+            raise ParamError("train.grounding", self.grounding,
+                             "'attention' unless encoder is 'entities' and mission_encoder is 'tokens' "
+                             "(lexical grounding matches the clause's words against the entities' type and colour)")
+        if self.patch >= min(self.grid_height, self.grid_width):
+            raise ParamError("train.patch", self.patch,
+                             f"an integer >= 0 and < the grid's smaller side ({min(self.grid_height, self.grid_width)})")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Config):
     """Which (reward set, seed) runs to train, and the IQL hyperparameters of all of them."""
 
-    reward_sets: tuple[str, ...]
-    seeds: tuple[int, ...]
-    device: str
-    iql: dict[str, Any] = field(hash=False)
+    SECTION = "train"
+    reward_sets: tuple[str, ...] = param(nonempty=True, unique=True)
+    seeds: tuple[int, ...] = param(low=0, nonempty=True, unique=True)
+    device: str = param("auto", test=device_name, expected=DEVICES)
+    iql: IQLConfig = param(default_factory=IQLConfig, inline=True)  # every other key of the section
     compile: bool = False  # torch.compile the vmapped update
     cuda_graphs: bool = False  # ... in mode "reduce-overhead", which captures CUDA graphs (GPU only)
-    baselines: tuple[str, ...] = ()  # behaviour-cloning rows trained in the same stack (BASELINES)
-    extra_seeds: tuple[int, ...] = ()  # more seeds for ...
-    extra_seeds_for: tuple[str, ...] = ()  # ... these reward sets (the rows the paper's question rests on)
+    baselines: tuple[str, ...] = param((), choices=BASELINES, unique=True)  # behaviour-cloning rows trained in the same stack
+    extra_seeds: tuple[int, ...] = param((), low=0)  # more seeds for ...
+    extra_seeds_for: tuple[str, ...] = param((), unique=True)  # ... these reward sets (the rows the paper's question rests on)
 
     @property
     def trained(self) -> tuple[str, ...]:
@@ -234,116 +252,63 @@ class TrainConfig:
         """The training seeds of one reward set or baseline."""
         return self.seeds + (self.extra_seeds if name in self.extra_seeds_for else ())
 
-
-TRAIN_KEYS = {"reward_sets", "seeds", "device", "compile", "cuda_graphs", "baselines", "extra_seeds",
-              "extra_seeds_for"}
-#: Behaviour-cloning baselines: "bc" imitates every dataset action, "bc_success" only those of
-#: successful episodes (filtered BC). Both are trained by the same stack as the IQL runs.
-BASELINES = ("bc", "bc_success")
+    def check(self) -> None:
+        every = self.seeds + self.extra_seeds
+        if len(set(every)) != len(every):
+            raise ParamError("train.extra_seeds", list(self.extra_seeds),
+                             f"seeds not already in train.seeds {list(self.seeds)}, without repeats")
+        for i, name in enumerate(self.extra_seeds_for):
+            if name not in self.trained:
+                raise ParamError(f"train.extra_seeds_for[{i}]", name, f"one of {', '.join(self.trained)}")
+        if self.cuda_graphs and self.device == "cpu":
+            raise ParamError("train.cuda_graphs", True, "false on device cpu (CUDA graphs need a GPU)")
 
 
 def train_config(raw: Any) -> TrainConfig:
-    """``train`` holds the run list plus any :class:`rgvlm.rl.iql.IQLConfig` field."""
-    from dataclasses import fields
-
-    from rgvlm.rl.iql import IQLConfig
-
-    raw = _section(raw, "train")
-    iql_fields = {f.name for f in fields(IQLConfig)}
-    _check_unknown(raw, "train", TRAIN_KEYS | iql_fields)
-    seeds_raw = _get(raw, "train", "seeds")
-    if not isinstance(seeds_raw, (list, tuple)) or not seeds_raw:
-        raise ParamError("train.seeds", seeds_raw, "a non-empty list of integers >= 0")
-    seeds = tuple(_int(s, f"train.seeds[{i}]", 0) for i, s in enumerate(seeds_raw))
-    if len(set(seeds)) != len(seeds):
-        raise ParamError("train.seeds", seeds_raw, "a list without repeats")
-    extra_raw = raw.get("extra_seeds") or []
-    if not isinstance(extra_raw, (list, tuple)):
-        raise ParamError("train.extra_seeds", extra_raw, "a list of integers >= 0")
-    extra = tuple(_int(s, f"train.extra_seeds[{i}]", 0) for i, s in enumerate(extra_raw))
-    if len(set(seeds + extra)) != len(seeds + extra):
-        raise ParamError("train.extra_seeds", extra_raw, f"seeds not already in train.seeds {list(seeds)}, without repeats")
-    reward_sets = _str_list(_get(raw, "train", "reward_sets"), "train.reward_sets")
-    baselines = _str_list(raw.get("baselines") or [], "train.baselines", BASELINES) if raw.get("baselines") else ()
-    extra_for = _str_list(raw.get("extra_seeds_for") or [], "train.extra_seeds_for", reward_sets + baselines) \
-        if raw.get("extra_seeds_for") else ()
-    device = _get(raw, "train", "device", "auto")
-    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ParamError("train.device", device, "auto, cpu, cuda or cuda:N")
-    iql = {k: v for k, v in raw.items() if k in iql_fields}
-    from rgvlm.rl.missions import MISSION_ENCODER_DIMS
-
+    """``train`` holds the run list plus any :class:`IQLConfig` field, checked here once: the
+    trainer takes ``.iql`` as it is (:func:`rgvlm.rl.runs.iql_config_for` only sets the grid)."""
+    raw = dict(as_section(raw, "train"))
     # The clause embedding's size follows the mission encoder (an unknown encoder fails in IQLConfig).
-    encoder_dim = MISSION_ENCODER_DIMS.get(iql.get("mission_encoder", "minilm"))
-    if encoder_dim is not None and iql.setdefault("mission_embed_dim", encoder_dim) != encoder_dim:
-        raise ParamError("train.mission_embed_dim", iql["mission_embed_dim"],
-                         f"{encoder_dim}, the size of a {iql.get('mission_encoder', 'minilm')} clause embedding "
+    encoder = raw.get("mission_encoder", IQLConfig.mission_encoder)
+    encoder_dim = MISSION_ENCODER_DIMS.get(encoder) if isinstance(encoder, str) else None
+    if encoder_dim is not None and raw.setdefault("mission_embed_dim", encoder_dim) != encoder_dim:
+        raise ParamError("train.mission_embed_dim", raw["mission_embed_dim"],
+                         f"{encoder_dim}, the size of a {encoder} clause embedding "
                          "(or leave it out: it follows train.mission_encoder)")
-    flags = {}
-    for key in ("compile", "cuda_graphs"):
-        flags[key] = raw.get(key, False)
-        if not isinstance(flags[key], bool):
-            raise ParamError(f"train.{key}", flags[key], "true or false")
-    if flags["cuda_graphs"] and device == "cpu":
-        raise ParamError("train.cuda_graphs", True, "false on device cpu (CUDA graphs need a GPU)")
-    try:
-        IQLConfig(**iql)
-    except (TypeError, ValueError) as error:
-        raise ParamError("train", iql, f"valid IQL hyperparameters ({error})") from error
-    return TrainConfig(
-        reward_sets=reward_sets,
-        seeds=seeds,
-        device=str(device),
-        iql=iql,
-        baselines=baselines,
-        extra_seeds=extra,
-        extra_seeds_for=extra_for,
-        **flags,
-    )
+    return TrainConfig.from_section(raw)
 
 
 @dataclass(frozen=True)
-class EvaluationConfig:
+class EvaluationConfig(Config):
     """Where and how often each trained run is rolled out."""
 
-    seed: int
-    ks: tuple[int, ...]
-    splits: tuple[str, ...]
-    episodes_per_k: dict[str, int] = field(hash=False)  # per split
-    bootstrap_samples: int = 2000
-    device: str = "cpu"
-    policies: dict[str, float] = field(default_factory=lambda: {"greedy": 0.0}, hash=False)  # name -> temperature
-    workers: int = 1  # processes that roll episodes out in parallel (the result does not depend on it)
+    SECTION = "evaluation"
+    seed: int = param(low=0, high=999)
+    ks: tuple[int, ...] = param(low=MIN_SUBTASKS, high=MAX_SUBTASKS, nonempty=True, unique=True)
+    splits: tuple[str, ...] = param(choices=SPLITS, nonempty=True, unique=True)
+    # Per split; one number is every split's. Always a dict once built.
+    episodes_per_k: int | dict[str, int] = param(hash=False, low=1)
+    bootstrap_samples: int = param(2000, low=100)
+    device: str = param("cpu", test=device_name, expected=DEVICES)
+    policies: dict[str, float] = param(default_factory=lambda: {"greedy": 0.0}, hash=False, nonempty=True,
+                                       low=0.0)  # name -> temperature (0 = greedy)
+    workers: int = param(1, low=1, high=64)  # processes that roll episodes out in parallel (the result does not depend on it)
+
+    def check(self) -> None:
+        per_k = self.episodes_per_k
+        if isinstance(per_k, Mapping):
+            for split in per_k:
+                if split not in self.splits:
+                    raise ParamError(f"evaluation.episodes_per_k.{split}", per_k[split],
+                                     f"one of the keys {', '.join(self.splits)} (evaluation.splits)")
+            for split in self.splits:
+                if split not in per_k:
+                    raise ParamError(f"evaluation.episodes_per_k.{split}", None, "an integer in 1..")
+        self._normalise(episodes_per_k={s: per_k[s] if isinstance(per_k, Mapping) else per_k for s in self.splits})
 
 
 def evaluation_config(raw: Any) -> EvaluationConfig:
-    raw = _section(raw, "evaluation")
-    _check_unknown(raw, "evaluation", {"seed", "ks", "splits", "episodes_per_k", "bootstrap_samples", "device",
-                                       "policies", "workers"})
-    device = _get(raw, "evaluation", "device", "cpu")
-    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ParamError("evaluation.device", device, "auto, cpu, cuda or cuda:N")
-    splits = _str_list(_get(raw, "evaluation", "splits"), "evaluation.splits", SPLITS)
-    per_k = _get(raw, "evaluation", "episodes_per_k")
-    if isinstance(per_k, Mapping):
-        _check_unknown(per_k, "evaluation.episodes_per_k", set(splits))
-        episodes = {s: _int(per_k.get(s), f"evaluation.episodes_per_k.{s}", 1) for s in splits}
-    else:
-        episodes = {s: _int(per_k, "evaluation.episodes_per_k", 1) for s in splits}
-    policies_raw = raw.get("policies", {"greedy": 0.0})
-    if not isinstance(policies_raw, Mapping) or not policies_raw:
-        raise ParamError("evaluation.policies", policies_raw, "a mapping of policy name to temperature (0 = greedy)")
-    policies = {str(name): _float(t, f"evaluation.policies.{name}", 0.0) for name, t in policies_raw.items()}
-    return EvaluationConfig(
-        seed=_int(_get(raw, "evaluation", "seed"), "evaluation.seed", 0, 999),
-        ks=_ks(_get(raw, "evaluation", "ks"), "evaluation.ks"),
-        splits=splits,
-        episodes_per_k=episodes,
-        bootstrap_samples=_int(_get(raw, "evaluation", "bootstrap_samples", 2000), "evaluation.bootstrap_samples", 100),
-        device=str(device),
-        policies=policies,
-        workers=_int(raw.get("workers", 1), "evaluation.workers", 1, 64),
-    )
+    return EvaluationConfig.from_section(raw)
 
 
 def resolve_device(device: str) -> str:
@@ -357,66 +322,40 @@ def resolve_device(device: str) -> str:
     return device
 
 
-BACKENDS = ("scripted", "transformers", "openai")
-LABELING_KEYS = {
-    "backend", "model", "stage2_model", "base_url", "api_key_env", "max_concurrency", "timeout_s",
-    "max_retries", "device", "dtype", "batch_size", "scripted", "prices", "max_failure_rate", "deadline_s",
-}
-#: Keys that were in ``labeling`` before they moved to RG-VLM's own section ``rg_vlm``.
-MOVED_TO_RG_VLM = ("window_length", "window_stride", "frame_stride", "tile_size", "max_reasks", "fallback_score")
-
-
 @dataclass(frozen=True)
-class LabelingConfig:
+class LabelingConfig(Config):
     """The LVLM backend every labelling method that asks an LVLM shares, and how it is queried."""
 
-    backend: str
-    model: str | None
-    stage2_model: str | None
-    base_url: str | None
-    api_key_env: str | None
-    max_concurrency: int
-    timeout_s: float
-    max_retries: int
-    device: str
-    dtype: str
-    batch_size: int
-    scripted: dict[str, Any] = field(hash=False)
-    prices: dict[str, float] = field(hash=False)  # USD per 1M prompt / completion tokens
+    SECTION = "labeling"
+    backend: str = param("scripted", choices=BACKENDS)
+    model: str | None = None
+    stage2_model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = "OPENAI_API_KEY"
+    max_concurrency: int = param(8, low=1)
+    timeout_s: float = param(60.0, low=0.1)
+    max_retries: int = param(5, low=0)
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = param(4, low=1)
+    scripted: dict[str, Any] = param(default_factory=dict, hash=False)  # checked by rgvlm.vlm.scripted.ScriptedNoise
+    prices: dict[str, float] = param(default_factory=dict, hash=False, low=0.0)  # USD per 1M prompt / completion tokens
     # Share of a method's queries allowed to end with no usable answer (fallback or dropped).
-    max_failure_rate: float = 0.05
-    deadline_s: float | None = None  # openai: wall-clock limit of one attempt (None: 3 x timeout_s)
+    max_failure_rate: float = param(0.05, low=0.0, high=1.0)
+    deadline_s: float | None = param(None, low=0.1, high=86400.0)  # openai: wall-clock limit of one attempt (None: 3 x timeout_s)
+
+    def check(self) -> None:
+        if self.backend in ("transformers", "openai") and not self.model:
+            raise ParamError("labeling.model", self.model, f"a model name or path for the {self.backend} backend")
+        if self.backend == "openai" and not (self.base_url or "").startswith(("http://", "https://")):
+            raise ParamError("labeling.base_url", self.base_url,
+                             "an http(s) URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1")
 
 
 def labeling_config(raw: Any) -> LabelingConfig:
     """Check ``labeling``."""
-    raw = _section(raw, "labeling")
-    for key in MOVED_TO_RG_VLM:
+    raw = as_section(raw, "labeling")
+    for key in MOVED_TO_RG_VLM:  # before the unknown-key check: say where the key went
         if key in raw:
             raise ParamError(f"labeling.{key}", raw[key], f"rg_vlm.{key} instead (RG-VLM's own section)")
-    _check_unknown(raw, "labeling", LABELING_KEYS)
-    backend = _get(raw, "labeling", "backend", "scripted")
-    if backend not in BACKENDS:
-        raise ParamError("labeling.backend", backend, f"one of {', '.join(BACKENDS)}")
-    model = raw.get("model")
-    if backend in ("transformers", "openai") and not model:
-        raise ParamError("labeling.model", model, f"a model name or path for the {backend} backend")
-    base_url = raw.get("base_url")
-    if backend == "openai" and not (isinstance(base_url, str) and base_url.startswith(("http://", "https://"))):
-        raise ParamError("labeling.base_url", base_url, "an http(s) URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1")
-    scripted = _section(raw.get("scripted", {}), "labeling.scripted")
-    prices = _section(raw.get("prices", {}), "labeling.prices")
-    for key, value in prices.items():
-        _float(value, f"labeling.prices.{key}", 0.0)
-    return LabelingConfig(
-        backend=backend, model=model, stage2_model=raw.get("stage2_model"), base_url=base_url,
-        api_key_env=raw.get("api_key_env", "OPENAI_API_KEY"),
-        max_concurrency=_int(raw.get("max_concurrency", 8), "labeling.max_concurrency", 1),
-        timeout_s=_float(raw.get("timeout_s", 60.0), "labeling.timeout_s", 0.1),
-        max_retries=_int(raw.get("max_retries", 5), "labeling.max_retries", 0),
-        device=str(raw.get("device", "auto")), dtype=str(raw.get("dtype", "auto")),
-        batch_size=_int(raw.get("batch_size", 4), "labeling.batch_size", 1),
-        scripted=dict(scripted), prices={k: float(v) for k, v in prices.items()},
-        max_failure_rate=_float(raw.get("max_failure_rate", 0.05), "labeling.max_failure_rate", 0.0, 1.0),
-        deadline_s=None if raw.get("deadline_s") is None else _float(raw["deadline_s"], "labeling.deadline_s", 0.1, 86400.0),
-    )
+    return LabelingConfig.from_section(raw)

@@ -174,6 +174,8 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+from rgvlm.config import Config, param  # noqa: E402
+
 ERROR_KINDS = ("rejected", "timeout", "memory", "exception", "bad_output", "crash")
 
 #: Names that are rejected statically even though they are not in the allow-list anyway:
@@ -195,26 +197,15 @@ OBSERVATION_API = (Path(__file__).resolve().parent / "rewards" / "observation_ap
 
 
 @dataclass(frozen=True)
-class SandboxLimits:
-    """Resource limits of one sandbox call (one child process)."""
+class SandboxLimits(Config):
+    """Resource limits of one sandbox call (one child process); params: ``vlm_car.sandbox``."""
 
-    timeout_s: float = 30.0  # wall clock, enforced by the parent (kill)
-    cpu_s: int = 20  # RLIMIT_CPU of the child
-    memory_mb: int = 512  # RLIMIT_AS of the child
-    max_output_bytes: int = 4_000_000  # RLIMIT_FSIZE of the child, and the cap on the result read back
-    max_source_chars: int = 20_000
-
-    def __post_init__(self) -> None:
-        if not self.timeout_s > 0:
-            raise ValueError(f"sandbox timeout_s={self.timeout_s}: expected > 0")
-        if isinstance(self.cpu_s, bool) or not isinstance(self.cpu_s, int) or self.cpu_s < 1:
-            raise ValueError(f"sandbox cpu_s={self.cpu_s}: expected an integer >= 1")
-        if isinstance(self.memory_mb, bool) or not isinstance(self.memory_mb, int) or self.memory_mb < 64:
-            raise ValueError(f"sandbox memory_mb={self.memory_mb}: expected an integer >= 64")
-        if self.max_output_bytes < 1024:
-            raise ValueError(f"sandbox max_output_bytes={self.max_output_bytes}: expected >= 1024")
-        if self.max_source_chars < 100:
-            raise ValueError(f"sandbox max_source_chars={self.max_source_chars}: expected >= 100")
+    SECTION = "vlm_car.sandbox"
+    timeout_s: float = param(30.0, low=0.1)  # wall clock, enforced by the parent (kill)
+    cpu_s: int = param(20, low=1)  # RLIMIT_CPU of the child
+    memory_mb: int = param(512, low=64)  # RLIMIT_AS of the child
+    max_output_bytes: int = param(4_000_000, low=1024)  # RLIMIT_FSIZE of the child, and the cap on the result read back
+    max_source_chars: int = param(20_000, low=100)
 
 
 @dataclass

@@ -170,11 +170,11 @@ def test_runs_checkpointed_at_other_intervals_evaluate_together(inputs, tmp_path
 
 
 def test_checkpoint_interval_is_validated():
-    with pytest.raises(ValueError, match=r"checkpoint_interval_s = -1 is invalid: must be >= 0"):
+    with pytest.raises(ValueError, match=r"train\.checkpoint_interval_s=-1 is invalid: expected a number >= 0"):
         IQLConfig(checkpoint_interval_s=-1)
-    with pytest.raises(ValueError, match=r"checkpoint_interval_s = 'often' is invalid"):
+    with pytest.raises(ValueError, match=r"train\.checkpoint_interval_s='often' is invalid"):
         IQLConfig(checkpoint_interval_s="often")
     raw = {"reward_sets": ["sparse"], "seeds": [0], "checkpoint_interval_s": float("inf")}
-    with pytest.raises(ParamError, match="checkpoint_interval_s = inf"):
+    with pytest.raises(ParamError, match=r"train\.checkpoint_interval_s=inf"):
         train_config(raw)
-    assert train_config({**raw, "checkpoint_interval_s": 600}).iql["checkpoint_interval_s"] == 600
+    assert train_config({**raw, "checkpoint_interval_s": 600}).iql.checkpoint_interval_s == 600

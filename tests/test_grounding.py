@@ -74,7 +74,7 @@ def test_lexical_grounding_needs_the_entity_encoder_and_word_codes():
         train_config({**base, "mission_encoder": "tokens", "mission_embed_dim": 384})
     with pytest.raises(ValueError, match="grounding"):
         IQLConfig(grounding="nearest")
-    assert train_config({**base, "mission_encoder": "tokens"}).iql["mission_embed_dim"] == 190
+    assert train_config({**base, "mission_encoder": "tokens"}).iql.mission_embed_dim == 190
 
 
 def test_the_stack_trains_lexical_role_weights(tiny_dataset):

@@ -11,7 +11,7 @@ import torch
 from rgvlm.evaluation import bootstrap_interval, evaluate_policies, evaluation_episodes, summarize
 from rgvlm.params import EnvConfig, ParamError, train_config
 from rgvlm.rl.diagnostics import CriticProbe, discounted_returns, holdout_mask
-from rgvlm.rl.iql import IQLConfig, IQLLearner, TransitionBatch, advantage_weights
+from rgvlm.rl.iql import IQLConfig, IQLLearner, TransitionBatch, advantage_weights, encoder_spec
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy
 from rgvlm.rl.networks import EntityStateEncoder
 from rgvlm.rl.runs import baseline_weights, iql_config_for, scale_rewards, train_runs
@@ -73,7 +73,7 @@ def _scene(agent=(3, 3), direction=0, objects=(((5, 5), (6, 1, 0)),), size=9):
 def test_entity_encoder_codes_objects_relative_to_the_agent_and_reads_the_mission():
     config = IQLConfig(**dict(ENTITIES, grid_height=9, grid_width=9, max_entities=4, patch=1))
     torch.manual_seed(0)
-    encoder = EntityStateEncoder(config.encoder_spec())
+    encoder = EntityStateEncoder(encoder_spec(config))
     with torch.no_grad():  # drop the absolute cell (the first H + W inputs): only relative codes remain
         encoder.here_embed.weight[:, : 9 + 9] = 0.0
     carry, mission = torch.zeros(1, 2, dtype=torch.uint8), torch.randn(1, 2, 8)

@@ -16,6 +16,8 @@ import gymnasium as gym  # noqa: E402
 from rgvlm.envs.bot import SuiteBot  # noqa: E402
 from rgvlm.envs.suite import (  # noqa: E402
     ACTION_NAMES,
+    CLAUSE_VOCABULARY,
+    MAX_CLAUSE_WORDS,
     MAX_SUBTASKS,
     MIN_SUBTASKS,
     NUM_ACTIONS,
@@ -67,6 +69,8 @@ register_suite()
 
 __all__ = [
     "ACTION_NAMES",
+    "CLAUSE_VOCABULARY",
+    "MAX_CLAUSE_WORDS",
     "MAX_SUBTASKS",
     "MIN_SUBTASKS",
     "NUM_ACTIONS",

@@ -46,6 +46,12 @@ NUM_ROOM_COLS = 2
 #: MiniGrid's "done" (6) is a no-op here and is left out of the action space.
 NUM_ACTIONS = 6
 ACTION_NAMES = ("turn left", "turn right", "move forward", "pick up", "drop", "toggle")
+# Every word the suite's clauses use ("open the red door", "put the blue ball next to the red
+# key"), plus BabyAI's other verbs and objects so that a neighbouring level's missions encode too:
+# the vocabulary of the clause word codes (rgvlm.rl.missions.ClauseTokenEmbedder).
+CLAUSE_VOCABULARY = ("put", "the", "next", "to", "open", "pick", "up", "go", "a", "door", "ball", "key", "box",
+                     *COLOR_NAMES)
+MAX_CLAUSE_WORDS = 10
 
 
 class OrderedInstr(Instr):

@@ -19,7 +19,7 @@ becomes one vector, the concatenation of
 
 1. ``EntityStateEncoder(spec).featurize(grid, carry)`` (:mod:`rgvlm.rl.networks`), the
    parameter-free part of the project's object-centric encoder, with
-   ``spec = IQLConfig(encoder="entities", grid_height=H, grid_width=W).encoder_spec()``:
+   ``spec = encoder_spec(IQLConfig(encoder="entities", grid_height=H, grid_width=W))``:
    for up to 16 doors/objects one-hot type, colour, state and position in the agent's frame
    (cells ahead, cells right) plus a presence mask, the one-hot cells of the 5x5 egocentric
    patch around the agent, and the agent's cell, heading and carried object. On the 11x11
@@ -80,6 +80,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rgvlm.config import Config, param
 from rgvlm.data.storage import OfflineDataset
 from rgvlm.envs import NUM_ACTIONS
 from rgvlm.rl.networks import EncoderSpec, EntityStateEncoder
@@ -173,14 +174,14 @@ class Conversion:
     def for_dataset(cls, data: OfflineDataset, mission_table: np.ndarray, features: str = "entities",
                     mission_dim: int | None = None, dtype: str = "float32") -> Conversion:
         """The conversion of ``data``'s grids with missions embedded as ``mission_table`` [M, S, E]."""
-        from rgvlm.rl.iql import IQLConfig
+        from rgvlm.rl.iql import IQLConfig, encoder_spec
 
         table = np.asarray(mission_table)
         if table.ndim != 3:
             raise ValueError(f"mission_table must be [missions, slots, embed], got shape {table.shape}")
         height, width = data.obs_grid.shape[1:3]
-        spec = IQLConfig(encoder="entities", grid_height=int(height), grid_width=int(width),
-                         mission_slots=int(table.shape[1]), mission_embed_dim=int(table.shape[2])).encoder_spec()
+        spec = encoder_spec(IQLConfig(encoder="entities", grid_height=int(height), grid_width=int(width),
+                                      mission_slots=int(table.shape[1]), mission_embed_dim=int(table.shape[2])))
         basis, energy = (None, 1.0) if mission_dim is None else mission_basis(table, int(mission_dim))
         return cls(spec=spec, features=features, basis=basis, dtype=str(np.dtype(dtype)), basis_energy=energy)
 
@@ -543,20 +544,21 @@ def train_and_evaluate(dataset, conversion: Conversion, algos: Sequence[str], se
 
 
 @dataclass(frozen=True)
-class PeerConfig:
+class PeerConfig(Config):
     """The ``peer`` section of ``params.yaml``: which d3rlpy baselines, and their settings."""
 
-    algos: tuple[str, ...]
-    seeds: tuple[int, ...]
-    num_steps: int
-    batch_size: int = 64
-    hidden_units: tuple[int, ...] = (128, 128)
-    lr: float = 1e-3
-    gamma: float = 0.97
-    alpha: float = 1.0
-    target_update_interval: int = 200
+    SECTION = "peer"
+    algos: tuple[str, ...] = param(choices=ALGORITHMS, nonempty=True, unique=True)
+    seeds: tuple[int, ...] = param(low=0, nonempty=True)
+    num_steps: int = param(low=1)
+    batch_size: int = param(64, low=1)
+    hidden_units: tuple[int, ...] = param((128, 128), low=1, nonempty=True)  # layer widths
+    lr: float = param(1e-3, low=1e-8)
+    gamma: float = param(0.97, low=0.0, high=0.9999)
+    alpha: float = param(1.0, low=0.0)
+    target_update_interval: int = param(200, low=1)
     reward_set: str = "sparse"
-    threads: int = 1  # torch threads while training (d3rlpy's small batches run best on one)
+    threads: int = param(1, low=1, high=64)  # torch threads while training (d3rlpy's small batches run best on one)
 
     def hyperparameters(self) -> dict[str, Any]:
         """Keyword arguments of :func:`train_d3rlpy`."""
@@ -566,30 +568,7 @@ class PeerConfig:
 
 def peer_config(raw: Any) -> PeerConfig:
     """Check the ``peer`` section (a bad value fails naming the key, before any work)."""
-    from rgvlm.params import ParamError, _check_unknown, _float, _int, _section, _str_list
-
-    raw = _section(raw, "peer")
-    _check_unknown(raw, "peer", {f.name for f in dataclasses.fields(PeerConfig)})
-    seeds = raw.get("seeds")
-    if not isinstance(seeds, (list, tuple)) or not seeds:
-        raise ParamError("peer.seeds", seeds, "a non-empty list of integers >= 0")
-    hidden = raw.get("hidden_units", [128, 128])
-    if not isinstance(hidden, (list, tuple)) or not hidden:
-        raise ParamError("peer.hidden_units", hidden, "a non-empty list of layer widths")
-    steps = _int(raw.get("num_steps"), "peer.num_steps", 1)
-    return PeerConfig(
-        algos=_str_list(raw.get("algos"), "peer.algos", ALGORITHMS),
-        seeds=tuple(_int(s, f"peer.seeds[{i}]", 0) for i, s in enumerate(seeds)),
-        num_steps=steps,
-        batch_size=_int(raw.get("batch_size", 64), "peer.batch_size", 1),
-        hidden_units=tuple(_int(h, f"peer.hidden_units[{i}]", 1) for i, h in enumerate(hidden)),
-        lr=_float(raw.get("lr", 1e-3), "peer.lr", 1e-8),
-        gamma=_float(raw.get("gamma", 0.97), "peer.gamma", 0.0, 0.9999),
-        alpha=_float(raw.get("alpha", 1.0), "peer.alpha", 0.0),
-        target_update_interval=_int(raw.get("target_update_interval", 200), "peer.target_update_interval", 1),
-        reward_set=str(raw.get("reward_set", "sparse")),
-        threads=_int(raw.get("threads", 1), "peer.threads", 1, 64),
-    )
+    return PeerConfig.from_section(raw)
 
 
 def time_updates(algo: str, dataset, steps: int, warmup: int = 10, batch_size: int = 64,

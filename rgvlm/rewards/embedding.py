@@ -52,7 +52,6 @@ how many distinct descriptions or frames were embedded.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -60,8 +59,9 @@ from typing import Any
 import numpy as np
 
 from rgvlm import paths
+from rgvlm.config import Config, ParamError, param
 from rgvlm.data.storage import OfflineDataset
-from rgvlm.params import ParamError, _check_unknown, _float, _int, _section
+from rgvlm.params import DEVICES, device_name
 from rgvlm.rewards.base import RewardResult, empty_cost, exact_threads
 from rgvlm.rewards.describe import observation_facts
 from rgvlm.rl.missions import ENCODER_NAME, split_mission
@@ -75,59 +75,28 @@ TEXT_UNITS = ("fact", "description")
 
 
 @dataclass(frozen=True)
-class EmbeddingConfig:
+class EmbeddingConfig(Config):
     """How states and goals are embedded and compared (see the module docstring)."""
 
-    encoder: str = "minilm_text"  # minilm_text | clip
+    SECTION = "embedding"
+    encoder: str = param("minilm_text", choices=ENCODERS)
     model: str | None = None  # clip: a local model directory; minilm_text: None (bundled model)
-    text_unit: str = "fact"  # minilm_text: fact (mean of fact embeddings) | description (whole text)
-    goal_text: str = "mission"  # mission | clause_max
-    alpha: float = 0.0  # VLM-RM goal-baseline regularisation strength, 0 = plain cosine
-    baseline_prompt: str = "a grid world"
-    reward: str = "state"  # state: R(s_{t+1}) | delta: R(s_{t+1}) - R(s_t)
-    normalise: str = "minmax"  # minmax | standardise | none, over the whole dataset
-    tile_size: int = 16  # clip: pixels per grid cell of the rendered frames
-    batch_size: int = 128  # sentences or frames per encoder call
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    text_unit: str = param("fact", choices=TEXT_UNITS)  # minilm_text: fact (mean of fact embeddings) | description (whole text)
+    goal_text: str = param("mission", choices=GOAL_TEXTS)
+    alpha: float = param(0.0, low=0.0, high=1.0)  # VLM-RM goal-baseline regularisation strength, 0 = plain cosine
+    baseline_prompt: str = param("a grid world", test=lambda text: bool(text.strip()), expected="a non-empty sentence")
+    reward: str = param("state", choices=REWARD_FORMS)  # state: R(s_{t+1}) | delta: R(s_{t+1}) - R(s_t)
+    normalise: str = param("minmax", choices=NORMALISATIONS)  # over the whole dataset
+    tile_size: int = param(16, low=1, high=64)  # clip: pixels per grid cell of the rendered frames
+    batch_size: int = param(128, low=1)  # sentences or frames per encoder call
+    device: str = param("auto", test=device_name, expected=DEVICES)
 
-    def __post_init__(self) -> None:
-        for key, allowed in (("encoder", ENCODERS), ("text_unit", TEXT_UNITS), ("goal_text", GOAL_TEXTS),
-                             ("reward", REWARD_FORMS), ("normalise", NORMALISATIONS)):
-            if getattr(self, key) not in allowed:
-                raise ParamError(f"embedding.{key}", getattr(self, key), f"one of {', '.join(allowed)}")
+    def check(self) -> None:
         if self.encoder == "clip" and not self.model:
             raise ParamError("embedding.model", self.model, "a local CLIP-style model directory for encoder clip")
         if self.encoder == "minilm_text" and self.model is not None:
             raise ParamError("embedding.model", self.model,
                              "null for encoder minilm_text (it uses the bundled all-MiniLM-L6-v2)")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ParamError("embedding.alpha", self.alpha, "a number in [0, 1]")
-        if not isinstance(self.baseline_prompt, str) or not self.baseline_prompt.strip():
-            raise ParamError("embedding.baseline_prompt", self.baseline_prompt, "a non-empty sentence")
-        if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda")
-                                                     or self.device.startswith("cuda:")):
-            raise ParamError("embedding.device", self.device, "auto, cpu, cuda or cuda:N")
-        for key in ("tile_size", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ParamError(f"embedding.{key}", getattr(self, key), "an integer >= 1")
-
-
-def _device_name(value: Any) -> str:
-    if not isinstance(value, str) or not (value in ("auto", "cpu", "cuda") or value.startswith("cuda:")):
-        raise ParamError("embedding.device", value, "auto, cpu, cuda or cuda:N")
-    if value.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ParamError("embedding.device", value, "auto or cpu: this machine has no CUDA GPU")
-    return value
-
-
-def _choice(raw: Mapping[str, Any], key: str, default: str, allowed: tuple[str, ...]) -> str:
-    value = raw.get(key, default)
-    if value not in allowed:
-        raise ParamError(f"embedding.{key}", value, f"one of {', '.join(allowed)}")
-    return value
 
 
 def resolve_model_path(model: str) -> Path:
@@ -138,34 +107,18 @@ def resolve_model_path(model: str) -> Path:
 
 def config_from_params(raw: Any) -> EmbeddingConfig:
     """Check the ``embedding`` params section and build the config, or raise :class:`ParamError`
-    naming ``embedding.<key>`` -- before any model is loaded or frame rendered."""
-    raw = _section({} if raw is None else raw, "embedding")
-    d = EmbeddingConfig()
-    _check_unknown(raw, "embedding", set(asdict(d)))
-    encoder = _choice(raw, "encoder", d.encoder, ENCODERS)
-    model = raw.get("model", d.model)
-    if encoder == "clip":
-        if not isinstance(model, str) or not model:
-            raise ParamError("embedding.model", model, "a local CLIP-style model directory for encoder clip")
-        if not (resolve_model_path(model) / "config.json").is_file():
-            raise ParamError("embedding.model", model,
-                             "an existing local model directory with a config.json (nothing is downloaded)")
-    baseline = raw.get("baseline_prompt", d.baseline_prompt)
-    if not isinstance(baseline, str) or not baseline.strip():
-        raise ParamError("embedding.baseline_prompt", baseline, "a non-empty sentence")
-    return EmbeddingConfig(
-        encoder=encoder,
-        model=model,
-        text_unit=_choice(raw, "text_unit", d.text_unit, TEXT_UNITS),
-        goal_text=_choice(raw, "goal_text", d.goal_text, GOAL_TEXTS),
-        alpha=_float(raw.get("alpha", d.alpha), "embedding.alpha", 0.0, 1.0),
-        baseline_prompt=baseline,
-        reward=_choice(raw, "reward", d.reward, REWARD_FORMS),
-        normalise=_choice(raw, "normalise", d.normalise, NORMALISATIONS),
-        tile_size=_int(raw.get("tile_size", d.tile_size), "embedding.tile_size", 1, 64),
-        batch_size=_int(raw.get("batch_size", d.batch_size), "embedding.batch_size", 1),
-        device=_device_name(raw.get("device", d.device)),
-    )
+    naming ``embedding.<key>`` -- before any model is loaded or frame rendered. Beyond the
+    config's own rules, what this machine must have: the CLIP model directory, the GPU asked for."""
+    config = EmbeddingConfig.from_section(raw)
+    if config.encoder == "clip" and not (resolve_model_path(config.model) / "config.json").is_file():
+        raise ParamError("embedding.model", config.model,
+                         "an existing local model directory with a config.json (nothing is downloaded)")
+    if config.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ParamError("embedding.device", config.device, "auto or cpu: this machine has no CUDA GPU")
+    return config
 
 
 # -- the VLM-RM reward ------------------------------------------------------------------

@@ -30,9 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rgvlm import paths
+from rgvlm.config import param
 from rgvlm.data.storage import OfflineDataset
-from rgvlm.params import ParamError
 from rgvlm.rewards.base import RewardResult, check_failure_rate
 from rgvlm.rewards.queries import (
     ParsedAnswer,
@@ -46,7 +45,6 @@ from rgvlm.rewards.reward_model import (
     LOSSES,
     RatingObjective,
     RewardEnsemble,
-    RewardModelConfig,
     embed_missions,
     fit_and_relabel,
     label_with_reward_model,
@@ -56,11 +54,10 @@ from rgvlm.rewards.reward_model import (
 from rgvlm.rewards.segments import (
     Segment,
     SegmentFacts,
+    SegmentMethodConfig,
     actions_text,
     answer_field,
-    check_config,
     completed_per_step,
-    config_from_section,
     sample_segments,
     segment_facts,
     segment_frames,
@@ -90,48 +87,20 @@ RATING_SCALES: dict[int, tuple[tuple[str, str], ...]] = {
 
 
 @dataclass(frozen=True)
-class ERLVLMConfig:
-    """How segments are drawn and rated, and how the reward model is trained (``erl_vlm`` params)."""
+class ERLVLMConfig(SegmentMethodConfig):
+    """How segments are drawn and rated, and how the reward model is trained (``erl_vlm`` params;
+    the fields shared with RL-VLM-F are :class:`~rgvlm.rewards.segments.SegmentMethodConfig`'s)."""
 
-    num_queries: int = 1000  # segments rated
-    segment_length: int = 16  # transitions per segment
-    num_classes: int = 3  # rating classes (2..5, RATING_SCALES)
-    frame_stride: int = 4  # every n-th observation of a segment is shown (and its last)
-    tile_size: int = 16  # pixels per grid cell in the frames
-    max_reasks: int = 2  # stage-2 re-asks after an answer the parser rejects; then the segment is dropped
-    seed: int = 0  # segment sampling, reward-model initialisation and minibatches
-    loss: str = "mae"  # mae (ERL-VLM) | ce (ablation: RbRL's cross-entropy)
+    SECTION = "erl_vlm"
+    num_classes: int = param(3, choices=tuple(RATING_SCALES))  # rating classes (RATING_SCALES)
+    loss: str = param("mae", choices=LOSSES)  # mae (ERL-VLM) | ce (ablation: RbRL's cross-entropy)
     stratified: bool = True  # minibatches drawn class by class, minority first
     class_weighted: bool = True  # loss weights inverse to the class frequency in the batch
-    temperature: float = 0.05  # of the softmax over negative distances to the class intervals
-    ensemble_size: int = 1
-    train_steps: int = 400
-    batch_size: int = 64  # segments per gradient step
-    lr: float = 1e-3
-    feature_dim: int = 64
-    hidden_dim: int = 64
-    egocentric: bool = True
-    num_threads: int = 1  # torch threads for the reward model; 0 = torch's default (see reward_model)
-    stage1_max_new_tokens: int = 512
-    stage2_max_new_tokens: int = 32
-    prompt_dir: str = str(paths.PROMPTS)
-
-    def __post_init__(self) -> None:
-        check_config(self, "erl_vlm")
-        if self.num_classes not in RATING_SCALES:
-            raise ParamError("erl_vlm.num_classes", self.num_classes, f"one of {sorted(RATING_SCALES)}")
-        if self.loss not in LOSSES:
-            raise ParamError("erl_vlm.loss", self.loss, f"one of {', '.join(LOSSES)}")
+    temperature: float = param(0.05, above=0.0)  # of the softmax over negative distances to the class intervals
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in RATING_SCALES[self.num_classes])
-
-    def reward_model(self) -> RewardModelConfig:
-        return RewardModelConfig(
-            feature_dim=self.feature_dim, hidden_dim=self.hidden_dim, egocentric=self.egocentric,
-            ensemble_size=self.ensemble_size, train_steps=self.train_steps, batch_size=self.batch_size,
-            lr=self.lr, seed=self.seed, num_threads=self.num_threads)
 
     def objective(self) -> RatingObjective:
         return RatingObjective(self.num_classes, self.temperature, self.loss, self.stratified, self.class_weighted)
@@ -139,7 +108,7 @@ class ERLVLMConfig:
 
 def config_from_params(raw: Any) -> ERLVLMConfig:
     """The ``erl_vlm`` section of params.yaml as a checked config; every key is optional."""
-    return config_from_section(raw, ERLVLMConfig, "erl_vlm")
+    return ERLVLMConfig.from_section(raw)
 
 
 # -- parsing ----------------------------------------------------------------------------

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from rgvlm import paths
+from rgvlm.config import Config, ParamError, param
 from rgvlm.data.storage import OfflineDataset
 from rgvlm.envs import ACTION_NAMES
-from rgvlm.params import ParamError
 from rgvlm.rewards.base import RewardResult, check_failure_rate
 from rgvlm.rewards.queries import (
     TwoStageQuery,
@@ -47,34 +47,24 @@ from rgvlm.vlm.scripted import WindowTruth
 
 
 @dataclass(frozen=True)
-class RGVLMConfig:
-    """How windows are cut and queried."""
+class RGVLMConfig(Config):
+    """How windows are cut and queried (the ``rg_vlm`` section; every key is optional)."""
 
-    window_length: int = 16  # transitions per query
-    window_stride: int = 16  # start-to-start distance; < window_length overlaps windows
-    frame_stride: int = 4  # every n-th observation of the window is shown (and its last)
-    tile_size: int = 16  # pixels per grid cell in the frames
-    max_reasks: int = 2  # stage-2 re-asks after an answer the parser rejects
-    fallback_score: int = 0  # score of every action of a window whose answers all failed
-    stage1_max_new_tokens: int = 512
-    stage2_max_new_tokens: int = 256
-    prompt_dir: str = str(paths.PROMPTS)
-
-    def __post_init__(self) -> None:
-        for name, value in vars(self).items():
-            if name == "prompt_dir":
-                continue
-            low = 0 if name in ("max_reasks", "fallback_score") else 1
-            high = SCORE_MAX if name == "fallback_score" else None
-            if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-                raise ParamError(f"rg_vlm.{name}", value, f"an integer in {low}..{'' if high is None else high}")
+    SECTION = "rg_vlm"
+    window_length: int = param(16, low=1)  # transitions per query
+    window_stride: int = param(16, low=1)  # start-to-start distance; < window_length overlaps windows
+    frame_stride: int = param(4, low=1)  # every n-th observation of the window is shown (and its last)
+    tile_size: int = param(16, low=1)  # pixels per grid cell in the frames
+    max_reasks: int = param(2, low=0)  # stage-2 re-asks after an answer the parser rejects
+    fallback_score: int = param(0, low=0, high=SCORE_MAX)  # score of every action of a window whose answers all failed
+    stage1_max_new_tokens: int = param(512, low=1)
+    stage2_max_new_tokens: int = param(256, low=1)
+    prompt_dir: str = param(str(paths.PROMPTS), internal=True)
 
 
 def config_from_params(raw: Any) -> RGVLMConfig:
     """The ``rg_vlm`` section of params.yaml as a checked config; every key is optional."""
-    from rgvlm.rewards.segments import config_from_section  # segments imports this module
-
-    return config_from_section(raw, RGVLMConfig, "rg_vlm")
+    return RGVLMConfig.from_section(raw)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rgvlm import paths
+from rgvlm.config import param
 from rgvlm.data.storage import OfflineDataset
 from rgvlm.rewards.base import RewardResult, check_failure_rate
 from rgvlm.rewards.queries import (
@@ -44,7 +44,6 @@ from rgvlm.rewards.queries import (
 )
 from rgvlm.rewards.reward_model import (
     RewardEnsemble,
-    RewardModelConfig,
     embed_missions,
     fit_and_relabel,
     label_with_reward_model,
@@ -54,11 +53,10 @@ from rgvlm.rewards.reward_model import (
 from rgvlm.rewards.segments import (
     Segment,
     SegmentFacts,
+    SegmentMethodConfig,
     actions_text,
     answer_field,
-    check_config,
     completed_per_step,
-    config_from_section,
     sample_segment_pairs,
     segment_facts,
     segment_frames,
@@ -74,40 +72,20 @@ TIE_MARGIN = 0.25
 
 
 @dataclass(frozen=True)
-class RLVLMFConfig:
-    """How segment pairs are drawn and compared, and how the reward ensemble is trained (``rl_vlm_f`` params)."""
+class RLVLMFConfig(SegmentMethodConfig):
+    """How segment pairs are drawn and compared, and how the reward ensemble is trained
+    (``rl_vlm_f`` params; the fields are :class:`~rgvlm.rewards.segments.SegmentMethodConfig`'s,
+    with a 3-member ensemble trained longer on smaller batches of pairs)."""
 
-    num_queries: int = 1000  # pairs compared
-    segment_length: int = 16  # transitions per segment
-    frame_stride: int = 4  # every n-th observation of a segment is shown (and its last)
-    tile_size: int = 16  # pixels per grid cell in the frames
-    max_reasks: int = 2  # stage-2 re-asks after an answer the parser rejects; then the pair is dropped
-    seed: int = 0  # pair sampling, reward-model initialisation and minibatches
-    ensemble_size: int = 3
-    train_steps: int = 500
-    batch_size: int = 16  # pairs per gradient step
-    lr: float = 1e-3
-    feature_dim: int = 64
-    hidden_dim: int = 64
-    egocentric: bool = True
-    num_threads: int = 1  # torch threads for the reward model; 0 = torch's default (see reward_model)
-    stage1_max_new_tokens: int = 512
-    stage2_max_new_tokens: int = 32
-    prompt_dir: str = str(paths.PROMPTS)
-
-    def __post_init__(self) -> None:
-        check_config(self, "rl_vlm_f")
-
-    def reward_model(self) -> RewardModelConfig:
-        return RewardModelConfig(
-            feature_dim=self.feature_dim, hidden_dim=self.hidden_dim, egocentric=self.egocentric,
-            ensemble_size=self.ensemble_size, train_steps=self.train_steps, batch_size=self.batch_size,
-            lr=self.lr, seed=self.seed, num_threads=self.num_threads)
+    SECTION = "rl_vlm_f"
+    ensemble_size: int = param(3, low=1)
+    train_steps: int = param(500, low=0)
+    batch_size: int = param(16, low=1)  # pairs per gradient step
 
 
 def config_from_params(raw: Any) -> RLVLMFConfig:
     """The ``rl_vlm_f`` section of params.yaml as a checked config; every key is optional."""
-    return config_from_section(raw, RLVLMFConfig, "rl_vlm_f")
+    return RLVLMFConfig.from_section(raw)
 
 
 def parse_preference(text: str) -> ParsedAnswer:

@@ -17,22 +17,23 @@ Also here, shared by both methods:
   annotator's *latent value* of a segment, from which both the ratings and the preferences of
   the scripted annotator are derived (so the two methods face the same, documented noise);
 - the strict parsing of a ``<field>: value`` answer (:func:`answer_field`);
-- the checks of the two methods' config sections in params.yaml.
+- the fields the two methods' config sections share (:class:`SegmentMethodConfig`).
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from rgvlm import paths
+from rgvlm.config import Config, param
 from rgvlm.data.storage import OfflineDataset
-from rgvlm.params import ParamError
 from rgvlm.rewards.queries import episode_pngs, frame_indices, numbered_actions
+from rgvlm.rewards.reward_model import RewardModelConfig
 from rgvlm.vlm.parsing import MAX_ANSWER_CHARS
 from rgvlm.vlm.scripted import ScriptedAnnotator, ScriptedNoise, WindowTruth
 
@@ -275,44 +276,34 @@ def answer_field(text: Any, field: str) -> tuple[str | None, str, str]:
 
 
 # -- method configs (params.yaml sections erl_vlm and rl_vlm_f) -----------------------
-# Integer fields that must be >= 1 (every other integer field must be >= 0).
-POSITIVE_FIELDS = frozenset({
-    "num_queries", "segment_length", "frame_stride", "tile_size", "ensemble_size", "batch_size",
-    "feature_dim", "hidden_dim", "stage1_max_new_tokens", "stage2_max_new_tokens",
-})
+@dataclass(frozen=True)
+class SegmentMethodConfig(Config):
+    """What ERL-VLM and RL-VLM-F share: how segments are drawn, shown and asked about, and how
+    the reward model is trained. Each method's config derives it (and names its section)."""
 
+    # Recorded in the provenance as given (an int stays an int), as before this base existed.
+    FLOATS_AS_FLOAT = False
 
-def check_config(config: Any, section: str) -> None:
-    """Type and range checks of every field of a method config (a dataclass whose annotations
-    are ``int``, ``float`` (> 0), ``bool`` or ``str``); raises ``ParamError("<section>.<field>", ...)``
-    so a bad value is named as it is spelt in params.yaml."""
-    for f in fields(config):
-        value, key = getattr(config, f.name), f"{section}.{f.name}"
-        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        if kind == "bool" and not isinstance(value, bool):
-            raise ParamError(key, value, "true or false")
-        if kind == "int":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ParamError(key, value, "an integer")
-            low = 1 if f.name in POSITIVE_FIELDS else 0
-            if value < low:
-                raise ParamError(key, value, f"an integer >= {low}")
-        if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                or not math.isfinite(value) or value <= 0):
-            raise ParamError(key, value, "a number > 0")
-        if kind == "str" and not isinstance(value, str):
-            raise ParamError(key, value, "a string")
+    num_queries: int = param(1000, low=1)  # segments rated, or pairs compared
+    segment_length: int = param(16, low=1)  # transitions per segment
+    frame_stride: int = param(4, low=1)  # every n-th observation of a segment is shown (and its last)
+    tile_size: int = param(16, low=1)  # pixels per grid cell in the frames
+    max_reasks: int = param(2, low=0)  # stage-2 re-asks after an answer the parser rejects; then the query is dropped
+    seed: int = param(0, low=0)  # sampling, reward-model initialisation and minibatches
+    ensemble_size: int = param(1, low=1)
+    train_steps: int = param(400, low=0)
+    batch_size: int = param(64, low=1)  # queries per gradient step
+    lr: float = param(1e-3, above=0.0)
+    feature_dim: int = param(64, low=1)
+    hidden_dim: int = param(64, low=1)
+    egocentric: bool = True
+    num_threads: int = param(1, low=0)  # torch threads for the reward model; 0 = torch's default (see reward_model)
+    stage1_max_new_tokens: int = param(512, low=1)
+    stage2_max_new_tokens: int = param(32, low=1)
+    prompt_dir: str = param(str(paths.PROMPTS), internal=True)
 
-
-def config_from_section(raw: Any, cls: type, section: str) -> Any:
-    """Build ``cls`` from a params.yaml section (every key optional; ``prompt_dir`` is not a
-    parameter). Unknown keys and bad values raise ``ParamError("<section>.<key>", ...)``."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ParamError(section, raw, "a mapping")
-    known = sorted(f.name for f in fields(cls) if f.name != "prompt_dir")
-    for key in raw:
-        if key not in known:
-            raise ParamError(f"{section}.{key}", raw[key], f"one of the keys {known}")
-    return cls(**raw)
+    def reward_model(self) -> RewardModelConfig:
+        return RewardModelConfig(
+            feature_dim=self.feature_dim, hidden_dim=self.hidden_dim, egocentric=self.egocentric,
+            ensemble_size=self.ensemble_size, train_steps=self.train_steps, batch_size=self.batch_size,
+            lr=self.lr, seed=self.seed, num_threads=self.num_threads)

@@ -62,15 +62,15 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rgvlm import paths
+from rgvlm.config import Config, param
 from rgvlm.data.storage import OfflineDataset, write_json_atomic
-from rgvlm.params import _check_unknown, _float, _int, _section
 from rgvlm.rewards.base import RewardResult, check_failure_rate
 from rgvlm.rewards.observation_api import API_DOC, API_VERSION, COLOUR_NAMES, trajectory_data
 from rgvlm.rewards.queries import (
@@ -90,74 +90,35 @@ from rgvlm.vlm.scripted import ScriptedNoise
 TEMPLATE_NAMES = ("decompose", "program", "feedback")
 FUNCTION_NAME = "check"
 MAX_DECOMPOSITION_SUBTASKS = 12
-#: The integer settings of VLMCaRConfig and their smallest allowed values.
-INT_MINIMA = {"random_min_subtasks": 1, "max_regenerations": 0, "max_reasks": 0, "expert_trajectories": 0,
-              "random_trajectories": 0, "random_max_steps": 0, "seed": 0, "tile_size": 1,
-              "decompose_max_new_tokens": 1, "program_max_new_tokens": 1, "sandbox_workers": 1, "sandbox_batch": 1}
 
 
 @dataclass(frozen=True)
-class VLMCaRConfig:
+class VLMCaRConfig(Config):
     """Queries, verification thresholds and sandbox limits of VLM-CaR (``vlm_car`` in params)."""
 
-    expert_min_success: float = 1.0  # share of expert trajectories each program set must complete
-    max_random_success: float = 0.10  # a set is rejected when more random rollouts than this ...
-    random_min_subtasks: int = 2  # ... complete at least this many of its sub-tasks
-    max_regenerations: int = 3  # per sub-task, after verification failures
-    max_reasks: int = 2  # per query, after answers the parser rejects
-    expert_trajectories: int = 0  # expert episodes per mission used for verification (0 = all)
-    random_trajectories: int = 4  # random-action rollouts per mission
-    random_max_steps: int = 0  # steps per random rollout (0 = the environment's time limit)
-    seed: int = 0  # of the random rollouts
-    tile_size: int = 16  # pixels per cell of the decomposition frames
-    decompose_max_new_tokens: int = 256
-    program_max_new_tokens: int = 768
-    sandbox: SandboxLimits = field(default_factory=SandboxLimits)
-    sandbox_workers: int = 2  # sandbox processes at a time
-    sandbox_batch: int = 20_000  # observations per sandbox process at most
-    prompt_dir: str = str(paths.PROMPTS)
-
-    def __post_init__(self) -> None:
-        for name in ("expert_min_success", "max_random_success"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"vlm_car.{name}={value!r}: expected a share in [0, 1]")
-        for name, low in INT_MINIMA.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"vlm_car.{name}={value!r}: expected an integer >= {low}")
-        if not isinstance(self.sandbox, SandboxLimits):
-            raise ValueError(f"vlm_car.sandbox={self.sandbox!r}: expected SandboxLimits")
-
-
-PARAM_KEYS = {f.name for f in fields(VLMCaRConfig)} - {"prompt_dir"}
-SANDBOX_KEYS = {f.name for f in fields(SandboxLimits)}
+    SECTION = "vlm_car"
+    expert_min_success: float = param(1.0, low=0.0, high=1.0)  # share of expert trajectories each program set must complete
+    max_random_success: float = param(0.10, low=0.0, high=1.0)  # a set is rejected when more random rollouts than this ...
+    random_min_subtasks: int = param(2, low=1)  # ... complete at least this many of its sub-tasks
+    max_regenerations: int = param(3, low=0)  # per sub-task, after verification failures
+    max_reasks: int = param(2, low=0)  # per query, after answers the parser rejects
+    expert_trajectories: int = param(0, low=0)  # expert episodes per mission used for verification (0 = all)
+    random_trajectories: int = param(4, low=0)  # random-action rollouts per mission
+    random_max_steps: int = param(0, low=0)  # steps per random rollout (0 = the environment's time limit)
+    seed: int = param(0, low=0)  # of the random rollouts
+    tile_size: int = param(16, low=1)  # pixels per cell of the decomposition frames
+    decompose_max_new_tokens: int = param(256, low=1)
+    program_max_new_tokens: int = param(768, low=1)
+    sandbox: SandboxLimits = param(default_factory=SandboxLimits)  # the keys of vlm_car.sandbox
+    sandbox_workers: int = param(2, low=1)  # sandbox processes at a time
+    sandbox_batch: int = param(20_000, low=1)  # observations per sandbox process at most
+    prompt_dir: str = param(str(paths.PROMPTS), internal=True)
 
 
 def config_from_params(raw: Any) -> VLMCaRConfig:
     """Check the ``vlm_car`` section of params.yaml; a bad key or value raises
     :class:`ParamError` naming ``vlm_car.<key>`` before any query is made."""
-    raw = _section(raw if raw is not None else {}, "vlm_car")
-    _check_unknown(raw, "vlm_car", PARAM_KEYS)
-    d = VLMCaRConfig()
-    values: dict[str, Any] = {}
-    for name in ("expert_min_success", "max_random_success"):
-        if name in raw:
-            values[name] = _float(raw[name], f"vlm_car.{name}", 0.0, 1.0)
-    for name, low in INT_MINIMA.items():
-        if name in raw:
-            values[name] = _int(raw[name], f"vlm_car.{name}", low)
-    if "sandbox" in raw:
-        box = _section(raw["sandbox"], "vlm_car.sandbox")
-        _check_unknown(box, "vlm_car.sandbox", SANDBOX_KEYS)
-        limits = {}
-        if "timeout_s" in box:
-            limits["timeout_s"] = _float(box["timeout_s"], "vlm_car.sandbox.timeout_s", 0.1)
-        for name, low in (("cpu_s", 1), ("memory_mb", 64), ("max_output_bytes", 1024), ("max_source_chars", 100)):
-            if name in box:
-                limits[name] = _int(box[name], f"vlm_car.sandbox.{name}", low)
-        values["sandbox"] = SandboxLimits(**{**asdict(d.sandbox), **limits})
-    return VLMCaRConfig(**values)
+    return VLMCaRConfig.from_section(raw)
 
 
 # -- parsing the LVLM's answers -------------------------------------------------------

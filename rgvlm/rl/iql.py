@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
 import tempfile
 import time
@@ -32,13 +31,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rgvlm.rl.missions import MISSION_ENCODER_DIMS
-from rgvlm.rl.networks import GROUNDINGS, STATE_ENCODERS, DiscreteCritic, DiscretePolicy, EncoderSpec, ValueNetwork
+# The config (fields, allowed values) lives in the config layer, which imports nothing from rgvlm.rl.
+from rgvlm.params import REWARD_SCALES, IQLConfig
+from rgvlm.rl.networks import DiscreteCritic, DiscretePolicy, EncoderSpec, ValueNetwork
 
 __all__ = [
     "IQLConfig",
     "REWARD_SCALES",
     "IQLLearner",
+    "encoder_spec",
     "TransitionBatch",
     "critic_loss",
     "expectile_loss",
@@ -60,161 +61,26 @@ __all__ = [
 LOOP_FIELDS = frozenset({"num_steps", "log_every", "checkpoint_every", "checkpoint_interval_s"})
 
 
-#: How a reward set is scaled before training (see :func:`rgvlm.rl.runs.scale_rewards`).
-REWARD_SCALES = ("none", "return_range")
-
-
-@dataclass
-class IQLConfig:
-    """Hyper-parameters of IQL and sizes of the networks. Validated on construction."""
-
-    gamma: float = 0.99  # discount factor, in [0, 1)
-    tau: float = 0.7  # expectile of the value loss, in (0, 1); 0.5 = mean, -> 1 = max over data actions
-    beta: float = 3.0  # inverse temperature of the advantage weights exp(beta * adv), >= 0
-    adv_clip: float = 100.0  # upper clip of the advantage weights, > 0
-    lr: float = 3e-4  # Adam learning rate used for critic, value and policy, > 0
-    batch_size: int = 256  # transitions per update (used by the caller's sampler), > 0
-    polyak: float = 0.005  # target-critic averaging rate: target <- (1-polyak)*target + polyak*online
-    hidden_dim: int = 256  # width of the hidden layers of every head MLP
-    num_layers: int = 2  # number of hidden layers of every head MLP
-    grid_height: int = 11  # rows H of the symbolic grid
-    grid_width: int = 11  # columns W of the symbolic grid
-    num_actions: int = 6  # size of the discrete action space
-    mission_slots: int = 6  # clause slots S of the mission tensor
-    mission_embed_dim: int = 384  # sentence-embedding size E of a clause
-    cell_embed_dim: int = 16  # embedding size of a grid cell (type + colour + state tables)
-    conv_channels: int = 32  # channels of the two 3x3 convolutions of the grid encoder; 0 = none (MLP)
-    obs_feature_dim: int = 128  # output size of the grid+carry encoder
-    slot_dim: int = 32  # per-clause projection size of the mission encoder
-    mission_feature_dim: int = 128  # output size of the mission encoder
-    state_feature_dim: int = 256  # output size of the joint state encoder (input of head MLPs)
-    egocentric: bool = False  # re-express the grid around the agent (centre, facing up) before encoding
-    encoder: str = "grid"  # "grid" (one-hot/CNN over the grid) or "entities" (object-centric, mission FiLM)
-    entity_dim: int = 64  # entities encoder: token width
-    max_entities: int = 16  # entities encoder: doors/objects encoded
-    patch: int = 2  # entities encoder: cells on each side of the agent in its local egocentric patch
-    grounding: str = "attention"  # entities encoder: "attention" | "lexical" (rgvlm.rl.networks.GROUNDINGS)
-    mission_encoder: str = "minilm"  # "minilm" sentence vectors | "tokens" clause word codes (rgvlm.rl.missions)
-    adv_normalise: bool = False  # divide advantages by their batch std before exp(beta * A)
-    # One encoder: the critic and value heads read the policy encoder's state features, detached
-    # (the encoder is trained by the policy loss alone); False = each network its own encoder.
-    shared_encoder: bool = False
-    # Rewards summed over up to n_step transitions of the episode before bootstrapping from V:
-    # value information travels n steps per update instead of one (the data must be built with
-    # the same n_step and gamma: rgvlm.rl.multirun.DeviceTransitions). 1 = the IQL paper's target.
-    n_step: int = 1
-    reward_scale: str = "none"  # "none" | "return_range": rewards / range of returns (rgvlm.rl.runs.scale_rewards)
-    holdout_fraction: float = 0.0  # share of episodes (per k) never trained on: the critic diagnostic's data
-    num_steps: int = 1_000_000  # total gradient updates of a run
-    log_every: int = 1_000  # updates between two on_log calls
-    checkpoint_every: int = 50_000  # updates between two checkpoints
-    # Least wall-clock seconds between two multi-run stack checkpoints (rgvlm.rl.runs): at a
-    # checkpoint_every step the stack is written only if this long has passed since the last write
-    # (or the start); 0 = at every checkpoint_every step. The critic diagnostic keeps checkpoint_every.
-    checkpoint_interval_s: float = 0.0
-
-    def __post_init__(self) -> None:
-        def fail(name: str, allowed: str) -> None:
-            raise ValueError(f"IQLConfig.{name} = {getattr(self, name)!r} is invalid: must be {allowed}")
-
-        floats = ("gamma", "tau", "beta", "adv_clip", "lr", "polyak", "holdout_fraction", "checkpoint_interval_s")
-        for name in floats:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                fail(name, "a finite real number")
-        ints = (
-            "batch_size",
-            "hidden_dim",
-            "num_layers",
-            "grid_height",
-            "grid_width",
-            "num_actions",
-            "mission_slots",
-            "mission_embed_dim",
-            "cell_embed_dim",
-            "conv_channels",
-            "obs_feature_dim",
-            "slot_dim",
-            "mission_feature_dim",
-            "state_feature_dim",
-            "entity_dim",
-            "max_entities",
-            "patch",
-            "num_steps",
-            "log_every",
-            "checkpoint_every",
-            "n_step",
-        )
-        for name in ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                fail(name, "an int")
-
-        if not 0.0 <= self.gamma < 1.0:
-            fail("gamma", "in [0, 1)")
-        if not 0.0 < self.tau < 1.0:
-            fail("tau", "in (0, 1) (0.5 = mean regression, close to 1 = max over data actions)")
-        if self.beta < 0.0:
-            fail("beta", ">= 0 (0 = plain behaviour cloning)")
-        if self.adv_clip <= 0.0:
-            fail("adv_clip", "> 0")
-        if self.lr <= 0.0:
-            fail("lr", "> 0")
-        if not 0.0 <= self.holdout_fraction < 1.0:
-            fail("holdout_fraction", "in [0, 1) (0 = train on every episode)")
-        if self.checkpoint_interval_s < 0.0:
-            fail("checkpoint_interval_s", ">= 0 (seconds; 0 = a stack checkpoint at every checkpoint_every step)")
-        if not 0.0 < self.polyak <= 1.0:
-            fail("polyak", "in (0, 1] (1 = copy the online critic every step)")
-        if self.num_layers < 0:
-            fail("num_layers", ">= 0")
-        if self.num_actions < 2:
-            fail("num_actions", ">= 2")
-        if self.num_steps < 0:
-            fail("num_steps", ">= 0")
-        if self.conv_channels < 0:
-            fail("conv_channels", ">= 0 (0 = no convolution: flattened cell embeddings)")
-        if self.encoder not in STATE_ENCODERS:
-            fail("encoder", f"one of {', '.join(STATE_ENCODERS)}")
-        if self.mission_encoder not in MISSION_ENCODER_DIMS:
-            fail("mission_encoder", f"one of {', '.join(MISSION_ENCODER_DIMS)}")
-        if self.grounding not in GROUNDINGS:
-            fail("grounding", f"one of {', '.join(GROUNDINGS)}")
-        if self.grounding == "lexical" and (self.encoder != "entities" or self.mission_encoder != "tokens"
-                                            or self.mission_embed_dim != MISSION_ENCODER_DIMS["tokens"]):
-            fail("grounding", "'attention' unless encoder is 'entities' and mission_encoder is 'tokens' "
-                 "(lexical grounding matches the clause's words against the entities' type and colour)")
-        if self.reward_scale not in REWARD_SCALES:
-            fail("reward_scale", f"one of {', '.join(REWARD_SCALES)}")
-        for name in ("egocentric", "adv_normalise", "shared_encoder"):
-            if not isinstance(getattr(self, name), bool):
-                fail(name, "true or false")
-        if not 0 <= self.patch < min(self.grid_height, self.grid_width):
-            fail("patch", f">= 0 and < the grid's smaller side ({min(self.grid_height, self.grid_width)})")
-        for name in ints:
-            if name not in ("num_layers", "num_actions", "num_steps", "conv_channels", "patch") and getattr(self, name) <= 0:
-                fail(name, "> 0")
-
-    def encoder_spec(self) -> EncoderSpec:
-        """The :class:`EncoderSpec` shared by every head of the learner."""
-        return EncoderSpec(
-            height=self.grid_height,
-            width=self.grid_width,
-            mission_slots=self.mission_slots,
-            mission_embed_dim=self.mission_embed_dim,
-            cell_embed_dim=self.cell_embed_dim,
-            conv_channels=self.conv_channels,
-            obs_dim=self.obs_feature_dim,
-            slot_dim=self.slot_dim,
-            mission_dim=self.mission_feature_dim,
-            out_dim=self.state_feature_dim,
-            egocentric=self.egocentric,
-            kind=self.encoder,
-            entity_dim=self.entity_dim,
-            max_entities=self.max_entities,
-            patch=self.patch,
-            grounding=self.grounding,
-        )
+def encoder_spec(config: IQLConfig) -> EncoderSpec:
+    """The :class:`EncoderSpec` shared by every head of the learner."""
+    return EncoderSpec(
+        height=config.grid_height,
+        width=config.grid_width,
+        mission_slots=config.mission_slots,
+        mission_embed_dim=config.mission_embed_dim,
+        cell_embed_dim=config.cell_embed_dim,
+        conv_channels=config.conv_channels,
+        obs_dim=config.obs_feature_dim,
+        slot_dim=config.slot_dim,
+        mission_dim=config.mission_feature_dim,
+        out_dim=config.state_feature_dim,
+        egocentric=config.egocentric,
+        kind=config.encoder,
+        entity_dim=config.entity_dim,
+        max_entities=config.max_entities,
+        patch=config.patch,
+        grounding=config.grounding,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,7 +248,7 @@ class IQLLearner:
         self.config = config
         self.device = torch.device(device)
         self.seed = int(seed)
-        spec = config.encoder_spec()
+        spec = encoder_spec(config)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             shared = config.shared_encoder

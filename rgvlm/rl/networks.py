@@ -28,6 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+# The choices of train.encoder and train.grounding are checked by IQLConfig, in the config layer.
+from rgvlm.params import GROUNDINGS, STATE_ENCODERS
+
 # Sizes of the MiniGrid symbolic vocabularies (minigrid.core.constants).
 NUM_OBJECT_TYPES = 11
 NUM_COLOURS = 6
@@ -224,13 +227,6 @@ class EncoderSpec:
     grounding: str = "attention"  # entities: how a clause finds the entities it names (GROUNDINGS)
 
 
-STATE_ENCODERS = ("grid", "entities")
-#: How the entity encoder finds, for each clause and role, the entity the clause names:
-#: "attention": learned queries from the clause embedding over learned keys of the entity tokens;
-#: "lexical": the clause's words are matched against each entity's type and colour names (needs
-#: the clause word codes, ``train.mission_encoder: tokens``); only which word positions name which
-#: role is learned (see :class:`EntityStateEncoder`).
-GROUNDINGS = ("attention", "lexical")
 #: The lexical role weights enter the attention logits multiplied by this gain. Adam moves a
 #: parameter by about ``lr`` per update, so without it 2,500 updates at lr 1e-3 could sharpen the
 #: attention to logits of only ~2.5. Measured on the validation split (reports/tuning/imit_k1_expert3000_lexical*.json):

@@ -29,16 +29,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rgvlm.config import replace_checked
 from rgvlm.data.storage import OfflineDataset, write_json_atomic
 from rgvlm.rl.diagnostics import CriticProbe, discounted_returns, holdout_mask
 from rgvlm.rl.iql import LOOP_FIELDS, REWARD_SCALES, IQLConfig, IQLLearner, save_state_atomic
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy, save_multirun
 
 
-def iql_config_for(dataset: OfflineDataset, hyperparameters: dict) -> IQLConfig:
-    """The IQL config with the grid shape taken from the dataset itself."""
+def iql_config_for(dataset: OfflineDataset, hyperparameters: IQLConfig | Mapping) -> IQLConfig:
+    """The IQL config with the grid shape taken from the dataset itself.
+
+    ``hyperparameters`` is the checked ``train_config(...).iql`` (only the grid and the rules
+    between fields are checked again: the rest was checked once, with the ``train`` section) or
+    a mapping of IQLConfig fields (checked here)."""
     height, width = dataset.obs_grid.shape[1:3]
-    return IQLConfig(**{**hyperparameters, "grid_height": int(height), "grid_width": int(width)})
+    grid = {"grid_height": int(height), "grid_width": int(width)}
+    if isinstance(hyperparameters, IQLConfig):
+        return replace_checked(hyperparameters, **grid)
+    return IQLConfig(**{**hyperparameters, **grid})
 
 
 def _sha256(array: np.ndarray) -> str:
