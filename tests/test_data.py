@@ -53,6 +53,10 @@ def test_arrays_are_consistent(tiny_dataset):
     last = np.array([e["step_start"] + e["length"] - 1 for e in d.episodes])
     assert list(d.progress[last]) == [e["final_progress"] for e in d.episodes]
     assert d.actions.min() >= 0 and d.actions.max() < 6
+    # Sub-tasks completed per step: never negative, and they add up to each episode's final progress.
+    assert d.completed_per_step.min() >= 0
+    assert [int(d.completed_per_step[d.episode_steps(i)].sum()) for i in range(len(d.episodes))] == \
+        [e["final_progress"] for e in d.episodes]
 
 
 def test_replay_regenerates_observations_rewards_and_progress(tiny_dataset):

@@ -16,10 +16,7 @@ from rgvlm.rl.iql import (
     TransitionBatch,
     critic_loss,
     expectile_loss,
-    load_checkpoint,
-    make_uniform_sampler,
     policy_loss,
-    train,
     value_loss,
 )
 from rgvlm.rl.networks import (
@@ -28,6 +25,7 @@ from rgvlm.rl.networks import (
     EncoderSpec,
     ValueNetwork,
 )
+from rgvlm.testing.eager import load_checkpoint, make_uniform_sampler, train
 
 # Tiny networks so that the whole file runs in seconds on 2 CPU cores.
 SMALL = dict(

@@ -126,6 +126,11 @@ class OfflineDataset:
         before[starts] = 0
         return before
 
+    @cached_property
+    def completed_per_step(self) -> np.ndarray:
+        """Privileged: sub-tasks each transition completed, int16 [N] (0, or 1 and rarely more)."""
+        return self.progress.astype(np.int16) - self.progress_before.astype(np.int16)
+
     @property
     def max_episode_limit(self) -> int:
         """The longest trajectory the dataset's environments allow (time limit of its largest k)."""

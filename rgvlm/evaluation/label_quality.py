@@ -50,7 +50,7 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 def label_quality(dataset: OfflineDataset, rewards: np.ndarray) -> dict[str, float]:
     """Agreement of one reward set with the dataset's ground-truth progress."""
-    completed = dataset.progress.astype(np.int16) - dataset.progress_before.astype(np.int16)
+    completed = dataset.completed_per_step
     return {
         "spearman_progress": spearman(rewards, completed),
         "auroc_completion": auroc(rewards, completed > 0),

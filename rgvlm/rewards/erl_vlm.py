@@ -57,7 +57,6 @@ from rgvlm.rewards.segments import (
     SegmentMethodConfig,
     actions_text,
     answer_field,
-    completed_per_step,
     sample_segments,
     segment_facts,
     segment_frames,
@@ -196,7 +195,7 @@ def label_erl_vlm(
     segments = sample_segments(dataset, config.num_queries, config.segment_length, config.seed)
     frames = (segment_frames(dataset, segments, config.frame_stride, config.tile_size) if needs_images
               else [()] * len(segments))
-    completed = completed_per_step(dataset)
+    completed = dataset.completed_per_step
     scale = "\n".join(f"- {name}: {meaning}" for name, meaning in RATING_SCALES[config.num_classes])
 
     def fields_of(segment: Segment, images: tuple[bytes, ...]) -> dict[str, Any]:

@@ -56,7 +56,7 @@ class LabelRun:
         from rgvlm.plots import reward_by_completion
 
         data = self.dataset
-        return reward_by_completion(self.result.rewards, data.progress > data.progress_before,
+        return reward_by_completion(self.result.rewards, data.completed_per_step > 0,
                                     f"{self.method.name} reward ({self.annotator()})")
 
     def diagnostic(self) -> Any:

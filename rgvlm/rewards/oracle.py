@@ -16,7 +16,7 @@ from rgvlm.rewards.base import RewardResult, empty_cost
 
 def oracle_rewards(dataset: OfflineDataset) -> RewardResult:
     started = time.perf_counter()
-    completed = dataset.progress.astype(np.int16) - dataset.progress_before.astype(np.int16)
+    completed = dataset.completed_per_step
     return RewardResult(
         method="oracle",
         rewards=completed.astype(np.float32),

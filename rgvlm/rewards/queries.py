@@ -42,6 +42,26 @@ def load_templates(method: str, prompt_dir: str | Path = paths.PROMPTS) -> tuple
 
 
 # -- what a query shows -------------------------------------------------------------------
+@dataclass(frozen=True, order=True)
+class Segment:
+    """The unit every LVLM method asks about (RG-VLM's windows, ERL-VLM's and RL-VLM-F's
+    segments): transitions ``start .. end - 1`` (relative to the episode) of episode ``episode``."""
+
+    episode: int
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    def label(self) -> str:
+        """How prompts name the segment. It makes every query's text unique, so two segments
+        with the same mission and actions never share a cache entry (the scripted annotator
+        sees no frames, and its answers come from the segment's own ground truth)."""
+        return f"episode {self.episode}, steps {self.start}-{self.end}"
+
+
 def frame_indices(start: int, end: int, frame_stride: int) -> list[int]:
     """Observation indices shown for the span [start, end): start, every ``frame_stride``-th, and end."""
     shown = list(range(start, end + 1, frame_stride))

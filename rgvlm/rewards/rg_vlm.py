@@ -32,6 +32,7 @@ from rgvlm.data.storage import OfflineDataset
 from rgvlm.envs import ACTION_NAMES
 from rgvlm.rewards.base import RewardResult, check_failure_rate
 from rgvlm.rewards.queries import (
+    Segment,
     TwoStageQuery,
     ask_two_stage,
     episode_pngs,
@@ -67,13 +68,6 @@ def config_from_params(raw: Any) -> RGVLMConfig:
     return RGVLMConfig.from_section(raw)
 
 
-@dataclass(frozen=True)
-class Window:
-    episode: int
-    start: int  # first transition, relative to the episode
-    end: int  # one past the last transition
-
-
 def episode_windows(length: int, window_length: int, stride: int) -> list[tuple[int, int]]:
     """[start, end) windows covering every transition of an episode of ``length`` steps; the
     last one may be shorter."""
@@ -98,9 +92,9 @@ def label_rg_vlm(
         raise ParamError("rg_vlm.window_length", config.window_length,
                          f"at most {dataset.max_episode_limit}, the longest trajectory the dataset allows")
     templates = load_templates("rg_vlm", config.prompt_dir)
-    windows: list[Window] = []
+    windows: list[Segment] = []
     queries: list[TwoStageQuery] = []
-    completed_all = dataset.progress.astype(np.int16) - dataset.progress_before.astype(np.int16)
+    completed_all = dataset.completed_per_step
     for index, episode in enumerate(dataset.episodes):
         spans = episode_windows(episode["length"], config.window_length, config.window_stride)
         shown = {t: None for s, e in spans for t in frame_indices(s, e, config.frame_stride)}
@@ -120,7 +114,7 @@ def label_rg_vlm(
             names = tuple(ACTION_NAMES[int(a)] for a in actions[s:e])
             truth1 = WindowTruth(1, tuple(int(c) for c in completed[s:e]), names, tuple(done_texts))
             truth2 = WindowTruth(2, truth1.completed, names, truth1.subtasks_completed)
-            windows.append(Window(index, s, e))
+            windows.append(Segment(index, s, e))
             fields = {"goal": episode["mission"], "num_frames": len(images) if images else "no",
                       "actions": numbered_actions(actions[s:e]), "num_actions": e - s}
             queries.append(TwoStageQuery(fields, images, truth1, truth2))

@@ -56,7 +56,6 @@ from rgvlm.rewards.segments import (
     SegmentMethodConfig,
     actions_text,
     answer_field,
-    completed_per_step,
     sample_segment_pairs,
     segment_facts,
     segment_frames,
@@ -173,7 +172,7 @@ def label_rl_vlm_f(
         frames1 = segment_frames(dataset, seconds, config.frame_stride, config.tile_size)
     else:
         frames0 = frames1 = [()] * len(pairs)
-    completed = completed_per_step(dataset)
+    completed = dataset.completed_per_step
 
     def fields_of(a: Segment, b: Segment, images0: tuple, images1: tuple) -> dict[str, Any]:
         return {"goal": dataset.episodes[a.episode]["mission"], "frames": _frames_note(len(images0), len(images1)),

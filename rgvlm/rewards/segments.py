@@ -32,32 +32,13 @@ import numpy as np
 from rgvlm import paths
 from rgvlm.config import Config, param
 from rgvlm.data.storage import OfflineDataset
-from rgvlm.rewards.queries import episode_pngs, frame_indices, numbered_actions
+from rgvlm.rewards.queries import Segment, episode_pngs, frame_indices, numbered_actions
 from rgvlm.rewards.reward_model import RewardModelConfig
 from rgvlm.vlm.parsing import MAX_ANSWER_CHARS
 from rgvlm.vlm.scripted import ScriptedAnnotator, ScriptedNoise, WindowTruth
 
 # Misattribution moves a completion's credit by up to this many steps (see ScriptedAnnotator).
 MISATTRIBUTION_REACH = 2
-
-
-@dataclass(frozen=True, order=True)
-class Segment:
-    """Transitions ``start .. end - 1`` (relative to the episode) of episode ``episode``."""
-
-    episode: int
-    start: int
-    end: int
-
-    @property
-    def length(self) -> int:
-        return self.end - self.start
-
-    def label(self) -> str:
-        """How prompts name the segment. It makes every query's text unique, so two segments
-        with the same mission and actions never share a cache entry (the scripted annotator
-        sees no frames, and its answers come from the segment's own ground truth)."""
-        return f"episode {self.episode}, steps {self.start}-{self.end}"
 
 
 # -- sampling ---------------------------------------------------------------------------
@@ -211,14 +192,9 @@ class SegmentFacts:
         return " ".join(lines)
 
 
-def completed_per_step(dataset: OfflineDataset) -> np.ndarray:
-    """Privileged: sub-tasks each transition completed, int16 [N]."""
-    return dataset.progress.astype(np.int16) - dataset.progress_before.astype(np.int16)
-
-
 def segment_facts(dataset: OfflineDataset, segment: Segment, completed: np.ndarray,
                   noise_reach: int = MISATTRIBUTION_REACH, lookahead: int = 8) -> SegmentFacts:
-    """The privileged facts of ``segment`` (``completed`` from :func:`completed_per_step`).
+    """The privileged facts of ``segment`` (``completed``: ``dataset.completed_per_step``).
 
     The context reaches ``noise_reach`` steps before the segment and ``max(noise_reach,
     lookahead)`` after it (``lookahead`` >= the annotator's ``approach_steps``), within the episode.
