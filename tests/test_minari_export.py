@@ -110,3 +110,43 @@ def test_cli_exports_a_reward_set_and_refuses_to_overwrite(data_dir, tiny_datase
 def test_open_minari_names_what_it_tried(minari_root):
     with pytest.raises(FileNotFoundError, match="'nope/none-v0' not found.*holds: nothing"):
         open_minari("nope/none-v0")
+
+
+def test_d3rlpy_trains_on_the_export(tiny_dataset, minari_root):
+    """Minari -> the dataset view -> the project's d3rlpy conversion -> one DiscreteCQL update."""
+    pytest.importorskip("d3rlpy")
+    from rgvlm.data.foreign import from_minari
+    from rgvlm.peer import to_mdp_dataset
+    from rgvlm.peer.d3rlpy_baseline import train_d3rlpy
+
+    loaded = export_minari(tiny_dataset, DATASET_ID)
+    view = from_minari(loaded)
+    np.testing.assert_array_equal(view.obs_grid, tiny_dataset.obs_grid)
+    table = np.zeros((len(view.missions), 6, 384), dtype=np.float32)  # any mission table trains
+    mdp = to_mdp_dataset(view, table)
+    assert mdp.transition_count == tiny_dataset.num_transitions
+    run = train_d3rlpy("cql", mdp, seed=0, n_steps=1, batch_size=8)
+    assert run.settings["n_steps"] == 1 and len(run.losses) == 1
+    assert all(np.isfinite(value) for value in run.losses[0].values())
+
+
+@pytest.mark.parametrize("method", ["rg_vlm", "vlm_car"])
+def test_relabelling_the_export_gives_the_pipelines_labels(tiny_dataset, minari_root, tmp_path, method):
+    """The export read back (rgvlm.data.foreign) labels exactly as data/ does in label@<method>."""
+    import yaml
+
+    from rgvlm import paths
+    from rgvlm.data.foreign import from_minari
+    from rgvlm.rewards.label_stage import check_method, label_with
+
+    params = yaml.safe_load((paths.ROOT / "profiles" / "tiny.yaml").read_text())
+    view = from_minari(export_minari(tiny_dataset, DATASET_ID))
+    assert view.source["suite"] and view.source["ground_truth"] == "progress info"
+    np.testing.assert_array_equal(view.progress, tiny_dataset.progress)
+    assert [e["env_id"] for e in view.episodes] == [e["env_id"] for e in tiny_dataset.episodes]
+    assert view.max_episode_limit == tiny_dataset.max_episode_limit
+    labels = []
+    for name, data in (("data", tiny_dataset), ("export", view)):
+        setup = check_method(method, params)
+        labels.append(label_with(*setup, data, tmp_path / name / "cache", tmp_path / name / "out").rewards)
+    np.testing.assert_array_equal(labels[0], labels[1])
