@@ -26,7 +26,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYGAME_HIDE_SUPPORT_PROMPT := 1
 
-.PHONY: setup data restore-data reproduce verify test test-fast check-deps lint lab notebooks clean-outputs
+.PHONY: setup data restore-data reproduce verify test test-fast check-deps lint lab notebooks clean-outputs export-minari
 
 setup: $(STAMP)
 
@@ -61,6 +61,12 @@ restore-data: setup
 
 reproduce: restore-data
 	$(BIN)/dvc repro
+
+# data/ as a Minari dataset (rgvlm/ordered/sparse-v0 in $MINARI_DATASETS_PATH, else ~/.minari/datasets);
+# EXPORT_ARGS="--rewards rg_vlm" puts a reward set of outputs/rewards/ in place of the sparse reward.
+EXPORT_ARGS ?=
+export-minari: restore-data
+	$(BIN)/python -m rgvlm.data export-minari $(EXPORT_ARGS)
 
 # After `make reproduce`: compare the regenerated results with the committed ones (git HEAD, or
 # VERIFY_ARGS="--ref REF"): exact outputs exactly, trained numbers against their 95% intervals;

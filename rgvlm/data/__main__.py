@@ -1,4 +1,6 @@
 """``python -m rgvlm.data collect``: build ``data/`` from ``params.yaml``.
+``python -m rgvlm.data export-minari``: write ``data/`` (optionally with a reward set of
+``outputs/rewards/`` in place of the sparse reward) as a Minari dataset.
 
 The parameters are checked before any episode is collected. The result is byte-identical
 for the same parameters, so a rebuilt ``data/`` matches ``data.dvc``.
@@ -26,7 +28,19 @@ def main(argv: list[str] | None = None) -> int:
     collect.add_argument("--params", default=str(paths.PARAMS), help="parameters file")
     collect.add_argument("--out", default=str(paths.DATA), help="output directory")
     collect.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
+    export = sub.add_parser("export-minari", help="write the offline dataset as a Minari dataset")
+    export.add_argument("--data", default=str(paths.DATA), help="the dataset directory (default: data/)")
+    export.add_argument("--rewards", default=None, metavar="NAME",
+                        help="a reward set of --rewards-dir (outputs/rewards/<NAME>.npy) in place of the sparse reward")
+    export.add_argument("--rewards-dir", default=str(paths.REWARDS), help="where the reward sets are")
+    export.add_argument("--id", default=None, dest="dataset_id",
+                        help="Minari dataset id (default: rgvlm/ordered/<rewards or sparse>-v0)")
+    export.add_argument("--root", default=None,
+                        help="Minari root (default: $MINARI_DATASETS_PATH, else ~/.minari/datasets)")
+    export.add_argument("--force", action="store_true", help="replace a dataset of that id")
     args = parser.parse_args(argv)
+    if args.command == "export-minari":
+        return export_minari_command(args)
 
     params = load_params(args.params)
     env_cfg = env_config(params.get("env", {}))
@@ -52,6 +66,30 @@ def main(argv: list[str] | None = None) -> int:
         f"collected {len(episodes)} episodes, {manifest['num_transitions']} transitions "
         f"into {out} in {time.perf_counter() - started:.1f}s"
     )
+    return 0
+
+
+def export_minari_command(args: argparse.Namespace) -> int:
+    """``export-minari``: every input is checked (id, reward set, target free) before writing."""
+    from rgvlm.data.minari_export import default_dataset_id, export_minari
+    from rgvlm.data.minari_store import check_writable
+    from rgvlm.data.storage import load_dataset
+    from rgvlm.rewards.base import load_rewards
+
+    dataset_id = args.dataset_id or default_dataset_id(args.rewards)
+    target = check_writable(dataset_id, args.root, args.force)
+    dataset = load_dataset(args.data)
+    rewards = None
+    if args.rewards is not None:
+        rewards = load_rewards(Path(args.rewards_dir), args.rewards).rewards
+        if rewards.shape != (dataset.num_transitions,):
+            raise SystemExit(f"reward set {args.rewards!r} in {args.rewards_dir} has {rewards.shape[0]} rewards, "
+                             f"the dataset in {args.data} {dataset.num_transitions} transitions: rerun the rewards stage")
+    started = time.perf_counter()
+    made = export_minari(dataset, dataset_id, rewards, args.rewards, args.root, args.force)
+    print(f"exported {made.total_episodes} episodes, {made.total_steps} transitions "
+          f"(rewards: {args.rewards or 'sparse'}) as Minari dataset {dataset_id} at {target} "
+          f"in {time.perf_counter() - started:.1f}s")
     return 0
 
 

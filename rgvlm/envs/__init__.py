@@ -1,6 +1,7 @@
 """The benchmark suite: long-horizon BabyAI missions, registered with Gymnasium.
 
-Importing this package registers ``RGVLM/Ordered-k{k}-v0`` for k = 1..6.
+Importing this package registers ``RGVLM/Ordered-k{k}-v0`` for k = 1..6 and ``RGVLM/Ordered-v0``
+(all of them, as the learner observes them: :mod:`rgvlm.envs.learner`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from rgvlm.envs.suite import (  # noqa: E402
 
 ENV_ID_TEMPLATE = "RGVLM/Ordered-k{k}-v0"
 SUITE_ENV_IDS = tuple(ENV_ID_TEMPLATE.format(k=k) for k in range(MIN_SUBTASKS, MAX_SUBTASKS + 1))
+#: Every level behind one id, observed as the learner observes it (rgvlm.envs.learner): the
+#: environment a Minari export of the dataset names, so recover_environment() gives it back.
+LEARNER_ENV_ID = "RGVLM/Ordered-v0"
 
 
 def env_id_for(num_subtasks: int) -> str:
@@ -42,7 +46,7 @@ def env_id_for(num_subtasks: int) -> str:
 
 
 def register_suite() -> None:
-    """Register every task of the suite with Gymnasium (idempotent)."""
+    """Register every task of the suite, and the learner's view of them all, with Gymnasium (idempotent)."""
     for k, env_id in zip(range(MIN_SUBTASKS, MAX_SUBTASKS + 1), SUITE_ENV_IDS, strict=True):
         if env_id not in gym.registry:
             gym.register(
@@ -50,6 +54,8 @@ def register_suite() -> None:
                 entry_point="rgvlm.envs.suite:OrderedSubtasksLevel",
                 kwargs={"num_subtasks": k},
             )
+    if LEARNER_ENV_ID not in gym.registry:
+        gym.register(id=LEARNER_ENV_ID, entry_point="rgvlm.envs.learner:LearnerEnv")
 
 
 def make_env(env_id: str, **kwargs) -> gym.Env:
@@ -70,6 +76,7 @@ register_suite()
 __all__ = [
     "ACTION_NAMES",
     "CLAUSE_VOCABULARY",
+    "LEARNER_ENV_ID",
     "MAX_CLAUSE_WORDS",
     "MAX_SUBTASKS",
     "MIN_SUBTASKS",

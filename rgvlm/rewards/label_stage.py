@@ -74,33 +74,52 @@ def stage_sections(method: RewardMethod, params: Mapping[str, Any] | None = None
     return {section: params[section] for section in method.sections}
 
 
-def run(name: str, params: Mapping[str, Any] | None = None) -> LabelRun:
-    """Label the dataset with the method ``name`` and write the stage's outputs (module docstring).
-
-    ``params``: the stage's params sections (what the pipeline injects); None reads params.yaml.
-    A bad setting fails before any query, naming the key."""
+def check_method(name: str, params: Mapping[str, Any] | None = None) -> tuple[RewardMethod, Any, Any]:
+    """The method ``name``, its checked config and, when it asks an LVLM, the checked ``labeling``
+    config (else None): every setting checked before any work, a bad one named by its key.
+    ``params``: the sections (what the pipeline injects); None reads params.yaml."""
     if name not in METHODS:
         raise ParamError("method", name, f"one of the registered methods {', '.join(METHODS)}")
     method = METHODS[name]
     sections = stage_sections(method, params)
     config = method.config_from_params(sections[method.section])
-    dataset = load_dataset(paths.DATA)
-    cache_dir = paths.LVLM_CACHE / method.name
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    clients = usage = lvlm = None
+    lvlm = None
     if method.uses_lvlm:
         from rgvlm.params import labeling_config
-        from rgvlm.vlm import cached_clients
 
         lvlm = labeling_config(sections[LVLM_SECTION])
+    return method, config, lvlm
+
+
+def label_with(method: RewardMethod, config: Any, lvlm: Any, dataset: OfflineDataset, cache_dir: Path,
+               out_dir: Path) -> RewardResult:
+    """Label ``dataset`` with ``method`` through the ``lvlm`` backend (if it asks one), answering
+    through the response cache in ``cache_dir``; the method writes its own files into ``out_dir``.
+    The result's cost is the stage's cost record (calls, hits, tokens, time, USD estimate)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    clients = usage = None
+    if lvlm is not None:
+        from rgvlm.vlm import cached_clients
+
         stage1, stage2, usage = cached_clients(lvlm, cache_dir)  # fails here on a bad backend setting
         clients = (stage1, stage2)
-    out_dir = paths.LABELS / method.name
     result, stats = method.label(dataset, clients, config, out_dir)
     if usage is not None:
         from rgvlm.rewards.queries import labeling_cost
 
         result.cost = labeling_cost(usage, stats, lvlm.prices)
+    return result
+
+
+def run(name: str, params: Mapping[str, Any] | None = None) -> LabelRun:
+    """Label the dataset with the method ``name`` and write the stage's outputs (module docstring).
+
+    ``params``: the stage's params sections (what the pipeline injects); None reads params.yaml.
+    A bad setting fails before any query, naming the key."""
+    method, config, lvlm = check_method(name, params)
+    dataset = load_dataset(paths.DATA)
+    out_dir = paths.LABELS / method.name
+    result = label_with(method, config, lvlm, dataset, paths.LVLM_CACHE / method.name, out_dir)
     save_rewards(out_dir, result)
     write_json_atomic(paths.METRICS / f"labeling_{method.name}.json", {"provenance": result.provenance, "cost": result.cost})
     return LabelRun(method, dataset, result, out_dir)

@@ -79,14 +79,26 @@ def png_bytes(frame: np.ndarray) -> bytes:
 
 def episode_pngs(dataset: OfflineDataset, episode: int, times: Sequence[int], tile_size: int) -> list[bytes]:
     """PNG frames of the observations ``times`` (sorted) of one dataset episode, in that order,
-    rendered by replaying the episode once."""
-    rendered = replay_dataset_episode(dataset, episode, tile_size, frames=times)["frames"]
+    rendered by replaying the episode once. A dataset read from elsewhere brings its own frame
+    source as ``dataset.frames`` (:class:`rgvlm.data.foreign.ForeignDataset`; looked up by name so
+    that the labelling stages import nothing of the Minari reader)."""
+    own = getattr(dataset, "frames", None)
+    if own is not None:
+        rendered = own.frames(episode, times, tile_size)
+    else:
+        rendered = replay_dataset_episode(dataset, episode, tile_size, frames=times)["frames"]
     return [png_bytes(frame) for frame in rendered]
 
 
-def numbered_actions(actions: np.ndarray) -> str:
+def action_names(dataset: OfflineDataset) -> tuple[str, ...]:
+    """The words the prompts use for each action: the suite's, or those a dataset read from
+    elsewhere brings (``dataset.action_names``, as for :func:`episode_pngs`)."""
+    return getattr(dataset, "action_names", None) or ACTION_NAMES
+
+
+def numbered_actions(actions: np.ndarray, names: Sequence[str] = ACTION_NAMES) -> str:
     """The actions' names, one a line, numbered from 1 (as the prompts refer to them)."""
-    return "\n".join(f"{i + 1}. {ACTION_NAMES[int(a)]}" for i, a in enumerate(actions))
+    return "\n".join(f"{i + 1}. {names[int(a)]}" for i, a in enumerate(actions))
 
 
 # -- the re-ask loop ----------------------------------------------------------------------

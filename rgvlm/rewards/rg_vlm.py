@@ -29,11 +29,11 @@ import numpy as np
 from rgvlm import paths
 from rgvlm.config import Config, ParamError, param
 from rgvlm.data.storage import OfflineDataset
-from rgvlm.envs import ACTION_NAMES
 from rgvlm.rewards.base import RewardResult, check_failure_rate
 from rgvlm.rewards.queries import (
     Segment,
     TwoStageQuery,
+    action_names,
     ask_two_stage,
     episode_pngs,
     frame_indices,
@@ -95,6 +95,7 @@ def label_rg_vlm(
     windows: list[Segment] = []
     queries: list[TwoStageQuery] = []
     completed_all = dataset.completed_per_step
+    words = action_names(dataset)
     for index, episode in enumerate(dataset.episodes):
         spans = episode_windows(episode["length"], config.window_length, config.window_stride)
         shown = {t: None for s, e in spans for t in frame_indices(s, e, config.frame_stride)}
@@ -111,12 +112,12 @@ def label_rg_vlm(
             for count in completed[s:e]:
                 done_texts += episode["subtasks"][progress : progress + int(count)]
                 progress += int(count)
-            names = tuple(ACTION_NAMES[int(a)] for a in actions[s:e])
+            names = tuple(words[int(a)] for a in actions[s:e])
             truth1 = WindowTruth(1, tuple(int(c) for c in completed[s:e]), names, tuple(done_texts))
             truth2 = WindowTruth(2, truth1.completed, names, truth1.subtasks_completed)
             windows.append(Segment(index, s, e))
             fields = {"goal": episode["mission"], "num_frames": len(images) if images else "no",
-                      "actions": numbered_actions(actions[s:e]), "num_actions": e - s}
+                      "actions": numbered_actions(actions[s:e], words), "num_actions": e - s}
             queries.append(TwoStageQuery(fields, images, truth1, truth2))
 
     def reminder(i: int) -> str:
