@@ -39,6 +39,10 @@ def test_readme_shows_what_index_html_shows(rendered_report):
     assert "scripted annotator (privileged ground truth + noise; not an LVLM)" in readme.text
 
 
+def test_the_committed_readme_is_the_committed_index_html():
+    assert_same_report((ROOT / "reports" / "index.html").read_text(), (ROOT / "reports" / "README.md").read_text())
+
+
 TEXT = st.text(string.ascii_letters + string.digits + string.punctuation + " ", min_size=1, max_size=24)
 
 

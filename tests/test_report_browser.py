@@ -22,6 +22,7 @@ import websocket
 from tests.report_pages import markdown_html
 
 #: Debian's chromium and chromium-headless-shell, Ubuntu's snap wrapper, Google's builds.
+ROOT = Path(__file__).resolve().parent.parent
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 BROWSER = next(filter(None, map(shutil.which, BROWSERS)), None)
 pytestmark = pytest.mark.skipif(
@@ -126,11 +127,12 @@ def open_in_chromium(page: Path, profile: Path) -> tuple[list[dict], list[str]]:
     return images, errors
 
 
-def test_the_report_loads_with_every_image_and_no_console_error(rendered_report, tmp_path):
-    images, errors = open_in_chromium(rendered_report / "index.html", tmp_path / "profile")
+@pytest.mark.parametrize("which", ["rendered from the committed metrics", "committed"])
+def test_the_report_loads_with_every_image_and_no_console_error(which, rendered_report, tmp_path):
+    folder = rendered_report if which.startswith("rendered") else ROOT / "reports"
+    images, errors = open_in_chromium(folder / "index.html", tmp_path / "profile")
     assert errors == []
-    expected = sorted([*(f"figures/{p.name}" for p in (rendered_report / "figures").glob("*.png")),
-                       "tuning/noise_sweep.png"])
+    expected = sorted([*(f"figures/{p.name}" for p in (folder / "figures").glob("*.png")), "tuning/noise_sweep.png"])
     assert sorted(i["src"] for i in images) == expected
     assert [i for i in images if not (i["complete"] and i["naturalWidth"] > 0)] == []
 
