@@ -270,21 +270,26 @@ def render_html(title: str, blocks: list[Block]) -> str:
             f"<style>{STYLE}</style></head><body>" + "".join(_html_block(b) for b in blocks) + "</body></html>\n")
 
 
-# Backslash-escaped so that prose never turns into emphasis, code, links, entities or HTML; "_" only
+# Backslash-escaped so that prose never turns into emphasis, code, links, entities or HTML; "_" too,
 # unless it lies between two letters or digits (as in erl_vlm: GitHub never reads that as emphasis).
 # "|" is escaped in table cells only: there it separates columns, even inside code spans.
 _MARKDOWN_SPECIAL = re.compile(r"[\\`*~\[\]<&]|(?<![^\W_])_|_(?![^\W_])")
-# What would start a heading, quote, list or rule at the beginning of a block.
-_MARKDOWN_BLOCK_START = re.compile(r"^(\s*)([#>+=-]|\d+(?=[.)]))")
+# What opens a heading, quote, list or rule where a paragraph or list item starts.
+_MARKDOWN_BLOCK_START = re.compile(r"^(?:#{1,6}(?=\s|$)|>|[-+](?=\s|$)|-(?=-)|\d{1,9}(?=[.)](?:\s|$)))")
 
 
 def _md_escape(text: str) -> str:
-    text = _MARKDOWN_SPECIAL.sub(lambda match: "\\" + match.group(0), text)
-    start = _MARKDOWN_BLOCK_START.match(text)
-    if start:  # escape the marker; a list number at its "." or ")", since digits cannot be escaped
-        at = start.end() if start.group(2)[0].isdigit() else start.start(2)
-        text = text[:at] + "\\" + text[at:]
-    return text
+    return _MARKDOWN_SPECIAL.sub(lambda match: "\\" + match.group(0), text)
+
+
+def _md_block_start(line: str) -> str:
+    """A paragraph's or list item's Markdown, escaped where it would open another block."""
+    line = line.lstrip()  # four leading spaces would make a code block
+    start = _MARKDOWN_BLOCK_START.match(line)
+    if start:  # a list number is escaped at its "." or ")": digits cannot be
+        at = start.end() if line[0].isdigit() else 0
+        line = line[:at] + "\\" + line[at:]
+    return line
 
 
 def _md_code(text: str) -> str:
@@ -316,10 +321,10 @@ def _md_block(block: Block) -> str:
             if line.endswith("#") and not line.endswith("\\#"):  # else read as the heading's closing sequence
                 line = line[:-1] + "\\#"
             return "#" * level + " " + line
-        case Para(text, note):  # lstrip: four leading spaces would make a code block
-            return ("> " if note else "") + _md_inline(text).lstrip()
+        case Para(text, note):
+            return ("> " if note else "") + _md_block_start(_md_inline(text))
         case Bullets(items):
-            return "\n".join(f"- {_md_inline(item).lstrip()}" for item in items)
+            return "\n".join(f"- {_md_block_start(_md_inline(item))}" for item in items)
         case Figure(src, alt, caption):
             caption = (caption or "").strip()  # "* x *" would not be emphasis
             return f"![{_md_escape(alt)}]({src})" + (f"\n\n*{_md_escape(caption)}*" if caption else "")

@@ -9,7 +9,7 @@ import json
 import string
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from rgvlm.report import Bullets, Code, Figure, Heading, Para, Table, render_html, render_markdown
@@ -48,6 +48,13 @@ TEXT = st.text(string.ascii_letters + string.digits + string.punctuation + " ", 
 
 @settings(max_examples=300, deadline=None)
 @given(text=TEXT, code=TEXT)
+@example(text="1. a list?", code="a|b")
+@example(text="# a heading? #", code="`tick`")
+@example(text="- an item?", code=" x ")
+@example(text="---", code="__init__")
+@example(text="> a quote?", code="*")
+@example(text="    code block?", code="0")
+@example(text="sparse+rg_vlm@0.5 _x_ *y* [l](u) <b> &amp; ~~s~~", code="sparse+rg_vlm@0.5")
 def test_any_text_reads_the_same_in_markdown_and_html(text, code):
     """Markdown's punctuation in a method name or a description (``*``, ``_``, ``|``, ``#``, ``[``,
     ``1.`` ...) never turns into emphasis, links, lists or extra table columns."""
