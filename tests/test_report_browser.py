@@ -9,8 +9,11 @@ system packages where it is missing; without a binary the tests skip and say so.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 import urllib.request
@@ -42,7 +45,7 @@ class DevTools:
             self.process = subprocess.Popen(
                 [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                  "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],
-                stdout=subprocess.DEVNULL, stderr=log)
+                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         # Port 0: Chromium picks a free port and writes it to DevToolsActivePort (no race with other tests).
         port_file, deadline = profile / "DevToolsActivePort", time.monotonic() + TIMEOUT_S
         while not (port_file.exists() and port_file.read_text().count("\n") >= 1):
@@ -86,14 +89,20 @@ class DevTools:
             self.socket.settimeout(TIMEOUT_S)
 
     def close(self) -> None:
+        """Stop the browser and every process it started. Debian's /usr/bin/chromium* are shell
+        scripts that run the browser as a child: signalling the script alone would orphan it, so
+        the whole session (its own process group, started above) is signalled."""
         if getattr(self, "socket", None):
             self.socket.close()
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        group, deadline = self.process.pid, time.monotonic() + 10
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
+            while time.monotonic() < deadline:  # until the group is empty (signal 0 only asks)
+                self.process.poll()  # reaps the script, else it stays in the group as a zombie
+                os.killpg(group, 0)
+                time.sleep(0.05)
+            os.killpg(group, signal.SIGKILL)
+        self.process.wait()
 
 
 def open_in_chromium(page: Path, profile: Path) -> tuple[list[dict], list[str]]:
