@@ -4,8 +4,9 @@
 # Everything here is drawn from `reports/metrics/*` (never from numbers typed in): Figure 4 left
 # (every reward method against k), Figure 4 right (the fusion lambda ablation), seen layouts vs
 # fresh seeds, success by k, label quality, training curves, and `reports/index.html`, the page a
-# reader opens first. `report.headline_lambda` picks the fusion drawn in Figure 4 left; it is fixed
-# in advance, never chosen by looking at the evaluation seeds.
+# reader opens first, with the same report as `reports/README.md` for a repository browser (both
+# rendered from one set of tables). `report.headline_lambda` picks the fusion drawn in Figure 4
+# left; it is fixed in advance, never chosen by looking at the evaluation seeds.
 
 # %% tags=["parameters"]
 from rgvlm.params import load_params
@@ -20,7 +21,7 @@ import pandas as pd
 from rgvlm import paths
 from rgvlm.params import ParamError
 from rgvlm.plots import generalisation_bars, label_quality_bars, metric_by_k, save_figure, training_curves
-from rgvlm.report import build_index, figure4_left_methods, figure4_right_methods, provenance_title
+from rgvlm.report import build_report, figure4_left_methods, figure4_right_methods, provenance_title
 from rgvlm.rewards import fused_name
 from rgvlm.rl.diagnostics import DIAGNOSTIC_NAMES
 
@@ -61,8 +62,8 @@ if not probed.empty:
 quality = json.loads((paths.METRICS / "label_quality.json").read_text())
 quality_title = provenance_title({m: q["provenance"] for m, q in quality.items()})
 save_figure(label_quality_bars(quality, f"Label quality\n{quality_title}"), paths.FIGURES / "label_quality.png")
-build_index(headline=headline, split=report.get("split", "fresh"), policy=policy)
-print("wrote", paths.INDEX_HTML.relative_to(paths.ROOT))
+build_report(headline=headline, split=report.get("split", "fresh"), policy=policy)
+print("wrote", paths.INDEX_HTML.relative_to(paths.ROOT), "and", paths.REPORT_README.relative_to(paths.ROOT))
 
 # %%
 from IPython.display import Image, display

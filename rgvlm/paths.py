@@ -30,3 +30,4 @@ FIGURES = REPORTS / "figures"
 METRICS = REPORTS / "metrics"
 BENCHMARKS = REPORTS / "benchmarks"
 INDEX_HTML = REPORTS / "index.html"
+REPORT_README = REPORTS / "README.md"  # the same report in Markdown, for a repository browser

@@ -1,4 +1,5 @@
-"""The report a reader opens first: ``reports/index.html``.
+"""The report a reader opens first: ``reports/index.html``, and the same report as
+``reports/README.md``, which a repository browser renders.
 
 Every number in it is read from the metrics files under ``reports/metrics/``; every
 figure is a file under ``reports/figures/`` drawn from them. The title and a provenance
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import html
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -138,74 +141,117 @@ def story(summary: pd.DataFrame, headline: str, split: str = "fresh", metric: st
     return lines
 
 
-def cost_table(metrics_dir: Path) -> str:
-    """One row per labelling stage: LVLM calls, tokens, cache hits, time and estimated cost."""
-    keys = ["lvlm_calls", "cache_hits", "prompt_tokens", "completion_tokens", "reasks", "wall_time_s",
-            "estimated_cost_usd"]
-    rows = []
-    for path in sorted(metrics_dir.glob("labeling_*.json")):
-        record = json.loads(path.read_text())
-        method = path.stem.removeprefix("labeling_")
-        cost = record["cost"]
-        rows.append(f"<tr><td>{html.escape(method)}</td><td>{html.escape(lvlm_label(record['provenance']))}</td>"
-                    + "".join(f"<td>{cost.get(k, '-')}</td>" for k in keys) + "</tr>")
-    if not rows:
-        return ""
-    return ("<table><tr><th>method</th><th>labels by</th>" + "".join(f"<th>{k}</th>" for k in keys) + "</tr>"
-            + "".join(rows) + "</table>")
+# The report is built once, as a list of blocks (headings, paragraphs, figures, tables), and
+# rendered twice: to HTML (index.html) and to Markdown (README.md, which a repository browser
+# renders). Every number and every table therefore exists in one representation only, so the
+# two files cannot disagree.
 
 
-def critic_table(log: pd.DataFrame) -> str:
-    """Per trained row: the critic diagnostic at the last probed update, mean [min, max] over seeds."""
-    from rgvlm.rl.diagnostics import DIAGNOSTIC_NAMES
+@dataclass(frozen=True)
+class Code:
+    """Inline code. Method names go in it: on GitHub a bare ``sparse+rg_vlm@0.5`` becomes a mail link."""
 
-    names = [n for n in DIAGNOSTIC_NAMES if n in log]
-    probed = log.dropna(subset=names) if names else log.iloc[0:0]
-    if probed.empty:
-        return "<p>No critic diagnostic was logged (train.holdout_fraction is 0).</p>"
-    last = probed[probed["step"] == probed.groupby("method")["step"].transform("max")]
-    rows = []
-    for method in method_order(sorted(last["method"].unique())):
-        group = last[last["method"] == method]
-        cells = "".join(f"<td>{group[n].mean():.3f} [{group[n].min():.3f}, {group[n].max():.3f}]</td>" for n in names)
-        rows.append(f"<tr><td>{html.escape(method)}</td><td>{int(group['step'].iloc[0])}</td><td>{len(group)}</td>"
-                    f"{cells}</tr>")
-    return ("<table><tr><th>row</th><th>update</th><th>seeds</th>" + "".join(f"<th>{n}</th>" for n in names)
-            + "</tr>" + "".join(rows) + "</table>")
+    text: str
 
 
-def _fmt_interval(mean: float, low: float, high: float) -> str:
-    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+@dataclass(frozen=True)
+class Bold:
+    text: str
 
 
-def results_table(summary: pd.DataFrame, metric: str) -> str:
-    """HTML table: rows method x split, columns k; cells mean [95% interval]."""
-    ks = sorted(summary["k"].unique())
-    head = "".join(f"<th>k={k}</th>" for k in ks)
-    rows = []
-    for split in [s for s in SPLIT_TITLES if s in set(summary["split"])]:
-        for method in method_order(sorted(summary["method"].unique())):
-            cells = []
-            for k in ks:
-                match = summary[(summary["method"] == method) & (summary["split"] == split) & (summary["k"] == k)]
-                if match.empty:
-                    cells.append("<td>-</td>")
-                    continue
-                r = match.iloc[0]
-                cells.append(f"<td>{_fmt_interval(r[f'{metric}_mean'], r[f'{metric}_low'], r[f'{metric}_high'])}</td>")
-            rows.append(f"<tr><td>{html.escape(method)}</td><td>{split}</td>{''.join(cells)}</tr>")
-    return f"<table><tr><th>reward</th><th>split</th>{head}</tr>{''.join(rows)}</table>"
+@dataclass(frozen=True)
+class Link:
+    text: str
+    href: str
 
 
-def _json_block(obj: Any) -> str:
-    return f"<pre>{html.escape(json.dumps(obj, indent=1, sort_keys=True))}</pre>"
+Inline = str | Code | Bold | Link
+Spans = tuple[Inline, ...]
 
 
-def _card_table(card: dict[str, Any]) -> str:
-    frame = pd.DataFrame(card["per_k"])
-    columns = ["k", "episodes", "transitions", "mean_length", "success_rate", "mean_completion",
-               "share_expert", "share_noisy", "share_partial", "success_expert", "success_noisy", "success_partial"]
-    return frame[[c for c in columns if c in frame]].to_html(index=False, border=0)
+@dataclass(frozen=True)
+class Heading:
+    level: int
+    text: Spans
+
+
+@dataclass(frozen=True)
+class Para:
+    text: Spans
+    note: bool = False  # a highlighted warning (the scripted annotator is not an LVLM)
+
+
+@dataclass(frozen=True)
+class Bullets:
+    items: tuple[Spans, ...]
+
+
+@dataclass(frozen=True)
+class Figure:
+    src: str  # relative to the reports folder, where both index.html and README.md live
+    alt: str
+    caption: str | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    header: tuple[str, ...]
+    rows: tuple[tuple[Inline, ...], ...]
+
+
+@dataclass(frozen=True)
+class Preformatted:
+    text: str
+    language: str = ""
+
+
+Block = Heading | Para | Bullets | Figure | Table | Preformatted
+
+
+def _heading(level: int, *text: Inline) -> Heading:
+    return Heading(level, text)
+
+
+def _para(*text: Inline, note: bool = False) -> Para:
+    return Para(text, note)
+
+
+def _json(obj: Any) -> Preformatted:
+    return Preformatted(json.dumps(obj, indent=1, sort_keys=True), "json")
+
+
+def _html_inline(text: Spans) -> str:
+    out = []
+    for span in text:
+        if isinstance(span, Code):
+            out.append(f"<code>{html.escape(span.text)}</code>")
+        elif isinstance(span, Bold):
+            out.append(f"<b>{html.escape(span.text)}</b>")
+        elif isinstance(span, Link):
+            out.append(f"<a href='{html.escape(span.href)}'>{html.escape(span.text)}</a>")
+        else:
+            out.append(html.escape(span))
+    return "".join(out)
+
+
+def _html_block(block: Block) -> str:
+    match block:
+        case Heading(level, text):
+            return f"<h{level}>{_html_inline(text)}</h{level}>"
+        case Para(text, note):
+            return f"<p class='note'>{_html_inline(text)}</p>" if note else f"<p>{_html_inline(text)}</p>"
+        case Bullets(items):
+            return "<ul>" + "".join(f"<li>{_html_inline(item)}</li>" for item in items) + "</ul>"
+        case Figure(src, alt, caption):
+            tail = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+            return f"<figure><img src='{html.escape(src)}' alt='{html.escape(alt)}'>{tail}</figure>"
+        case Table(header, rows):
+            return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+                    + "".join("<tr>" + "".join(f"<td>{_html_inline((c,))}</td>" for c in row) + "</tr>" for row in rows)
+                    + "</table>")
+        case Preformatted(text):
+            return f"<pre>{html.escape(text)}</pre>"
+    raise TypeError(f"not a report block: {block!r}")
 
 
 STYLE = """
@@ -219,11 +265,157 @@ pre { background: #f6f6f6; padding: 0.6em; font-size: 0.8em; overflow-x: auto; }
 """
 
 
-def build_index(metrics_dir: Path = paths.METRICS, out_path: Path = paths.INDEX_HTML,
-                headline: str = "sparse+rg_vlm@1", split: str = "fresh", policy: str | None = None) -> str:
-    """Write ``index.html`` from the metrics files; returns the HTML. ``headline`` is the
-    fusion drawn in Figure 4 left and checked in the claims; ``split`` the split they use;
-    ``policy`` the evaluation policy of the figures and claims (default: the first evaluated)."""
+def render_html(title: str, blocks: list[Block]) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>rgvlm report: {html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>" + "".join(_html_block(b) for b in blocks) + "</body></html>\n")
+
+
+# Backslash-escaped so that prose never turns into emphasis, code, links, entities or HTML; "_" too,
+# unless it lies between two letters or digits (as in erl_vlm: GitHub never reads that as emphasis).
+# "|" is escaped in table cells only: there it separates columns, even inside code spans.
+_MARKDOWN_SPECIAL = re.compile(r"[\\`*~\[\]<&]|(?<![^\W_])_|_(?![^\W_])")
+# What opens a heading, quote, list or rule where a paragraph or list item starts.
+_MARKDOWN_BLOCK_START = re.compile(r"^(?:#{1,6}(?=\s|$)|>|[-+](?=\s|$)|-(?=-)|\d{1,9}(?=[.)](?:\s|$)))")
+
+
+def _md_escape(text: str) -> str:
+    return _MARKDOWN_SPECIAL.sub(lambda match: "\\" + match.group(0), text)
+
+
+def _md_block_start(line: str) -> str:
+    """A paragraph's or list item's Markdown, escaped where it would open another block."""
+    line = line.lstrip()  # four leading spaces would make a code block
+    start = _MARKDOWN_BLOCK_START.match(line)
+    if start:  # a list number is escaped at its "." or ")": digits cannot be
+        at = start.end() if line[0].isdigit() else 0
+        line = line[:at] + "\\" + line[at:]
+    return line
+
+
+def _md_code(text: str) -> str:
+    """A code span: fenced by more backticks than it holds, padded when CommonMark would trim it."""
+    runs = re.findall("`+", text)
+    fence = "`" * (max(map(len, runs), default=0) + 1)
+    pad = " " if runs or text[:1] == text[-1:] == " " else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _md_inline(text: Spans) -> str:
+    out = []
+    for span in text:
+        if isinstance(span, Code):
+            out.append(_md_code(span.text))
+        elif isinstance(span, Bold):
+            out.append(f"**{_md_escape(span.text)}**")
+        elif isinstance(span, Link):
+            out.append(f"[{_md_escape(span.text)}]({span.href})")
+        else:
+            out.append(_md_escape(span))
+    return "".join(out)
+
+
+def _md_block(block: Block) -> str:
+    match block:
+        case Heading(level, text):
+            line = _md_inline(text).lstrip()
+            if line.endswith("#") and not line.endswith("\\#"):  # else read as the heading's closing sequence
+                line = line[:-1] + "\\#"
+            return "#" * level + " " + line
+        case Para(text, note):
+            return ("> " if note else "") + _md_block_start(_md_inline(text))
+        case Bullets(items):
+            return "\n".join(f"- {_md_block_start(_md_inline(item))}" for item in items)
+        case Figure(src, alt, caption):
+            caption = (caption or "").strip()  # "* x *" would not be emphasis
+            return f"![{_md_escape(alt)}]({src})" + (f"\n\n*{_md_escape(caption)}*" if caption else "")
+        case Table(header, rows):
+            def line(cells: list[str]) -> str:
+                return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+            return "\n".join([line([_md_escape(h) for h in header]),
+                              line([":--", *["--:"] * (len(header) - 1)]),
+                              *(line([_md_inline((c,)) for c in row]) for row in rows)])
+        case Preformatted(text, language):
+            return f"```{language}\n{text}\n```"
+    raise TypeError(f"not a report block: {block!r}")
+
+
+def render_markdown(title: str, blocks: list[Block]) -> str:
+    # An HTML comment: GitHub hides it, and whoever opens the file to edit it reads where it comes from.
+    generated = "<!-- Generated by rgvlm/report.py (dvc stage `report`) from reports/metrics/, like index.html; do not edit. -->"
+    return "\n\n".join([generated, *(_md_block(b) for b in blocks)]) + "\n"
+
+
+def cost_table(metrics_dir: Path) -> Table | None:
+    """One row per labelling stage: LVLM calls, tokens, cache hits, time and estimated cost."""
+    keys = ("lvlm_calls", "cache_hits", "prompt_tokens", "completion_tokens", "reasks", "wall_time_s",
+            "estimated_cost_usd")
+    rows = []
+    for path in sorted(metrics_dir.glob("labeling_*.json")):
+        record = json.loads(path.read_text())
+        cost = record["cost"]
+        rows.append((Code(path.stem.removeprefix("labeling_")), lvlm_label(record["provenance"]),
+                     *(str(cost.get(k, "-")) for k in keys)))
+    return Table(("method", "labels by", *keys), tuple(rows)) if rows else None
+
+
+def critic_table(log: pd.DataFrame) -> Table | None:
+    """Per trained row: the critic diagnostic at the last probed update, mean [min, max] over seeds
+    (None when no diagnostic was logged)."""
+    from rgvlm.rl.diagnostics import DIAGNOSTIC_NAMES
+
+    names = [n for n in DIAGNOSTIC_NAMES if n in log]
+    probed = log.dropna(subset=names) if names else log.iloc[0:0]
+    if probed.empty:
+        return None
+    last = probed[probed["step"] == probed.groupby("method")["step"].transform("max")]
+    rows = []
+    for method in method_order(sorted(last["method"].unique())):
+        group = last[last["method"] == method]
+        rows.append((Code(method), str(int(group["step"].iloc[0])), str(len(group)),
+                     *(f"{group[n].mean():.3f} [{group[n].min():.3f}, {group[n].max():.3f}]" for n in names)))
+    return Table(("row", "update", "seeds", *names), tuple(rows))
+
+
+def _fmt_interval(mean: float, low: float, high: float) -> str:
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def results_table(summary: pd.DataFrame, metric: str) -> Table:
+    """Rows method x split, columns k; cells mean [95% interval]."""
+    ks = sorted(summary["k"].unique())
+    rows = []
+    for split in [s for s in SPLIT_TITLES if s in set(summary["split"])]:
+        for method in method_order(sorted(summary["method"].unique())):
+            cells = []
+            for k in ks:
+                r = _cell(summary, method, split, k, metric)
+                cells.append("-" if r is None else
+                             _fmt_interval(r[f"{metric}_mean"], r[f"{metric}_low"], r[f"{metric}_high"]))
+            rows.append((Code(method), split, *cells))
+    return Table(("reward", "split", *(f"k={k}" for k in ks)), tuple(rows))
+
+
+def _fmt_number(value: Any) -> str:
+    """A dataset card value: integers as they are, fractions to 4 decimals without trailing zeros."""
+    if isinstance(value, float) and not value.is_integer():
+        return f"{round(value, 4):g}"
+    return str(int(value)) if isinstance(value, float) else str(value)
+
+
+def _card_table(card: dict[str, Any]) -> Table:
+    columns = ("k", "episodes", "transitions", "mean_length", "success_rate", "mean_completion",
+               "share_expert", "share_noisy", "share_partial", "success_expert", "success_noisy", "success_partial")
+    present = tuple(c for c in columns if any(c in row for row in card["per_k"]))
+    return Table(present, tuple(tuple(_fmt_number(row.get(c, "-")) for c in present) for row in card["per_k"]))
+
+
+def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.REPORTS,
+                  headline: str = "sparse+rg_vlm@1", split: str = "fresh",
+                  policy: str | None = None) -> tuple[str, list[Block]]:
+    """The report's title and blocks, read from the metrics files under ``metrics_dir`` and the
+    figures, tuning results and notebooks under ``reports_dir``. ``headline`` is the fusion drawn
+    in Figure 4 left and checked in the claims; ``split`` the split they use; ``policy`` the
+    evaluation policy of the figures and claims (default: the first evaluated)."""
     evaluation = json.loads((metrics_dir / "evaluation.json").read_text())
     card = json.loads((metrics_dir / "dataset.json").read_text())
     all_policies = pd.DataFrame(evaluation["summary"])
@@ -232,95 +424,100 @@ def build_index(metrics_dir: Path = paths.METRICS, out_path: Path = paths.INDEX_
     summary = all_policies[all_policies["policy"] == policy] if "policy" in all_policies else all_policies
     methods = evaluation["provenance"]["reward_methods"]
     title = provenance_title(methods)
-    figures = sorted(p.name for p in (out_path.parent / "figures").glob("*.png"))
-    scripted = any(lvlm_label(p).startswith("scripted") for p in methods.values())
-    notebooks = sorted(p.name for p in (out_path.parent / "notebooks").glob("*.html"))
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>rgvlm report: {html.escape(title)}</title>",
-        f"<style>{STYLE}</style></head><body>",
-        f"<h1>rgvlm report</h1><p><b>{html.escape(title)}</b></p>",
-    ]
-    if scripted:
-        parts.append("<p class='note'>Labels made by the <b>scripted annotator</b>: answers computed from the "
-                     "dataset's privileged ground truth with configured noise. It is not an LVLM.</p>")
+    figures = sorted(p.name for p in (reports_dir / "figures").glob("*.png"))
+    notebooks = sorted(p.name for p in (reports_dir / "notebooks").glob("*.html"))
+    blocks: list[Block] = [_heading(1, "rgvlm report"), _para(Bold(title))]
+    if any(lvlm_label(p).startswith("scripted") for p in methods.values()):
+        blocks.append(_para("Labels made by the ", Bold("scripted annotator"), ": answers computed from the "
+                            "dataset's privileged ground truth with configured noise. It is not an LVLM.", note=True))
     first = [f for f in ("fig4_left.png", "fig4_right.png", "generalisation.png") if f in figures]
-    for name in first + [f for f in figures if f not in first]:
-        parts.append(f"<figure><img src='figures/{name}' alt='{name}'><figcaption>{name}</figcaption></figure>")
+    blocks += [Figure(f"figures/{name}", name, name) for name in first + [f for f in figures if f not in first]]
     described = evaluation["provenance"].get("policies", {policy: policy})
-    parts.append(f"<p>Figures and the claims below use the <b>{html.escape(policy)}</b> evaluation policy "
-                 f"({html.escape(described.get(policy, policy))}); the tables show every evaluated policy.</p>")
+    blocks.append(_para("Figures and the claims below use the ", Bold(policy), f" evaluation policy "
+                        f"({described.get(policy, policy)}); the tables show every evaluated policy."))
     claims = story(summary, headline, split)
     if claims:
-        parts.append(f"<h2>Does the paper's story hold here? ({html.escape(policy)} policy)</h2><ul>"
-                     + "".join(f"<li>{html.escape(line)}</li>" for line in claims) + "</ul>")
+        blocks += [_heading(2, f"Does the paper's story hold here? ({policy} policy)"),
+                   Bullets(tuple((line,) for line in claims))]
     baselines = evaluation["provenance"].get("baselines", {})
     if baselines:
-        parts.append("<p>Baselines trained in the same stack, with the same networks: " + "; ".join(
-            f"<b>{html.escape(n)}</b>: {html.escape(d)}" for n, d in baselines.items()) + ".</p>")
+        described_baselines: list[Inline] = []
+        for name, description in baselines.items():
+            described_baselines += ["; " if described_baselines else "", Bold(name), f": {description}"]
+        blocks.append(_para("Baselines that use no reward model (the same stack and networks as IQL, or the d3rlpy "
+                            "peer library): ", *described_baselines, "."))
     for name in policies if "policy" in all_policies else [None]:
         rows = all_policies if name is None else all_policies[all_policies["policy"] == name]
         label = "" if name is None else f" — {name} policy ({described.get(name, name)})"
         for metric in ("completion", "success"):
-            parts.append(f"<h2>{METRIC_LABELS[metric].capitalize()}{html.escape(label)}: mean over training seeds "
-                         "[95% bootstrap interval over seeds and episodes]</h2>")
-            parts.append(results_table(rows, metric))
+            blocks += [_heading(2, f"{METRIC_LABELS[metric].capitalize()}{label}: mean over training seeds "
+                                   "[95% bootstrap interval over seeds and episodes]"),
+                       results_table(rows, metric)]
     seeds = sorted(summary["num_seeds"].unique()) if not summary.empty else [0]
     episodes = int((summary["num_episodes"] / summary["num_seeds"]).max()) if not summary.empty else 0
-    parts.append(f"<p>{' or '.join(map(str, seeds))} training seeds per row; up to {episodes} evaluation episodes per "
-                 "(run, split, k). Source: <code>reports/metrics/evaluation.json</code>.</p>")
-    sweep_path = out_path.parent / "tuning" / "noise_sweep.json"
+    blocks.append(_para(f"{' or '.join(map(str, seeds))} training seeds per row; up to {episodes} evaluation "
+                        "episodes per (run, split, k). Source: ", Code("reports/metrics/evaluation.json"), "."))
+    sweep_path = reports_dir / "tuning" / "noise_sweep.json"
     if sweep_path.exists():
         sweep = json.loads(sweep_path.read_text())
-        parts.append("<h2>Label noise -> policy (how good must labels be?)</h2>"
-                     "<p>RG-VLM and Sparse + RG-VLM trained on labels of the scripted annotator (not an LVLM) at "
-                     "several noise levels; label quality per level: " + "; ".join(
-                         f"{html.escape(q['level'])}: AUROC {q['auroc_completion']:.3f}, Spearman "
-                         f"{q['spearman_progress']:.3f}" for q in sweep["label_quality"])
-                     + f". Made by <code>{html.escape(sweep['command'])}</code> "
-                       "(<code>reports/tuning/noise_sweep.json</code>; outside <code>dvc repro</code>: it "
-                       "trains as many runs again).</p><figure><img src='tuning/noise_sweep.png' "
-                       "alt='noise sweep'></figure>")
+        levels = "; ".join(f"{q['level']}: AUROC {q['auroc_completion']:.3f}, Spearman {q['spearman_progress']:.3f}"
+                           for q in sweep["label_quality"])
+        blocks += [_heading(2, "Label noise -> policy (how good must labels be?)"),
+                   _para("RG-VLM and Sparse + RG-VLM trained on labels of the scripted annotator (not an LVLM) at "
+                         f"several noise levels; label quality per level: {levels}. Made by ", Code(sweep["command"]),
+                         " (", Code("reports/tuning/noise_sweep.json"), "; outside ", Code("dvc repro"),
+                         ": it trains as many runs again)."),
+                   Figure("tuning/noise_sweep.png", "noise sweep")]
     training_path = metrics_dir / "training.csv"
     if training_path.exists():
-        parts.append("<h2>Did each critic learn? (held-out episodes, last probe)</h2>"
-                     + critic_table(pd.read_csv(training_path))
-                     + "<p><code>v_return_corr</code>: correlation of V(s) with the Monte-Carlo discounted return of "
-                       "the row's own reward on episodes held out from training (about 0: the critic learned "
-                       "nothing); <code>v_return_corr_success</code>: the same on the held-out episodes that "
-                       "succeeded, where the data's return is near the best one that IQL's V estimates (a fitted "
-                       "critic scores near 1 there). <code>adv_weight_gt2</code> / <code>adv_weight_p90</code>: share of advantage "
-                       "weights exp(beta A) above 2, and their 90th percentile (all about 1: IQL's policy step is "
-                       "behaviour cloning). BC rows' critics train on the sparse reward and do not steer their "
-                       "policies. Source: <code>reports/metrics/training.csv</code>.</p>")
+        critic = critic_table(pd.read_csv(training_path))
+        blocks += [_heading(2, "Did each critic learn? (held-out episodes, last probe)"),
+                   critic or _para("No critic diagnostic was logged (train.holdout_fraction is 0)."),
+                   _para(Code("v_return_corr"), ": correlation of V(s) with the Monte-Carlo discounted return of the "
+                         "row's own reward on episodes held out from training (about 0: the critic learned nothing); ",
+                         Code("v_return_corr_success"), ": the same on the held-out episodes that succeeded, where "
+                         "the data's return is near the best one that IQL's V estimates (a fitted critic scores near "
+                         "1 there). ", Code("adv_weight_gt2"), " / ", Code("adv_weight_p90"), ": share of advantage "
+                         "weights exp(beta A) above 2, and their 90th percentile (all about 1: IQL's policy step is "
+                         "behaviour cloning). BC rows' critics train on the sparse reward and do not steer their "
+                         "policies. Source: ", Code("reports/metrics/training.csv"), ".")]
     quality_path = metrics_dir / "label_quality.json"
     if quality_path.exists():
         quality = json.loads(quality_path.read_text())
-        parts.append("<h2>Label quality: agreement with the privileged ground truth</h2>")
-        parts.append("<table><tr><th>reward</th><th>labels by</th><th>Spearman with progress</th>"
-                     "<th>AUROC (step completed a sub-task)</th></tr>" + "".join(
-            f"<tr><td>{html.escape(m)}</td><td>{html.escape(lvlm_label(quality[m]['provenance']))}</td>"
-            f"<td>{quality[m]['spearman_progress']:.3f}</td><td>{quality[m]['auroc_completion']:.3f}</td></tr>"
-            for m in method_order(list(quality))) + "</table>")
+        blocks += [_heading(2, "Label quality: agreement with the privileged ground truth"),
+                   Table(("reward", "labels by", "Spearman with progress", "AUROC (step completed a sub-task)"),
+                         tuple((Code(m), lvlm_label(quality[m]["provenance"]), f"{quality[m]['spearman_progress']:.3f}",
+                                f"{quality[m]['auroc_completion']:.3f}") for m in method_order(list(quality))))]
     costs = cost_table(metrics_dir)
     if costs:
-        parts.append("<h2>Labelling cost per method</h2>" + costs
-                     + "<p>Sources: <code>reports/metrics/labeling_*.json</code>. Calls are the queries sent to the "
-                       "backend in this run; cache hits were answered from <code>outputs/lvlm_cache/</code>.</p>")
-    parts.append("<h2>Provenance</h2><h3>Reward methods</h3>")
-    parts.append("<table><tr><th>reward</th><th>labels by</th><th>source</th></tr>" + "".join(
-        f"<tr><td>{html.escape(m)}</td><td>{html.escape(lvlm_label(methods[m]))}</td>"
-        f"<td>{html.escape(str(methods[m].get('source', methods[m].get('method', ''))))}</td></tr>"
-        for m in method_order(list(methods))) + "</table>")
-    parts.append("<h3>Training and evaluation parameters</h3>")
-    parts.append(_json_block({k: v for k, v in evaluation["provenance"].items() if k != "reward_methods"}))
-    parts.append(f"<h2>Dataset card</h2><p>{card['episodes']} episodes, {card['transitions']} transitions, "
-                 f"{card['distinct_missions']} distinct missions, overall success {card['success_rate']:.3f}.</p>")
-    parts.append(_card_table(card))
-    parts.append(_json_block(card["parameters"]))
+        blocks += [_heading(2, "Labelling cost per method"), costs,
+                   _para("Sources: ", Code("reports/metrics/labeling_*.json"), ". Calls are the queries sent to the "
+                         "backend in this run; cache hits were answered from ", Code("outputs/lvlm_cache/"), ".")]
+    ordered = method_order(list(methods))
+    blocks += [_heading(2, "Provenance"), _heading(3, "Reward methods"),
+               Table(("reward", "labels by", "source"),
+                     tuple((Code(m), lvlm_label(methods[m]), str(methods[m].get("source", methods[m].get("method", ""))))
+                           for m in ordered)),
+               _heading(3, "Reward-method parameters (the LVLM's settings included)"),
+               _json({m: {k: v for k, v in methods[m].items() if k != "source"} for m in ordered}),
+               _heading(3, "Training and evaluation parameters"),
+               _json({k: v for k, v in evaluation["provenance"].items() if k != "reward_methods"}),
+               _heading(2, "Dataset card"),
+               _para(f"{card['episodes']} episodes, {card['transitions']} transitions, {card['distinct_missions']} "
+                     f"distinct missions, overall success {card['success_rate']:.3f}."),
+               _card_table(card), _json(card["parameters"])]
     if notebooks:
-        parts.append("<h2>Stage notebooks (executed)</h2><ul>" + "".join(
-            f"<li><a href='notebooks/{n}'>{n}</a></li>" for n in notebooks) + "</ul>")
-    parts.append("</body></html>\n")
-    text = "".join(parts)
-    write_bytes_atomic(out_path, text.encode("utf-8"))
-    return text
+        blocks += [_heading(2, "Stage notebooks (executed)"),
+                   Bullets(tuple((Link(n, f"notebooks/{n}"),) for n in notebooks))]
+    return title, blocks
+
+
+def build_report(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.REPORTS,
+                 headline: str = "sparse+rg_vlm@1", split: str = "fresh", policy: str | None = None) -> tuple[str, str]:
+    """Write ``index.html`` and ``README.md`` into ``reports_dir``, both rendered from the same
+    blocks (:func:`report_blocks`); returns their texts (HTML, Markdown)."""
+    title, blocks = report_blocks(metrics_dir, reports_dir, headline, split, policy)
+    page, markdown = render_html(title, blocks), render_markdown(title, blocks)
+    write_bytes_atomic(reports_dir / "index.html", page.encode("utf-8"))
+    write_bytes_atomic(reports_dir / "README.md", markdown.encode("utf-8"))
+    return page, markdown

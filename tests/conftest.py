@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+pytest.register_assert_rewrite("tests.report_pages")  # its asserts show what differs
+
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -35,3 +37,28 @@ def build_dataset(directory, raw=None):
 def tiny_dataset(tmp_path_factory):
     """18 episodes, k = 1..3, every kind of the mixture."""
     return build_dataset(tmp_path_factory.mktemp("tiny-data"))
+
+
+@pytest.fixture(scope="session")
+def rendered_report(tmp_path_factory):
+    """``index.html`` and ``README.md`` rendered by rgvlm.report from the committed metrics into a
+    fresh folder, beside copies of the committed figures and noise-sweep result (the report stage
+    draws those; copied here so that no pipeline has to run)."""
+    import shutil
+    from pathlib import Path
+
+    from rgvlm.params import load_params
+    from rgvlm.report import build_report
+    from rgvlm.rewards import fused_name
+
+    root = Path(__file__).resolve().parent.parent
+    reports = root / "reports"
+    out = tmp_path_factory.mktemp("report")
+    shutil.copytree(reports / "figures", out / "figures")
+    (out / "tuning").mkdir()
+    for name in ("noise_sweep.json", "noise_sweep.png"):
+        shutil.copy2(reports / "tuning" / name, out / "tuning" / name)
+    report = load_params(root / "params.yaml")["report"]
+    build_report(reports / "metrics", out, headline=fused_name("rg_vlm", float(report["headline_lambda"])),
+                 split=report["split"], policy=report["policy"])
+    return out

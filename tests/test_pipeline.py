@@ -16,6 +16,7 @@ import yaml
 
 from rgvlm.rewards.registry import LABELLED_METHODS as LABELLED
 from rgvlm.rewards.registry import METHODS
+from tests.report_pages import assert_same_report
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("dataset_card", *(f"label@{m}" for m in LABELLED), "rewards", "train", "peer", "evaluate", "report")
@@ -101,6 +102,8 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
             continue
         assert labeling["provenance"]["lvlm"]["backend"] == "scripted" and labeling["cost"]["lvlm_calls"] > 0, method
     assert "Labelling cost per method" in index and "Does the paper" in index
+    # The same report in Markdown, for a repository browser: the same text, tables and figures.
+    assert_same_report(index, (dst / "reports" / "README.md").read_text())
     quality = json.loads((dst / "reports" / "metrics" / "label_quality.json").read_text())
     assert quality["oracle"]["auroc_completion"] == 1.0 and 0.5 < quality["rg_vlm"]["auroc_completion"] <= 1.0
     assert set(LABELLED) <= set(quality)

@@ -1,0 +1,63 @@
+"""reports/README.md is the same report as reports/index.html: both are rendered from one list of
+blocks (rgvlm.report), so a repository browser shows the same text, tables and figures. Each
+Markdown file is read back through a CommonMark parser with GitHub's tables, and what a reader
+would see is compared with what the HTML shows (tests/report_pages.py)."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from rgvlm.report import Bullets, Code, Figure, Heading, Para, Table, render_html, render_markdown
+from tests.report_pages import assert_same_report
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_shows_what_index_html_shows(rendered_report):
+    page, readme = assert_same_report((rendered_report / "index.html").read_text(),
+                                      (rendered_report / "README.md").read_text())
+    # Every number of Figure 4's tables, as the metrics hold it, and every figure, linked relatively.
+    cells = {cell for table in readme.tables for row in table for cell in row}
+    evaluation = json.loads((ROOT / "reports" / "metrics" / "evaluation.json").read_text())
+    for row in evaluation["summary"]:
+        for metric in ("completion", "success"):
+            assert f"{row[f'{metric}_mean']:.3f} [{row[f'{metric}_low']:.3f}, {row[f'{metric}_high']:.3f}]" in cells
+    figures = sorted(f"figures/{p.name}" for p in (rendered_report / "figures").glob("*.png"))
+    assert sorted(readme.images) == sorted([*figures, "tuning/noise_sweep.png"])
+    assert all((rendered_report / src).is_file() for src in readme.images)
+    assert {"sparse", "rg_vlm", "bc", "bc_success", "d3rlpy_bc", "d3rlpy_cql", "oracle"} <= {
+        row[0] for row in readme.tables[0][1:]}  # the baselines' and the d3rlpy peer's rows too
+    headings = [line for line in (rendered_report / "README.md").read_text().splitlines() if line.startswith("#")]
+    for wanted in ("Label quality", "Labelling cost", "Did each critic learn", "Provenance", "Dataset card",
+                   "Reward-method parameters", "Training and evaluation parameters"):
+        assert any(wanted in h for h in headings), wanted
+    assert "scripted annotator (privileged ground truth + noise; not an LVLM)" in readme.text
+
+
+def test_the_committed_readme_is_the_committed_index_html():
+    assert_same_report((ROOT / "reports" / "index.html").read_text(), (ROOT / "reports" / "README.md").read_text())
+
+
+TEXT = st.text(string.ascii_letters + string.digits + string.punctuation + " ", min_size=1, max_size=24)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=TEXT, code=TEXT)
+@example(text="1. a list?", code="a|b")
+@example(text="# a heading? #", code="`tick`")
+@example(text="- an item?", code=" x ")
+@example(text="---", code="__init__")
+@example(text="> a quote?", code="*")
+@example(text="    code block?", code="0")
+@example(text="sparse+rg_vlm@0.5 _x_ *y* [l](u) <b> &amp; ~~s~~", code="sparse+rg_vlm@0.5")
+def test_any_text_reads_the_same_in_markdown_and_html(text, code):
+    """Markdown's punctuation in a method name or a description (``*``, ``_``, ``|``, ``#``, ``[``,
+    ``1.`` ...) never turns into emphasis, links, lists or extra table columns."""
+    blocks = [Heading(2, (text,)), Para((text, Code(code), text)), Para((text,), note=True), Bullets(((text,),)),
+              Table((text, "k=1"), ((Code(code), text), (text, code))), Figure("figures/a.png", text, text)]
+    assert_same_report(render_html("title", blocks), render_markdown("title", blocks))
