@@ -253,3 +253,40 @@ def test_missing_files_are_named(root, tmp_path):
         import_alfred([CLOCK], DATASET, root=root)
     assert not (root / "alfred" / "bad-v0").exists()
     assert not [p.name for p in root.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:env_spec is None:UserWarning")
+def test_the_frames_reach_a_real_model(imported, root, tmp_path, monkeypatch):
+    """The transformers backend on a tiny random LLaVA built offline: the scripted annotator reads
+    no frames, so here the stored ALFRED frames go into a real model (its answers are noise, so
+    windows may fall back)."""
+    from rgvlm.data.frames import StoredFrames
+    from rgvlm.relabel import relabel
+    from rgvlm.testing.tiny_models import build_tiny_vlm
+
+    shown = []
+    original = StoredFrames.frames
+
+    def spy(self, episode, times, tile_size):
+        frames = original(self, episode, times, tile_size)
+        shown.append((episode, list(times), frames))
+        return frames
+
+    monkeypatch.setattr(StoredFrames, "frames", spy)
+    model = build_tiny_vlm("llava", tmp_path / "tiny-llava")
+    params = {
+        "labeling": {"backend": "transformers", "model": str(model), "device": "cpu", "batch_size": 4,
+                     "max_failure_rate": 1.0},
+        "rg_vlm": {"window_length": 4, "window_stride": 4, "frame_stride": 2, "max_reasks": 0,
+                   "stage1_max_new_tokens": 4, "stage2_max_new_tokens": 4},
+    }
+    summary = relabel(DATASET, "rg_vlm", params, "alfred/fixture-tiny-v0", root=root, out_dir=tmp_path / "run",
+                      cache_dir=tmp_path / "cache")
+    cost = summary["cost"]
+    assert cost["lvlm_calls"] + cost["cache_hits"] == 2 * cost["windows"] and cost["prompt_tokens"] > 0
+    assert summary["provenance"]["lvlm"]["backend"] == "transformers"
+    assert sorted(e for e, _, _ in shown) == [0, 1]  # each episode's frames read once
+    for episode, times, frames in shown:
+        assert times == sorted({0, 2, 4, 6, 8, 10, 11} if episode == 0 else {0, 2, 4, 6, 7})
+        np.testing.assert_array_equal(frames, expected_frames((APPLE, CLOCK)[episode])[times])
