@@ -215,6 +215,7 @@ def descs_short(data):
     (frames_short, [], r"'images' has frames for 6 of the 7 low actions \(none for low_idx \[6\]\)"),
     (None, ["--annotation", "2"], r"annotation 2 asked, the trajectory has 2 \(indices 0\.\.1\)"),
     (descs_short, [], r"annotation 0 has 3 high_descs for 4 sub-goals.*--subtasks plan"),
+    (lambda data: data.pop("plan"), [], r"no 'plan'; expected .*test splits ship no plan"),  # a test split's
 ])
 def test_bad_trajectories_fail_before_any_frame_is_read(edit, args, message, root, tmp_path, capsys):
     bad = broken_copy(tmp_path, CLOCK, edit or (lambda data: None))
