@@ -110,11 +110,13 @@ def relabel(source: str | Path, method_name: str, params: dict[str, Any], output
     rewards = quantise_rewards(result.rewards)  # the same bytes as the reward file beside it
     save_rewards(out_dir, result)
     buffers, extras = relabelled_buffers(mdataset, rewards, dataset.episode_steps)
+    # The source's own action words travel with it (rgvlm.data.foreign reads them).
+    carried = {key: mdataset.storage.metadata[key] for key in ("action_names",) if key in mdataset.storage.metadata}
     write_minari(
         output_id, buffers, env=spec, observation_space=mdataset.observation_space,
         action_space=mdataset.action_space, root=root, overwrite=overwrite, episode_metadata=extras,
         extra_metadata={"rgvlm_relabel": {"source": mdataset.spec.dataset_id, "method": method.name,
-                                          "lvlm": result.provenance.get("lvlm")}},
+                                          "lvlm": result.provenance.get("lvlm")}, **carried},
         description=(f"{mdataset.spec.dataset_id} relabelled by rgvlm with the reward method {method.name!r} "
                      f"({(result.provenance.get('lvlm') or {}).get('backend', 'no LVLM')}); everything else as in the source."),
         algorithm_name=mdataset.storage.metadata.get("algorithm_name"),

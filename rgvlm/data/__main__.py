@@ -1,6 +1,9 @@
 """``python -m rgvlm.data collect``: build ``data/`` from ``params.yaml``.
 ``python -m rgvlm.data export-minari``: write ``data/`` (optionally with a reward set of
 ``outputs/rewards/`` in place of the sparse reward) as a Minari dataset.
+``python -m rgvlm.data import-alfred TRAJ_DIR [TRAJ_DIR ...]``: ALFRED trajectories
+(``traj_data.json`` and their frames) as a Minari dataset that ``python -m rgvlm.relabel`` labels
+(:mod:`rgvlm.data.alfred`).
 
 The parameters are checked before any episode is collected. The result is byte-identical
 for the same parameters, so a rebuilt ``data/`` matches ``data.dvc``.
@@ -38,9 +41,23 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--root", default=None,
                         help="Minari root (default: $MINARI_DATASETS_PATH, else ~/.minari/datasets)")
     export.add_argument("--force", action="store_true", help="replace a dataset of that id")
+    alfred = sub.add_parser("import-alfred", help="write ALFRED trajectories (traj_data.json + frames) as a Minari dataset")
+    alfred.add_argument("trajectories", nargs="+", metavar="TRAJ_DIR",
+                        help="ALFRED trajectory directories (each with traj_data.json and its frame folder)")
+    alfred.add_argument("--id", default="alfred/expert-v0", dest="dataset_id", help="Minari dataset id (default: alfred/expert-v0)")
+    alfred.add_argument("--root", default=None,
+                        help="Minari root (default: $MINARI_DATASETS_PATH, else ~/.minari/datasets)")
+    alfred.add_argument("--annotation", type=int, default=0,
+                        help="which language annotation (turk_annotations.anns index) gives the mission (default: 0)")
+    alfred.add_argument("--subtasks", choices=("annotation", "plan"), default="annotation",
+                        help="word the sub-goals by the annotation's high_descs (default) or by the plan's actions")
+    alfred.add_argument("--frames-dir", default="raw_images", help="the frame folder of each trajectory (default: raw_images)")
+    alfred.add_argument("--force", action="store_true", help="replace a dataset of that id")
     args = parser.parse_args(argv)
     if args.command == "export-minari":
         return export_minari_command(args)
+    if args.command == "import-alfred":
+        return import_alfred_command(args)
 
     params = load_params(args.params)
     env_cfg = env_config(params.get("env", {}))
@@ -90,6 +107,24 @@ def export_minari_command(args: argparse.Namespace) -> int:
     print(f"exported {made.total_episodes} episodes, {made.total_steps} transitions "
           f"(rewards: {args.rewards or 'sparse'}) as Minari dataset {dataset_id} at {target} "
           f"in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
+def import_alfred_command(args: argparse.Namespace) -> int:
+    """``import-alfred``: every trajectory is checked before the first frame is decoded."""
+    from rgvlm.data.alfred import import_alfred
+    from rgvlm.data.minari_store import minari_root
+
+    started = time.perf_counter()
+    try:
+        made = import_alfred(args.trajectories, args.dataset_id, root=args.root, overwrite=args.force,
+                             annotation=args.annotation, subtasks=args.subtasks, frames_dir=args.frames_dir)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:  # bad input: the message says what to fix
+        print(f"python -m rgvlm.data import-alfred: {error}", file=sys.stderr)
+        return 2
+    print(f"imported {made.total_episodes} ALFRED trajectories, {made.total_steps} low-level actions as Minari "
+          f"dataset {args.dataset_id} at {minari_root(args.root) / args.dataset_id} in "
+          f"{time.perf_counter() - started:.1f}s; label it with python -m rgvlm.relabel {args.dataset_id} ...")
     return 0
 
 

@@ -7,9 +7,11 @@ The labelling methods read an :class:`~rgvlm.data.storage.OfflineDataset`: the e
 - ``frames``: where the frames come from (:mod:`rgvlm.data.frames`): the episode replayed
   through ``recover_environment()`` when the observations are not images, else the image
   observations themselves;
-- ``action_names``: the words the prompts use for each action (MiniGrid's names for a MiniGrid
-  level, the suite's for the suite, ``get_action_meanings()`` where an environment has it,
-  else ``action <i>``);
+- ``action_names``: the words the prompts use for each action (given; else the dataset's own,
+  its metadata ``action_names``; else MiniGrid's names for a MiniGrid level, the suite's for the
+  suite, ``get_action_meanings()`` where an environment has it, else ``action <i>``);
+- sub-tasks: an episode's metadata ``subtasks`` (a list of texts, e.g. an ALFRED import's
+  sub-goals) where there is one, else the suite's mission clauses, else the mission as one;
 - ground truth, for the scripted annotator and label quality only: the ``progress`` info where
   the episodes carry one (the suite's environment does), else success, read as one sub-task
   (the mission) completed at a terminating step with a positive reward. For a single-goal level
@@ -133,6 +135,11 @@ def from_minari(mdataset, frames: str = "auto", mission: str | None = None,
     frame_kind, frame_key = resolve_frames(frames, space, spec is not None)
     if action_names is not None and len(action_names) != n_actions:
         raise ValueError(f"action_names: {len(action_names)} names given, the action space has {n_actions} actions")
+    if action_names is None and mdataset.storage.metadata.get("action_names") is not None:
+        action_names = tuple(str(a) for a in mdataset.storage.metadata["action_names"])
+        if len(action_names) != n_actions:
+            raise ValueError(f"{name}: its metadata 'action_names' has {len(action_names)} words, the action space "
+                             f"{n_actions} actions")
     metas = episode_metadata(mdataset)
     if frame_kind == "replay":
         unseeded = [int(m.get("id", i)) for i, m in enumerate(metas) if m.get("seed") is None]
@@ -158,7 +165,14 @@ def from_minari(mdataset, frames: str = "auto", mission: str | None = None,
         else:
             truth = "success (a terminating step with a positive reward completes the mission)"
             steps_progress = np.cumsum(done & (np.asarray(episode.rewards) > 0)).clip(max=1)
-        subtasks = text.split(SUBTASK_SEPARATOR) if suite else [text]
+        named = metas[i].get("subtasks")
+        if named is not None:  # the dataset names each episode's sub-tasks (e.g. an ALFRED import)
+            subtasks = [str(s) for s in named]
+            if int(steps_progress.max(initial=0)) > len(subtasks):
+                raise ValueError(f"{name}: episode {episode.id} names {len(subtasks)} sub-tasks (metadata 'subtasks') "
+                                 f"but its progress info reaches {int(steps_progress.max())}")
+        else:
+            subtasks = text.split(SUBTASK_SEPARATOR) if suite else [text]
         if int(steps_progress.max(initial=0)) > len(subtasks):
             subtasks = [text] * int(steps_progress.max())  # more completions than clauses: name the mission each time
         k = len(subtasks)
