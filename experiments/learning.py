@@ -17,6 +17,7 @@ logged at every evaluation. Writes ``reports/tuning/<name>.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -40,9 +41,10 @@ from rgvlm.evaluation import EvalEpisode, rollout, summarize  # noqa: E402
 from rgvlm.params import EnvConfig, load_params, train_config  # noqa: E402
 from rgvlm.rewards import oracle_rewards, sparse_rewards  # noqa: E402
 from rgvlm.rl.diagnostics import CriticProbe, holdout_mask  # noqa: E402
+from rgvlm.rl.iql import save_state_atomic  # noqa: E402
 from rgvlm.rl.missions import mission_embedder  # noqa: E402
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy  # noqa: E402
-from rgvlm.rl.runs import iql_config_for, scale_rewards  # noqa: E402
+from rgvlm.rl.runs import iql_config_for, run_paths, scale_rewards  # noqa: E402
 
 
 def parse_overrides(text: str) -> dict:
@@ -72,6 +74,16 @@ def build_dataset(env: dict, dataset: dict) -> Path:
     return out
 
 
+def save_runs(models_dir: Path, trainer: MultiRunIQL, runs: list[tuple[str, int]], config, data_dir: Path) -> None:
+    """Every run's final state as the pipeline's train stage exports it, plus a ``runs.json``
+    naming the runs, their IQL config and the dataset they were trained on."""
+    for r, (name, seed) in enumerate(runs):
+        checkpoint, _, _ = run_paths(models_dir, name, seed)
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        save_state_atomic(trainer.run_state(r), checkpoint)
+    write_json_atomic(models_dir / "runs.json", {"runs": runs, "iql": dataclasses.asdict(config), "data": str(data_dir)})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True, help="output name under reports/tuning/")
@@ -86,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=30, help="validation episodes per k")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0],
                         help="of the sampled evaluations (policy 'sampled' at 1.0, 'sampled@T' otherwise)")
+    parser.add_argument("--save-models", type=Path, default=None,
+                        help="write every run's final networks to DIR/<variant>/ in the pipeline's layout "
+                             "(for experiments/action_ranking.py)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -137,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(pd.DataFrame(diagnostics[-len(runs):]).groupby("method")[list(probed)].mean().round(3).to_string(),
                       flush=True)
         timings[variant] = round(time.perf_counter() - started, 1)
+        if args.save_models is not None:
+            save_runs(args.save_models / variant, trainer, runs, config, data_dir)
     frame = pd.DataFrame(records)
     tables = []
     for (variant, updates, policy), group in frame.groupby(["variant", "updates", "policy"]):

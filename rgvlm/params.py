@@ -155,6 +155,7 @@ STATE_ENCODERS = ("grid", "entities")
 GROUNDINGS = ("attention", "lexical")
 #: How a reward set is scaled before training (see :func:`rgvlm.rl.runs.scale_rewards`).
 REWARD_SCALES = ("none", "return_range")
+ADVANTAGES = ("q", "td")  # rgvlm.rl.iql.advantages
 #: Values per clause of each mission encoder's embedding (rgvlm.rl.missions): the clause word
 #: codes (a one-hot word per position) and all-MiniLM-L6-v2's sentence vector. The order is
 #: MISSION_ENCODERS'. ``train.mission_embed_dim`` follows ``train.mission_encoder``.
@@ -200,6 +201,9 @@ class IQLConfig(Config):
     grounding: str = param("attention", choices=GROUNDINGS)  # entities encoder: "attention" | "lexical"
     mission_encoder: str = param("minilm", choices=tuple(MISSION_ENCODER_DIMS))  # "minilm" sentence vectors | "tokens" clause word codes
     adv_normalise: bool = False  # divide advantages by their batch std before exp(beta * A)
+    # What the policy step weights actions by (rgvlm.rl.iql.advantages): "q" = Q(s, a) - V(s) (the IQL
+    # paper), "td" = the transition's own (n-step) TD error r + gamma^m V(s') - V(s), which needs only V.
+    advantage: str = param("q", choices=ADVANTAGES)
     # One encoder: the critic and value heads read the policy encoder's state features, detached
     # (the encoder is trained by the policy loss alone); False = each network its own encoder.
     shared_encoder: bool = False

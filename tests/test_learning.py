@@ -11,7 +11,7 @@ import torch
 from rgvlm.evaluation import bootstrap_interval, evaluate_policies, evaluation_episodes, summarize
 from rgvlm.params import EnvConfig, ParamError, train_config
 from rgvlm.rl.diagnostics import CriticProbe, discounted_returns, holdout_mask
-from rgvlm.rl.iql import IQLConfig, IQLLearner, TransitionBatch, advantage_weights, encoder_spec
+from rgvlm.rl.iql import IQLConfig, IQLLearner, TransitionBatch, advantage_weights, advantages, encoder_spec
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy
 from rgvlm.rl.networks import EntityStateEncoder
 from rgvlm.rl.runs import baseline_weights, iql_config_for, scale_rewards, train_runs
@@ -182,11 +182,12 @@ def test_n_step_transitions_by_hand(inputs):
         DeviceTransitions(data, [rewards["a"]], table, "cpu", n_step=n)
 
 
-def test_n_step_stack_follows_eager_learners_and_checks_its_data(inputs):
-    """The stack's n-step update = an eager learner fed the same n-step batches (discounts included);
-    transitions built for another n_step are refused before any update."""
+@pytest.mark.parametrize("advantage", ["q", "td"])
+def test_n_step_stack_follows_eager_learners_and_checks_its_data(inputs, advantage):
+    """The stack's n-step update = an eager learner fed the same n-step batches (discounts included),
+    with either advantage; transitions built for another n_step are refused before any update."""
     data, table, rewards = inputs
-    config = iql_config_for(data, dict(HYPER, n_step=3, gamma=0.9))
+    config = iql_config_for(data, dict(HYPER, n_step=3, gamma=0.9, advantage=advantage))
     transitions = DeviceTransitions(data, [rewards["a"]], table, "cpu", n_step=3, gamma=0.9)
     stack, eager = MultiRunIQL(config, [0, 1]), [IQLLearner(config, seed=s) for s in (0, 1)]
     for _ in range(4):
@@ -201,6 +202,20 @@ def test_n_step_stack_follows_eager_learners_and_checks_its_data(inputs):
         MultiRunIQL(iql_config_for(data, HYPER), [0]).train_step(transitions)
     with pytest.raises(ValueError, match="n_step"):
         iql_config_for(data, dict(HYPER, n_step=0))
+
+
+def test_td_advantage_by_hand():
+    """"td": r + discount * (1 - done) * V(s') - V(s), whatever Q says; "q": min Q(s, a) - V(s)."""
+    q_sa, v = torch.tensor([5.0, 5.0, 5.0]), torch.tensor([1.0, 0.5, 0.2])
+    reward, done, next_v = torch.tensor([0.0, 0.3, 1.0]), torch.tensor([0.0, 0.0, 1.0]), torch.tensor([0.8, 0.4, 9.0])
+    discount = torch.tensor([0.9, 0.81, 0.9])
+    td = advantages("td", q_sa, v, reward, done, next_v, discount)
+    torch.testing.assert_close(td, torch.tensor([0.9 * 0.8 - 1.0, 0.3 + 0.81 * 0.4 - 0.5, 1.0 - 0.2]))
+    torch.testing.assert_close(advantages("q", q_sa, v, reward, done, next_v, discount), q_sa - v)
+    with pytest.raises(ValueError, match="advantage 'mc'"):
+        advantages("mc", q_sa, v, reward, done, next_v, discount)
+    with pytest.raises(ParamError, match="advantage"):
+        train_config({"reward_sets": ["sparse"], "seeds": [0], "advantage": "mc"})
 
 
 def test_discounted_returns_by_hand(tiny_dataset):
@@ -236,12 +251,13 @@ def test_return_range_scaling_gives_critic_targets_of_width_one(tiny_dataset):
         train_config({"reward_sets": ["sparse"], "seeds": [0], "reward_scale": "z-score"})
 
 
-@pytest.mark.parametrize("shared_encoder", [False, True], ids=["own-encoders", "shared-encoder"])
-def test_critic_probe_matches_a_direct_computation(inputs, shared_encoder):
+@pytest.mark.parametrize(("shared_encoder", "advantage"), [(False, "q"), (True, "q"), (False, "td"), (True, "td")],
+                         ids=["own-encoders", "shared-encoder", "own-encoders-td", "shared-encoder-td"])
+def test_critic_probe_matches_a_direct_computation(inputs, shared_encoder, advantage):
     data, table, rewards = inputs
-    config = iql_config_for(data, dict(HYPER, shared_encoder=shared_encoder))
+    config = iql_config_for(data, dict(HYPER, shared_encoder=shared_encoder, advantage=advantage, n_step=2))
     mask = holdout_mask(data, 0.6)  # enough episodes that both successes and failures are held out
-    transitions = DeviceTransitions(data, [rewards["a"]], table, "cpu", holdout=mask)
+    transitions = DeviceTransitions(data, [rewards["a"]], table, "cpu", holdout=mask, n_step=2, gamma=config.gamma)
     stack = MultiRunIQL(config, [0, 1])
     for _ in range(10):
         stack.train_step(transitions)
@@ -260,7 +276,23 @@ def test_critic_probe_matches_a_direct_computation(inputs, shared_encoder):
         assert float(result["v_return_corr"][r]) == pytest.approx(expected, abs=1e-4)
         expected_success = np.corrcoef(out["v"].numpy()[succeeded], returns[succeeded])[0, 1]
         assert float(result["v_return_corr_success"][r]) == pytest.approx(expected_success, abs=1e-4)
-        assert 0.0 <= float(result["adv_weight_gt2"][r]) <= 1.0
+        # The weights the policy step uses: Q's advantage, or the held-out 2-step TD error.
+        index = torch.as_tensor(held)
+        if advantage == "td":
+            nxt = transitions.next_obs_index[index]
+            next_v = learner.predict(transitions.obs_grid[nxt], transitions.obs_carry[nxt],
+                                     table[torch.as_tensor(data.mission_of_step[held])])["v"]
+            adv = (transitions.rewards[0, index] + transitions.discount[index] * (1 - transitions.done[index]) * next_v
+                   - out["v"])
+        else:
+            with torch.no_grad():
+                q = learner.target_critic(*learner.critic_view(*learner._inputs(
+                    torch.as_tensor(data.obs_grid[data.obs_index[held]]),
+                    torch.as_tensor(data.obs_carry[data.obs_index[held]]), table[torch.as_tensor(data.mission_of_step[held])])))
+            adv = q.min(dim=1).values.gather(1, transitions.action[index][:, None]).squeeze(1) - out["v"]
+        weights = advantage_weights(adv, config.beta, config.adv_clip)
+        assert float(result["adv_weight_p90"][r]) == pytest.approx(float(weights.quantile(0.9)), abs=1e-4)
+        assert float(result["adv_weight_gt2"][r]) == pytest.approx(float((weights > 2).float().mean()), abs=1e-6)
 
 
 def test_train_runs_trains_baselines_and_logs_the_diagnostic(inputs, tmp_path):

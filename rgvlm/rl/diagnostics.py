@@ -29,7 +29,7 @@ import torch
 from torch.func import functional_call, vmap
 
 from rgvlm.data.storage import OfflineDataset
-from rgvlm.rl.iql import _gather_actions, advantage_weights
+from rgvlm.rl.iql import _gather_actions, advantage_weights, advantages
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL
 
 DIAGNOSTIC_NAMES = ("v_return_corr", "v_return_corr_success", "adv_weight_gt2", "adv_weight_p90")
@@ -83,29 +83,43 @@ class CriticProbe:
         self.grid, self.carry = data.obs_grid[obs], data.obs_carry[obs]
         self.mission = data.mission_table[data.mission_index[index]]
         self.action = data.action[index]
+        # For the TD advantage (IQLConfig.advantage "td"): the transitions' (n-step) continuations.
+        next_obs = data.next_obs_index[index]
+        self.next_grid, self.next_carry = data.obs_grid[next_obs], data.obs_carry[next_obs]
+        self.td_reward, self.done = data.rewards[:, index], data.done[index]  # [K, M], [M]
+        self.discount = data.discount[index] if data.discount is not None else None
         self.returns = torch.as_tensor(np.stack([discounted_returns(dataset, r, gamma)[held] for r in reward_sets]),
                                        device=device)  # [K, M]
         succeeded = np.array([bool(e["success"]) for e in dataset.episodes])[dataset.episode_of_step[held]]
         self.succeeded = torch.as_tensor(succeeded, device=device)  # [M]
 
+    def _evaluate(self, trainer: MultiRunIQL, net: torch.nn.Module, params, grid: torch.Tensor,
+                  carry: torch.Tensor) -> torch.Tensor:
+        """``net`` (the stack's value or critic module) with every run's ``params`` at the held-out
+        states ``(grid, carry)``: ``[R, M, ...]``."""
+        if trainer.config.shared_encoder:  # every run reads its own policy encoder's features
+            runs = trainer.num_runs
+            obs = trainer.featurize(grid[None], carry[None])[0]  # parameter-free: once for all runs
+            mission = self.mission.expand(runs, *self.mission.shape)
+            x = trainer.critic_view(obs.expand(runs, *obs.shape), mission)
+            return vmap(lambda p, x, m: functional_call(net, p, (x, None, m)))(params, x, mission)
+        s = (grid, carry, self.mission)  # the same states for every run
+        return vmap(lambda p: functional_call(net, p, s))(params)
+
     @torch.no_grad()
     def __call__(self, trainer: MultiRunIQL) -> dict[str, torch.Tensor]:
         """Each diagnostic as an ``[R]`` tensor."""
         cfg = trainer.config
-        if cfg.shared_encoder:  # every run reads its own policy encoder's features
-            runs = trainer.num_runs
-            obs = trainer.featurize(self.grid[None], self.carry[None])[0]  # parameter-free: once for all runs
-            obs = obs.expand(runs, *obs.shape)
-            mission = self.mission.expand(runs, *self.mission.shape)
-            x = trainer.critic_view(obs, mission)
-            v = vmap(lambda p, x, m: functional_call(trainer._value, p, (x, None, m)))(trainer.value, x, mission)
-            q = vmap(lambda p, x, m: functional_call(trainer._critic, p, (x, None, m)))(trainer.target_critic, x, mission)
-        else:  # the same states for every run
-            s = (self.grid, self.carry, self.mission)
-            v = vmap(lambda p: functional_call(trainer._value, p, s))(trainer.value)  # [R, M]
-            q = vmap(lambda p: functional_call(trainer._critic, p, s))(trainer.target_critic)  # [R, M, 2, A]
+        v = self._evaluate(trainer, trainer._value, trainer.value, self.grid, self.carry)  # [R, M]
+        q = self._evaluate(trainer, trainer._critic, trainer.target_critic, self.grid, self.carry)  # [R, M, 2, A]
         q_sa = vmap(lambda x: _gather_actions(x, self.action).min(dim=1).values)(q)
-        weights = vmap(lambda a: advantage_weights(a, cfg.beta, cfg.adv_clip, cfg.adv_normalise))(q_sa - v)
+        if cfg.advantage == "td":  # the weights the policy step uses
+            next_v = self._evaluate(trainer, trainer._value, trainer.value, self.next_grid, self.next_carry)
+            discount = cfg.gamma if self.discount is None else self.discount
+            adv = advantages("td", q_sa, v, self.td_reward[trainer.reward_rows], self.done, next_v, discount)
+        else:
+            adv = q_sa - v
+        weights = vmap(lambda a: advantage_weights(a, cfg.beta, cfg.adv_clip, cfg.adv_normalise))(adv)
         g = self.returns[trainer.reward_rows]  # [R, M]
         return {
             "v_return_corr": _row_corr(v, g),

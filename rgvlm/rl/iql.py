@@ -149,6 +149,24 @@ def critic_loss(
     return (target - q1_sa).square().mean() + (target - q2_sa).square().mean()
 
 
+def advantages(kind: str, target_q_sa: torch.Tensor, v_s: torch.Tensor, reward: torch.Tensor, done: torch.Tensor,
+               next_v: torch.Tensor, discount: float | torch.Tensor) -> torch.Tensor:
+    """What the policy step weights each dataset action by (``IQLConfig.advantage``).
+
+    ``"q"``: ``min Q_target(s, a) - V(s)``, the IQL paper's. ``"td"``: the transition's TD error
+    ``r + discount * (1 - done) * V(s') - V(s)`` (with n-step transitions: the next n rewards and
+    ``V`` n steps ahead), an estimate of the same advantage read off the data's own continuation
+    (AWR's). Why offer it: in a grid world one action changes the return by about
+    ``(1 - gamma) * V``, so the argmax of a learned Q must resolve a few per cent of V, which a
+    critic at a few thousand updates does not (``experiments/action_ranking.py``); the n-step TD
+    error compares V n steps apart and needs only V, which fits far better than Q ranks actions."""
+    if kind == "q":
+        return target_q_sa - v_s
+    if kind == "td":
+        return reward + discount * (1.0 - done) * next_v - v_s
+    raise ValueError(f"advantage {kind!r}: expected one of ('q', 'td')")
+
+
 def advantage_weights(adv: torch.Tensor, beta: float, clip: float, normalise: bool = False) -> torch.Tensor:
     """``min(exp(beta * adv), clip)``, detached; with ``normalise``, ``adv`` is first divided by
     its batch standard deviation, so that ``beta`` means the same whatever the reward's scale
@@ -253,7 +271,8 @@ class IQLLearner:
         with torch.no_grad():
             both = self.value(*(None if a is None else torch.cat([a, b]) for a, b in zip(cs, cs_next, strict=True)))
             v_s, next_v = both.chunk(2)
-            adv = target_q_sa - v_s
+            discount = cfg.gamma if batch.discount is None else batch.discount
+            adv = advantages(cfg.advantage, target_q_sa, v_s, batch.reward, batch.done, next_v, discount)
 
         # 2. Policy: advantage-weighted regression on dataset actions.
         pi_loss = policy_loss(self.policy(*s), batch.action, adv, cfg.beta, cfg.adv_clip, cfg.adv_normalise)
@@ -263,7 +282,6 @@ class IQLLearner:
 
         # 3. Critic: TD regression of both Q heads onto r + gamma * (1 - done) * V(s').
         q_sa = _gather_actions(self.critic(*cs), batch.action)
-        discount = cfg.gamma if batch.discount is None else batch.discount
         q_loss = critic_loss(q_sa[:, 0], q_sa[:, 1], batch.reward, batch.done, next_v, discount)
         self.critic_optim.zero_grad(set_to_none=True)
         q_loss.backward()

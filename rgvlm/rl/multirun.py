@@ -48,6 +48,7 @@ from rgvlm.rl.iql import (
     TransitionBatch,
     _gather_actions,
     advantage_weights,
+    advantages,
     critic_loss,
     encoder_spec,
     save_state_atomic,
@@ -282,7 +283,7 @@ class MultiRunIQL:
         # V(s) and V(s') from the updated value net in one forward pass; value_p is not differentiated.
         both = functional_call(self._value, value_p, (torch.cat([x, next_x]), None, torch.cat([mission, mission])))
         v_s, next_v = both.detach().chunk(2)
-        adv = target_q_sa - v_s
+        adv = advantages(cfg.advantage, target_q_sa, v_s, reward, done, next_v, discount)
         weights = torch.where(is_bc > 0, bc_weight / bc_weight.mean().clamp(min=1e-6),
                               advantage_weights(adv, cfg.beta, cfg.adv_clip, cfg.adv_normalise))
         pi_loss = weighted_log_likelihood(functional_call(self._policy, policy_p, (obs, None, mission)), action, weights)
