@@ -1,0 +1,136 @@
+"""Progress in the terminal (rgvlm.progress): the reporter's arithmetic and rate limit."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from rgvlm import progress
+from rgvlm.progress import Progress, format_duration
+
+
+class Clock:
+    """An injected clock: time passes only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Terminal(io.StringIO):
+    def __init__(self, tty: bool = False) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.fixture(autouse=True)
+def _plain_environment(monkeypatch):
+    for name in (progress.SWITCH, progress.INTERVAL, progress.STAGE):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_counts_rate_and_eta():
+    clock, out = Clock(), Terminal()
+    bar = Progress("LVLM answers", 100, "answers", initial=20, stream=out, clock=clock, interval=0, cache_hits=20)
+    assert bar.rate is None and bar.eta is None  # nothing done since the start: no rate to guess from
+    clock.now += 10
+    bar.set(40)
+    # 20 answered in 10 s (the 20 from the cache are not in the rate): 2/s, 60 left: 30 s.
+    assert bar.rate == pytest.approx(2.0) and bar.eta == pytest.approx(30.0)
+    assert out.getvalue() == "LVLM answers: 40/100 answers (40%), cache hits 20, 2 answers/s, ETA 0:30, elapsed 0:10\n"
+    clock.now += 5
+    bar.update(10, cache_hits=25)
+    assert bar.n == 50 and bar.rate == pytest.approx(2.0) and bar.eta == pytest.approx(25.0)
+    assert ", cache hits 25, " in out.getvalue().splitlines()[-1]
+
+
+def test_without_total_and_durations():
+    clock, out = Clock(), Terminal()
+    bar = Progress("things", None, "things", stream=out, clock=clock, interval=0)
+    clock.now += 4
+    bar.update(2)
+    assert bar.eta is None and out.getvalue() == "things: 2 things, 0.5 things/s, elapsed 0:04\n"
+    assert [format_duration(s) for s in (0, 59.6, 65, 3725)] == ["0:00", "1:00", "1:05", "1:02:05"]
+
+
+def test_plain_lines_are_rate_limited():
+    clock, out = Clock(), Terminal()
+    with Progress("IQL updates", 1000, "updates", stream=out, clock=clock, interval=30) as bar:
+        for _ in range(100):  # 100 updates, one every second
+            clock.now += 1
+            bar.update()
+    lines = out.getvalue().splitlines()
+    # A line at 30, 60 and 90 s (none before the first interval), then the final one.
+    assert [line.split(": ", 1)[1].split(" ")[0] for line in lines] == ["30/1000", "60/1000", "90/1000", "100/1000"]
+    assert "ETA 0:15:10" not in lines[0] and "ETA 16:10" in lines[0]  # 970 left at 1/s
+    assert lines[-1] == "IQL updates: 100/1000 updates (10%), 1 updates/s, done in 1:40"
+
+
+def test_short_work_writes_only_its_final_line():
+    clock, out = Clock(), Terminal()
+    with Progress("rollouts", 4, "episodes", stream=out, clock=clock, interval=30) as bar:
+        for _ in range(4):
+            clock.now += 0.5
+            bar.update()
+    assert out.getvalue() == "rollouts: 4/4 episodes (100%), 2 episodes/s, done in 0:02\n"
+
+
+def test_interval_from_the_environment(monkeypatch):
+    monkeypatch.setenv(progress.INTERVAL, "0")
+    clock, out = Clock(), Terminal()
+    with Progress("x", 3, stream=out, clock=clock) as bar:
+        for _ in range(3):
+            clock.now += 1
+            bar.update()
+    assert len(out.getvalue().splitlines()) == 4  # every update, and the final line
+    monkeypatch.setenv(progress.INTERVAL, "soon")
+    with pytest.raises(ValueError, match="RGVLM_PROGRESS_INTERVAL='soon'"):
+        Progress("x", 3, stream=out)
+
+
+def test_terminal_line_is_redrawn_in_place():
+    clock, out = Clock(), Terminal(tty=True)
+    with Progress("IQL updates", 10, "updates", stream=out, clock=clock) as bar:
+        assert bar.tty and out.getvalue() == "\rIQL updates: 0/10 updates (0%), elapsed 0:00"  # drawn at once
+        clock.now += 0.05
+        bar.update()  # within TTY_INTERVAL_S of the last draw: not redrawn
+        clock.now += 0.2
+        bar.update()
+    text = out.getvalue()
+    assert text.count("\r") == 3 and text.count("\n") == 1 and text.endswith("\n")
+    # The final line, padded with blanks over the rest of the longer line it redraws.
+    assert text.endswith("\rIQL updates: 2/10 updates (20%), 8 updates/s, done in 0:00" + " " * 10 + "\n")
+    assert "\rIQL updates: 2/10 updates (20%), 8 updates/s, ETA 0:01, elapsed 0:00" in text
+
+
+def test_off_switch(monkeypatch):
+    monkeypatch.setenv(progress.SWITCH, "0")
+    clock, out = Clock(), Terminal(tty=True)
+    with Progress("x", 3, stream=out, clock=clock, interval=0) as bar:
+        bar.update(3)
+    assert out.getvalue() == "" and bar.n == 3
+
+
+def test_stage_prefix_and_a_failure(monkeypatch):
+    monkeypatch.setenv(progress.STAGE, "label@rg_vlm")
+    clock, out = Clock(), Terminal()
+    with pytest.raises(RuntimeError), Progress("LVLM answers", 8, "answers", stream=out, clock=clock) as bar:
+        clock.now += 2
+        bar.update(2)
+        raise RuntimeError("the server went away")
+    assert out.getvalue() == "[label@rg_vlm] LVLM answers: 2/8 answers (25%), 1 answers/s, stopped after 0:02\n"
+
+
+def test_a_closed_stream_stops_reporting_not_the_work():
+    out = Terminal()
+    bar = Progress("x", 3, stream=out, interval=0)
+    out.close()
+    bar.update()
+    bar.close()
+    assert not bar.on and bar.n == 1
