@@ -11,6 +11,9 @@ A stage expanded by DVC from a ``foreach`` is named ``NAME@KEY`` (``label@rg_vlm
 gets the key as the variable ``method`` and its declared sections together as the dict
 ``params`` (they differ from key to key), and its executed notebook and HTML are named
 ``<notebook>_<KEY>``.
+
+While the notebook runs, its long loops (LVLM queries, training, rollouts) report their progress
+to this process's stderr, the terminal of ``dvc repro``, not to the notebook (:mod:`rgvlm.progress`).
 """
 
 from __future__ import annotations

@@ -1,10 +1,14 @@
-"""Progress in the terminal (rgvlm.progress): the reporter's arithmetic and rate limit."""
+"""Progress in the terminal (rgvlm.progress): the reporter's arithmetic and rate limit, and the places
+that report (LVLM queries, IQL training, rollouts)."""
 
 from __future__ import annotations
 
 import io
+import re
 
+import numpy as np
 import pytest
+import torch
 
 from rgvlm import progress
 from rgvlm.progress import Progress, format_duration
@@ -134,3 +138,70 @@ def test_a_closed_stream_stops_reporting_not_the_work():
     bar.update()
     bar.close()
     assert not bar.on and bar.n == 1
+
+
+# -- the places that report ---------------------------------------------------------------------
+@pytest.fixture
+def captured(monkeypatch):
+    """Every bar's lines, written at every update, into one string buffer."""
+    out = Terminal()
+    monkeypatch.setattr(progress, "terminal", lambda: out)
+    monkeypatch.setenv(progress.INTERVAL, "0")
+    return out
+
+
+def test_lvlm_queries_report_answers_and_cache_hits(captured, tmp_path):
+    from rgvlm.vlm.base import LVLMRequest, LVLMResponse
+    from rgvlm.vlm.cache import CachedClient, ResponseCache
+
+    class Echo:
+        backend, model = "scripted", "echo"
+
+        def generation_settings(self):
+            return {}
+
+        def generate(self, requests):
+            return [LVLMResponse(text=r.prompt) for r in requests]
+
+    requests = [LVLMRequest(prompt=f"query {i}") for i in range(5)]
+    CachedClient(Echo(), ResponseCache(tmp_path), chunk_size=2).generate(requests[:3])
+    first = captured.getvalue().splitlines()
+    # Each answer as it is stored, then the final line.
+    assert [line.split(": ", 1)[1].split(" ")[0] for line in first] == ["1/3", "2/3", "3/3", "3/3"]
+    assert first[-1].startswith("LVLM echo: 3/3 answers (100%), cache hits 0, ")
+    captured.truncate(0), captured.seek(0)
+    CachedClient(Echo(), ResponseCache(tmp_path), chunk_size=2).generate(requests)  # 3 of the 5 cached
+    again = captured.getvalue().splitlines()
+    assert [line.split(": ", 1)[1].split(" ")[0] for line in again] == ["4/5", "5/5", "5/5"]
+    assert again[-1].startswith("LVLM echo: 5/5 answers (100%), cache hits 3, ") and "done in" in again[-1]
+    captured.truncate(0), captured.seek(0)
+    CachedClient(Echo(), ResponseCache(tmp_path)).generate([])
+    assert captured.getvalue() == ""  # nothing asked, nothing shown
+
+
+def test_training_reports_updates_per_second_and_eta(captured, tiny_dataset, tmp_path):
+    from rgvlm.rl.runs import iql_config_for, train_runs
+
+    hyper = dict(batch_size=8, hidden_dim=8, num_layers=1, conv_channels=0, egocentric=True, obs_feature_dim=8,
+                 mission_feature_dim=8, state_feature_dim=8, slot_dim=8, log_every=2, num_steps=4)
+    rewards = {"a": np.zeros(tiny_dataset.num_transitions, dtype=np.float32)}
+    table = torch.zeros(len(tiny_dataset.missions), 6, 384)
+    train_runs(tiny_dataset, table, rewards, [0, 1], iql_config_for(tiny_dataset, hyper), "cpu", tmp_path)
+    lines = captured.getvalue().splitlines()
+    assert len(lines) == 5  # every update (interval 0) and the final line
+    assert lines[1].startswith("IQL updates, 2 runs in one stack: 2/4 updates (50%), ")
+    assert re.search(r"[\d.]+ updates/s, ETA \d+:\d\d, elapsed", lines[1])
+    assert lines[-1].startswith("IQL updates, 2 runs in one stack: 4/4 updates (100%), ") and "done in" in lines[-1]
+
+
+def test_rollouts_report_episodes(captured, tiny_dataset):
+    from rgvlm.evaluation import evaluation_episodes, rollout
+    from rgvlm.params import EnvConfig
+
+    episodes = evaluation_episodes(tiny_dataset, (1,), ("fresh",), 2, 0)
+    finished = []
+    # Every run turns left until the time limit: all episodes end at the same step.
+    rollout(lambda g, c, m: torch.zeros(g.shape[:2], dtype=torch.long), episodes, EnvConfig(),
+            lambda missions: np.zeros((len(missions), 6, 384), dtype=np.float32), num_runs=3,
+            on_finished=finished.append)
+    assert finished == [6]
