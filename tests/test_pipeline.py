@@ -41,18 +41,20 @@ def tree_digest(*folders: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A copy of the working tree (tracked and untracked-but-not-ignored files) as a fresh
-    git repository on the tiny profile, with data/ built and `dvc repro` run once."""
-    dst = tmp_path_factory.mktemp("clone") / "rgvlm"
+def tiny_clone(dst: Path, params: dict | None = None) -> dict:
+    """Copy the working tree (tracked and untracked-but-not-ignored files) to ``dst`` as a fresh git
+    repository on the tiny profile (``params``: the profile's parameters, changed), with data/
+    built and committed; returns the environment to run it in."""
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True)
     for name in filter(None, listed.stdout.decode().split("\0")):
         source = ROOT / name
         if source.is_file():
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dst / name)
-    shutil.copy2(ROOT / "profiles" / "tiny.yaml", dst / "params.yaml")
+    if params is None:
+        shutil.copy2(ROOT / "profiles" / "tiny.yaml", dst / "params.yaml")
+    else:
+        (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     bin_dir = str(Path(sys.executable).parent)
     env = {
         **os.environ,
@@ -69,6 +71,14 @@ def project(tmp_path_factory):
     run(["git", "commit", "-qm", "tiny profile"], dst, env)
     run([sys.executable, "-m", "rgvlm.data", "collect", "--workers", "1"], dst, env)
     run(["dvc", "commit", "-f", "-q", "data.dvc"], dst, env)
+    return env
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A tiny clone (:func:`tiny_clone`) with `dvc repro` run once."""
+    dst = tmp_path_factory.mktemp("clone") / "rgvlm"
+    env = tiny_clone(dst)
     repro = run(["dvc", "repro"], dst, env)
     return dst, env, repro
 

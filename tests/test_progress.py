@@ -1,14 +1,16 @@
-"""Progress in the terminal (rgvlm.progress): the reporter's arithmetic and rate limit, and the places
-that report (LVLM queries, IQL training, rollouts)."""
+"""Progress in the terminal (rgvlm.progress): the reporter's arithmetic and rate limit, the places
+that report (LVLM queries, IQL training, rollouts), and a real stage run on the tiny profile."""
 
 from __future__ import annotations
 
 import io
 import re
+import sys
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from rgvlm import progress
 from rgvlm.progress import Progress, format_duration
@@ -205,3 +207,77 @@ def test_rollouts_report_episodes(captured, tiny_dataset):
             lambda missions: np.zeros((len(missions), 6, 384), dtype=np.float32), num_runs=3,
             on_finished=finished.append)
     assert finished == [6]
+
+
+# -- a real stage run -----------------------------------------------------------------------------
+STAGES = ("label@rg_vlm", "rewards", "train", "peer", "evaluate")
+
+
+@pytest.fixture(scope="module")
+def stage_runs(tmp_path_factory):
+    """A tiny clone (tests/test_pipeline.py's) trimmed to one labelling method and two trained runs,
+    and what ``python -m rgvlm.pipeline STAGE`` wrote to stderr for every stage evaluation needs."""
+    from tests.test_pipeline import ROOT, run, tiny_clone
+
+    params = yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
+    params["rewards"]["methods"] = ["sparse", "oracle", "rg_vlm"]
+    params["train"].update(reward_sets=["sparse", "rg_vlm"], baselines=[], extra_seeds=[], extra_seeds_for=[])
+    dst = tmp_path_factory.mktemp("progress") / "rgvlm"
+    env = tiny_clone(dst, params)
+    env[progress.INTERVAL] = "0"  # every update: the tiny stages take seconds
+    env.pop(progress.SWITCH, None)
+    stderr = {stage: run([sys.executable, "-m", "rgvlm.pipeline", stage], dst, env).stderr for stage in STAGES}
+    return dst, env, stderr
+
+
+def _lines(text: str, start: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(start)]
+
+
+@pytest.mark.slow
+def test_stages_show_progress_in_the_terminal_not_in_the_notebook(stage_runs):
+    dst, _, stderr = stage_runs
+    label = _lines(stderr["label@rg_vlm"], "[label@rg_vlm] LVLM scripted-annotator: ")
+    assert label and all(re.search(r": \d+/\d+ answers \(\d+%\)", line) for line in label), stderr["label@rg_vlm"]
+    assert all(", cache hits 0, " in line for line in label)  # a cold cache
+    assert any("ETA" in line for line in label) and any("done in" in line for line in label)
+    train = _lines(stderr["train"], "[train] IQL updates, 2 runs in one stack: ")
+    assert len(train) == 41 and "40/40 updates (100%)" in train[-1], stderr["train"]  # every update, the final line
+    assert all(re.search(r"[\d.]+ updates/s, ETA \d+:\d\d, elapsed", line) for line in train[:-1])
+    peer = stderr["peer"]
+    assert "[peer] d3rlpy DiscreteBC seed 0: 20/20 updates (100%)" in peer, peer
+    assert "[peer] d3rlpy_cql rollouts (sampled): 6/6 episodes (100%)" in peer
+    # 2 runs x 6 episodes x 2 policies, counted as the evaluation workers' chunks end.
+    evaluate = _lines(stderr["evaluate"], "[evaluate] evaluation rollouts, 2 runs x 2 policies: ")
+    assert evaluate and all(re.search(r": \d+/24 episodes", line) for line in evaluate), stderr["evaluate"]
+    assert "24/24 episodes (100%)" in evaluate[-1] and "done in" in evaluate[-1]
+    # None of it in the executed notebooks (nor their HTML).
+    for name, what in (("02_label_rg_vlm", "LVLM scripted-annotator:"), ("04_train", "IQL updates, 2 runs"),
+                       ("04b_peer", "d3rlpy DiscreteBC seed 0:"), ("05_evaluate", "evaluation rollouts, 2 runs")):
+        assert what not in (dst / "reports" / "notebooks" / f"{name}.html").read_text(), name
+        assert what not in (dst / "outputs" / "notebooks" / f"{name}.ipynb").read_text(), name
+
+
+@pytest.mark.slow
+def test_a_rerun_from_the_cache_shows_the_cache_hits(stage_runs):
+    from tests.test_pipeline import run
+
+    dst, env, stderr = stage_runs
+    first = _lines(stderr["label@rg_vlm"], "[label@rg_vlm] LVLM ")
+    again = _lines(run([sys.executable, "-m", "rgvlm.pipeline", "label@rg_vlm"], dst, env).stderr,
+                   "[label@rg_vlm] LVLM ")
+    # The same queries, every one answered from the cache at once: only each call's final line.
+    finals = [line for line in first if "done in" in line]
+    assert len(again) == len(finals)
+    for line in again:
+        total = re.search(r": (\d+)/(\d+) answers \(100%\)", line)
+        assert total and total[1] == total[2] and f"(100%), cache hits {total[1]}, " in line, line
+
+
+@pytest.mark.slow
+def test_the_off_switch_in_a_real_stage(stage_runs):
+    from tests.test_pipeline import run
+
+    dst, env, _ = stage_runs
+    result = run([sys.executable, "-m", "rgvlm.pipeline", "label@rg_vlm"], dst, {**env, progress.SWITCH: "0"})
+    assert "LVLM " not in result.stderr and "[label@rg_vlm]" not in result.stderr
