@@ -63,6 +63,7 @@ def tiny_clone(dst: Path, params: dict | None = None) -> dict:
         "DVC_NO_ANALYTICS": "1",
         "DVC_SITE_CACHE_DIR": str(dst / ".cache" / "dvc-site"),
         "MPLCONFIGDIR": str(dst / ".cache" / "matplotlib"),
+        "RGVLM_PROGRESS": "1",  # the stages' progress lines on stderr, whatever the caller's setting
         "GIT_AUTHOR_NAME": "rgvlm tests", "GIT_AUTHOR_EMAIL": "tests@rgvlm.invalid",
         "GIT_COMMITTER_NAME": "rgvlm tests", "GIT_COMMITTER_EMAIL": "tests@rgvlm.invalid",
     }
@@ -127,6 +128,16 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
     checkpoints = json.loads((dst / "reports" / "metrics" / "checkpoints.json").read_text())
     assert [c["step"] for c in checkpoints["stack_checkpoints"]] == [20] and checkpoints["export_files"] == 12
     assert "checkpoints: 1 stack checkpoint of 12 runs" in (dst / "reports" / "notebooks" / "04_train.html").read_text()
+
+
+def test_repro_shows_progress_in_the_terminal(project):
+    """Each long loop's final line (rgvlm.progress) reaches `dvc repro`'s stderr, stage by stage."""
+    _, _, repro = project
+    for line in ("[label@rg_vlm] LVLM scripted-annotator: ", "[label@erl_vlm] LVLM scripted-annotator: ",
+                 "[train] IQL updates, 12 runs in one stack: 40/40 updates (100%), ",
+                 "[peer] d3rlpy DiscreteCQL seed 0: 20/20 updates (100%), ",
+                 "[evaluate] evaluation rollouts, 12 runs x 2 policies: 144/144 episodes (100%), "):
+        assert line in repro.stderr, (line, repro.stderr[-3000:])
 
 
 def test_second_repro_does_nothing(project):
