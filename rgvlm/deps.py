@@ -10,6 +10,7 @@ but one is known: a ``label@<method>`` stage runs the module of the registered m
 (:mod:`rgvlm.rewards.registry`), so that module and its imports count for that stage.
 
 A dep covers a module when it is the module's file or a directory above it (``rgvlm/rewards``).
+The modules in :data:`NOT_DEPS` are followed (what they import counts) but never required.
 ``python -m rgvlm.deps`` prints each stage's missing modules and exits 1 when there are any.
 """
 
@@ -23,6 +24,10 @@ from pathlib import Path
 from rgvlm import paths
 
 PACKAGE = "rgvlm"
+#: Modules that cannot change any stage output, so no stage depends on them: changing how progress
+#: is shown must not rerun the pipeline. ``rgvlm/progress.py`` only writes lines to the terminal and
+#: imports no ``rgvlm`` module (tests/test_dvc_deps.py checks that, so it hides no dependency).
+NOT_DEPS = frozenset({"rgvlm/progress.py"})
 
 
 def notebook_source(notebook: Path) -> str:
@@ -98,7 +103,7 @@ def module_closure(names: set[str], root: Path = paths.ROOT) -> set[str]:
             package = prefix if path.name == "__init__.py" else prefix.rpartition(".")[0]
             queue.extend(imported_names(tree, package))
             body = tree.body[1:] if ast.get_docstring(tree) is not None else tree.body
-            if body:
+            if body and path.relative_to(root).as_posix() not in NOT_DEPS:
                 files.add(path.relative_to(root).as_posix())
     return files
 

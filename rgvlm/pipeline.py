@@ -11,6 +11,9 @@ A stage expanded by DVC from a ``foreach`` is named ``NAME@KEY`` (``label@rg_vlm
 gets the key as the variable ``method`` and its declared sections together as the dict
 ``params`` (they differ from key to key), and its executed notebook and HTML are named
 ``<notebook>_<KEY>``.
+
+While the notebook runs, its long loops (LVLM queries, training, rollouts) report their progress
+to this process's stderr, the terminal of ``dvc repro``, not to the notebook (:mod:`rgvlm.progress`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from rgvlm import paths
+from rgvlm import paths, progress
 from rgvlm.data.storage import write_bytes_atomic
 from rgvlm.params import ParamError, load_params
 
@@ -171,6 +174,9 @@ def run_stage(stage: str, params_path: Path = paths.PARAMS) -> None:
     # Keep Jupyter, IPython and matplotlib caches out of the user's home (CI machines).
     for variable, folder in (("MPLCONFIGDIR", "matplotlib"), ("IPYTHONDIR", "ipython")):
         os.environ.setdefault(variable, str(paths.ROOT / ".cache" / folder))
+    # The kernel inherits this process's environment and stderr: rgvlm.progress writes its lines
+    # to that stderr (the terminal of `dvc repro`, not the notebook), prefixed with the stage.
+    os.environ[progress.STAGE] = stage
     try:
         papermill.execute_notebook(
             str(notebook), str(executed), parameters=parameters, kernel_name="python3",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 
@@ -9,7 +10,7 @@ import pytest
 import yaml
 
 from rgvlm import paths
-from rgvlm.deps import check, imported_by_name, notebook_modules, stage_missing
+from rgvlm.deps import NOT_DEPS, check, imported_by_name, imported_names, notebook_modules, stage_missing
 from rgvlm.pipeline import load_stages
 
 STAGES = load_stages()
@@ -22,6 +23,14 @@ def test_stage_deps_cover_the_modules_its_notebook_imports(stage):
     missing = stage_missing(STAGES[stage], by_name=imported_by_name(stage))
     assert not missing, (f"stage {stage!r} in dvc.yaml does not depend on {', '.join(missing)}, which its notebook "
                          "imports: add them (or their directory) to its deps, or DVC leaves its outputs stale")
+
+
+def test_what_no_stage_depends_on_imports_nothing_of_rgvlm():
+    """A module of NOT_DEPS (progress lines on the terminal) is run by stages but required by none:
+    it must not bring in a module that could change an output."""
+    for name in NOT_DEPS:
+        assert not imported_names(ast.parse((paths.ROOT / name).read_text())), name
+    assert "rgvlm/progress.py" not in notebook_modules(paths.ROOT / "notebooks" / "04_train.ipynb")
 
 
 def test_checker_catches_a_planted_omission(tmp_path):

@@ -41,18 +41,20 @@ def tree_digest(*folders: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A copy of the working tree (tracked and untracked-but-not-ignored files) as a fresh
-    git repository on the tiny profile, with data/ built and `dvc repro` run once."""
-    dst = tmp_path_factory.mktemp("clone") / "rgvlm"
+def tiny_clone(dst: Path, params: dict | None = None) -> dict:
+    """Copy the working tree (tracked and untracked-but-not-ignored files) to ``dst`` as a fresh git
+    repository on the tiny profile (``params``: the profile's parameters, changed), with data/
+    built and committed; returns the environment to run it in."""
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True)
     for name in filter(None, listed.stdout.decode().split("\0")):
         source = ROOT / name
         if source.is_file():
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dst / name)
-    shutil.copy2(ROOT / "profiles" / "tiny.yaml", dst / "params.yaml")
+    if params is None:
+        shutil.copy2(ROOT / "profiles" / "tiny.yaml", dst / "params.yaml")
+    else:
+        (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     bin_dir = str(Path(sys.executable).parent)
     env = {
         **os.environ,
@@ -61,6 +63,7 @@ def project(tmp_path_factory):
         "DVC_NO_ANALYTICS": "1",
         "DVC_SITE_CACHE_DIR": str(dst / ".cache" / "dvc-site"),
         "MPLCONFIGDIR": str(dst / ".cache" / "matplotlib"),
+        "RGVLM_PROGRESS": "1",  # the stages' progress lines on stderr, whatever the caller's setting
         "GIT_AUTHOR_NAME": "rgvlm tests", "GIT_AUTHOR_EMAIL": "tests@rgvlm.invalid",
         "GIT_COMMITTER_NAME": "rgvlm tests", "GIT_COMMITTER_EMAIL": "tests@rgvlm.invalid",
     }
@@ -69,6 +72,14 @@ def project(tmp_path_factory):
     run(["git", "commit", "-qm", "tiny profile"], dst, env)
     run([sys.executable, "-m", "rgvlm.data", "collect", "--workers", "1"], dst, env)
     run(["dvc", "commit", "-f", "-q", "data.dvc"], dst, env)
+    return env
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A tiny clone (:func:`tiny_clone`) with `dvc repro` run once."""
+    dst = tmp_path_factory.mktemp("clone") / "rgvlm"
+    env = tiny_clone(dst)
     repro = run(["dvc", "repro"], dst, env)
     return dst, env, repro
 
@@ -117,6 +128,16 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
     checkpoints = json.loads((dst / "reports" / "metrics" / "checkpoints.json").read_text())
     assert [c["step"] for c in checkpoints["stack_checkpoints"]] == [20] and checkpoints["export_files"] == 12
     assert "checkpoints: 1 stack checkpoint of 12 runs" in (dst / "reports" / "notebooks" / "04_train.html").read_text()
+
+
+def test_repro_shows_progress_in_the_terminal(project):
+    """Each long loop's final line (rgvlm.progress) reaches `dvc repro`'s stderr, stage by stage."""
+    _, _, repro = project
+    for line in ("[label@rg_vlm] LVLM scripted-annotator: ", "[label@erl_vlm] LVLM scripted-annotator: ",
+                 "[train] IQL updates, 12 runs in one stack: 40/40 updates (100%), ",
+                 "[peer] d3rlpy DiscreteCQL seed 0: 20/20 updates (100%), ",
+                 "[evaluate] evaluation rollouts, 12 runs x 2 policies: 144/144 episodes (100%), "):
+        assert line in repro.stderr, (line, repro.stderr[-3000:])
 
 
 def test_second_repro_does_nothing(project):

@@ -19,6 +19,7 @@ from rgvlm.data.storage import OfflineDataset
 from rgvlm.envs import encode_observation, env_id_for, make_env, reset_quietly
 from rgvlm.envs.seeds import fresh_seed
 from rgvlm.params import EnvConfig
+from rgvlm.progress import Progress
 
 #: act(grid uint8 [R,M,H,W,3], carry uint8 [R,M,2], mission float [R,M,S,E]) -> actions long [R,M]
 ActFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -62,9 +63,10 @@ def rollout(
     embed_missions: Callable[[list[str]], np.ndarray],
     num_runs: int = 1,
     device: str | torch.device = "cpu",
+    on_finished: Callable[[int], None] | None = None,
 ) -> list[list[dict]]:
     """Roll ``num_runs`` policies out on every episode, all in lockstep, until success or
-    time-out.
+    time-out; ``on_finished(count)`` hears of the episodes (of all runs) that ended at each step.
 
     ``act`` gets the observations of the active episodes of every run as ``[R, M, ...]``
     tensors (M = the most episodes any run still has running; shorter rows are padded with
@@ -91,6 +93,7 @@ def rollout(
         width = max(len(a) for a in active)
         index = np.stack([np.resize(a, width) if len(a) else np.zeros(width, dtype=np.int64) for a in active])
         rows = np.arange(runs)[:, None]
+        finished = 0
         with torch.no_grad():
             actions = act(torch.as_tensor(grid[rows, index], device=device),
                           torch.as_tensor(carry[rows, index], device=device),
@@ -104,6 +107,9 @@ def rollout(
                 if terminated or truncated:
                     done[r, e] = True
                     success[r, e] = bool(terminated and reward > 0)
+                    finished += 1
+        if finished and on_finished is not None:
+            on_finished(finished)
     records = []
     for r in range(runs):
         run_records = []
@@ -125,11 +131,13 @@ def evaluate_runs(
     env_config: EnvConfig,
     embed_missions: Callable[[list[str]], np.ndarray],
     device: str = "cpu",
+    on_finished: Callable[[int], None] | None = None,
 ) -> list[dict]:
     """Roll out every (reward set, seed) run on the same episodes at once; ``act`` is the
     stacked policy of ``runs`` (in that order). One record per (run, episode), with
-    ``method`` and ``run_seed`` added."""
-    per_run = rollout(act, episodes, env_config, embed_missions, num_runs=len(runs), device=device)
+    ``method`` and ``run_seed`` added; ``on_finished`` as for :func:`rollout`."""
+    per_run = rollout(act, episodes, env_config, embed_missions, num_runs=len(runs), device=device,
+                      on_finished=on_finished)
     records = []
     for (reward_set, seed), run_records in zip(runs, per_run, strict=True):
         records += [{**record, "method": reward_set, "run_seed": seed} for record in run_records]
@@ -142,8 +150,8 @@ def _chunk_seed(base_seed: int, policy: str, k: int, split: str) -> int:
     return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
-def _evaluate_chunk(job: tuple) -> list[dict]:
-    """One (policy, k, split) chunk of :func:`evaluate_policies`, in a worker process."""
+def _evaluate_chunk(job: tuple, on_finished: Callable[[int], None] | None = None) -> list[dict]:
+    """One (policy, k, split) chunk of :func:`evaluate_policies`, in a worker process (or this one)."""
     from rgvlm.rl.missions import mission_embedder
     from rgvlm.rl.runs import load_stacked_policy
 
@@ -152,8 +160,14 @@ def _evaluate_chunk(job: tuple) -> list[dict]:
         torch.set_num_threads(threads)
     act = load_stacked_policy(models_dir, runs, device, temperature=temperature, seed=seed)
     embed = mission_embedder(act.config.mission_encoder, device="cpu").embed  # as the runs were trained
-    records = evaluate_runs(act, runs, episodes, env_config, embed, device)
+    records = evaluate_runs(act, runs, episodes, env_config, embed, device, on_finished)
     return [{**record, "policy": policy} for record in records]
+
+
+def _evaluate_numbered(numbered: tuple[int, tuple]) -> tuple[int, list[dict]]:
+    """:func:`_evaluate_chunk` of job ``i``, returned with ``i`` (the pool hands chunks back as they end)."""
+    i, job = numbered
+    return i, _evaluate_chunk(job)
 
 
 def evaluate_policies(
@@ -178,11 +192,18 @@ def evaluate_policies(
             for policy, temperature in policies.items() for (k, split), chunk in chunks.items()]
     # Longest chunks (large k) first, so the pool does not end on one long straggler.
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i][2][0].k)
-    if workers > 1:
-        import multiprocessing
+    # Episodes done in the terminal (rgvlm.progress): as each ends here, or as a worker's chunk ends
+    # (a worker process's stderr is the kernel's, which papermill puts in the notebook).
+    total = len(policies) * len(runs) * len(episodes)
+    with Progress(f"evaluation rollouts, {len(runs)} runs x {len(policies)} policies", total, "episodes") as bar:
+        if workers > 1:
+            import multiprocessing
 
-        with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-            results = dict(zip(order, pool.map(_evaluate_chunk, [jobs[i] for i in order], chunksize=1), strict=True))
-    else:
-        results = {i: _evaluate_chunk(jobs[i]) for i in order}
+            results = {}
+            with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+                for i, records in pool.imap_unordered(_evaluate_numbered, [(i, jobs[i]) for i in order], chunksize=1):
+                    results[i] = records
+                    bar.update(len(records))
+        else:
+            results = {i: _evaluate_chunk(jobs[i], bar.update) for i in order}
     return [record for i in range(len(jobs)) for record in results[i]]

@@ -83,6 +83,7 @@ import torch
 from rgvlm.config import Config, param
 from rgvlm.data.storage import OfflineDataset
 from rgvlm.envs import NUM_ACTIONS
+from rgvlm.progress import Progress
 from rgvlm.rl.networks import EncoderSpec, EntityStateEncoder
 
 D3RLPY_VERSION = "2.8.1"
@@ -407,10 +408,13 @@ def train_d3rlpy(algo: str, dataset, seed: int, n_steps: int, batch_size: int = 
     learner = config.create(device=device)
     d3rlpy.seed(int(seed))
     started = time.perf_counter()
-    history = learner.fit(
-        dataset, n_steps=n_steps, n_steps_per_epoch=log_every, experiment_name=experiment_name or f"{algo}_{seed}",
-        with_timestamp=False, show_progress=False, save_interval=n_steps // log_every + 1,
-        logger_adapter=d3rlpy.logging.NoopAdapterFactory())
+    # d3rlpy's own tqdm bar (show_progress) would write into the notebook; rgvlm.progress writes to
+    # the terminal, from fit's per-update callback.
+    with Progress(f"d3rlpy {type(learner).__name__} seed {seed}", n_steps, "updates") as bar:
+        history = learner.fit(
+            dataset, n_steps=n_steps, n_steps_per_epoch=log_every, experiment_name=experiment_name or f"{algo}_{seed}",
+            with_timestamp=False, show_progress=False, save_interval=n_steps // log_every + 1,
+            logger_adapter=d3rlpy.logging.NoopAdapterFactory(), callback=lambda _, __, step: bar.set(step))
     seconds = time.perf_counter() - started
     observation_dim = int(dataset.episodes[0].observation_signature.shape[0][0])
     settings = {
@@ -536,7 +540,9 @@ def train_and_evaluate(dataset, conversion: Conversion, algos: Sequence[str], se
         for policy, temperature in policies.items():
             started = time.perf_counter()
             act = D3rlpyPolicies(trained, conversion, temperature=temperature, seed=eval_seed)
-            per_run = rollout(act, episodes, env_config, embed_missions, num_runs=len(trained))
+            with Progress(f"{method} rollouts ({policy})", len(trained) * len(episodes), "episodes") as bar:
+                per_run = rollout(act, episodes, env_config, embed_missions, num_runs=len(trained),
+                                  on_finished=bar.update)
             for seed, run_records in zip(seeds, per_run, strict=True):
                 records += [{**r, "method": method, "run_seed": seed, "policy": policy} for r in run_records]
             seconds[f"eval_{method}_{policy}"] = round(time.perf_counter() - started, 2)

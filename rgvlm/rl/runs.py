@@ -31,6 +31,7 @@ import torch
 
 from rgvlm.config import replace_checked
 from rgvlm.data.storage import OfflineDataset, write_json_atomic
+from rgvlm.progress import Progress
 from rgvlm.rl.diagnostics import CriticProbe, discounted_returns, holdout_mask
 from rgvlm.rl.iql import LOOP_FIELDS, REWARD_SCALES, IQLConfig, IQLLearner, save_state_atomic
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy, save_multirun
@@ -193,32 +194,36 @@ def _train_stack(dataset, mission_table, reward_sets, todo, fingerprints, config
         del state
     tick, tick_step = time.perf_counter(), trainer.step
     last_write = time.monotonic()  # the interval counts from the start (or resume) of this stack
-    while trainer.step < config.num_steps:
-        metrics = trainer.train_step(data)
-        step = trainer.step
-        if (config.log_every and step % config.log_every == 0) or step == config.num_steps:
-            probing = probe is not None and (step == config.num_steps
-                                             or (config.checkpoint_every and step % config.checkpoint_every == 0))
-            if probing:
-                metrics = {**metrics, **probe(trainer)}
-            values = torch.stack(list(metrics.values())).cpu()  # one host sync per log step
-            now = time.perf_counter()
-            rate = (step - tick_step) / max(now - tick, 1e-9)  # stack updates per second
-            rows = [{"reward_set": name, "seed": seed, "step": step,
-                     **{k: float(values[i, r]) for i, k in enumerate(metrics)},
-                     "updates_per_s": rate, "run_updates_per_s": rate * len(todo)}
-                    for r, (name, seed) in enumerate(todo)]
-            log += rows
-            if on_log is not None:
-                on_log(rows)
-            tick, tick_step = time.perf_counter(), step
-        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.num_steps:
-            if time.monotonic() - last_write >= config.checkpoint_interval_s:
-                cost = save_multirun(trainer, stack_path, {"runs": identity, "log": log})
-                written["stack"].append({"step": step, **cost})
-                last_write = time.monotonic()
-            else:
-                written["skipped"] += 1
+    # Updates/s and ETA of the stack in the terminal (rgvlm.progress; a resumed stack counts from its step).
+    with Progress(f"IQL updates, {len(todo)} runs in one stack", config.num_steps, "updates",
+                  initial=trainer.step) as bar:
+        while trainer.step < config.num_steps:
+            metrics = trainer.train_step(data)
+            step = trainer.step
+            if (config.log_every and step % config.log_every == 0) or step == config.num_steps:
+                probing = probe is not None and (step == config.num_steps
+                                                 or (config.checkpoint_every and step % config.checkpoint_every == 0))
+                if probing:
+                    metrics = {**metrics, **probe(trainer)}
+                values = torch.stack(list(metrics.values())).cpu()  # one host sync per log step
+                now = time.perf_counter()
+                rate = (step - tick_step) / max(now - tick, 1e-9)  # stack updates per second
+                rows = [{"reward_set": name, "seed": seed, "step": step,
+                         **{k: float(values[i, r]) for i, k in enumerate(metrics)},
+                         "updates_per_s": rate, "run_updates_per_s": rate * len(todo)}
+                        for r, (name, seed) in enumerate(todo)]
+                log += rows
+                if on_log is not None:
+                    on_log(rows)
+                tick, tick_step = time.perf_counter(), step
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.num_steps:
+                if time.monotonic() - last_write >= config.checkpoint_interval_s:
+                    cost = save_multirun(trainer, stack_path, {"runs": identity, "log": log})
+                    written["stack"].append({"step": step, **cost})
+                    last_write = time.monotonic()
+                else:
+                    written["skipped"] += 1
+            bar.set(step)
     # Export each run, then drop the stack: a crash in between leaves the stack to resume from.
     start, exported = time.perf_counter(), 0
     for r, (name, seed) in enumerate(todo):

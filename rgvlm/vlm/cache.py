@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from rgvlm.data.storage import canonical_json, write_bytes_atomic
+from rgvlm.progress import Progress
 from rgvlm.vlm.base import LVLMClient, LVLMError, LVLMRequest, LVLMResponse
 
 
@@ -254,15 +255,15 @@ class CachedClient:
         return self.client.generation_settings()
 
     def _ask_and_release(self, requests: list[LVLMRequest], keys: list[str], chunk: list[int],
-                         results: list[LVLMResponse | None], held: set[str]) -> None:
+                         results: list[LVLMResponse | None], held: set[str], bar: Progress) -> None:
         """Ask ``chunk`` and give up this process's claims on its keys (answered or not)."""
-        self._ask(requests, keys, chunk, results)
+        self._ask(requests, keys, chunk, results, bar)
         for key in {keys[i] for i in chunk} & held:
             self.cache.release(key)
             held.discard(key)
 
     def _ask(self, requests: list[LVLMRequest], keys: list[str], chunk: list[int],
-             results: list[LVLMResponse | None]) -> None:
+             results: list[LVLMResponse | None], bar: Progress) -> None:
         def store(j: int, answer: LVLMResponse) -> None:
             i = chunk[j]
             self.usage.add_call(answer)
@@ -270,6 +271,7 @@ class CachedClient:
                        "prompt_chars": len(requests[i].prompt), "images": len(requests[i].images)}
             self.cache.put(keys[i], answer, summary)
             results[i] = answer
+            bar.update()
 
         batch = [requests[i] for i in chunk]
         if self.streams:
@@ -296,6 +298,16 @@ class CachedClient:
         missing = [i for i, result in enumerate(results) if result is None]
         for _ in range(len(requests) - len(missing)):
             self.usage.add_hit()
+        # Every LVLM query of every labelling method passes here: the one place its progress is
+        # reported (answered of this call's requests, and how many came from the cache).
+        hits = len(requests) - len(missing)
+        with Progress(f"LVLM {self.model}", len(requests), "answers", initial=hits, cache_hits=hits,
+                      on=None if requests else False) as bar:
+            self._generate(requests, keys, results, missing, bar)
+        return results  # type: ignore[return-value]
+
+    def _generate(self, requests: list[LVLMRequest], keys: list[str], results: list[LVLMResponse | None],
+                  missing: list[int], bar: Progress) -> None:
         held: set[str] = set()  # claims this call holds now
         mine: set[str] = set()  # keys this call has claimed
         try:
@@ -307,12 +319,12 @@ class CachedClient:
                 while position < len(missing) and len(chunk) < self.chunk_size:
                     i = missing[position]
                     position += 1
-                    if self._take(keys[i], i, results, held, mine):
+                    if self._take(keys[i], i, results, held, mine, bar):
                         chunk.append(i)
                     elif results[i] is None:
                         others.append(i)
                 if chunk:
-                    self._ask_and_release(requests, keys, chunk, results, held)
+                    self._ask_and_release(requests, keys, chunk, results, held, bar)
             # Then wait for the others' answers; ask those whose owner died without one.
             if others:
                 self.waited_for_others += len(others)
@@ -320,10 +332,10 @@ class CachedClient:
             while others:
                 ready = []
                 for i in others:
-                    if self._take(keys[i], i, results, held, mine):
+                    if self._take(keys[i], i, results, held, mine, bar):
                         ready.append(i)
                 if ready:
-                    self._ask_and_release(requests, keys, ready, results, held)
+                    self._ask_and_release(requests, keys, ready, results, held, bar)
                 others = [i for i in others if results[i] is None]
                 if others:
                     time.sleep(delay)
@@ -331,9 +343,9 @@ class CachedClient:
         finally:
             for key in held:
                 self.cache.release(key)
-        return results  # type: ignore[return-value]
 
-    def _take(self, key: str, i: int, results: list[LVLMResponse | None], held: set[str], mine: set[str]) -> bool:
+    def _take(self, key: str, i: int, results: list[LVLMResponse | None], held: set[str], mine: set[str],
+              bar: Progress) -> bool:
         """Whether this call should ask ``key`` now: False when it is answered meanwhile (then
         ``results[i]`` holds the answer) or claimed by another process."""
         if key in mine:
@@ -351,4 +363,5 @@ class CachedClient:
         if found is not None:
             results[i] = found
             self.usage.add_hit()
+            bar.update(cache_hits=bar.fields["cache_hits"] + 1)
         return False
