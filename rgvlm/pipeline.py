@@ -171,6 +171,11 @@ def run_stage(stage: str, params_path: Path = paths.PARAMS) -> None:
     # Keep Jupyter, IPython and matplotlib caches out of the user's home (CI machines).
     for variable, folder in (("MPLCONFIGDIR", "matplotlib"), ("IPYTHONDIR", "ipython")):
         os.environ.setdefault(variable, str(paths.ROOT / ".cache" / folder))
+    # The kernel imports this repository's rgvlm, as this runner did: a kernel puts its working
+    # directory after PYTHONPATH, so a PYTHONPATH naming another checkout would win, and a
+    # `dvc exp run --queue`/`--temp` experiment (run in a copy under .dvc/tmp/exps) would write
+    # into that checkout instead of its own.
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(paths.ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     try:
         papermill.execute_notebook(
             str(notebook), str(executed), parameters=parameters, kernel_name="python3",
