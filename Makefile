@@ -26,7 +26,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYGAME_HIDE_SUPPORT_PROMPT := 1
 
-.PHONY: setup data restore-data reproduce verify test test-fast check-deps lint lab notebooks clean-outputs export-minari
+.PHONY: setup data restore-data reproduce verify test test-fast check-deps lint lab notebooks clean-outputs export-minari sweep
 
 setup: $(STAMP)
 
@@ -74,6 +74,19 @@ export-minari: restore-data
 VERIFY_ARGS ?=
 verify: setup
 	$(BIN)/python -m rgvlm.verify $(VERIFY_ARGS)
+
+# One DVC experiment per value of one parameter, queued and run one after the other (each in a copy
+# under .dvc/tmp/exps; the workspace is left as it is), then listed with the k = 1 columns of
+# Figure 4 (reports/figure4.json) and the parameter: README "Sweeps". For exploring, on the
+# evaluation seeds: settings are chosen on the validation split (experiments/learning.py).
+#   make sweep PARAM=train.beta VALUES=3,10
+PARAM ?= train.beta
+VALUES ?= 3,10
+SWEEP_COLUMNS ?= $(subst .,\.,$(PARAM))|.*\.k1\.completion_mean
+sweep: setup
+	$(BIN)/dvc exp run --queue -S '$(PARAM)=$(VALUES)'
+	$(BIN)/dvc exp run --run-all
+	$(BIN)/dvc exp show --no-pager --md --drop '.*' --keep 'Experiment|$(SWEEP_COLUMNS)'
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

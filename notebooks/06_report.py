@@ -19,9 +19,10 @@ import json
 import pandas as pd
 
 from rgvlm import paths
+from rgvlm.data.storage import write_json_atomic
 from rgvlm.params import ParamError
 from rgvlm.plots import generalisation_bars, label_quality_bars, metric_by_k, save_figure, training_curves
-from rgvlm.report import build_report, figure4_left_methods, figure4_right_methods, provenance_title
+from rgvlm.report import build_report, figure4_left_methods, figure4_metrics, figure4_right_methods, provenance_title
 from rgvlm.rewards import fused_name
 from rgvlm.rl.diagnostics import DIAGNOSTIC_NAMES
 
@@ -63,7 +64,9 @@ quality = json.loads((paths.METRICS / "label_quality.json").read_text())
 quality_title = provenance_title({m: q["provenance"] for m, q in quality.items()})
 save_figure(label_quality_bars(quality, f"Label quality\n{quality_title}"), paths.FIGURES / "label_quality.png")
 build_report(headline=headline, split=report.get("split", "fresh"), policy=policy)
-print("wrote", paths.INDEX_HTML.relative_to(paths.ROOT), "and", paths.REPORT_README.relative_to(paths.ROOT))
+# Figure 4's numbers as a metrics file of their own (dvc.yaml), the columns of `dvc exp show`.
+write_json_atomic(paths.FIGURE4, figure4_metrics(everything, headline, report.get("split", "fresh"), policy))
+print("wrote", *(p.relative_to(paths.ROOT) for p in (paths.INDEX_HTML, paths.REPORT_README, paths.FIGURE4)))
 
 # %%
 from IPython.display import Image, display

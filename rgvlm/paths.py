@@ -31,3 +31,5 @@ METRICS = REPORTS / "metrics"
 BENCHMARKS = REPORTS / "benchmarks"
 INDEX_HTML = REPORTS / "index.html"
 REPORT_README = REPORTS / "README.md"  # the same report in Markdown, for a repository browser
+#: Figure 4's numbers for the report's split and policy (rgvlm.report.figure4_metrics): what `dvc exp show` lists.
+FIGURE4 = REPORTS / "figure4.json"

@@ -177,6 +177,11 @@ def run_stage(stage: str, params_path: Path = paths.PARAMS) -> None:
     # The kernel inherits this process's environment and stderr: rgvlm.progress writes its lines
     # to that stderr (the terminal of `dvc repro`, not the notebook), prefixed with the stage.
     os.environ[progress.STAGE] = stage
+    # The kernel imports this repository's rgvlm, as this runner did: a kernel puts its working
+    # directory after PYTHONPATH, so a PYTHONPATH naming another checkout would win, and a
+    # `dvc exp run --queue`/`--temp` experiment (run in a copy under .dvc/tmp/exps) would write
+    # into that checkout instead of its own.
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(paths.ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     try:
         papermill.execute_notebook(
             str(notebook), str(executed), parameters=parameters, kernel_name="python3",

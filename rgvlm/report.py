@@ -65,6 +65,25 @@ def figure4_right_methods(methods: list[str]) -> list[str]:
     return [m for m in ("sparse", "rg_vlm") if m in methods] + fusions
 
 
+def figure4_metrics(summary: pd.DataFrame, headline: str, split: str = "fresh", policy: str | None = None) -> dict:
+    """Figure 4's numbers: completion by k of every method Figure 4 left or right draws, in the
+    ``split`` panel under ``policy`` (default: the first in ``summary``). The report stage writes them
+    to ``reports/figure4.json``, a small metrics file whose values ``dvc exp show`` lists per experiment: ``{split: {policy: {method: {"k<k>": {completion_mean,
+    completion_low, completion_high}}}}}`` (DVC joins the keys with dots:
+    ``fresh.sampled.sparse+rg_vlm@1.k1.completion_mean``). ``summary`` is evaluation.json's
+    ``summary`` (:func:`rgvlm.evaluation.summarize`): the same numbers, never recomputed."""
+    policy = policy or str(summary["policy"].iloc[0])
+    summary = summary[summary["policy"] == policy]
+    methods = sorted(summary["method"].unique())
+    drawn = dict.fromkeys([*figure4_left_methods(methods, headline), *figure4_right_methods(methods)])
+    rows = summary[(summary["split"] == split) & summary["method"].isin(list(drawn))]
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for row in rows.sort_values(["method", "k"]).itertuples(index=False):
+        table.setdefault(row.method, {})[f"k{int(row.k)}"] = {
+            name: float(getattr(row, name)) for name in ("completion_mean", "completion_low", "completion_high")}
+    return {split: {policy: table}}
+
+
 def _cell(summary: pd.DataFrame, method: str, split: str, k: int, metric: str) -> pd.Series | None:
     match = summary[(summary["method"] == method) & (summary["split"] == split) & (summary["k"] == k)]
     return None if match.empty else match.iloc[0]

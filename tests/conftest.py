@@ -62,3 +62,14 @@ def rendered_report(tmp_path_factory):
     build_report(reports / "metrics", out, headline=fused_name("rg_vlm", float(report["headline_lambda"])),
                  split=report["split"], policy=report["policy"])
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """A copy of the working tree as a fresh git repository on the tiny profile, data/ built and
+    `dvc repro` run once (tests/tiny_project.py): (its folder, the environment to run commands in,
+    the repro's result). Shared by tests/test_pipeline.py and tests/test_sweeps.py; a test that
+    changes it puts it back."""
+    from tests.tiny_project import tiny_project
+
+    return tiny_project(tmp_path_factory.mktemp("clone") / "rgvlm")

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,19 +15,12 @@ import yaml
 from rgvlm.rewards.registry import LABELLED_METHODS as LABELLED
 from rgvlm.rewards.registry import METHODS
 from tests.report_pages import assert_same_report
+from tests.tiny_project import run
 
-ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("dataset_card", *(f"label@{m}" for m in LABELLED), "rewards", "train", "peer", "evaluate", "report")
 NOTEBOOKS = ("01_dataset_card", *(f"02_label_{m}" for m in LABELLED), "03_rewards", "04_train", "04b_peer",
              "05_evaluate", "06_report")
 pytestmark = pytest.mark.slow
-
-
-def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
 
 
 def tree_digest(*folders: Path) -> dict[str, str]:
@@ -41,47 +32,10 @@ def tree_digest(*folders: Path) -> dict[str, str]:
     }
 
 
-def tiny_clone(dst: Path, params: dict | None = None) -> dict:
-    """Copy the working tree (tracked and untracked-but-not-ignored files) to ``dst`` as a fresh git
-    repository on the tiny profile (``params``: the profile's parameters, changed), with data/
-    built and committed; returns the environment to run it in."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True)
-    for name in filter(None, listed.stdout.decode().split("\0")):
-        source = ROOT / name
-        if source.is_file():
-            (dst / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dst / name)
-    if params is None:
-        shutil.copy2(ROOT / "profiles" / "tiny.yaml", dst / "params.yaml")
-    else:
-        (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    bin_dir = str(Path(sys.executable).parent)
-    env = {
-        **os.environ,
-        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-        "PYTHONPATH": str(dst),  # the clone's package, not the one installed in the venv
-        "DVC_NO_ANALYTICS": "1",
-        "DVC_SITE_CACHE_DIR": str(dst / ".cache" / "dvc-site"),
-        "MPLCONFIGDIR": str(dst / ".cache" / "matplotlib"),
-        "RGVLM_PROGRESS": "1",  # the stages' progress lines on stderr, whatever the caller's setting
-        "GIT_AUTHOR_NAME": "rgvlm tests", "GIT_AUTHOR_EMAIL": "tests@rgvlm.invalid",
-        "GIT_COMMITTER_NAME": "rgvlm tests", "GIT_COMMITTER_EMAIL": "tests@rgvlm.invalid",
-    }
-    run(["git", "init", "-q"], dst, env)
-    run(["git", "add", "-A"], dst, env)
-    run(["git", "commit", "-qm", "tiny profile"], dst, env)
-    run([sys.executable, "-m", "rgvlm.data", "collect", "--workers", "1"], dst, env)
-    run(["dvc", "commit", "-f", "-q", "data.dvc"], dst, env)
-    return env
-
-
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A tiny clone (:func:`tiny_clone`) with `dvc repro` run once."""
-    dst = tmp_path_factory.mktemp("clone") / "rgvlm"
-    env = tiny_clone(dst)
-    repro = run(["dvc", "repro"], dst, env)
-    return dst, env, repro
+def project(tiny_pipeline):
+    """The tiny-profile clone after its first `dvc repro` (tests/conftest.py)."""
+    return tiny_pipeline
 
 
 def test_repro_runs_every_stage_and_writes_the_report(project):

@@ -217,7 +217,7 @@ STAGES = ("label@rg_vlm", "rewards", "train", "peer", "evaluate")
 def stage_runs(tmp_path_factory):
     """A tiny clone (tests/test_pipeline.py's) trimmed to one labelling method and two trained runs,
     and what ``python -m rgvlm.pipeline STAGE`` wrote to stderr for every stage evaluation needs."""
-    from tests.test_pipeline import ROOT, run, tiny_clone
+    from tests.tiny_project import ROOT, run, tiny_clone
 
     params = yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
     params["rewards"]["methods"] = ["sparse", "oracle", "rg_vlm"]
@@ -260,7 +260,7 @@ def test_stages_show_progress_in_the_terminal_not_in_the_notebook(stage_runs):
 
 @pytest.mark.slow
 def test_a_rerun_from_the_cache_shows_the_cache_hits(stage_runs):
-    from tests.test_pipeline import run
+    from tests.tiny_project import run
 
     dst, env, stderr = stage_runs
     first = _lines(stderr["label@rg_vlm"], "[label@rg_vlm] LVLM ")
@@ -276,7 +276,7 @@ def test_a_rerun_from_the_cache_shows_the_cache_hits(stage_runs):
 
 @pytest.mark.slow
 def test_the_off_switch_in_a_real_stage(stage_runs):
-    from tests.test_pipeline import run
+    from tests.tiny_project import run
 
     dst, env, _ = stage_runs
     result = run([sys.executable, "-m", "rgvlm.pipeline", "label@rg_vlm"], dst, {**env, progress.SWITCH: "0"})

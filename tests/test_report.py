@@ -12,7 +12,21 @@ from pathlib import Path
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from rgvlm.report import Bullets, Code, Figure, Heading, Para, Table, render_html, render_markdown
+from rgvlm.params import load_params
+from rgvlm.report import (
+    Bullets,
+    Code,
+    Figure,
+    Heading,
+    Para,
+    Table,
+    figure4_left_methods,
+    figure4_metrics,
+    figure4_right_methods,
+    render_html,
+    render_markdown,
+)
+from rgvlm.rewards import fused_name
 from tests.report_pages import assert_same_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +51,28 @@ def test_readme_shows_what_index_html_shows(rendered_report):
                    "Reward-method parameters", "Training and evaluation parameters"):
         assert any(wanted in h for h in headings), wanted
     assert "scripted annotator (privileged ground truth + noise; not an LVLM)" in readme.text
+
+
+def test_figure4_metrics_are_figure4s_rows_of_the_evaluation_summary():
+    """reports/figure4.json (what `dvc exp show` lists) holds, for the report's split and policy, the
+    completion rows of evaluation.json of every method Figure 4 draws, unchanged."""
+    import pandas as pd
+
+    report = load_params(ROOT / "params.yaml")["report"]
+    summary = pd.DataFrame(json.loads((ROOT / "reports" / "metrics" / "evaluation.json").read_text())["summary"])
+    headline = fused_name("rg_vlm", float(report["headline_lambda"]))
+    metrics = figure4_metrics(summary, headline, report["split"], report["policy"])
+    assert list(metrics) == [report["split"]] and list(metrics[report["split"]]) == [report["policy"]]
+    table = metrics[report["split"]][report["policy"]]
+    methods = sorted(summary["method"].unique())
+    assert set(table) == {*figure4_left_methods(methods, headline), *figure4_right_methods(methods)}
+    rows = summary[(summary["split"] == report["split"]) & (summary["policy"] == report["policy"])]
+    for method, by_k in table.items():
+        assert set(by_k) == {f"k{k}" for k in rows[rows["method"] == method]["k"]}
+        for key, cell in by_k.items():
+            row = rows[(rows["method"] == method) & (rows["k"] == int(key[1:]))].iloc[0]
+            assert cell == {name: row[name] for name in ("completion_mean", "completion_low", "completion_high")}
+    assert json.loads((ROOT / "reports" / "figure4.json").read_text()) == metrics  # the committed file
 
 
 def test_the_committed_readme_is_the_committed_index_html():

@@ -1,0 +1,63 @@
+"""A copy of the working tree as a fresh git repository on the tiny profile (profiles/tiny.yaml as
+params.yaml), for the tests that run the real pipeline: tests/test_pipeline.py, tests/test_sweeps.py,
+tests/test_progress.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def tiny_clone(dst: Path, params: dict | None = None) -> dict:
+    """A copy of the working tree (tracked and untracked-but-not-ignored files) in ``dst`` as a
+    fresh git repository on the tiny profile (``params``: the profile's parameters, changed), with
+    data/ built and committed. Returns the environment to run commands in (the copy's package on
+    PYTHONPATH, not the one installed in the venv; the stages' progress lines on)."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True)
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dst / name)
+    if params is None:
+        shutil.copy2(ROOT / "profiles" / "tiny.yaml", dst / "params.yaml")
+    else:
+        (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "PYTHONPATH": str(dst),  # the clone's package, not the one installed in the venv
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_SITE_CACHE_DIR": str(dst / ".cache" / "dvc-site"),
+        "MPLCONFIGDIR": str(dst / ".cache" / "matplotlib"),
+        "RGVLM_PROGRESS": "1",  # the stages' progress lines on stderr, whatever the caller's setting
+        "GIT_AUTHOR_NAME": "rgvlm tests", "GIT_AUTHOR_EMAIL": "tests@rgvlm.invalid",
+        "GIT_COMMITTER_NAME": "rgvlm tests", "GIT_COMMITTER_EMAIL": "tests@rgvlm.invalid",
+    }
+    run(["git", "init", "-q"], dst, env)
+    run(["git", "add", "-A"], dst, env)
+    run(["git", "commit", "-qm", "tiny profile"], dst, env)
+    run([sys.executable, "-m", "rgvlm.data", "collect", "--workers", "1"], dst, env)
+    run(["dvc", "commit", "-f", "-q", "data.dvc"], dst, env)
+    return env
+
+
+def tiny_project(dst: Path) -> tuple[Path, dict, subprocess.CompletedProcess]:
+    """:func:`tiny_clone` with `dvc repro` run once: ``dst``, its environment, the repro's result."""
+    env = tiny_clone(dst)
+    return dst, env, run(["dvc", "repro"], dst, env)
