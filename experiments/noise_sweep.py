@@ -39,7 +39,7 @@ from rgvlm.rewards.rg_vlm import config_from_params, label_rg_vlm  # noqa: E402
 from rgvlm.rl.diagnostics import holdout_mask  # noqa: E402
 from rgvlm.rl.missions import mission_embedder  # noqa: E402
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy  # noqa: E402
-from rgvlm.rl.runs import iql_config_for  # noqa: E402
+from rgvlm.rl.runs import iql_config_for, scale_rewards  # noqa: E402
 from rgvlm.vlm import cached_clients  # noqa: E402
 
 
@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = [(name, seed) for name in names for seed in args.seeds]
     embedder = mission_embedder(config.mission_encoder)  # as the networks read missions
     table = torch.as_tensor(embedder.embed(data.missions))
-    transitions = DeviceTransitions(data, list(reward_sets.values()), table, "cpu",
+    # Scaled as the pipeline's train stage scales every reward set (rgvlm.rl.runs.train_runs).
+    scaled = [scale_rewards(data, rewards, config.reward_scale, config.gamma) for rewards in reward_sets.values()]
+    transitions = DeviceTransitions(data, scaled, table, "cpu",
                                     holdout=holdout_mask(data, config.holdout_fraction),
                                     n_step=config.n_step, gamma=config.gamma)
     trainer = MultiRunIQL(config, [seed for _, seed in runs], [names.index(name) for name, _ in runs])
