@@ -73,3 +73,12 @@ def tiny_pipeline(tmp_path_factory):
     from tests.tiny_project import tiny_project
 
     return tiny_project(tmp_path_factory.mktemp("clone") / "rgvlm")
+
+
+@pytest.fixture(scope="module")
+def minari_root(tmp_path_factory):
+    """An empty local Minari root, set as ``MINARI_DATASETS_PATH`` for the module's tests."""
+    root = tmp_path_factory.mktemp("minari")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MINARI_DATASETS_PATH", str(root))
+        yield root

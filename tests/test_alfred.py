@@ -73,11 +73,8 @@ def truth_progress(directory: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("minari")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MINARI_DATASETS_PATH", str(root))
-        yield root
+def root(minari_root):
+    return minari_root
 
 
 @pytest.fixture(scope="module")

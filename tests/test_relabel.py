@@ -39,14 +39,6 @@ PARAMS = {
 
 
 @pytest.fixture(scope="module")
-def minari_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("minari")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MINARI_DATASETS_PATH", str(root))
-        yield root
-
-
-@pytest.fixture(scope="module")
 def gotolocal(minari_root):
     """The dataset, and the frames rendered while it was collected (episode -> [T + 1, h, w, 3])."""
     space = gym.spaces.Dict({
