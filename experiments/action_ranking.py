@@ -84,9 +84,10 @@ def random_action_mask(dataset: OfflineDataset, base_seed: int, wander_steps: tu
 @torch.no_grad()
 def run_scores(learner, grid, carry, mission, action, beta: float, clip: float) -> dict[str, np.ndarray]:
     s = learner.critic_view(grid, carry, mission)
-    q = learner.target_critic(*s).min(dim=1).values  # [M, A]
+    twin = learner.target_critic(*s)  # [M, 2, A]
+    q = twin.min(dim=1).values  # [M, A]
     v = learner.value(*s)
-    adv = _gather_actions(learner.target_critic(*s), action).min(dim=1).values - v
+    adv = _gather_actions(twin, action).min(dim=1).values - v
     return {
         "q_argmax": q.argmax(1).numpy(),
         "pi_argmax": learner.policy(grid, carry, mission).argmax(1).numpy(),

@@ -67,9 +67,10 @@ def figure4_right_methods(methods: list[str]) -> list[str]:
 
 def figure4_metrics(summary: pd.DataFrame, headline: str, split: str = "fresh", policy: str | None = None) -> dict:
     """Figure 4's numbers: completion by k of every method Figure 4 left or right draws, in the
-    ``split`` panel under ``policy`` (default: the first in ``summary``). The report stage writes them
-    to ``reports/figure4.json``, a small metrics file whose values ``dvc exp show`` lists per experiment: ``{split: {policy: {method: {"k<k>": {completion_mean,
-    completion_low, completion_high}}}}}`` (DVC joins the keys with dots:
+    ``split`` panel under ``policy`` (default: the first in ``summary``). The report stage writes
+    them to ``reports/figure4.json``, a small metrics file whose values ``dvc exp show`` lists per
+    experiment: ``{split: {policy: {method: {"k<k>": {completion_mean, completion_low,
+    completion_high}}}}}`` (DVC joins the keys with dots:
     ``fresh.sampled.sparse+rg_vlm@1.k1.completion_mean``). ``summary`` is evaluation.json's
     ``summary`` (:func:`rgvlm.evaluation.summarize`): the same numbers, never recomputed."""
     policy = policy or str(summary["policy"].iloc[0])
