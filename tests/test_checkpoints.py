@@ -178,3 +178,16 @@ def test_checkpoint_interval_is_validated():
     with pytest.raises(ParamError, match=r"train\.checkpoint_interval_s=inf"):
         train_config(raw)
     assert train_config({**raw, "checkpoint_interval_s": 600}).iql.checkpoint_interval_s == 600
+
+
+def test_a_checkpoint_older_than_a_config_field_loads_with_its_default(inputs):
+    """A field added to IQLConfig after a checkpoint was written defaults to the behaviour before
+    it, so the checkpoint loads; a checkpoint trained with another value does not."""
+    data, _, _ = inputs
+    config = iql_config_for(data, HYPER)
+    state = IQLLearner(config, seed=0).state_dict()
+    older = {**state, "config": {k: v for k, v in state["config"].items() if k != "advantage"}}
+    IQLLearner(config, seed=1).load_state_dict(older)
+    other = {**state, "config": {**state["config"], "advantage": "td"}}
+    with pytest.raises(ValueError, match="advantage"):
+        IQLLearner(config, seed=1).load_state_dict(other)

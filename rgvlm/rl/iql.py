@@ -368,7 +368,10 @@ class IQLLearner:
         from this learner's in anything but the loop fields (num_steps, log_every,
         checkpoint_every)."""
         ours = dataclasses.asdict(self.config)
-        theirs = dict(state["config"])
+        # A field the checkpoint lacks was added after it was written; new fields default to the
+        # behaviour that came before them, so the checkpoint was trained with the default.
+        defaults = {f.name: f.default for f in dataclasses.fields(self.config) if f.default is not dataclasses.MISSING}
+        theirs = {**defaults, **state["config"]}
         diff = {k: (theirs.get(k), ours[k]) for k in ours if k not in LOOP_FIELDS and theirs.get(k) != ours[k]}
         if diff:
             raise ValueError(f"checkpoint config differs from the learner's: {{field: (ckpt, ours)}} = {diff}")
