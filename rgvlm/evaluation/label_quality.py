@@ -10,7 +10,8 @@ Against the privileged ground truth (sub-task completions), which only a benchma
 Without ground truth, from trajectories known to succeed (a user has those on their own data):
 
 - ``voc``: Value-Order Correlation (GVL, Ma et al., ICLR 2025): the mean over the dataset's
-  expert episodes (``kind == "expert"``) of Spearman(t, v_t), the rank correlation of a value
+  expert episodes (``kind == "expert"``; in a dataset without them, its successful episodes) of
+  Spearman(t, v_t), the rank correlation of a value
   series with the chronological order. GVL defines it for predicted values (progress); for a
   method that outputs a per-state value (GVL's progress, ``RewardResult.values``) v_t is that
   value of the state after step t. For per-transition rewards, the adaptation used here: v_t is
@@ -81,8 +82,11 @@ def reward_values(dataset: OfflineDataset, rewards: np.ndarray) -> np.ndarray:
 
 
 def expert_episodes(dataset: OfflineDataset) -> list[int]:
-    """The episodes known to succeed that VOC averages over: the dataset's ``expert`` episodes."""
-    return [i for i, episode in enumerate(dataset.episodes) if episode.get("kind") == "expert"]
+    """The episodes known to succeed that VOC averages over: the dataset's ``expert`` episodes; in a
+    dataset without that kind (one read from elsewhere, :mod:`rgvlm.relabel`), the episodes that
+    ended in success."""
+    experts = [i for i, episode in enumerate(dataset.episodes) if episode.get("kind") == "expert"]
+    return experts or [i for i, episode in enumerate(dataset.episodes) if episode.get("success")]
 
 
 def value_order_correlation(dataset: OfflineDataset, rewards: np.ndarray, values: np.ndarray | None = None) -> float:
