@@ -83,7 +83,7 @@ def test_clean_scripted_progress_is_the_ground_truth_at_the_shown_frames(tiny_da
                               needs_images=False)
     truth = truth_after(tiny_dataset)
     shown = np.zeros(tiny_dataset.num_transitions, dtype=bool)
-    for index, episode in enumerate(tiny_dataset.episodes):
+    for episode in tiny_dataset.episodes:
         for s, e in episode_windows(episode["length"], CONFIG.window_length):
             shown[[episode["step_start"] + t - 1 for t in window_frames(s, e, CONFIG.frame_stride)]] = True
     np.testing.assert_allclose(result.values[shown], truth[shown], atol=0.005)  # answered in whole percent
@@ -163,6 +163,11 @@ def test_two_stage_asks_an_analysis_first(tiny_dataset):
     assert sum("An analysis of these frames:\nFrame 1: " in p for p in prompts[single:]) == stats["windows"]
     np.testing.assert_array_equal(one.rewards, two.rewards)  # clean answers: the analysis changes no number here
     assert two.provenance["lvlm"].get("stage2_model") is not None and "analysis" in two.provenance["source"]
+    bad = ScriptedAnnotator(ScriptedNoise(malformed_rate=1.0))
+    _, stats = label_gvl(tiny_dataset, ScriptedAnnotator(CLEAN), bad, CONFIG, needs_images=False)
+    assert stats["fallback_windows"] == 0  # one stage: the main model answers, not the stage-2 one
+    _, stats = label_gvl(tiny_dataset, ScriptedAnnotator(CLEAN), bad, GVLConfig(two_stage=True), needs_images=False)
+    assert stats["fallback_windows"] == stats["windows"]  # two stages: the stage-2 model answers
 
 
 def test_malformed_answers_are_reasked_then_interpolated_and_the_failure_rate_is_checked(tiny_dataset, tmp_path):

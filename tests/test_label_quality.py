@@ -59,7 +59,7 @@ class _Episodes:
 
     def __init__(self, lengths, kinds):
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int)
-        self.episodes = [{"length": n, "kind": k, "step_start": int(s)} for n, k, s in zip(lengths, kinds, starts)]
+        self.episodes = [{"length": n, "kind": k, "step_start": int(s)} for n, k, s in zip(lengths, kinds, starts, strict=True)]
 
     def episode_steps(self, index):
         e = self.episodes[index]

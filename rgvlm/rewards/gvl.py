@@ -11,8 +11,9 @@ any text gives the values or a named failure). The anchor is the episode's first
 window, so every answer is the completion of the *whole* task and the windows join up.
 
 ``two_stage: true`` first asks for a free-text analysis of the frames (``prompts/gvl_stage1.txt``),
-then the completions given it (``prompts/gvl_stage2.txt``), as RG-VLM does, so that the two are
-comparable query for query; ``false`` (GVL as published) asks the completions directly.
+then the completions given it (``prompts/gvl_stage2.txt``, from ``labeling.stage2_model`` when
+set), as RG-VLM does, so that the two are comparable query for query; ``false`` (GVL as
+published) asks the main model for the completions directly (the same template, no analysis).
 
 Progress of the observations not shown (between two shown frames) is **interpolated linearly**
 between the shown frames' answers (the first observation is the anchor, 0). A window whose
@@ -34,7 +35,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -256,9 +257,12 @@ def label_gvl(dataset: OfflineDataset, stage1: LVLMClient, stage2: LVLMClient, c
         return (f"Answer with JSON only: {{\"completion\": [...]}} with exactly {len(shown[i])} numbers from 0 to 100, "
                 "Frame 1 first.")
 
-    answers = ask_with_reasks(stage2, requests, lambda i, text: parse_completion(text, len(shown[i])),
+    # Two stages: the completions from the stage-2 model (labeling.stage2_model, maybe cheaper), as
+    # RG-VLM's scores; one stage: from the main model, the only query.
+    answerer = stage2 if config.two_stage else stage1
+    answers = ask_with_reasks(answerer, requests, lambda i, text: parse_completion(text, len(shown[i])),
                               lambda i, detail: invalid_answer_note(detail, reminder(i)), config.max_reasks)
-    check_failure_rate("gvl", answers.failed, len(windows), answers.errors, stage2, "windows")
+    check_failure_rate("gvl", answers.failed, len(windows), answers.errors, answerer, "windows")
 
     known: list[dict[int, float]] = [{} for _ in dataset.episodes]
     for window, times, values in zip(windows, shown, answers.values, strict=True):
