@@ -17,6 +17,7 @@ from rgvlm.rewards.gvl import (
     GVLConfig,
     ProgressTruth,
     config_from_params,
+    diagnostic,
     episode_windows,
     interpolate_progress,
     label_gvl,
@@ -139,6 +140,11 @@ def test_the_scripted_answer_follows_the_shared_noise_knobs():
     moved = [json.loads(truth.scripted_answer(np.random.default_rng(s), ScriptedNoise(
         score_sd=0.0, misattribution=1.0, malformed_rate=0.0)))["completion"] != clean for s in range(20)]
     assert all(moved)  # every change of progress seen a frame early or late
+    always = ScriptedNoise(score_sd=0.0, misattribution=1.0, malformed_rate=0.0)
+    later = ProgressTruth(2, (0.5, 0.5), (0, 1), (1, 1), 2, start=0.5)  # a window after the first: no change in it
+    assert json.loads(later.scripted_answer(np.random.default_rng(0), always))["completion"] == [50, 50]
+    first = ProgressTruth(2, (0.5, 0.5), (0, 1), (1, 1), 2)  # from the anchor's 0: the change may be seen late
+    assert json.loads(first.scripted_answer(np.random.default_rng(0), always))["completion"] == [0, 50]
     bad = [parse_completion(truth.scripted_answer(np.random.default_rng(s), ScriptedNoise(malformed_rate=1.0)), 6)
            for s in range(30)]
     assert not any(p.ok for p in bad) and {p.error for p in bad} >= {"wrong_count", "out_of_range", "unparseable"}
@@ -209,3 +215,8 @@ def test_the_values_are_saved_beside_the_rewards(tiny_dataset, tmp_path):
     back = load_rewards(tmp_path, "gvl")
     assert (tmp_path / "gvl.values.npy").exists() and back.values is not None
     np.testing.assert_allclose(back.values, result.values, atol=1e-6)
+    import matplotlib.pyplot as plt
+
+    figure = diagnostic(tiny_dataset, result, tmp_path)  # the labelling notebook's view of it
+    assert len(figure.axes) >= 1 and figure.axes[0].get_legend() is not None
+    plt.close(figure)

@@ -154,6 +154,9 @@ class ProgressTruth:
     order: tuple[int, ...]  # order[j]: the chronological position of the frame shown as Frame j + 1
     done: tuple[int, ...]  # sub-tasks done at each shown frame, chronological
     num_subtasks: int
+    #: progress at the window's start (the anchor's 0, or the previous window's last frame): a change
+    #: between it and the first shown frame can be seen late too, and none is made up
+    start: float = 0.0
 
     def scripted_answer(self, rng: np.random.Generator, noise: ScriptedNoise) -> str:
         n = len(self.progress)
@@ -164,7 +167,7 @@ class ProgressTruth:
         clean = np.asarray(self.progress, dtype=np.float64) * PERCENT_MAX
         seen = clean.copy()
         for i in range(n):
-            before = clean[i - 1] if i else 0.0
+            before = clean[i - 1] if i else PERCENT_MAX * self.start
             if clean[i] != before and rng.random() < noise.misattribution:
                 if i > 0 and rng.random() < 0.5:
                     seen[i - 1] = clean[i]  # the change seen one frame early
@@ -234,11 +237,12 @@ def label_gvl(dataset: OfflineDataset, stage1: LVLMClient, stage2: LVLMClient, c
             images = (frames[0], *(frames[times[i]] for i in order)) if needs_images else ()
             fields = {"goal": episode["mission"], "segment": segment.label(), "num_frames": len(times)}
             progress = tuple(d / k for d in done)
+            start = min(int(done_after[s - 1]), k) / k if s > 0 else 0.0
             windows.append(segment)
             shown.append([times[i] for i in order])
             frame_counts.append(len(times))
             fields_list.append(fields)
-            truths.append((ProgressTruth(1, progress, order, done, k), ProgressTruth(2, progress, order, done, k)))
+            truths.append((ProgressTruth(1, progress, order, done, k, start), ProgressTruth(2, progress, order, done, k, start)))
             images_list.append(images)
 
     analyses: list[Any] = [None] * len(windows)
@@ -299,3 +303,28 @@ def label(dataset: OfflineDataset, clients: tuple[LVLMClient, LVLMClient], confi
     """The labelling stage's entry (:mod:`rgvlm.rewards.registry`)."""
     stage1, stage2 = clients
     return label_gvl(dataset, stage1, stage2, config, needs_images=stage1.backend != "scripted")
+
+
+def diagnostic(dataset: OfflineDataset, result: RewardResult, out_dir: Path) -> Any:
+    """The progress the LVLM gave (interpolated between the frames it saw) against the privileged
+    progress, sub-tasks done / k, on up to four expert episodes of the largest k (a diagnostic:
+    the learner never sees the privileged one)."""
+    import matplotlib.pyplot as plt
+
+    experts = [i for i, e in enumerate(dataset.episodes) if e.get("kind") == "expert"]
+    if result.values is None or not experts:
+        return None
+    top = max(dataset.episodes[i]["k"] for i in experts)
+    chosen = [i for i in experts if dataset.episodes[i]["k"] == top][:4]
+    fig, axes = plt.subplots(1, len(chosen), figsize=(3.2 * len(chosen), 2.8), squeeze=False)
+    for ax, index in zip(axes[0], chosen, strict=True):
+        steps, k = dataset.episode_steps(index), max(int(dataset.episodes[index]["k"]), 1)
+        t = np.arange(1, steps.stop - steps.start + 1)
+        ax.plot(t, dataset.progress[steps] / k, label="privileged progress", drawstyle="steps-post")
+        ax.plot(t, result.values[steps], label="GVL progress")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel("t")
+        ax.set_title(f"episode {index} (k = {k})", fontsize=9)
+    axes[0][0].legend(fontsize="small")
+    fig.tight_layout()
+    return fig
