@@ -115,7 +115,7 @@ def label_quality_bars(quality: dict, title: str) -> plt.Figure:
     low = float(frame["value"].min()) if len(frame) else 0.0
     ax.set_ylim(min(0.0, low - 0.05), 1.05)  # VOC and Spearman may be negative
     ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.tick_params(axis="x", labelrotation=20)  # long fusion names
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")  # long fusion names
     ax.set_xlabel("")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     fig.suptitle(wrap(title), fontsize="medium")
