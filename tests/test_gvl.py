@@ -38,6 +38,15 @@ def truth_after(dataset) -> np.ndarray:
     return dataset.progress / dataset.k_of_step
 
 
+def shown_after(dataset, config: GVLConfig) -> np.ndarray:
+    """Bool per transition: the observation after it is one a window shows (not interpolated)."""
+    shown = np.zeros(dataset.num_transitions, dtype=bool)
+    for episode in dataset.episodes:
+        for s, e in episode_windows(episode["length"], config.window_length):
+            shown[[episode["step_start"] + t - 1 for t in window_frames(s, e, config.frame_stride)]] = True
+    return shown
+
+
 def test_windows_frames_and_interpolation():
     assert episode_windows(10, 4) == [(0, 4), (4, 8), (8, 10)] and episode_windows(10, 0) == [(0, 10)]
     assert window_frames(0, 8, 4) == [4, 8] and window_frames(8, 10, 4) == [10] and window_frames(0, 3, 4) == [3]
@@ -83,10 +92,7 @@ def test_clean_scripted_progress_is_the_ground_truth_at_the_shown_frames(tiny_da
     result, stats = label_gvl(tiny_dataset, ScriptedAnnotator(CLEAN), ScriptedAnnotator(CLEAN), CONFIG,
                               needs_images=False)
     truth = truth_after(tiny_dataset)
-    shown = np.zeros(tiny_dataset.num_transitions, dtype=bool)
-    for episode in tiny_dataset.episodes:
-        for s, e in episode_windows(episode["length"], CONFIG.window_length):
-            shown[[episode["step_start"] + t - 1 for t in window_frames(s, e, CONFIG.frame_stride)]] = True
+    shown = shown_after(tiny_dataset, CONFIG)
     np.testing.assert_allclose(result.values[shown], truth[shown], atol=0.005)  # answered in whole percent
     assert 0.0 <= result.values.min() and result.values.max() <= 1.0
     assert stats["fallback_windows"] == 0 and stats["reasks"] == 0 and stats["frames_per_query_max"] <= 4
@@ -220,3 +226,31 @@ def test_the_values_are_saved_beside_the_rewards(tiny_dataset, tmp_path):
     figure = diagnostic(tiny_dataset, result, tmp_path)  # the labelling notebook's view of it
     assert len(figure.axes) >= 1 and figure.axes[0].get_legend() is not None
     plt.close(figure)
+
+
+def test_token_probs_read_every_completion_with_no_parse_failure(tiny_dataset):
+    """labelling.scoring: token_probs: every percentage is read over "0", "10", ..., "100" even when
+    every generated answer would be malformed, and the progress still follows the ground truth."""
+    noise = ScriptedNoise(score_sd=0.5, misattribution=0.0, malformed_rate=1.0)
+    for reduce in ("expectation", "argmax"):
+        scored = ScriptedAnnotator(noise, scoring="token_probs", token_reduce=reduce)
+        result, stats = label_gvl(tiny_dataset, scored, scored, CONFIG, needs_images=False)
+        assert stats["fallback_windows"] == 0 and stats["stage2_errors"] == {}
+        assert stats["token_probs_windows"] == stats["windows"]
+        assert np.corrcoef(result.values, truth_after(tiny_dataset))[0, 1] > 0.9
+        if reduce == "argmax":
+            shown = shown_after(tiny_dataset, CONFIG)
+            assert set(np.round(result.values[shown] * 10, 6).tolist()) <= set(range(11))
+
+
+def test_a_percentage_template_and_numbers_on_a_finer_scale():
+    from rgvlm.vlm.token_probs import AnswerTemplate
+
+    template = AnswerTemplate.json_list("completion", 3, 0, 100, 10)
+    assert template.candidates == tuple(str(n) for n in range(0, 101, 10))
+    assert template.match(json.dumps({"completion": [10, 100, 0]})) == [1, 10, 0]
+    assert template.match(json.dumps({"completion": [12, 100, 0]})) is None
+    assert template.read_numbers(json.dumps({"completion": [12, 100, 0]})) == [12.0, 100.0, 0.0]
+    assert template.read_numbers("no numbers here") is None
+    with pytest.raises(ValueError, match="step=7"):
+        AnswerTemplate.json_list("completion", 3, 0, 100, 7)

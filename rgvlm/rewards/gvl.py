@@ -25,6 +25,11 @@ episode's final progress), or ``progress`` = progress(t+1). Either way the per-s
 series progress(t+1) is kept beside the rewards (``RewardResult.values``) for the label-quality
 measure VOC (:mod:`rgvlm.evaluation.label_quality`).
 
+With ``scoring: token_probs`` in the LVLM section (:mod:`rgvlm.vlm.token_probs`) each frame's
+completion is read from the model's distribution over "0", "10", ..., "100" at its place in
+``{"completion": [...]}`` (its expectation, or its argmax: ``token_reduce``), so no answer fails to
+parse.
+
 The scripted annotator (NOT an LVLM) answers from the privileged sub-task progress (sub-tasks
 done / k at each shown frame) under the same noise knobs as every other query kind
 (:class:`ProgressTruth`).
@@ -58,8 +63,12 @@ from rgvlm.rewards.queries import (
 from rgvlm.vlm.base import LVLMClient, LVLMRequest
 from rgvlm.vlm.parsing import MAX_ANSWER_CHARS, Number, distinct, json_values
 from rgvlm.vlm.scripted import ScriptedNoise
+from rgvlm.vlm.token_probs import AnswerTemplate
 
 PERCENT_MAX = 100
+#: Under token_probs a percentage is read over "0", "10", ..., "100": as many candidates as
+#: RG-VLM's 0..10 scores, so a window costs the same number of candidate forward passes.
+TOKEN_PROBS_STEP = 10
 REWARDS = ("delta", "progress")
 
 
@@ -253,8 +262,9 @@ def label_gvl(dataset: OfflineDataset, stage1: LVLMClient, stage2: LVLMClient, c
             for f, im, (t1, _) in zip(fields_list, images_list, truths, strict=True)])]
     requests = [
         LVLMRequest(prompt=template2.format(**f, analysis="" if a is None else f"An analysis of these frames:\n{a}\n\n"),
-                    images=im, max_new_tokens=config.stage2_max_new_tokens, annotation=t2)
-        for f, im, (_, t2), a in zip(fields_list, images_list, truths, analyses, strict=True)
+                    images=im, max_new_tokens=config.stage2_max_new_tokens, annotation=t2,
+                    template=AnswerTemplate.json_list("completion", len(times), 0, int(PERCENT_MAX), TOKEN_PROBS_STEP))
+        for f, im, (_, t2), a, times in zip(fields_list, images_list, truths, analyses, shown, strict=True)
     ]
 
     def reminder(i: int) -> str:
@@ -267,9 +277,14 @@ def label_gvl(dataset: OfflineDataset, stage1: LVLMClient, stage2: LVLMClient, c
     answers = ask_with_reasks(answerer, requests, lambda i, text: parse_completion(text, len(shown[i])),
                               lambda i, detail: invalid_answer_note(detail, reminder(i)), config.max_reasks)
     check_failure_rate("gvl", answers.failed, len(windows), answers.errors, answerer, "windows")
+    # Under labelling.scoring: token_probs each percentage is read from the distribution over the
+    # template's candidates (its expectation or argmax), not parsed.
+    completions = [read if read is not None else parsed
+                   for parsed, read in zip(answers.values, answers.token_values, strict=True)]
+    scored = sum(read is not None for read in answers.token_values)
 
     known: list[dict[int, float]] = [{} for _ in dataset.episodes]
-    for window, times, values in zip(windows, shown, answers.values, strict=True):
+    for window, times, values in zip(windows, shown, completions, strict=True):
         if values is not None:
             known[window.episode].update({t: v / PERCENT_MAX for t, v in zip(times, values, strict=True)})
     values_all = np.zeros(dataset.num_transitions, dtype=np.float64)
@@ -289,6 +304,7 @@ def label_gvl(dataset: OfflineDataset, stage1: LVLMClient, stage2: LVLMClient, c
         "stage2_errors": dict(answers.errors),
         "reasks": answers.reasks,
         "fallback_windows": answers.failed,
+        **({"token_probs_windows": scored} if scored else {}),
         "wall_time_s": round(time.perf_counter() - started, 3),
     }
     source = ("progress estimation on shuffled frames (GVL): "

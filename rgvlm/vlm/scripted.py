@@ -158,16 +158,19 @@ class ScriptedAnnotator:
             if template is None:
                 raise ValueError("the scripted annotator scores only requests with an answer template")
             text = ScriptedAnnotator(clean).answer(query.request)
-            filled = template.match(text)
-            if filled is None:
-                raise ValueError(f"the scripted answer {text[:80]!r} does not fit the request's answer template")
             slot = template.slot_of(query.prefix)
             if slot is None:
                 raise ValueError(f"prefix {query.prefix[:80]!r} is not a prefix of the template")
             values = np.asarray(template.values, dtype=float)
+            filled = template.match(text)
+            # A numeric answer on a finer scale than the candidates' (gvl's percentages against
+            # candidates 0, 10, ..., 100) is centred on its own number.
+            numbers = template.read_numbers(text) if filled is None else None
+            if filled is None and numbers is None:
+                raise ValueError(f"the scripted answer {text[:80]!r} does not fit the request's answer template")
             spread = max(float(values.max() - values.min()), 1e-9)
             sd = max(self.noise.score_sd, 0.5) * spread / 10.0
-            centre = values[filled[slot]]
+            centre = values[filled[slot]] if filled is not None else numbers[slot]
             out.append((-0.5 * ((values - centre) / sd) ** 2).tolist())
         return out
 

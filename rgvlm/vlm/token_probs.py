@@ -63,12 +63,15 @@ class AnswerTemplate:
             raise ValueError(f"{len(self.values)} values for {len(self.candidates)} candidates")
 
     @classmethod
-    def json_list(cls, key: str, count: int, low: int, high: int) -> AnswerTemplate:
-        """``{"<key>": [s1, ..., s_count]}`` with integer scores ``low..high``, spelt as ``json.dumps`` spells it."""
+    def json_list(cls, key: str, count: int, low: int, high: int, step: int = 1) -> AnswerTemplate:
+        """``{"<key>": [s1, ..., s_count]}`` with integer scores ``low, low + step, ..., high``, spelt
+        as ``json.dumps`` spells it."""
         if count < 1:
             raise ValueError(f"count={count}: expected >= 1")
+        if step < 1 or (high - low) % step:
+            raise ValueError(f"step={step}: expected a positive divisor of high - low = {high - low}")
         parts = (f'{{"{key}": [',) + (", ",) * (count - 1) + ("]}",)
-        numbers = range(low, high + 1)
+        numbers = range(low, high + 1, step)
         return cls(parts, tuple(str(n) for n in numbers), tuple(float(n) for n in numbers))
 
     @property
@@ -109,6 +112,14 @@ class AnswerTemplate:
         if found is None:
             return None
         return [self.candidates.index(g) for g in found.groups()]
+
+    def read_numbers(self, text: str) -> list[float] | None:
+        """The number in each slot when ``text`` is the template filled with numbers (candidates
+        or not: an answer on a finer scale than the candidates'), else None."""
+        number = r"(-?\d+(?:\.\d+)?)"
+        pattern = "".join(re.escape(part) + (number if i < self.slots else "") for i, part in enumerate(self.parts))
+        found = re.fullmatch(pattern, text.strip())
+        return None if found is None else [float(g) for g in found.groups()]
 
     def slot_of(self, prefix: str) -> int | None:
         """The slot that comes right after ``prefix`` (the answer so far), or None."""
