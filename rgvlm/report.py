@@ -486,10 +486,14 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
     sweep_path = reports_dir / "tuning" / "noise_sweep.json"
     if sweep_path.exists():
         sweep = json.loads(sweep_path.read_text())
-        levels = "; ".join(f"{q['level']}: AUROC {q['auroc_completion']:.3f}, Spearman {q['spearman_progress']:.3f}"
+        # Sweeps before gvl relabelled RG-VLM only, and their records carry no method or VOC.
+        methods = list(dict.fromkeys(q.get("method", "rg_vlm") for q in sweep["label_quality"]))
+        levels = "; ".join(f"{q.get('method', 'rg_vlm')} {q['level']}: AUROC {q['auroc_completion']:.3f}, "
+                           f"Spearman {q['spearman_progress']:.3f}" + (f", VOC {q['voc']:.3f}" if "voc" in q else "")
                            for q in sweep["label_quality"])
+        trained = ", ".join(f"{m} and sparse+{m}" if m == "rg_vlm" else m for m in methods)
         blocks += [_heading(2, "Label noise -> policy (how good must labels be?)"),
-                   _para("RG-VLM and Sparse + RG-VLM trained on labels of the scripted annotator (not an LVLM) at "
+                   _para(f"IQL trained on {trained} from labels of the scripted annotator (not an LVLM) at "
                          f"several noise levels; label quality per level: {levels}. Made by ", Code(sweep["command"]),
                          " (", Code("reports/tuning/noise_sweep.json"), "; outside ", Code("dvc repro"),
                          ": it trains as many runs again)."),
