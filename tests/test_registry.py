@@ -13,7 +13,7 @@ from rgvlm.report import figure4_left_methods
 from rgvlm.rewards import REWARD_METHODS
 from rgvlm.rewards.registry import COMPARISON_METHODS, LABELLED_METHODS, LVLM_SECTION, METHODS, PAPER_METHOD
 from rgvlm.verify import EXACT_METRICS
-from rgvlm.vlm.scripted import ScriptedTruth, WindowTruth
+from rgvlm.vlm.scripted import ScriptedTruth, SegmentTruth
 
 
 def test_every_consumer_reads_the_registry():
@@ -38,7 +38,7 @@ def test_each_method_names_real_prompts_and_scripted_query_kinds(name):
     for query in method.queries:
         module, _, cls = query.rpartition(".")
         truth = getattr(importlib.import_module(module), cls)
-        assert truth is WindowTruth or issubclass(truth, ScriptedTruth), query
+        assert truth is SegmentTruth or issubclass(truth, ScriptedTruth), query
 
 
 def test_every_prompt_file_belongs_to_a_method():

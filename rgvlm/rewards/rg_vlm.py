@@ -44,7 +44,7 @@ from rgvlm.rewards.queries import (
 )
 from rgvlm.vlm.base import LVLMClient
 from rgvlm.vlm.parsing import SCORE_MAX, parse_scores
-from rgvlm.vlm.scripted import WindowTruth
+from rgvlm.vlm.scripted import SegmentTruth
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,8 @@ def label_rg_vlm(
                 done_texts += episode["subtasks"][progress : progress + int(count)]
                 progress += int(count)
             names = tuple(words[int(a)] for a in actions[s:e])
-            truth1 = WindowTruth(1, tuple(int(c) for c in completed[s:e]), names, tuple(done_texts))
-            truth2 = WindowTruth(2, truth1.completed, names, truth1.subtasks_completed)
+            truth1 = SegmentTruth(1, tuple(int(c) for c in completed[s:e]), names, tuple(done_texts))
+            truth2 = SegmentTruth(2, truth1.completed, names, truth1.subtasks_completed)
             windows.append(Segment(index, s, e))
             fields = {"goal": episode["mission"], "num_frames": len(images) if images else "no",
                       "actions": numbered_actions(actions[s:e], words), "num_actions": e - s}
