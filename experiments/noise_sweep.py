@@ -32,7 +32,7 @@ from rgvlm.data import load_dataset  # noqa: E402
 from rgvlm.data.storage import write_json_atomic  # noqa: E402
 from rgvlm.evaluation import evaluation_episodes, rollout, summarize  # noqa: E402
 from rgvlm.evaluation.label_quality import label_quality  # noqa: E402
-from rgvlm.params import EnvConfig, labeling_config, load_params, train_config  # noqa: E402
+from rgvlm.params import EnvConfig, labelling_config, load_params, train_config  # noqa: E402
 from rgvlm.plots import METRIC_LABELS, save_figure  # noqa: E402
 from rgvlm.rewards import fuse, sparse_rewards  # noqa: E402
 from rgvlm.rewards.rg_vlm import config_from_params, label_rg_vlm  # noqa: E402
@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     levels = [parse_level(text) for text in args.levels]
     reward_sets, quality = {}, []
     for sd, mis in levels:
-        raw = {**params["labeling"], "scripted": {**params["labeling"]["scripted"], "score_sd": sd,
+        raw = {**params["labelling"], "scripted": {**params["labelling"]["scripted"], "score_sd": sd,
                                                    "misattribution": mis}}
-        config = labeling_config(raw)
+        config = labelling_config(raw)
         cache = paths.OUTPUTS / "experiments" / "noise_sweep" / f"cache_sd{sd:g}_mis{mis:g}"
         stage1, stage2, _ = cached_clients(config, cache)
         dense, _ = label_rg_vlm(data, stage1, stage2, config_from_params(params["rg_vlm"]), needs_images=False)

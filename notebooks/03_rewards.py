@@ -55,5 +55,5 @@ table = pd.DataFrame({r.method: pd.Series(r.rewards).groupby(kinds).mean() for r
 # LVLM calls of this run's labelling stages (a rerun from a warm cache asks none); the reward files
 # keep no run-dependent counts, so that their bytes are exact.
 table["lvlm_calls"] = [json.loads(path.read_text())["cost"].get("lvlm_calls", 0)
-                       if (path := paths.METRICS / f"labeling_{r.method}.json").exists() else 0 for r in results]
+                       if (path := paths.METRICS / f"labelling_{r.method}.json").exists() else 0 for r in results]
 table

@@ -370,10 +370,10 @@ def cost_table(metrics_dir: Path) -> Table | None:
     keys = ("lvlm_calls", "cache_hits", "prompt_tokens", "completion_tokens", "reasks", "wall_time_s",
             "estimated_cost_usd")
     rows = []
-    for path in sorted(metrics_dir.glob("labeling_*.json")):
+    for path in sorted(metrics_dir.glob("labelling_*.json")):
         record = json.loads(path.read_text())
         cost = record["cost"]
-        rows.append((Code(path.stem.removeprefix("labeling_")), lvlm_label(record["provenance"]),
+        rows.append((Code(path.stem.removeprefix("labelling_")), lvlm_label(record["provenance"]),
                      *(str(cost.get(k, "-")) for k in keys)))
     return Table(("method", "labels by", *keys), tuple(rows)) if rows else None
 
@@ -511,7 +511,7 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
     costs = cost_table(metrics_dir)
     if costs:
         blocks += [_heading(2, "Labelling cost per method"), costs,
-                   _para("Sources: ", Code("reports/metrics/labeling_*.json"), ". Calls are the queries sent to the "
+                   _para("Sources: ", Code("reports/metrics/labelling_*.json"), ". Calls are the queries sent to the "
                          "backend in this run; cache hits were answered from ", Code("outputs/lvlm_cache/"), ".")]
     ordered = method_order(list(methods))
     blocks += [_heading(2, "Provenance"), _heading(3, "Reward methods"),

@@ -51,8 +51,13 @@ EXACT_LOCK_OUTS: dict[str, tuple[str, ...]] = {
 EXACT_METRICS: tuple[str, ...] = (
     "reports/metrics/dataset.json",
     "reports/metrics/label_quality.json",
-    *(f"reports/metrics/labeling_{method}.json" for method in LABELLED_METHODS),
+    *(f"reports/metrics/labelling_{method}.json" for method in LABELLED_METHODS),
 )
+#: Committed files a ref from before a rename (issue 11) holds under their old name: read there
+#: when the new name is missing at the ref.
+OLD_NAMES: dict[str, str] = {
+    f"reports/metrics/labelling_{method}.json": f"reports/metrics/labeling_{method}.json" for method in LABELLED_METHODS
+}
 #: Fields of the exact metric files that are not part of the contract: wall times, and the LVLM
 #: calls, tokens and cost a warm LVLM cache saves (``rgvlm.rewards.base.RUN_KEYS``, listed there).
 IGNORED_KEYS: frozenset[str] = RUN_KEYS | {"seconds"}
@@ -129,6 +134,20 @@ def allowed_outside(n: int, p: float = 0.05, level: float = 0.95) -> int:
 
 # -- reading ----------------------------------------------------------------------------
 def committed_text(root: Path, ref: str, path: str) -> str:
+    """The file at ``ref``; one renamed since (:data:`OLD_NAMES`) under its old name if ``ref`` lacks the new."""
+    try:
+        return _git_show(root, ref, path)
+    except VerifyError:
+        if path not in OLD_NAMES:
+            raise
+        try:
+            return _git_show(root, ref, OLD_NAMES[path])
+        except VerifyError:
+            pass
+        raise
+
+
+def _git_show(root: Path, ref: str, path: str) -> str:
     try:
         result = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=root, capture_output=True, text=True)
     except OSError as error:  # no git, or no such directory

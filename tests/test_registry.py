@@ -22,7 +22,7 @@ def test_every_consumer_reads_the_registry():
     assert (PAPER_METHOD, *COMPARISON_METHODS) == LABELLED_METHODS
     assert figure4_left_methods([*LABELLED_METHODS, "sparse", "oracle", "x"], "x") == [
         "sparse", "x", *LABELLED_METHODS, "oracle"]
-    assert {f"reports/metrics/labeling_{m}.json" for m in LABELLED_METHODS} <= set(EXACT_METRICS)
+    assert {f"reports/metrics/labelling_{m}.json" for m in LABELLED_METHODS} <= set(EXACT_METRICS)
 
 
 @pytest.mark.parametrize("name", LABELLED_METHODS)

@@ -77,7 +77,7 @@ def test_identical_agrees_and_exits_0(repo, capsys):
 def test_timings_and_cache_hits_are_ignored(repo):
     def change(obj):
         obj["cost"].update(wall_time_s=99.0, cache_hits=10)
-    edit(repo, "reports/metrics/labeling_rg_vlm.json", change)
+    edit(repo, "reports/metrics/labelling_rg_vlm.json", change)
     edit(repo, verify.EVALUATION, lambda obj: obj["provenance"].update(seconds=1.0))
     assert verify.compare(repo).ok
 

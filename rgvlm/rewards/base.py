@@ -36,8 +36,8 @@ class RewardResult:
             raise ValueError(f"reward method {self.method!r}: rewards contain NaN or infinity")
 
 
-class LabelingFailed(RuntimeError):
-    """A labelling stage ended with more queries unanswered than ``labeling.max_failure_rate`` allows."""
+class LabellingFailed(RuntimeError):
+    """A labelling stage ended with more queries unanswered than ``labelling.max_failure_rate`` allows."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class FailurePolicy:
 
 def check_failure_rate(method: str, failed: int, total: int, reasons: Mapping[str, int], client: Any,
                        unit: str = "queries") -> None:
-    """Raise :class:`LabelingFailed` when ``failed / total`` is above the client's
+    """Raise :class:`LabellingFailed` when ``failed / total`` is above the client's
     :class:`FailurePolicy` (none attached: no limit, as for a bare backend in a notebook cell).
 
     ``reasons`` counts every rejected answer by the parser's reason, re-asks included: what a
@@ -61,12 +61,12 @@ def check_failure_rate(method: str, failed: int, total: int, reasons: Mapping[st
     if policy is None or total <= 0 or failed / total <= policy.max_failure_rate:
         return
     counts = ", ".join(f"{reason}: {count}" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]))
-    raise LabelingFailed(
+    raise LabellingFailed(
         f"{method}: {failed} of {total} {unit} ({failed / total:.1%}) got no usable answer after their re-asks, "
-        f"more than labeling.max_failure_rate={policy.max_failure_rate} allows. Rejected answers by reason: "
+        f"more than labelling.max_failure_rate={policy.max_failure_rate} allows. Rejected answers by reason: "
         f"{counts or 'none recorded'}. The raw answers are kept in {policy.raw_answers} (one JSON file each; "
         "'text' is what the model said; files ending in .corrupt could not be read). Look at a few, then fix the "
-        "prompt, the model or max_reasks, or raise labeling.max_failure_rate to train on the fallbacks; answers "
+        "prompt, the model or max_reasks, or raise labelling.max_failure_rate to train on the fallbacks; answers "
         "already paid for are reused by the rerun."
     )
 
@@ -122,7 +122,7 @@ def exact_threads(num_threads: int = EXACT_THREADS) -> Iterator[None]:
 
 #: Fields of a cost record that depend on how the run went, not on the labels: wall times, and
 #: the counters that depend on a warm LVLM cache (a rerun from the cache asks nothing). They stay
-#: in the stage's ``reports/metrics/labeling_<method>.json``; the reward files leave them out.
+#: in the stage's ``reports/metrics/labelling_<method>.json``; the reward files leave them out.
 TIMING_KEYS = frozenset({"wall_time_s", "train_time_s", "relabel_time_s", "describe_s", "load_s", "embed_goals_s",
                          "embed_states_s", "score_s", "random_rollout_s"})
 CACHE_KEYS = frozenset({"lvlm_calls", "cache_hits", "prompt_tokens", "completion_tokens", "estimated_cost_usd"})

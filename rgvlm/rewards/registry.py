@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from rgvlm.vlm.base import LVLMClient
 
 #: The params section of the LVLM backend that every method asking an LVLM shares.
-LVLM_SECTION = "labeling"
+LVLM_SECTION = "labelling"
 
 
 class LabelFunction(Protocol):

@@ -11,8 +11,8 @@ the numbered actions and the mission, and is asked
 A stage-2 answer that fails the parser is re-asked up to ``max_reasks`` times with the
 reason appended to the prompt; after that the window's scores fall back to
 ``fallback_score`` and the event is counted (a stage whose fallbacks pass
-``labeling.max_failure_rate`` fails: :func:`~rgvlm.rewards.base.check_failure_rate`).
-These settings are the ``rg_vlm`` section of params.yaml; the LVLM is the shared ``labeling`` one.
+``labelling.max_failure_rate`` fails: :func:`~rgvlm.rewards.base.check_failure_rate`).
+These settings are the ``rg_vlm`` section of params.yaml; the LVLM is the shared ``labelling`` one.
 Overlapping windows are averaged per transition; reward = score / 10. Prompt templates are
 editable files under ``prompts/``; their text is part of every cache key.
 """
