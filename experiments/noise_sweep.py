@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluation = params["evaluation"]
     episodes = evaluation_episodes(data, tuple(evaluation["ks"]), ("fresh",), args.episodes, evaluation["seed"])
     per_run = rollout(policy, episodes, EnvConfig(**data.manifest["env"]), embedder.embed, num_runs=len(runs))
-    records = [{**r, "method": name[0], "level": name[1], "run_seed": seed, "policy": "sampled"}
+    records = [{**r, "reward_set": name[0], "level": name[1], "run_seed": seed, "policy": "sampled"}
                for (name, seed), run_records in zip(runs, per_run, strict=True) for r in run_records]
     frame = pd.DataFrame(records)
     summary = pd.concat([summarize(group, samples=2000, seed=0).assign(level=level)
@@ -110,14 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, method in zip(axes, [n for n in dict.fromkeys(m for m, _ in names)], strict=True):
+    for ax, reward_set in zip(axes, [n for n in dict.fromkeys(m for m, _ in names)], strict=True):
         for q in quality:
-            rows = summary[(summary["method"] == method) & (summary["level"] == q["level"])].sort_values("k")
+            rows = summary[(summary["reward_set"] == reward_set) & (summary["level"] == q["level"])].sort_values("k")
             ax.errorbar(rows["k"], rows["completion_mean"],
                         yerr=[rows["completion_mean"] - rows["completion_low"],
                               rows["completion_high"] - rows["completion_mean"]], marker="o", capsize=3,
                         label=f"{q['level']} (AUROC {q['auroc_completion']:.2f}, Spearman {q['spearman_progress']:.2f})")
-        ax.set_title(method)
+        ax.set_title(reward_set)
         ax.set_xlabel("number of sub-tasks k")
     axes[0].set_ylabel(METRIC_LABELS["completion"] + " (fresh seeds, sampled policy)")
     axes[-1].legend(fontsize="x-small", title="scripted annotator noise (label quality)")
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "label_quality": quality, "summary": summary.to_dict("records"),
         "seconds": round(time.perf_counter() - started, 1),
     })
-    print(summary.pivot_table(index=["method", "level"], columns="k", values="completion_mean").round(3).to_string())
+    print(summary.pivot_table(index=["reward_set", "level"], columns="k", values="completion_mean").round(3).to_string())
     return 0
 
 

@@ -48,14 +48,14 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
                    "success_by_k.png", "training_curves.png", "critic_diagnostic.png", "label_quality.png"):
         assert (dst / "reports" / "figures" / figure).read_bytes()[:4] == b"\x89PNG"
     evaluation = json.loads((dst / "reports" / "metrics" / "evaluation.json").read_text())
-    methods = {row["method"] for row in evaluation["summary"]}
+    reward_sets = {row["reward_set"] for row in evaluation["summary"]}
     baselines = {"bc", "bc_success", "d3rlpy_bc", "d3rlpy_cql"}
-    assert methods == {"sparse", "oracle", "sparse+rg_vlm@0.5", *LABELLED, *baselines}
+    assert reward_sets == {"sparse", "oracle", "sparse+rg_vlm@0.5", *LABELLED, *baselines}
     assert {row["k"] for row in evaluation["summary"]} == {1, 2}
     assert {row["split"] for row in evaluation["summary"]} == {"seen", "fresh"}
     assert {row["policy"] for row in evaluation["summary"]} == {"greedy", "sampled"}
     for row in evaluation["summary"]:  # sparse and oracle have an extra seed; 1 seen and 2 fresh episodes per k
-        seeds = 2 if row["method"] in ("sparse", "oracle") else 1
+        seeds = 2 if row["reward_set"] in ("sparse", "oracle") else 1
         assert row["num_seeds"] == seeds and row["num_episodes"] == seeds * {"seen": 1, "fresh": 2}[row["split"]], row
     assert set(evaluation["provenance"]["baselines"]) == baselines
     index = (dst / "reports" / "index.html").read_text()
@@ -77,7 +77,7 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
     card = json.loads((dst / "reports" / "metrics" / "dataset.json").read_text())
     assert card["episodes"] == 12 and [row["k"] for row in card["per_k"]] == [1, 2]
     log = (dst / "reports" / "metrics" / "training.csv").read_text().splitlines()
-    assert log[0].startswith("method,seed,step") and len(log) == 1 + 12 * 4  # runs x (40 / 10) rows
+    assert log[0].startswith("reward_set,seed,step") and len(log) == 1 + 12 * 4  # runs x (40 / 10) rows
     assert "v_return_corr" in log[0] and "Did each critic learn?" in index
     checkpoints = json.loads((dst / "reports" / "metrics" / "checkpoints.json").read_text())
     assert [c["step"] for c in checkpoints["stack_checkpoints"]] == [20] and checkpoints["export_files"] == 12

@@ -9,7 +9,7 @@ import yaml
 
 from rgvlm import paths
 from rgvlm.pipeline import load_stages
-from rgvlm.report import figure4_left_methods
+from rgvlm.report import figure4_left_reward_sets
 from rgvlm.rewards import REWARD_METHODS
 from rgvlm.rewards.registry import COMPARISON_METHODS, LABELLED_METHODS, LVLM_SECTION, METHODS, PAPER_METHOD
 from rgvlm.verify import EXACT_METRICS
@@ -20,7 +20,7 @@ def test_every_consumer_reads_the_registry():
     assert LABELLED_METHODS == ("rg_vlm", "vlm_car", "erl_vlm", "rl_vlm_f", "embedding")
     assert set(REWARD_METHODS) == {"sparse", "oracle", *LABELLED_METHODS}
     assert (PAPER_METHOD, *COMPARISON_METHODS) == LABELLED_METHODS
-    assert figure4_left_methods([*LABELLED_METHODS, "sparse", "oracle", "x"], "x") == [
+    assert figure4_left_reward_sets([*LABELLED_METHODS, "sparse", "oracle", "x"], "x") == [
         "sparse", "x", *LABELLED_METHODS, "oracle"]
     assert {f"reports/metrics/labelling_{m}.json" for m in LABELLED_METHODS} <= set(EXACT_METRICS)
 

@@ -23,7 +23,7 @@ from rgvlm.data.storage import write_json_atomic, write_npy_atomic
 class RewardResult:
     """Rewards for every transition of a dataset, with cost and provenance."""
 
-    method: str
+    reward_set: str  # a reward method alone (``oracle``) or a fusion (``sparse+rg_vlm@1``)
     rewards: np.ndarray  # float32 [N]
     provenance: dict[str, Any] = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=dict)
@@ -31,9 +31,9 @@ class RewardResult:
     def __post_init__(self) -> None:
         self.rewards = np.asarray(self.rewards, dtype=np.float32)
         if self.rewards.ndim != 1:
-            raise ValueError(f"reward method {self.method!r}: rewards must be 1-D, got shape {self.rewards.shape}")
+            raise ValueError(f"reward set {self.reward_set!r}: rewards must be 1-D, got shape {self.rewards.shape}")
         if not np.all(np.isfinite(self.rewards)):
-            raise ValueError(f"reward method {self.method!r}: rewards contain NaN or infinity")
+            raise ValueError(f"reward set {self.reward_set!r}: rewards contain NaN or infinity")
 
 
 class LabellingFailed(RuntimeError):
@@ -139,23 +139,23 @@ def without_run_fields(obj: Any, keys: frozenset[str] = RUN_KEYS) -> Any:
 
 
 def save_rewards(directory: Path, result: RewardResult) -> None:
-    """Write ``<method>.npy`` (quantised by :func:`quantise_rewards`) and ``<method>.json``
+    """Write ``<reward set>.npy`` (quantised by :func:`quantise_rewards`) and ``<reward set>.json``
     (provenance and cost without :data:`RUN_KEYS`) atomically: both byte-exact across runs,
     cold or warm LVLM cache."""
     rewards = quantise_rewards(result.rewards)
-    write_npy_atomic(directory / f"{result.method}.npy", rewards)
+    write_npy_atomic(directory / f"{result.reward_set}.npy", rewards)
     write_json_atomic(
-        directory / f"{result.method}.json",
-        {"method": result.method, "provenance": without_run_fields(result.provenance),
+        directory / f"{result.reward_set}.json",
+        {"reward_set": result.reward_set, "provenance": without_run_fields(result.provenance),
          "cost": without_run_fields(result.cost), "num_transitions": int(rewards.shape[0]),
          "mean": round(float(rewards.astype(np.float64).mean()), REWARD_DECIMALS) if rewards.size else 0.0},
     )
 
 
-def load_rewards(directory: Path, method: str) -> RewardResult:
+def load_rewards(directory: Path, reward_set: str) -> RewardResult:
     """Read a reward set written by :func:`save_rewards`."""
-    npy, meta = directory / f"{method}.npy", directory / f"{method}.json"
+    npy, meta = directory / f"{reward_set}.npy", directory / f"{reward_set}.json"
     if not npy.exists() or not meta.exists():
-        raise FileNotFoundError(f"reward set {method!r} not found in {directory}: run the rewards stage first")
+        raise FileNotFoundError(f"reward set {reward_set!r} not found in {directory}: run the rewards stage first")
     info = json.loads(meta.read_text())
-    return RewardResult(method=method, rewards=np.load(npy), provenance=info["provenance"], cost=info["cost"])
+    return RewardResult(reward_set=reward_set, rewards=np.load(npy), provenance=info["provenance"], cost=info["cost"])
