@@ -17,6 +17,9 @@ On the held-out episodes of the critic diagnostic (never trained on), for every 
   same for the run's policy (its greedy action).
 * ``adv_auroc_bot_vs_random``: in partial episodes, the AUROC of A(s, a) = Q(s, a) - V(s)
   separating the bot's actions (positives) from the random ones; 0.5 = no ranking.
+* ``reranked_agree_expert@B``: the same as ``pi_agree_expert`` for the policy re-ranked by the
+  critic, argmax(log pi(a|s) + B A(s, a)) — the exact form of the policy step IQL's weighted
+  regression approximates, which reads the critic's value of every action.
 * ``weight_bot`` / ``weight_random``: mean advantage weight min(exp(beta A), clip) of each:
   how much the policy step actually down-weights random actions.
 
@@ -81,6 +84,10 @@ def random_action_mask(dataset: OfflineDataset, base_seed: int, wander_steps: tu
     return random
 
 
+#: Inverse temperatures of the re-ranked policy argmax(log pi(a|s) + beta A(s, a)) (0: the policy's own).
+RERANK_BETAS = (1.0, 3.0, 10.0, 30.0)
+
+
 @torch.no_grad()
 def run_scores(learner, grid, carry, mission, action, beta: float, clip: float) -> dict[str, np.ndarray]:
     s = learner.critic_view(grid, carry, mission)
@@ -88,9 +95,15 @@ def run_scores(learner, grid, carry, mission, action, beta: float, clip: float) 
     q = twin.min(dim=1).values  # [M, A]
     v = learner.value(*s)
     adv = _gather_actions(twin, action).min(dim=1).values - v
+    log_pi = torch.log_softmax(learner.policy(grid, carry, mission), dim=1)
+    # The policy step IQL approximates has the closed form pi(a|s) ~ pi_data(a|s) exp(beta A(s, a)):
+    # with six actions it can be applied exactly, reading the critic's ranking of every action
+    # rather than only the in-data differences the weighted regression sees.
+    reranked = {beta_eval: (log_pi + beta_eval * (q - v[:, None])).argmax(1).numpy() for beta_eval in RERANK_BETAS}
     return {
         "q_argmax": q.argmax(1).numpy(),
-        "pi_argmax": learner.policy(grid, carry, mission).argmax(1).numpy(),
+        "pi_argmax": log_pi.argmax(1).numpy(),
+        "reranked_argmax": reranked,
         "adv": adv.numpy(),
         "weight": advantage_weights(adv, beta, clip).numpy(),
     }
@@ -137,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             sel = is_expert if ks is None else is_expert & np.isin(k_sel, ks)
             row["q_agree_expert" + group] = float((out["q_argmax"][sel] == action_np[sel]).mean())
             row["pi_agree_expert" + group] = float((out["pi_argmax"][sel] == action_np[sel]).mean())
+        for beta_eval, argmax in out["reranked_argmax"].items():
+            row[f"reranked_agree_expert@{beta_eval:g}"] = float((argmax[is_expert] == action_np[is_expert]).mean())
         both = is_bot_partial | is_random
         row["adv_auroc_bot_vs_random"] = auroc(out["adv"][both], is_bot_partial[both])
         row["weight_bot"] = float(out["weight"][is_bot_partial].mean())

@@ -1,16 +1,18 @@
 """How good must an LVLM's labels be before they help? Label noise -> label quality -> policy.
 
 For each noise level of the scripted annotator (``score_sd``, ``misattribution``), relabels the
-pipeline's dataset (``data/``) with RG-VLM through the scripted annotator (its own response
-cache per level under ``outputs/experiments/noise_sweep/``), measures the labels' quality
-against the privileged ground truth (AUROC, Spearman), fuses them with the sparse reward, then
-trains RG-VLM and Sparse + RG-VLM (``--lam``) with the pipeline's ``train`` settings for
-``--seeds`` in one stack, and rolls every run out on the fresh evaluation layouts. Writes
+pipeline's dataset (``data/``) with each of ``--methods`` (default RG-VLM and gvl; any
+registered method that asks the LVLM, through its registry entry and its params section)
+through the scripted annotator (its own response cache per level under
+``outputs/experiments/noise_sweep/``), measures the labels' quality (AUROC and Spearman against
+the privileged ground truth; VOC, which needs none), fuses RG-VLM's with the sparse reward
+(``--lam``), then trains every reward set with the pipeline's ``train`` settings for ``--seeds``
+in one stack, and rolls every run out on the fresh evaluation layouts. Writes
 ``reports/tuning/noise_sweep.json`` and ``reports/tuning/noise_sweep.png`` (linked from the
 report). The scripted annotator is not an LVLM: this measures what label quality does to the
 policy, not any LVLM.
 
-    python experiments/noise_sweep.py --levels 0:0 1:0.1 2:0.3 4:0.5 --seeds 0 1 2 --episodes 30
+    python experiments/noise_sweep.py --levels 0:0 1:0.1 2:0.3 4:0.5 --seeds 0 1 2 --episodes 30 --temperature 0.5
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from rgvlm.evaluation.label_quality import label_quality  # noqa: E402
 from rgvlm.params import EnvConfig, labelling_config, load_params, train_config  # noqa: E402
 from rgvlm.plots import METRIC_LABELS, save_figure  # noqa: E402
 from rgvlm.rewards import fuse, sparse_rewards  # noqa: E402
-from rgvlm.rewards.rg_vlm import config_from_params, label_rg_vlm  # noqa: E402
+from rgvlm.rewards.registry import LVLM_SECTION, METHODS, PAPER_METHOD  # noqa: E402
 from rgvlm.rl.diagnostics import holdout_mask  # noqa: E402
 from rgvlm.rl.missions import mission_embedder  # noqa: E402
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy  # noqa: E402
@@ -53,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", nargs="+", default=["0:0", "1:0.1", "2:0.3", "4:0.5"],
                         help="score_sd:misattribution of the scripted annotator")
+    parser.add_argument("--methods", nargs="+", default=[PAPER_METHOD, "gvl"],
+                        choices=[name for name, method in METHODS.items() if method.uses_lvlm],
+                        help="labelling methods to relabel at every level")
     parser.add_argument("--lam", type=float, default=1.0, help="fusion weight of Sparse + RG-VLM")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="updates per run (default: train.num_steps)")
@@ -67,18 +72,25 @@ def main(argv: list[str] | None = None) -> int:
     levels = [parse_level(text) for text in args.levels]
     reward_sets, quality = {}, []
     for sd, mis in levels:
-        raw = {**params["labelling"], "scripted": {**params["labelling"]["scripted"], "score_sd": sd,
-                                                   "misattribution": mis}}
-        config = labelling_config(raw)
-        cache = paths.OUTPUTS / "experiments" / "noise_sweep" / f"cache_sd{sd:g}_mis{mis:g}"
-        stage1, stage2, _ = cached_clients(config, cache)
-        dense, _ = label_rg_vlm(data, stage1, stage2, config_from_params(params["rg_vlm"]), needs_images=False)
+        lvlm = params[LVLM_SECTION]
+        config = labelling_config({**lvlm, "scripted": {**lvlm["scripted"], "score_sd": sd, "misattribution": mis}})
         level = f"sd={sd:g}, mis={mis:g}"
-        reward_sets[("rg_vlm", level)] = dense.rewards
-        reward_sets[(f"sparse+rg_vlm@{args.lam:g}", level)] = fuse(sparse, dense, args.lam).rewards
-        quality.append({"level": level, "score_sd": sd, "misattribution": mis, **label_quality(data, dense.rewards)})
-        print(f"{level}: AUROC {quality[-1]['auroc_completion']:.3f}, Spearman {quality[-1]['spearman_progress']:.3f}",
-              flush=True)
+        for name in args.methods:
+            # One cache per level, shared by the methods (their queries never share a key); RG-VLM's
+            # level caches are the ones the sweep wrote before it relabelled other methods.
+            cache = paths.OUTPUTS / "experiments" / "noise_sweep" / f"cache_sd{sd:g}_mis{mis:g}"
+            stage1, stage2, _ = cached_clients(config, cache)
+            method = METHODS[name]
+            out_dir = cache / f"{name}_files"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            dense, _ = method.label(data, (stage1, stage2), method.config_from_params(params[name]), out_dir)
+            reward_sets[(name, level)] = dense.rewards
+            if name == PAPER_METHOD:
+                reward_sets[(f"sparse+{name}@{args.lam:g}", level)] = fuse(sparse, dense, args.lam).rewards
+            quality.append({"method": name, "level": level, "score_sd": sd, "misattribution": mis,
+                            **label_quality(data, dense.rewards, dense.values)})
+            print(f"{name} {level}: AUROC {quality[-1]['auroc_completion']:.3f}, Spearman "
+                  f"{quality[-1]['spearman_progress']:.3f}, VOC {quality[-1]['voc']:.3f}", flush=True)
 
     train = train_config(params["train"])
     config = iql_config_for(data, dataclasses.replace(train.iql, num_steps=args.steps) if args.steps else train.iql)
@@ -109,18 +121,21 @@ def main(argv: list[str] | None = None) -> int:
 
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, reward_set in zip(axes, [n for n in dict.fromkeys(m for m, _ in names)], strict=True):
-        for q in quality:
+    panels = list(dict.fromkeys(m for m, _ in names))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), sharey=True, squeeze=False)
+    for ax, reward_set in zip(axes[0], panels, strict=True):
+        labelled_by = reward_set.split("+")[-1].split("@")[0]  # the method whose labels the set holds
+        for q in (q for q in quality if q["method"] == labelled_by):
             rows = summary[(summary["reward_set"] == reward_set) & (summary["level"] == q["level"])].sort_values("k")
             ax.errorbar(rows["k"], rows["completion_mean"],
                         yerr=[rows["completion_mean"] - rows["completion_low"],
                               rows["completion_high"] - rows["completion_mean"]], marker="o", capsize=3,
-                        label=f"{q['level']} (AUROC {q['auroc_completion']:.2f}, Spearman {q['spearman_progress']:.2f})")
+                        label=f"{q['level']} (AUROC {q['auroc_completion']:.2f}, Spearman {q['spearman_progress']:.2f}, "
+                              f"VOC {q['voc']:.2f})")
         ax.set_title(reward_set)
         ax.set_xlabel("number of sub-tasks k")
-    axes[0].set_ylabel(METRIC_LABELS["completion"] + " (fresh seeds, sampled policy)")
-    axes[-1].legend(fontsize="x-small", title="scripted annotator noise (label quality)")
+        ax.legend(fontsize="xx-small", title="scripted annotator noise (label quality)", title_fontsize="xx-small")
+    axes[0][0].set_ylabel(METRIC_LABELS["completion"] + " (fresh seeds, sampled policy)")
     fig.suptitle("Label noise -> policy: the scripted annotator (NOT an LVLM) at several noise levels, IQL, "
                  f"{len(args.seeds)} seeds, {args.episodes} fresh episodes per k", fontsize="medium")
     fig.tight_layout()

@@ -9,6 +9,7 @@
 # - `oracle`: the number of sub-tasks the step completed, from the privileged ground truth.
 #   An upper bound for dense rewards, never available to a real learner.
 # - `rg_vlm`: the labelling stage's scores / 10 (stage 2).
+# - the comparison methods (`vlm_car`, `erl_vlm`, `rl_vlm_f`, `gvl`, `embedding`): their labelling stages' rewards.
 # - fusions `sparse+<dense>@<lambda>`: sparse + lambda * dense.
 
 # %% tags=["parameters"]
@@ -34,13 +35,17 @@ for result in results:
 
 # %% [markdown]
 # Label quality: each reward set's agreement with the privileged ground truth (Spearman with the
-# sub-tasks each step completed; AUROC for "this step completed a sub-task").
+# sub-tasks each step completed; AUROC for "this step completed a sub-task"), which only a benchmark
+# has, and its Value-Order Correlation (VOC) on the expert episodes, which needs only trajectories
+# known to succeed: a user can compute it on their own data. VOC reads a method's per-state values
+# where it has them (GVL's progress), else the running sum of its median-centred reward
+# (`rgvlm/evaluation/label_quality.py`).
 
 # %%
 from rgvlm.data.storage import write_json_atomic
 from rgvlm.evaluation.label_quality import label_quality
 
-quality = {r.reward_set: {**label_quality(data, r.rewards), "provenance": r.provenance} for r in results}
+quality = {r.reward_set: {**label_quality(data, r.rewards, r.values), "provenance": r.provenance} for r in results}
 write_json_atomic(paths.METRICS / "label_quality.json", quality)
 pd.DataFrame({m: {k: v for k, v in q.items() if k != "provenance"} for m, q in quality.items()}).T
 

@@ -26,6 +26,10 @@ EXPERT_VIEWS = ("agent", "state")
 #: successful episodes (filtered BC). Both are trained by the same stack as the IQL runs.
 BASELINES = ("bc", "bc_success")
 BACKENDS = ("scripted", "transformers", "openai")
+#: How a backend answers a scored query (rgvlm.vlm.token_probs): generate and parse the text, or
+#: read the scores' token probabilities; and what a score's distribution becomes.
+SCORINGS = ("generate", "token_probs")
+TOKEN_REDUCES = ("expectation", "argmax")
 #: Keys that were in ``labelling`` before they moved to RG-VLM's own section ``rg_vlm``.
 MOVED_TO_RG_VLM = ("window_length", "window_stride", "frame_stride", "tile_size", "max_reasks", "fallback_score")
 #: Sections that were renamed: an old name in a params file fails, naming the new one.
@@ -352,6 +356,11 @@ class LabellingConfig(Config):
     # Share of a method's queries allowed to end with no usable answer (fallback or dropped).
     max_failure_rate: float = param(0.05, low=0.0, high=1.0)
     deadline_s: float | None = param(None, low=0.1, high=86400.0)  # openai: wall-clock limit of one attempt (None: 3 x timeout_s)
+    # generate: the answer's text is generated and parsed; token_probs: each score is read from the
+    # distribution over its allowed tokens (rgvlm.vlm.token_probs; openai: needs the server's logprobs).
+    scoring: str = param("generate", choices=SCORINGS)
+    token_reduce: str = param("expectation", choices=TOKEN_REDUCES)  # token_probs: a score's expectation or argmax
+    top_logprobs: int = param(20, low=1, high=20)  # openai, token_probs: alternatives asked per token
 
     def check(self) -> None:
         if self.backend in ("transformers", "openai") and not self.model:

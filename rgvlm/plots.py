@@ -98,17 +98,24 @@ def training_curves(log: pd.DataFrame, columns: list[str], title: str) -> plt.Fi
 
 
 def label_quality_bars(quality: dict, title: str) -> plt.Figure:
-    """Each reward set's agreement with ground-truth progress (Spearman, AUROC)."""
+    """Each reward set's agreement with ground-truth progress (Spearman, AUROC: privileged ground
+    truth) and its VOC on the expert episodes (no ground truth; a file without it draws none)."""
     sns.set_theme(style="whitegrid", context="notebook")
     reward_sets = reward_set_order(list(quality))
+    measures = (("spearman_progress", "Spearman with progress (ground truth)"),
+                ("auroc_completion", "AUROC: step completed a sub-task (ground truth)"),
+                ("voc", "VOC on expert episodes (no ground truth)"))
     frame = pd.DataFrame(
         [{"reward": m, "metric": label, "value": quality[m][key]}
-         for m in reward_sets for key, label in (("spearman_progress", "Spearman with progress"),
-                                              ("auroc_completion", "AUROC: step completed a sub-task"))]
+         for m in reward_sets for key, label in measures
+         if isinstance(quality[m].get(key), (int, float)) and quality[m][key] == quality[m][key]]  # not NaN
     )
     fig, ax = plt.subplots(figsize=(max(8.0, 1.6 * len(reward_sets)), 4.2))
     sns.barplot(data=frame, x="reward", y="value", hue="metric", ax=ax)
-    ax.set_ylim(0, 1.05)
+    low = float(frame["value"].min()) if len(frame) else 0.0
+    ax.set_ylim(min(0.0, low - 0.05), 1.05)  # VOC and Spearman may be negative
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")  # long fusion names
     ax.set_xlabel("")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     fig.suptitle(wrap(title), fontsize="medium")

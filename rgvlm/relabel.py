@@ -130,7 +130,7 @@ def relabel(source: str | Path, method_name: str, params: dict[str, Any], output
         "action_names": list(dataset.action_names),
         "rewards": {"mean": float(rewards.mean()), "min": float(rewards.min()), "max": float(rewards.max())},
         "label_quality": {"ground_truth": dataset.source["ground_truth"],
-                          method.name: label_quality(dataset, rewards),
+                          method.name: label_quality(dataset, rewards, result.values),
                           "source_rewards": label_quality(dataset, dataset.rewards)},
         "cost": result.cost,
         "provenance": result.provenance,

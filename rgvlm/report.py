@@ -252,6 +252,12 @@ def _heading(level: int, *text: Inline) -> Heading:
     return Heading(level, text)
 
 
+def _number(value: Any) -> str:
+    """A label-quality number with 3 decimals; "-" when it is missing (a file written before the
+    measure existed) or not a number (NaN: no episode to compute it on)."""
+    return f"{value:.3f}" if isinstance(value, (int, float)) and value == value else "-"
+
+
 def _para(*text: Inline, note: bool = False) -> Para:
     return Para(text, note)
 
@@ -501,10 +507,14 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
     sweep_path = reports_dir / "tuning" / "noise_sweep.json"
     if sweep_path.exists():
         sweep = json.loads(sweep_path.read_text())
-        levels = "; ".join(f"{q['level']}: AUROC {q['auroc_completion']:.3f}, Spearman {q['spearman_progress']:.3f}"
+        # Sweeps before gvl relabelled RG-VLM only, and their records carry no method or VOC.
+        methods = list(dict.fromkeys(q.get("method", "rg_vlm") for q in sweep["label_quality"]))
+        levels = "; ".join(f"{q.get('method', 'rg_vlm')} {q['level']}: AUROC {q['auroc_completion']:.3f}, "
+                           f"Spearman {q['spearman_progress']:.3f}" + (f", VOC {q['voc']:.3f}" if "voc" in q else "")
                            for q in sweep["label_quality"])
+        trained = ", ".join(f"{m} and sparse+{m}" if m == "rg_vlm" else m for m in methods)
         blocks += [_heading(2, "Label noise -> policy (how good must labels be?)"),
-                   _para("RG-VLM and Sparse + RG-VLM trained on labels of the scripted annotator (not an LVLM) at "
+                   _para(f"IQL trained on {trained} from labels of the scripted annotator (not an LVLM) at "
                          f"several noise levels; label quality per level: {levels}. Made by ", Code(sweep["command"]),
                          " (", Code("reports/tuning/noise_sweep.json"), "; outside ", Code("dvc repro"),
                          ": it trains as many runs again)."),
@@ -525,10 +535,21 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
     quality_path = metrics_dir / "label_quality.json"
     if quality_path.exists():
         quality = json.loads(quality_path.read_text())
-        blocks += [_heading(2, "Label quality: agreement with the privileged ground truth"),
-                   Table(("reward", "labels by", "Spearman with progress", "AUROC (step completed a sub-task)"),
-                         tuple((Code(m), lvlm_label(quality[m]["provenance"]), f"{quality[m]['spearman_progress']:.3f}",
-                                f"{quality[m]['auroc_completion']:.3f}") for m in reward_set_order(list(quality))))]
+        blocks += [_heading(2, "Label quality: agreement with the privileged ground truth, and VOC without it"),
+                   Table(("reward", "labels by", "Spearman with progress", "AUROC (step completed a sub-task)",
+                          "VOC (expert episodes)"),
+                         tuple((Code(m), lvlm_label(quality[m]["provenance"]), _number(quality[m].get("spearman_progress")),
+                                _number(quality[m].get("auroc_completion")), _number(quality[m].get("voc")))
+                               for m in reward_set_order(list(quality)))),
+                   _para("Spearman and AUROC need privileged ground truth (which step completed which sub-task), "
+                         "which a benchmark has and a user's own data does not. VOC (value-order correlation, GVL) "
+                         "needs only trajectories known to succeed, which a user has on their own data: the mean over "
+                         "the expert episodes of the rank correlation between a value series and time. The series is "
+                         "the method's own per-state value where it has one (", Code("gvl"), "'s progress), else the "
+                         "running sum of the reward centred by its median over the dataset (GVL defines VOC for "
+                         "values; this is its adaptation to rewards): about 0 for an uninformative reward, toward 1 "
+                         "for one that pays expert steps above the typical step. Source: ",
+                         Code("reports/metrics/label_quality.json"), ".")]
     costs = cost_table(metrics_dir)
     if costs:
         blocks += [_heading(2, "Labelling cost per method"), costs,

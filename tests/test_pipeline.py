@@ -77,20 +77,20 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
     card = json.loads((dst / "reports" / "metrics" / "dataset.json").read_text())
     assert card["episodes"] == 12 and [row["k"] for row in card["per_k"]] == [1, 2]
     log = (dst / "reports" / "metrics" / "training.csv").read_text().splitlines()
-    assert log[0].startswith("reward_set,seed,step") and len(log) == 1 + 12 * 4  # runs x (40 / 10) rows
+    assert log[0].startswith("reward_set,seed,step") and len(log) == 1 + 13 * 4  # runs x (40 / 10) rows
     assert "v_return_corr" in log[0] and "Did each critic learn?" in index
     checkpoints = json.loads((dst / "reports" / "metrics" / "checkpoints.json").read_text())
-    assert [c["step"] for c in checkpoints["stack_checkpoints"]] == [20] and checkpoints["export_files"] == 12
-    assert "checkpoints: 1 stack checkpoint of 12 runs" in (dst / "reports" / "notebooks" / "04_train.html").read_text()
+    assert [c["step"] for c in checkpoints["stack_checkpoints"]] == [20] and checkpoints["export_files"] == 13
+    assert "checkpoints: 1 stack checkpoint of 13 runs" in (dst / "reports" / "notebooks" / "04_train.html").read_text()
 
 
 def test_repro_shows_progress_in_the_terminal(project):
     """Each long loop's final line (rgvlm.progress) reaches `dvc repro`'s stderr, stage by stage."""
     _, _, repro = project
     for line in ("[label@rg_vlm] LVLM scripted-annotator: ", "[label@erl_vlm] LVLM scripted-annotator: ",
-                 "[train] IQL updates, 12 runs in one stack: 40/40 updates (100%), ",
+                 "[train] IQL updates, 13 runs in one stack: 40/40 updates (100%), ",
                  "[peer] d3rlpy DiscreteCQL seed 0: 20/20 updates (100%), ",
-                 "[evaluate] evaluation rollouts, 12 runs x 2 policies: 144/144 episodes (100%), "):
+                 "[evaluate] evaluation rollouts, 13 runs x 2 policies: 156/156 episodes (100%), "):
         assert line in repro.stderr, (line, repro.stderr[-3000:])
 
 

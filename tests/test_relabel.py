@@ -35,6 +35,7 @@ BOT_EPISODES, RANDOM_EPISODES = 6, 3
 PARAMS = {
     "labelling": {"backend": "scripted", "scripted": {"score_sd": 0.5, "misattribution": 0.0, "malformed_rate": 0.1}},
     "rg_vlm": {"window_length": 8, "window_stride": 8, "frame_stride": 4},
+    "gvl": {"window_length": 8, "frame_stride": 2},
 }
 
 
@@ -126,6 +127,20 @@ def test_relabel_with_the_scripted_annotator(gotolocal, minari_root, tmp_path):
                     cache_dir=cache, overwrite=True)
     assert again["cost"]["lvlm_calls"] == 0 and again["cost"]["cache_hits"] == asked
     assert np.load(tmp_path / "again" / "rg_vlm.npy").tobytes() == rewards.tobytes()
+
+
+def test_gvl_relabels_any_dataset_too(gotolocal, minari_root, tmp_path):
+    """GVL needs only frames and the mission: it labels a dataset of another environment, and its
+    progress series goes into VOC (the bot's episodes succeed: its progress rises with time)."""
+    summary = relabel(SOURCE, "gvl", PARAMS, "babyai/gotolocal/bot-gvl-v0", out_dir=tmp_path / "run",
+                      cache_dir=tmp_path / "cache")
+    quality = summary["label_quality"]["gvl"]
+    assert summary["cost"]["windows"] > 0 and summary["cost"]["fallback_windows"] == 0
+    assert quality["voc_source"] == "values" and (tmp_path / "run" / "gvl.values.npy").exists()
+    succeeded = sum(bool(e.terminations[-1]) for e in gotolocal[0].iterate_episodes())
+    # one sub-task: the scripted progress is 0 until the goal is reached, so VOC is well below 1 here
+    assert quality["voc_episodes"] == succeeded > 0 and quality["voc"] > 0.2, quality  # the successful episodes
+    assert quality["auroc_completion"] > 0.8
 
 
 def test_bad_input_fails_before_any_work(gotolocal, minari_root, tmp_path, capsys):

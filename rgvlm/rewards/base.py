@@ -27,6 +27,10 @@ class RewardResult:
     rewards: np.ndarray  # float32 [N]
     provenance: dict[str, Any] = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=dict)
+    #: A method whose output is a per-state value (GVL's progress) keeps it here, aligned with the
+    #: transitions: the value of the state each transition leads to, float32 [N]. Label quality's
+    #: VOC reads it instead of the rewards' running sum. None for every other method.
+    values: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.rewards = np.asarray(self.rewards, dtype=np.float32)
@@ -34,6 +38,11 @@ class RewardResult:
             raise ValueError(f"reward set {self.reward_set!r}: rewards must be 1-D, got shape {self.rewards.shape}")
         if not np.all(np.isfinite(self.rewards)):
             raise ValueError(f"reward set {self.reward_set!r}: rewards contain NaN or infinity")
+        if self.values is not None:
+            self.values = np.asarray(self.values, dtype=np.float32)
+            if self.values.shape != self.rewards.shape or not np.all(np.isfinite(self.values)):
+                raise ValueError(f"reward set {self.reward_set!r}: values must be finite, one per transition "
+                                 f"({self.rewards.shape}), got shape {self.values.shape}")
 
 
 class LabellingFailed(RuntimeError):
@@ -141,9 +150,11 @@ def without_run_fields(obj: Any, keys: frozenset[str] = RUN_KEYS) -> Any:
 def save_rewards(directory: Path, result: RewardResult) -> None:
     """Write ``<reward set>.npy`` (quantised by :func:`quantise_rewards`) and ``<reward set>.json``
     (provenance and cost without :data:`RUN_KEYS`) atomically: both byte-exact across runs,
-    cold or warm LVLM cache."""
+    cold or warm LVLM cache; and ``<method>.values.npy`` (quantised too) for a result with values."""
     rewards = quantise_rewards(result.rewards)
     write_npy_atomic(directory / f"{result.reward_set}.npy", rewards)
+    if result.values is not None:
+        write_npy_atomic(directory / f"{result.reward_set}.values.npy", quantise_rewards(result.values))
     write_json_atomic(
         directory / f"{result.reward_set}.json",
         {"reward_set": result.reward_set, "provenance": without_run_fields(result.provenance),
@@ -158,4 +169,6 @@ def load_rewards(directory: Path, reward_set: str) -> RewardResult:
     if not npy.exists() or not meta.exists():
         raise FileNotFoundError(f"reward set {reward_set!r} not found in {directory}: run the rewards stage first")
     info = json.loads(meta.read_text())
-    return RewardResult(reward_set=reward_set, rewards=np.load(npy), provenance=info["provenance"], cost=info["cost"])
+    values = directory / f"{reward_set}.values.npy"
+    return RewardResult(reward_set=reward_set, rewards=np.load(npy), provenance=info["provenance"], cost=info["cost"],
+                        values=np.load(values) if values.exists() else None)

@@ -16,6 +16,11 @@ class bounds from the batch's label proportions, softmax over the distance to ea
 interval, stratified minibatches, class-weighted MAE; ``loss: ce`` for the cross-entropy
 ablation), and relabels every transition of the dataset.
 
+With ``scoring: token_probs`` in the LVLM section (:mod:`rgvlm.vlm.token_probs`) the rating is
+read from the model's distribution over the class names after ``Rating: ``: the class nearest
+its expectation (over class indices 0..n-1), or its argmax (``token_reduce``); the rating
+objective needs a class, so the expectation is rounded to one.
+
 With the scripted annotator (not an LVLM), the answers come from :class:`RatingTruth`.
 """
 
@@ -64,6 +69,7 @@ from rgvlm.rewards.segments import (
 )
 from rgvlm.vlm.base import LVLMClient
 from rgvlm.vlm.scripted import ScriptedNoise
+from rgvlm.vlm.token_probs import AnswerTemplate
 
 # Rating classes, worst first, with what each means (shown to the LVLM). Two or three classes
 # worked best in the paper, four hurt; up to five are allowed for ablations.
@@ -211,7 +217,9 @@ def label_erl_vlm(
     answers = ask_two_stage(stage1, stage2, templates, queries,
                             (config.stage1_max_new_tokens, config.stage2_max_new_tokens),
                             lambda _, text: parse_rating(text, names),
-                            lambda _, detail: invalid_answer_note(detail, reminder), config.max_reasks)
+                            lambda _, detail: invalid_answer_note(detail, reminder), config.max_reasks,
+                            lambda _: AnswerTemplate(("Rating: ", ""), names))
+    scored = sum(read is not None for read in answers.token_values)
     ratings, errors, reasks = answers.values, answers.errors, answers.reasks
     check_failure_rate("erl_vlm", answers.failed, len(queries), errors, stage2, "segments")
     kept = [i for i, r in enumerate(ratings) if r is not None]
@@ -229,6 +237,7 @@ def label_erl_vlm(
         "stage2_errors": dict(errors),
         "reasks": reasks,
         "dropped": len(segments) - int(labels.size),
+        **({"token_probs_segments": scored} if scored else {}),
         "reward_model": training,
         "wall_time_s": round(time.perf_counter() - started, 3),
     }

@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,6 +31,7 @@ from rgvlm.data.storage import OfflineDataset
 from rgvlm.envs import ACTION_NAMES
 from rgvlm.rewards.registry import METHODS
 from rgvlm.vlm.base import LVLMClient, LVLMRequest
+from rgvlm.vlm.token_probs import AnswerTemplate, token_values
 
 
 # -- prompts ------------------------------------------------------------------------------
@@ -140,6 +141,9 @@ class Answers:
     errors: Counter[str]  # every rejected answer by the parser's reason, re-asks included
     queries: int  # requests sent, re-asks included
     reasks: int  # re-asks sent
+    #: Per request, the reduced slot values of an answer read from token probabilities
+    #: (``scoring: token_probs``; rgvlm.vlm.token_probs), else None (a generated answer).
+    token_values: list[list[float] | None] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -160,8 +164,10 @@ def ask_with_reasks(
 
     ``parse(i, text)`` parses the answer to request ``i`` (the index lets a method's parser
     and note depend on the request, e.g. RG-VLM's number of actions). Re-asks are made in
-    rounds, one batch per round, so a backend can batch them."""
+    rounds, one batch per round, so a backend can batch them. An answer read from token
+    probabilities (always valid) keeps its slot values in :attr:`Answers.token_values`."""
     values: list[Any] = [None] * len(requests)
+    scored: list[list[float] | None] = [None] * len(requests)
     errors: Counter[str] = Counter()
     notes = [""] * len(requests)
     pending = list(range(len(requests)))
@@ -176,6 +182,7 @@ def ask_with_reasks(
             parsed = parse(i, answer.text)
             if parsed.ok:
                 values[i] = parsed.value
+                scored[i] = token_values(answer)
                 continue
             errors[parsed.error or "unparseable"] += 1
             notes[i] += reask_note(i, parsed.detail)
@@ -183,7 +190,7 @@ def ask_with_reasks(
         if attempt < max_reasks:
             reasks += len(still)
         pending = still
-    return Answers(values, errors, queries, reasks)
+    return Answers(values, errors, queries, reasks, scored)
 
 
 @dataclass(frozen=True)
@@ -199,10 +206,12 @@ class TwoStageQuery:
 
 def ask_two_stage(stage1: LVLMClient, stage2: LVLMClient, templates: tuple[str, str], queries: Sequence[TwoStageQuery],
                   max_new_tokens: tuple[int, int], parse: Callable[[int, str], Parsed],
-                  reask_note: Callable[[int, str], str], max_reasks: int) -> Answers:
+                  reask_note: Callable[[int, str], str], max_reasks: int,
+                  answer_template: Callable[[int], AnswerTemplate] | None = None) -> Answers:
     """Stage 1 asks ``stage1`` for a free-text analysis of every query (template 1); stage 2 asks
     ``stage2`` (possibly a cheaper model) for the answer the method parses, given the same fields
-    and ``{analysis}`` (template 2), through :func:`ask_with_reasks`."""
+    and ``{analysis}`` (template 2), through :func:`ask_with_reasks`. ``answer_template(i)`` is
+    the format of query ``i``'s stage-2 answer, for a backend with ``scoring: token_probs``."""
     template1, template2 = templates
     analyses = stage1.generate([
         LVLMRequest(prompt=template1.format(**q.fields), images=q.images, max_new_tokens=max_new_tokens[0],
@@ -211,8 +220,9 @@ def ask_two_stage(stage1: LVLMClient, stage2: LVLMClient, templates: tuple[str, 
     ])
     requests = [
         LVLMRequest(prompt=template2.format(**q.fields, analysis=analysis.text), images=q.images,
-                    max_new_tokens=max_new_tokens[1], annotation=q.truth2)
-        for q, analysis in zip(queries, analyses, strict=True)
+                    max_new_tokens=max_new_tokens[1], annotation=q.truth2,
+                    template=answer_template(i) if answer_template else None)
+        for i, (q, analysis) in enumerate(zip(queries, analyses, strict=True))
     ]
     return ask_with_reasks(stage2, requests, parse, reask_note, max_reasks)
 
@@ -241,4 +251,8 @@ def provenance_record(method: str, source: str, config: Any, stage1: LVLMClient,
     if stage2 is not None:
         lvlm |= {"stage2_backend": stage2.backend, "stage2_model": stage2.model}
     lvlm["settings"] = stage1.generation_settings()
+    scoring = (stage2 or stage1).generation_settings().get("scoring")
+    if scoring:  # only token_probs says so: generated answers' records are as they were
+        lvlm["scoring"] = scoring
+        lvlm["token_reduce"] = (stage2 or stage1).generation_settings().get("token_reduce")
     return {"method": method, "source": source, "lvlm": lvlm, "config": config_record(config), **extra}

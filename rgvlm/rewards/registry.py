@@ -105,6 +105,8 @@ METHODS: dict[str, RewardMethod] = {method.name: method for method in (
                  queries=("rgvlm.rewards.erl_vlm.RatingTruth",)),
     RewardMethod("rl_vlm_f", "rgvlm.rewards.rl_vlm_f", prompts=("rl_vlm_f_stage1.txt", "rl_vlm_f_stage2.txt"),
                  queries=("rgvlm.rewards.rl_vlm_f.PreferenceTruth",)),
+    RewardMethod("gvl", "rgvlm.rewards.gvl", prompts=("gvl_stage1.txt", "gvl_stage2.txt"),
+                 queries=("rgvlm.rewards.gvl.ProgressTruth",), needs_suite_observations=False),
     RewardMethod("embedding", "rgvlm.rewards.embedding", uses_lvlm=False),
 )}
 

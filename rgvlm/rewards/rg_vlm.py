@@ -13,7 +13,10 @@ reason appended to the prompt; after that the window's scores fall back to
 ``fallback_score`` and the event is counted (a stage whose fallbacks pass
 ``labelling.max_failure_rate`` fails: :func:`~rgvlm.rewards.base.check_failure_rate`).
 These settings are the ``rg_vlm`` section of params.yaml; the LVLM is the shared ``labelling`` one.
-Overlapping windows are averaged per transition; reward = score / 10. Prompt templates are
+Overlapping windows are averaged per transition; reward = score / 10. With ``scoring:
+token_probs`` in the LVLM section (:mod:`rgvlm.vlm.token_probs`) each action's score is read from
+the model's distribution over "0".."10" at its place in ``{"scores": [...]}`` (its expectation, a
+float on the same 0..10 scale, or its argmax: ``token_reduce``), so no answer fails to parse. Prompt templates are
 editable files under ``prompts/``; their text is part of every cache key.
 """
 
@@ -45,6 +48,7 @@ from rgvlm.rewards.queries import (
 from rgvlm.vlm.base import LVLMClient
 from rgvlm.vlm.parsing import SCORE_MAX, parse_scores
 from rgvlm.vlm.scripted import SegmentTruth
+from rgvlm.vlm.token_probs import AnswerTemplate
 
 
 @dataclass(frozen=True)
@@ -126,8 +130,13 @@ def label_rg_vlm(
     answers = ask_two_stage(stage1, stage2, templates, queries,
                             (config.stage1_max_new_tokens, config.stage2_max_new_tokens),
                             lambda i, text: parse_scores(text, windows[i].end - windows[i].start),
-                            lambda i, detail: invalid_answer_note(detail, reminder(i)), config.max_reasks)
-    scores, errors, reasks, fallbacks = answers.values, answers.errors, answers.reasks, answers.failed
+                            lambda i, detail: invalid_answer_note(detail, reminder(i)), config.max_reasks,
+                            lambda i: AnswerTemplate.json_list("scores", windows[i].length, 0, SCORE_MAX))
+    errors, reasks, fallbacks = answers.errors, answers.reasks, answers.failed
+    # A score read from token probabilities is its reduced value (the expectation: a float 0..10).
+    scores = [read if read is not None else parsed
+              for parsed, read in zip(answers.values, answers.token_values, strict=True)]
+    scored = sum(read is not None for read in answers.token_values)
     check_failure_rate("rg_vlm", fallbacks, len(windows), errors, stage2, "windows")
 
     total = np.zeros(dataset.num_transitions, dtype=np.float64)
@@ -144,6 +153,7 @@ def label_rg_vlm(
         "stage2_errors": dict(errors),
         "reasks": reasks,
         "fallback_windows": fallbacks,
+        **({"token_probs_windows": scored} if scored else {}),
         "wall_time_s": round(time.perf_counter() - started, 3),
     }
     provenance = provenance_record("rg_vlm", "two-stage LVLM query (analysis, then 0-10 score per action)", config,

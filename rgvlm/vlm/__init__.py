@@ -17,14 +17,16 @@ def _make_one(config: LabellingConfig, model: str | None) -> LVLMClient:
         from rgvlm.vlm.scripted import ScriptedAnnotator, ScriptedNoise
 
         try:
-            return ScriptedAnnotator(ScriptedNoise(**config.scripted))
+            return ScriptedAnnotator(ScriptedNoise(**config.scripted), scoring=config.scoring,
+                                     token_reduce=config.token_reduce)
         except (TypeError, ValueError) as error:
             raise ParamError("labelling.scripted", config.scripted, f"valid scripted-annotator noise settings ({error})") from error
     if config.backend == "transformers":
         from rgvlm.vlm.transformers_backend import TransformersClient
 
         try:
-            return TransformersClient(model, device=config.device, dtype=config.dtype, batch_size=config.batch_size)
+            return TransformersClient(model, device=config.device, dtype=config.dtype, batch_size=config.batch_size,
+                                      scoring=config.scoring, token_reduce=config.token_reduce)
         except LVLMError as error:
             raise ParamError("labelling.model", model, f"an existing model directory or a hub id ({error})") from error
     from rgvlm.vlm.openai_backend import OpenAIClient
@@ -32,7 +34,9 @@ def _make_one(config: LabellingConfig, model: str | None) -> LVLMClient:
     try:
         client = OpenAIClient(config.base_url, model, api_key_env=config.api_key_env,
                               max_concurrency=config.max_concurrency, timeout_s=config.timeout_s,
-                              deadline_s=config.deadline_s, max_retries=config.max_retries)
+                              deadline_s=config.deadline_s, max_retries=config.max_retries,
+                              scoring=config.scoring, token_reduce=config.token_reduce,
+                              top_logprobs=config.top_logprobs)
     except LVLMError as error:
         raise ParamError("labelling.api_key_env", config.api_key_env, f"a set environment variable ({error})") from error
     try:

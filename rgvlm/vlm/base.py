@@ -8,7 +8,10 @@ content and every backend sees exactly the same pixels.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from rgvlm.vlm.token_probs import AnswerTemplate
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,10 @@ class LVLMRequest:
     # Privileged ground truth for the scripted annotator only: never sent to a real backend
     # and not part of the cache key (prompt and images already identify the query).
     annotation: Any = field(default=None, compare=False, repr=False)
+    # The answer's format as a forced-decoding template (rgvlm.vlm.token_probs): read only by a
+    # backend with ``scoring: token_probs``, which then scores the template's slots instead of
+    # generating, and only then part of the cache key.
+    template: AnswerTemplate | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass

@@ -48,6 +48,10 @@ def request_key(backend: str, model: str, settings: dict[str, Any], request: LVL
         "images": [hashlib.sha256(image).hexdigest() for image in request.images],
         "max_new_tokens": request.max_new_tokens,
     }
+    if settings.get("scoring") == "token_probs" and request.template is not None:
+        # Scored, not generated: the template decides the answer. Generated answers' keys are
+        # unchanged (their settings carry no "scoring"), so the two never mix.
+        content["template"] = request.template.record()
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
 
 

@@ -15,6 +15,16 @@ short), ``decoding`` (a corrupt ``Content-Encoding``), ``too_large`` (more than
 elsewhere), ``malformed`` (not JSON, or no message content), ``http`` and ``unexpected`` (any
 other error: recorded and retried rather than let out). After the retries only
 :class:`LVLMError` leaves :meth:`OpenAIClient.generate`.
+
+``scoring="token_probs"`` (:mod:`rgvlm.vlm.token_probs`): a request with an answer template is
+sent with ``logprobs: true, top_logprobs: K``; the answer is generated as usual, matched against
+the template, and each slot's distribution is read from the ``top_logprobs`` of the token where
+the slot's value starts, restricted to the candidates (a token counts for a candidate when it
+spells it, surrounding spaces aside) and renormalised. A slot whose alternatives hold no
+candidate (a candidate split into several tokens by the server's tokenizer) is one-hot on the
+generated value and counted in ``meta["slots_without_logprobs"]``; an answer that does not fit
+the template is returned as text, for the parser and the re-ask. A server that returns no
+``logprobs`` raises :class:`LVLMError` at once (not retried): use ``scoring: generate`` there.
 """
 
 from __future__ import annotations
@@ -22,8 +32,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -34,6 +46,7 @@ from typing import Any
 import httpx
 
 from rgvlm.vlm.base import LVLMError, LVLMRequest, LVLMResponse
+from rgvlm.vlm.token_probs import normalise, reduce_distribution, scoring_settings
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +163,20 @@ def _message_text(body: Any) -> str | None:
     return None
 
 
+def _logaddexp(a: float, b: Any) -> float:
+    """log(exp(a) + exp(b)); a ``b`` that is not a finite number adds nothing."""
+    try:
+        b = float(b)
+    except (TypeError, ValueError, OverflowError):
+        return a
+    if not math.isfinite(b):
+        return a
+    if a == float("-inf"):
+        return b
+    top = max(a, b)
+    return top + math.log(math.exp(a - top) + math.exp(b - top))
+
+
 def _usage(body: dict[str, Any]) -> tuple[int, int]:
     usage = body.get("usage") or {}
     if not isinstance(usage, dict):
@@ -184,6 +211,9 @@ class OpenAIClient:
         backoff_max_s: float = 30.0,
         temperature: float = 0.0,
         seed: int | None = 0,
+        scoring: str = "generate",
+        token_reduce: str = "expectation",
+        top_logprobs: int = 20,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ):
@@ -211,6 +241,10 @@ class OpenAIClient:
             raise ValueError(f"backoff_max_s={backoff_max_s!r}: must be >= 0 seconds")
         if not temperature >= 0:
             raise ValueError(f"temperature={temperature!r}: must be >= 0")
+        if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 1 <= top_logprobs <= 20:
+            raise ValueError(f"top_logprobs={top_logprobs!r}: must be an integer in 1..20")
+        self._scoring_settings = scoring_settings(scoring, token_reduce)
+        self.scoring, self.token_reduce, self.top_logprobs = scoring, token_reduce, top_logprobs
 
         api_key: str | None = None
         if api_key_env is not None:
@@ -273,6 +307,8 @@ class OpenAIClient:
             "seed": self.seed,
             "max_tokens": "request.max_new_tokens",
             "image_encoding": "png-data-url",
+            **self._scoring_settings,
+            **({"top_logprobs": self.top_logprobs} if self._scoring_settings else {}),
         }
 
     def check_reachable(self, timeout_s: float = REACHABLE_TIMEOUT_S) -> int:
@@ -357,7 +393,61 @@ class OpenAIClient:
         }
         if self.seed is not None:
             payload["seed"] = self.seed
+        if self._scored(request):
+            payload["logprobs"] = True
+            payload["top_logprobs"] = self.top_logprobs
         return payload
+
+    def _scored(self, request: LVLMRequest) -> bool:
+        return self.scoring == "token_probs" and request.template is not None
+
+    def _token_scored(self, request: LVLMRequest, response: LVLMResponse, body: dict[str, Any]) -> LVLMResponse:
+        """``response`` with its slots' distributions read from the body's top_logprobs (see the
+        module docstring)."""
+        template = request.template
+        choice = body["choices"][0]
+        content = (choice.get("logprobs") or {}).get("content") if isinstance(choice, dict) else None
+        if not isinstance(content, list) or not content:
+            raise LVLMError(
+                f"{self.base_url} (model {self.model}) does not offer logprobs: the answer came without "
+                "choices[0].logprobs.content although logprobs were requested. Token-probability scoring "
+                "needs them; set scoring: generate for this server (or serve the model where logprobs are "
+                "supported, e.g. vLLM)."
+            )
+        tokens = [entry.get("token", "") if isinstance(entry, dict) else "" for entry in content]
+        text = "".join(tokens)
+        found = re.search(template.pattern(template.slots), text)
+        meta = {**response.meta, "scoring": "token_probs", "token_reduce": self.token_reduce}
+        if found is None:
+            return LVLMResponse(response.text, response.prompt_tokens, response.completion_tokens, meta)
+        starts, offset = [], 0
+        for token in tokens:
+            starts.append(offset)
+            offset += len(token)
+        fills, probs, values, missing = [], [], [], 0
+        for slot in range(template.slots):
+            at = found.start(slot + 1)
+            index = max(i for i, start in enumerate(starts) if start <= at)
+            alternatives = content[index].get("top_logprobs") or []
+            logprobs = [float("-inf")] * len(template.candidates)
+            for alt in alternatives:
+                if not isinstance(alt, dict) or not isinstance(alt.get("token"), str):
+                    continue
+                word = alt["token"].strip()
+                if word in template.candidates:
+                    k = template.candidates.index(word)
+                    logprobs[k] = _logaddexp(logprobs[k], alt.get("logprob"))
+            if all(lp == float("-inf") for lp in logprobs):
+                missing += 1
+                logprobs[template.candidates.index(found.group(slot + 1))] = 0.0
+            distribution = normalise(logprobs)
+            value, k = reduce_distribution(distribution, template.values, self.token_reduce)
+            fills.append(template.candidates[k])
+            probs.append([round(p, 8) for p in distribution])
+            values.append(round(value, 8))
+        meta |= {"candidates": list(template.candidates), "token_probs": probs, "token_values": values,
+                 "slots_without_logprobs": missing, "generated_text": response.text}
+        return LVLMResponse(template.render(fills), response.prompt_tokens, response.completion_tokens, meta)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -433,7 +523,7 @@ class OpenAIClient:
                 continue
             prompt_tokens, completion_tokens = _usage(body)
             choice = body["choices"][0]
-            return LVLMResponse(
+            answer = LVLMResponse(
                 text=text,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
@@ -445,4 +535,5 @@ class OpenAIClient:
                     "status": status,
                 },
             )
+            return self._token_scored(request, answer, body) if self._scored(request) else answer
         raise AssertionError("unreachable")  # pragma: no cover

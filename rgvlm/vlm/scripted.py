@@ -13,18 +13,25 @@ Scores before noise: 10 for an action that completed a sub-task, ``approach_scor
 the ``approach_steps`` actions right before a completion, ``idle_score`` otherwise.
 Answers are deterministic in (noise seed, prompt text): a re-ask with a corrected prompt
 draws afresh, a re-run answers identically.
+
+``scoring="token_probs"`` (:mod:`rgvlm.vlm.token_probs`): a request with an answer template gets
+no malformed answer; its noisy answer is drawn as above (same draws), and each slot's
+distribution is a discretised Gaussian around the slot's noisy value, over the candidates'
+values, with sd ``max(score_sd, 0.5)`` on the 0..10 scale (scaled to the candidates' range: a
+3-class rating's sd is a fifth of it). Still not an LVLM: no token was ever scored.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from rgvlm.vlm.base import LVLMRequest, LVLMResponse
+from rgvlm.vlm.token_probs import ChoiceQuery, answer_by_template, scoring_settings, split_scored
 
 
 @dataclass(frozen=True)
@@ -80,11 +87,14 @@ class ScriptedAnnotator:
     backend = "scripted"
     model = "scripted-annotator"
 
-    def __init__(self, noise: ScriptedNoise | None = None):
+    def __init__(self, noise: ScriptedNoise | None = None, scoring: str = "generate",
+                 token_reduce: str = "expectation"):
         self.noise = noise or ScriptedNoise()
+        self._scoring_settings = scoring_settings(scoring, token_reduce)
+        self.scoring, self.token_reduce = scoring, token_reduce
 
     def generation_settings(self) -> dict[str, Any]:
-        return {"annotator_version": 1, **asdict(self.noise)}
+        return {"annotator_version": 1, **asdict(self.noise), **self._scoring_settings}
 
     def _rng(self, request: LVLMRequest) -> np.random.Generator:
         digest = hashlib.sha256(request.prompt.encode("utf-8")).digest()
@@ -136,7 +146,46 @@ class ScriptedAnnotator:
             return "The actions look reasonable overall; most of them help."
         return json.dumps({"scores": scores.tolist()})
 
+    def candidate_logprobs(self, queries: list[ChoiceQuery]) -> list[list[float]]:
+        """Log-probabilities of each query's candidates from the noise model (see the module
+        docstring): the noisy answer of the query's request is drawn, matched against its
+        template, and the slot being asked (the one after ``prefix``) gets a discretised Gaussian
+        around its noisy value."""
+        clean = replace(self.noise, malformed_rate=0.0)
+        out = []
+        for query in queries:
+            template = query.request.template
+            if template is None:
+                raise ValueError("the scripted annotator scores only requests with an answer template")
+            text = ScriptedAnnotator(clean).answer(query.request)
+            slot = template.slot_of(query.prefix)
+            if slot is None:
+                raise ValueError(f"prefix {query.prefix[:80]!r} is not a prefix of the template")
+            values = np.asarray(template.values, dtype=float)
+            filled = template.match(text)
+            # A numeric answer on a finer scale than the candidates' (gvl's percentages against
+            # candidates 0, 10, ..., 100) is centred on its own number.
+            numbers = template.read_numbers(text) if filled is None else None
+            if filled is None and numbers is None:
+                raise ValueError(f"the scripted answer {text[:80]!r} does not fit the request's answer template")
+            spread = max(float(values.max() - values.min()), 1e-9)
+            sd = max(self.noise.score_sd, 0.5) * spread / 10.0
+            centre = values[filled[slot]] if filled is not None else numbers[slot]
+            out.append((-0.5 * ((values - centre) / sd) ** 2).tolist())
+        return out
+
     def generate(self, requests: list[LVLMRequest]) -> list[LVLMResponse]:
+        scored, _ = split_scored(requests, self.scoring)
+        if scored:
+            chosen = set(scored)
+            answers = iter(answer_by_template([requests[i] for i in scored], self.candidate_logprobs,
+                                              self.token_reduce))
+            rest = iter(self.generate_text([r for i, r in enumerate(requests) if i not in chosen]))
+            return [next(answers) if i in chosen else next(rest) for i in range(len(requests))]
+        return self.generate_text(requests)
+
+    def generate_text(self, requests: list[LVLMRequest]) -> list[LVLMResponse]:
+        """Answers as text, as a generating LVLM gives them."""
         responses = []
         for request in requests:
             text = self.answer(request)

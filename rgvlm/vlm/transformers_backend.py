@@ -6,6 +6,12 @@ decoding. Each request becomes ``[system?] + user[image..., text]``, rendered wi
 processor's chat template (``add_generation_prompt=True``); batches are left-padded so that
 every row's new tokens start at the same position, and only those new tokens are decoded.
 
+Token-probability scoring (``scoring="token_probs"``, :mod:`rgvlm.vlm.token_probs`): a request
+with a ``template`` is not generated; each slot's candidates are scored by teacher forcing, one
+batched forward pass over ``[prompt + answer so far + candidate + terminator]`` rows (right-padded,
+so every row's positions are those of the unpadded sequence), summing each candidate's tokens'
+log-probabilities. Requests without a template (stage-1 analyses) are generated as usual.
+
 Device/dtype: ``device="auto"`` is CUDA when available, else CPU; ``dtype="auto"`` is bfloat16
 on CUDA and float32 on CPU (any ``torch`` dtype name is accepted otherwise).
 
@@ -27,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from rgvlm.vlm.base import LVLMError, LVLMRequest, LVLMResponse
+from rgvlm.vlm.token_probs import ChoiceQuery, answer_by_template, scoring_settings, split_scored
 
 
 def _looks_like_path(model: str) -> bool:
@@ -56,8 +63,12 @@ class TransformersClient:
         batch_size: int = 4,
         max_new_tokens: int = 512,
         trust_remote_code: bool = False,
+        scoring: str = "generate",
+        token_reduce: str = "expectation",
     ) -> None:
         model = str(model)
+        self._scoring_settings = scoring_settings(scoring, token_reduce)  # checks both first
+        self.scoring, self.token_reduce = scoring, token_reduce
         # A hub id is "owner/name"; anything absolute, relative ("./x", "../x") or with a
         # backslash, or an "owner/name" that exists on disk, is a local path.
         if _looks_like_path(model):
@@ -172,12 +183,94 @@ class TransformersClient:
             "decoding": "greedy",
             "max_new_tokens": self.max_new_tokens,
             "dtype": self.dtype,
+            **self._scoring_settings,
         }
 
     def generate(self, requests: list[LVLMRequest]) -> list[LVLMResponse]:
-        out: list[LVLMResponse] = []
-        for start in range(0, len(requests), self.batch_size):
-            out.extend(self._generate_batch(list(requests[start : start + self.batch_size])))
+        scored, generated = split_scored(requests, self.scoring)
+        out: list[LVLMResponse | None] = [None] * len(requests)
+        if scored:
+            answers = answer_by_template([requests[i] for i in scored], self.candidate_logprobs, self.token_reduce,
+                                         self._prompt_tokens)
+            for i, answer in zip(scored, answers, strict=True):
+                out[i] = answer
+        for start in range(0, len(generated), self.batch_size):
+            chunk = generated[start : start + self.batch_size]
+            for i, answer in zip(chunk, self._generate_batch([requests[i] for i in chunk]), strict=True):
+                out[i] = answer
+        return out  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ token probabilities
+    def candidate_probs(self, queries: list[ChoiceQuery]) -> list[list[float]]:
+        """The probability of each candidate of each query, normalised over its candidates."""
+        from rgvlm.vlm.token_probs import normalise
+
+        return [normalise(lp) for lp in self.candidate_logprobs(queries)]
+
+    def candidate_logprobs(self, queries: list[ChoiceQuery]) -> list[list[float]]:
+        """log P(candidate + terminator | prompt, prefix) of each candidate of each query: the sum of
+        its tokens' log-probabilities, teacher-forced (unnormalised)."""
+        return [self._query_logprobs(q) for q in queries]
+
+    def _prompt_text(self, request: LVLMRequest) -> str:
+        try:
+            return self.processor.apply_chat_template(self._messages(request), tokenize=False,
+                                                      add_generation_prompt=True)
+        except Exception as exc:  # noqa: BLE001 - e.g. no chat template
+            raise LVLMError(f"{self.model}: could not render the chat template: {type(exc).__name__}: {exc}") from exc
+
+    def _prompt_tokens(self, request: LVLMRequest) -> int:
+        return int(self._inputs([self._prompt_text(request)], request)["input_ids"].shape[1])
+
+    def _inputs(self, texts: list[str], request: LVLMRequest):
+        """Processor inputs of ``texts`` (each shown ``request``'s images), right-padded, on the device."""
+        import torch
+
+        kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
+        if request.images:
+            images = [_decode_png(b) for b in request.images]
+            kwargs["images"] = [list(images) for _ in texts]
+        tok = self.tokenizer
+        side, tok.padding_side = tok.padding_side, "right"
+        try:
+            inputs = self.processor(**kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise LVLMError(f"{self.model}: could not prepare inputs: {type(exc).__name__}: {exc}") from exc
+        finally:
+            tok.padding_side = side
+        inputs = inputs.to(self.device)
+        for key, value in inputs.items():
+            if torch.is_floating_point(value):
+                inputs[key] = value.to(self._model.dtype)
+        return inputs
+
+    def _query_logprobs(self, query: ChoiceQuery) -> list[float]:
+        import torch
+
+        # Whitespace at the end of the answer so far goes with the candidate: tokenizers attach a
+        # space to the word after it ("Ġ7"), so "[3, " + "7" must be scored as "[3," + " 7".
+        prefix = query.prefix.rstrip()
+        space = query.prefix[len(prefix):]
+        context = self._prompt_text(query.request) + prefix
+        context_len = int(self._inputs([context], query.request)["attention_mask"][0].sum())
+        texts = [context + space + candidate + query.terminator for candidate in query.candidates]
+        out: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            chunk = texts[start : start + self.batch_size]
+            inputs = self._inputs(chunk, query.request)
+            try:
+                with torch.inference_mode():
+                    logits = self._model(**inputs).logits
+            except Exception as exc:  # noqa: BLE001
+                raise LVLMError(f"{self.model}: forward pass failed: {type(exc).__name__}: {exc}") from exc
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            ids, mask = inputs["input_ids"], inputs["attention_mask"]
+            for row in range(len(chunk)):
+                length = int(mask[row].sum())
+                if length <= context_len:
+                    raise LVLMError(f"{self.model}: candidate {query.candidates[start + row]!r} adds no token")
+                positions = torch.arange(context_len, length, device=ids.device)
+                out.append(float(logprobs[row, positions - 1, ids[row, positions]].sum()))
         return out
 
     # ------------------------------------------------------------------ internals
