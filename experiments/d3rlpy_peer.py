@@ -5,7 +5,7 @@ rolled out by the project's own :func:`rgvlm.evaluation.rollout`, greedy and sam
 Evaluates on the VALIDATION split by default (``rgvlm.envs.seeds.validation_seed``: neither in
 the dataset nor among the evaluation seeds); ``--split fresh`` uses the fresh evaluation
 layouts (``fresh_seed(--eval-seed, i)``). Writes ``--out`` (default
-``reports/tuning/d3rlpy_peer.json``): per-episode records (method ``d3rlpy_bc`` /
+``reports/tuning/d3rlpy_peer.json``): per-episode records (reward set ``d3rlpy_bc`` /
 ``d3rlpy_cql``), their summary (``rgvlm.evaluation.summarize``), the conversion, the
 settings of each algorithm, losses and wall times (training updates per second).
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     frame = pd.DataFrame(records)
     summary = summarize(frame, samples=2000, seed=0)
-    updates = {m: round(float(np.mean([r["updates_per_second"] for r in runs if r["method"] == m])), 2)
+    updates = {m: round(float(np.mean([r["updates_per_second"] for r in runs if r["reward_set"] == m])), 2)
                for m in settings}
     write_json_atomic(Path(args.out), {
         "command": "python experiments/d3rlpy_peer.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary.to_dict("records"),
         "records": records,
     })
-    print(summary.pivot_table(index=["policy", "method"], columns="k", values="completion_mean").round(3).to_string())
+    print(summary.pivot_table(index=["policy", "reward_set"], columns="k", values="completion_mean").round(3).to_string())
     print(f"wrote {args.out}")
     return 0
 

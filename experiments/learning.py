@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="output name under reports/tuning/")
     parser.add_argument("--env", default="", help="overrides of the env section, k=v,...")
     parser.add_argument("--dataset", default="", help="overrides of the dataset section, k=v,...")
-    parser.add_argument("--methods", nargs="+", default=["sparse", "oracle", "bc", "bc_success"])
+    parser.add_argument("--reward-sets", "--methods", dest="reward_sets", nargs="+",  # --methods: the old name
+                        default=["sparse", "oracle", "bc", "bc_success"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101], help="training seeds (not the pipeline's)")
     parser.add_argument("--variant", action="append", default=[], help="overrides of the train section, k=v,...")
     parser.add_argument("--steps", type=int, default=2000)
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     rewards = {"sparse": sparse_rewards(data).rewards, "oracle": oracle_rewards(data).rewards}
     bc_rows = {"bc": 0, "bc_success": 1}  # rows of DeviceTransitions.bc_weights
     episodes = [EvalEpisode(k, "validation", validation_seed(0, i)) for k in args.ks for i in range(args.episodes)]
-    runs = [(name, seed) for name in args.methods for seed in args.seeds]
+    runs = [(name, seed) for name in args.reward_sets for seed in args.seeds]
     reward_names = list(rewards)
     base = load_params()["train"]
     records, diagnostics, timings = [], [], {}
@@ -142,14 +143,14 @@ def main(argv: list[str] | None = None) -> int:
                     policy = StackedPolicy(config, states, temperature=temperature, seed=trainer.step)
                     per_run = rollout(policy, episodes, env_config, embedder.embed, num_runs=len(runs))
                     for (name, seed), run_records in zip(runs, per_run, strict=True):
-                        records += [{**r, "method": name, "run_seed": seed, "variant": variant, "policy": policy_name,
+                        records += [{**r, "reward_set": name, "run_seed": seed, "variant": variant, "policy": policy_name,
                                      "updates": trainer.step} for r in run_records]
-                diagnostics += [{"variant": variant, "method": name, "run_seed": seed, "updates": trainer.step,
+                diagnostics += [{"variant": variant, "reward_set": name, "run_seed": seed, "updates": trainer.step,
                                  **{k: v[r] for k, v in probed.items()}} for r, (name, seed) in enumerate(runs)]
                 frame = pd.DataFrame([r for r in records if r["variant"] == variant and r["updates"] == trainer.step])
                 print(f"{variant}: step {trainer.step}, train {train_s:.0f}s, total {time.perf_counter() - started:.0f}s")
-                print(frame.pivot_table(index=["policy", "method"], columns="k", values="completion").round(2).to_string())
-                print(pd.DataFrame(diagnostics[-len(runs):]).groupby("method")[list(probed)].mean().round(3).to_string(),
+                print(frame.pivot_table(index=["policy", "reward_set"], columns="k", values="completion").round(2).to_string())
+                print(pd.DataFrame(diagnostics[-len(runs):]).groupby("reward_set")[list(probed)].mean().round(3).to_string(),
                       flush=True)
         timings[variant] = round(time.perf_counter() - started, 1)
         if args.save_models is not None:
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "training_seeds": args.seeds, "base_train": base, "seconds": timings,
         "summary": summary.to_dict("records"), "critic": diagnostics,
     })
-    print(summary.pivot_table(index=["variant", "updates", "policy", "method"], columns="k",
+    print(summary.pivot_table(index=["variant", "updates", "policy", "reward_set"], columns="k",
                               values="completion_mean").round(3).to_string())
     return 0
 

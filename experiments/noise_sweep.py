@@ -34,7 +34,7 @@ from rgvlm.data import load_dataset  # noqa: E402
 from rgvlm.data.storage import write_json_atomic  # noqa: E402
 from rgvlm.evaluation import evaluation_episodes, rollout, summarize  # noqa: E402
 from rgvlm.evaluation.label_quality import label_quality  # noqa: E402
-from rgvlm.params import EnvConfig, labeling_config, load_params, train_config  # noqa: E402
+from rgvlm.params import EnvConfig, labelling_config, load_params, train_config  # noqa: E402
 from rgvlm.plots import METRIC_LABELS, save_figure  # noqa: E402
 from rgvlm.rewards import fuse, sparse_rewards  # noqa: E402
 from rgvlm.rewards.registry import LVLM_SECTION, METHODS, PAPER_METHOD  # noqa: E402
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     reward_sets, quality = {}, []
     for sd, mis in levels:
         lvlm = params[LVLM_SECTION]
-        config = labeling_config({**lvlm, "scripted": {**lvlm["scripted"], "score_sd": sd, "misattribution": mis}})
+        config = labelling_config({**lvlm, "scripted": {**lvlm["scripted"], "score_sd": sd, "misattribution": mis}})
         level = f"sd={sd:g}, mis={mis:g}"
         for name in args.methods:
             # One cache per level, shared by the methods (their queries never share a key); RG-VLM's
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluation = params["evaluation"]
     episodes = evaluation_episodes(data, tuple(evaluation["ks"]), ("fresh",), args.episodes, evaluation["seed"])
     per_run = rollout(policy, episodes, EnvConfig(**data.manifest["env"]), embedder.embed, num_runs=len(runs))
-    records = [{**r, "method": name[0], "level": name[1], "run_seed": seed, "policy": "sampled"}
+    records = [{**r, "reward_set": name[0], "level": name[1], "run_seed": seed, "policy": "sampled"}
                for (name, seed), run_records in zip(runs, per_run, strict=True) for r in run_records]
     frame = pd.DataFrame(records)
     summary = pd.concat([summarize(group, samples=2000, seed=0).assign(level=level)
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     for ax, reward_set in zip(axes[0], panels, strict=True):
         labelled_by = reward_set.split("+")[-1].split("@")[0]  # the method whose labels the set holds
         for q in (q for q in quality if q["method"] == labelled_by):
-            rows = summary[(summary["method"] == reward_set) & (summary["level"] == q["level"])].sort_values("k")
+            rows = summary[(summary["reward_set"] == reward_set) & (summary["level"] == q["level"])].sort_values("k")
             ax.errorbar(rows["k"], rows["completion_mean"],
                         yerr=[rows["completion_mean"] - rows["completion_low"],
                               rows["completion_high"] - rows["completion_mean"]], marker="o", capsize=3,
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "label_quality": quality, "summary": summary.to_dict("records"),
         "seconds": round(time.perf_counter() - started, 1),
     })
-    print(summary.pivot_table(index=["method", "level"], columns="k", values="completion_mean").round(3).to_string())
+    print(summary.pivot_table(index=["reward_set", "level"], columns="k", values="completion_mean").round(3).to_string())
     return 0
 
 

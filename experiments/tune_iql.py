@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 policy = StackedPolicy(config, [trainer.run_state(r)["policy"] for r in range(len(runs))])
                 per_run = rollout(policy, episodes, env_config, embedder.embed, num_runs=len(runs))
                 for (name, seed), run_records in zip(runs, per_run, strict=True):
-                    records += [{**r, "method": name, "run_seed": seed, "variant": variant_text or "base",
+                    records += [{**r, "reward_set": name, "run_seed": seed, "variant": variant_text or "base",
                                  "updates": trainer.step} for r in run_records]
                 print(f"{variant_text or 'base'}: step {trainer.step}, "
                       f"{time.perf_counter() - started:.0f}s", flush=True)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "training_seeds": args.seeds, "base_train": base, "seconds": timings,
         "summary": summary.to_dict("records"),
     })
-    print(summary.pivot_table(index=["variant", "updates", "method"], columns="k", values="completion_mean").round(3))
+    print(summary.pivot_table(index=["variant", "updates", "reward_set"], columns="k", values="completion_mean").round(3))
     return 0
 
 

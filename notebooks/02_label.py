@@ -3,15 +3,15 @@
 #
 # The stage `label@<method>` runs this notebook for one method registered in
 # `rgvlm/rewards/registry.py` (RG-VLM and the methods it is compared with), with the method's own
-# params section and, for a method that asks an LVLM, the shared `labeling` backend. It writes
+# params section and, for a method that asks an LVLM, the shared `labelling` backend. It writes
 # `outputs/labels/<method>/` (the rewards, and the method's programs or reward model) and
-# `reports/metrics/labeling_<method>.json` (provenance and cost: calls, cache hits, tokens, time).
+# `reports/metrics/labelling_<method>.json` (provenance and cost: calls, cache hits, tokens, time).
 # Every LVLM answer goes through the response cache `outputs/lvlm_cache/<method>/` first: a rerun,
 # or a run resumed after a crash, asks nothing twice, and `dvc push`/`dvc pull` share the answers.
 #
 # The embedded default backend is the **scripted annotator**: answers computed from the dataset's
 # privileged ground truth with configured noise. It is not an LVLM, and every figure made from it
-# says so. Switch `labeling.backend` to `transformers` or `openai` for a real one.
+# says so. Switch `labelling.backend` to `transformers` or `openai` for a real one.
 
 # %% tags=["parameters"]
 method = "rg_vlm"  # the registered method (the pipeline injects it: the stage label@<method>)
@@ -24,7 +24,7 @@ run = label_stage.run(method, params)  # labels, then writes the stage's outputs
 run.description()
 
 # %% [markdown]
-# What the labelling cost (`reports/metrics/labeling_<method>.json`):
+# What the labelling cost (`reports/metrics/labelling_<method>.json`):
 
 # %%
 run.cost

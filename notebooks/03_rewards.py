@@ -45,7 +45,7 @@ for result in results:
 from rgvlm.data.storage import write_json_atomic
 from rgvlm.evaluation.label_quality import label_quality
 
-quality = {r.method: {**label_quality(data, r.rewards, r.values), "provenance": r.provenance} for r in results}
+quality = {r.reward_set: {**label_quality(data, r.rewards, r.values), "provenance": r.provenance} for r in results}
 write_json_atomic(paths.METRICS / "label_quality.json", quality)
 pd.DataFrame({m: {k: v for k, v in q.items() if k != "provenance"} for m, q in quality.items()}).T
 
@@ -56,9 +56,9 @@ pd.DataFrame({m: {k: v for k, v in q.items() if k != "provenance"} for m, q in q
 # %%
 episode = data.episode_of_step
 kinds = pd.Series([data.episodes[i]["kind"] for i in episode])
-table = pd.DataFrame({r.method: pd.Series(r.rewards).groupby(kinds).mean() for r in results}).T
+table = pd.DataFrame({r.reward_set: pd.Series(r.rewards).groupby(kinds).mean() for r in results}).T
 # LVLM calls of this run's labelling stages (a rerun from a warm cache asks none); the reward files
 # keep no run-dependent counts, so that their bytes are exact.
 table["lvlm_calls"] = [json.loads(path.read_text())["cost"].get("lvlm_calls", 0)
-                       if (path := paths.METRICS / f"labeling_{r.method}.json").exists() else 0 for r in results]
+                       if (path := paths.METRICS / f"labelling_{r.reward_set}.json").exists() else 0 for r in results]
 table

@@ -79,5 +79,5 @@ columns = ["reward_set", "seed", "step", "value_loss", "critic_loss", "policy_lo
            *DIAGNOSTIC_NAMES, "updates_per_s", "run_updates_per_s"]
 log = pd.DataFrame(rows).reindex(columns=columns)
 paths.METRICS.mkdir(parents=True, exist_ok=True)
-log.rename(columns={"reward_set": "method"}).to_csv(paths.METRICS / "training.csv", index=False, float_format="%.6g")
+log.to_csv(paths.METRICS / "training.csv", index=False, float_format="%.6g")
 log.groupby("reward_set").last()

@@ -52,4 +52,4 @@ write_json_atomic(paths.METRICS / "peer.json", {
     "library": f"d3rlpy {d3rlpy.__version__}", "reward_set": config.reward_set, "conversion": conversion.describe(),
     "settings": settings, "runs": runs, "seconds": seconds, "torch_threads": config.threads,
 })
-frame.groupby(["policy", "method", "split", "k"])["completion"].mean().unstack("k").round(3)
+frame.groupby(["policy", "reward_set", "split", "k"])["completion"].mean().unstack("k").round(3)

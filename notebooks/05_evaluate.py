@@ -45,7 +45,7 @@ records = evaluate_policies(paths.MODELS, runs, episodes, env_config, config.pol
 peer = pd.read_csv(paths.PEER / "episodes.csv")
 peer_settings = json.loads((paths.METRICS / "peer.json").read_text())
 frame = pd.concat([pd.DataFrame(records), peer[[c for c in peer.columns if c in records[0]]]], ignore_index=True)
-print(frame.groupby(["policy", "method"])["completion"].mean().round(3).to_string())
+print(frame.groupby(["policy", "reward_set"])["completion"].mean().round(3).to_string())
 paths.EVALUATION.mkdir(parents=True, exist_ok=True)
 frame.to_csv(paths.EVALUATION / "episodes.csv", index=False)
 summary = summarize(frame, samples=config.bootstrap_samples, seed=config.seed)
@@ -53,12 +53,12 @@ overall = summarize_overall(frame, samples=config.bootstrap_samples, seed=config
 
 # %%
 provenance = {
-    "reward_methods": {name: load_rewards(paths.REWARDS, name).provenance for name in trained["reward_sets"]},
+    "reward_sets": {name: load_rewards(paths.REWARDS, name).provenance for name in trained["reward_sets"]},
     "baselines": {**{name: BASELINE_DESCRIPTIONS[name] for name in trained["baselines"]},
-                  **{method: f"{peer_settings['library']} {s['algorithm']} on the {peer_settings['reward_set']} reward: "
+                  **{name: f"{peer_settings['library']} {s['algorithm']} on the {peer_settings['reward_set']} reward: "
                              f"{s['architecture']}; batch {s['batch_size']}, lr {s['learning_rate']}, "
                              f"{s['n_steps']} updates (settings in reports/metrics/peer.json)"
-                     for method, s in peer_settings["settings"].items()}},
+                     for name, s in peer_settings["settings"].items()}},
     "train": trained,
     "evaluation": evaluation,
     "dataset": {"env": data.manifest["env"], "dataset": data.manifest["dataset"]},
@@ -67,4 +67,4 @@ provenance = {
 }
 write_json_atomic(paths.METRICS / "evaluation.json", {"provenance": provenance, "summary": summary.to_dict("records"),
                                                     "overall": overall.to_dict("records")})
-summary.pivot_table(index=["policy", "method", "split"], columns="k", values="completion_mean").round(3)
+summary.pivot_table(index=["policy", "reward_set", "split"], columns="k", values="completion_mean").round(3)

@@ -2,7 +2,7 @@
 # # 6. Figures and the report
 #
 # Everything here is drawn from `reports/metrics/*` (never from numbers typed in): Figure 4 left
-# (every reward method against k), Figure 4 right (the fusion lambda ablation), seen layouts vs
+# (every reward set against k), Figure 4 right (the fusion lambda ablation), seen layouts vs
 # fresh seeds, success by k, label quality, training curves, and `reports/index.html`, the page a
 # reader opens first, with the same report as `reports/README.md` for a repository browser (both
 # rendered from one set of tables). `report.headline_lambda` picks the fusion drawn in Figure 4
@@ -22,24 +22,32 @@ from rgvlm import paths
 from rgvlm.data.storage import write_json_atomic
 from rgvlm.params import ParamError
 from rgvlm.plots import generalisation_bars, label_quality_bars, metric_by_k, save_figure, training_curves
-from rgvlm.report import build_report, figure4_left_methods, figure4_metrics, figure4_right_methods, provenance_title
+from rgvlm.report import (
+    build_report,
+    figure4_left_reward_sets,
+    figure4_metrics,
+    figure4_right_reward_sets,
+    provenance_title,
+    read_evaluation,
+    upgrade_rows,
+)
 from rgvlm.rewards import fused_name
 from rgvlm.rl.diagnostics import DIAGNOSTIC_NAMES
 
-evaluation = json.loads((paths.METRICS / "evaluation.json").read_text())
+evaluation = read_evaluation(paths.METRICS / "evaluation.json")
 evaluated = list(evaluation["provenance"]["policies"])
 policy = report.get("policy", evaluated[0])
 if policy not in evaluated:
     raise ParamError("report.policy", policy, f"an evaluated policy (evaluation.policies: {', '.join(evaluated)})")
 everything = pd.DataFrame(evaluation["summary"])
 summary = everything[everything["policy"] == policy]
-methods = sorted(summary["method"].unique())
+reward_sets = sorted(summary["reward_set"].unique())
 headline = fused_name("rg_vlm", float(report["headline_lambda"]))
-if headline not in methods:
+if headline not in reward_sets:
     raise ParamError("report.headline_lambda", report["headline_lambda"],
-                     f"a lambda of an evaluated fusion (evaluated: {', '.join(methods)})")
-title = provenance_title(evaluation["provenance"]["reward_methods"])
-left, right = figure4_left_methods(methods, headline), figure4_right_methods(methods)
+                     f"a lambda of an evaluated fusion (evaluated: {', '.join(reward_sets)})")
+title = provenance_title(evaluation["provenance"]["reward_sets"])
+left, right = figure4_left_reward_sets(reward_sets, headline), figure4_right_reward_sets(reward_sets)
 for name in evaluated:  # the report's policy gets the plain file names, the others a suffix
     rows, suffix, how = everything[everything["policy"] == name], "" if name == policy else f"_{name}", f"{name} policy"
     save_figure(metric_by_k(rows, "completion", f"Figure 4 left: IQL by number of sub-tasks ({how})\n{title}", left),
@@ -53,7 +61,7 @@ save_figure(generalisation_bars(overall[overall["policy"] == policy], "completio
                                 f"Seen layouts vs randomised initial states ({policy} policy)\n{title}"),
             paths.FIGURES / "generalisation.png")
 
-log = pd.read_csv(paths.METRICS / "training.csv")
+log = upgrade_rows(pd.read_csv(paths.METRICS / "training.csv"))
 columns = [c for c in ("critic_loss", "value_loss", "policy_loss", "v_mean") if c in log]
 save_figure(training_curves(log, columns, f"IQL training curves\n{title}"), paths.FIGURES / "training_curves.png")
 probed = log.dropna(subset=list(DIAGNOSTIC_NAMES))

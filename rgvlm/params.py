@@ -30,8 +30,10 @@ BACKENDS = ("scripted", "transformers", "openai")
 #: read the scores' token probabilities; and what a score's distribution becomes.
 SCORINGS = ("generate", "token_probs")
 TOKEN_REDUCES = ("expectation", "argmax")
-#: Keys that were in ``labeling`` before they moved to RG-VLM's own section ``rg_vlm``.
+#: Keys that were in ``labelling`` before they moved to RG-VLM's own section ``rg_vlm``.
 MOVED_TO_RG_VLM = ("window_length", "window_stride", "frame_stride", "tile_size", "max_reasks", "fallback_score")
+#: Sections that were renamed: an old name in a params file fails, naming the new one.
+RENAMED_SECTIONS = {"labeling": "labelling"}
 DEVICES = "auto, cpu, cuda or cuda:N"
 
 
@@ -46,6 +48,9 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
         params = yaml.safe_load(handle) or {}
     if not isinstance(params, dict):
         raise ParamError(str(path), type(params).__name__, "a mapping of sections")
+    for old, new in RENAMED_SECTIONS.items():
+        if old in params:
+            raise ParamError(old, params[old], f"no section `{old}`: it is now spelt `{new}` (rename it in {path})")
     return params
 
 
@@ -331,10 +336,10 @@ def resolve_device(device: str) -> str:
 
 
 @dataclass(frozen=True)
-class LabelingConfig(Config):
+class LabellingConfig(Config):
     """The LVLM backend every labelling method that asks an LVLM shares, and how it is queried."""
 
-    SECTION = "labeling"
+    SECTION = "labelling"
     backend: str = param("scripted", choices=BACKENDS)
     model: str | None = None
     stage2_model: str | None = None
@@ -359,16 +364,16 @@ class LabelingConfig(Config):
 
     def check(self) -> None:
         if self.backend in ("transformers", "openai") and not self.model:
-            raise ParamError("labeling.model", self.model, f"a model name or path for the {self.backend} backend")
+            raise ParamError("labelling.model", self.model, f"a model name or path for the {self.backend} backend")
         if self.backend == "openai" and not (self.base_url or "").startswith(("http://", "https://")):
-            raise ParamError("labeling.base_url", self.base_url,
+            raise ParamError("labelling.base_url", self.base_url,
                              "an http(s) URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1")
 
 
-def labeling_config(raw: Any) -> LabelingConfig:
-    """Check ``labeling``."""
-    raw = as_section(raw, "labeling")
+def labelling_config(raw: Any) -> LabellingConfig:
+    """Check ``labelling``."""
+    raw = as_section(raw, "labelling")
     for key in MOVED_TO_RG_VLM:  # before the unknown-key check: say where the key went
         if key in raw:
-            raise ParamError(f"labeling.{key}", raw[key], f"rg_vlm.{key} instead (RG-VLM's own section)")
-    return LabelingConfig.from_section(raw)
+            raise ParamError(f"labelling.{key}", raw[key], f"rg_vlm.{key} instead (RG-VLM's own section)")
+    return LabellingConfig.from_section(raw)

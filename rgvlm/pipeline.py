@@ -123,7 +123,7 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
         dataset_config,
         env_config,
         evaluation_config,
-        labeling_config,
+        labelling_config,
         rewards_config,
         train_config,
     )
@@ -136,7 +136,7 @@ def validate_parameters(parameters: dict[str, Any]) -> None:
         "rewards": lambda raw: rewards_config(raw, tuple(REWARD_METHODS)),
         "train": train_config,
         "evaluation": evaluation_config,
-        "labeling": labeling_config,
+        "labelling": labelling_config,
     }
     validators["peer"] = lambda raw: import_module("rgvlm.peer.d3rlpy_baseline").peer_config(raw)
     # Each labelled method validates its own section (rgvlm/rewards/<method>.py).

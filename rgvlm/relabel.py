@@ -4,7 +4,7 @@
 
 SOURCE is a Minari dataset: a directory, or an id in the local Minari root
 (``$MINARI_DATASETS_PATH``, else ``~/.minari/datasets``); nothing is downloaded. The method and
-its settings are those of the pipeline: the method's section and the shared ``labeling`` LVLM
+its settings are those of the pipeline: the method's section and the shared ``labelling`` LVLM
 backend of the params file, checked before anything is read. The episodes are labelled through
 the same code as ``label@<method>`` (:func:`rgvlm.rewards.label_stage.label_with`: the same
 backends, response cache, parsers and re-asks); the frames come from replaying each episode
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", required=True, help="a registered reward method (rgvlm/rewards/registry.py)")
     parser.add_argument("--output", required=True, help="id of the relabelled Minari dataset, e.g. me/task-rg_vlm-v0")
     parser.add_argument("--params", default=str(paths.PARAMS),
-                        help="params file with the method's section and `labeling` (default: params.yaml)")
+                        help="params file with the method's section and `labelling` (default: params.yaml)")
     parser.add_argument("--root", default=None, help="Minari root (default: $MINARI_DATASETS_PATH, else ~/.minari/datasets)")
     parser.add_argument("--frames", default="auto",
                         help="auto (image observations if any, else replay), replay, observation or observation:<key>")

@@ -3,7 +3,7 @@
 
 Every number in it is read from the metrics files under ``reports/metrics/``; every
 figure is a file under ``reports/figures/`` drawn from them. The title and a provenance
-section say which reward methods, which LVLM backend and model, and which parameters
+section say which reward sets, which LVLM backend and model, and which parameters
 made the results. Rewards from the scripted annotator are labelled as such, never as
 an LVLM's.
 """
@@ -22,7 +22,7 @@ import pandas as pd
 
 from rgvlm import paths
 from rgvlm.data.storage import write_bytes_atomic
-from rgvlm.plots import METRIC_LABELS, SPLIT_TITLES, method_order
+from rgvlm.plots import METRIC_LABELS, SPLIT_TITLES, reward_set_order
 from rgvlm.rewards.registry import COMPARISON_METHODS, PAPER_METHOD
 
 
@@ -36,10 +36,30 @@ def lvlm_label(provenance: dict[str, Any]) -> str:
     return f"LVLM {lvlm.get('model')} via {lvlm.get('backend')}"
 
 
-def provenance_title(methods: dict[str, dict[str, Any]]) -> str:
-    """A one-line summary of where the rewards came from, for titles."""
-    labels = sorted({lvlm_label(p) for p in methods.values()})
-    return "rewards: " + ", ".join(method_order(list(methods))) + " | labels by: " + "; ".join(labels)
+# Metrics written before issue 11's renames (committed ones, until the pipeline rewrites them) name
+# the reward set ``method`` (rows) and ``reward_methods`` (provenance), and the labelling metrics
+# ``labeling_<method>.json``: the readers below take both.
+def upgrade_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` (evaluation.json's tables, training.csv) with an old ``method`` column named ``reward_set``."""
+    return rows.rename(columns={"method": "reward_set"}) if "reward_set" not in rows else rows
+
+
+def read_evaluation(path: Path) -> dict[str, Any]:
+    """evaluation.json, its rows and provenance under the current names (old ones renamed)."""
+    evaluation = json.loads(path.read_text())
+    for table in ("summary", "overall"):
+        evaluation[table] = [{("reward_set" if k == "method" and "reward_set" not in row else k): v for k, v in row.items()}
+                             for row in evaluation[table]]
+    provenance = evaluation["provenance"]
+    if "reward_methods" in provenance and "reward_sets" not in provenance:
+        provenance["reward_sets"] = provenance.pop("reward_methods")
+    return evaluation
+
+
+def provenance_title(reward_sets: dict[str, dict[str, Any]]) -> str:
+    """A one-line summary of where the rewards came from, for titles (``reward_sets``: name -> provenance)."""
+    labels = sorted({lvlm_label(p) for p in reward_sets.values()})
+    return "rewards: " + ", ".join(reward_set_order(list(reward_sets))) + " | labels by: " + "; ".join(labels)
 
 
 #: Rows that use no reward model: behaviour cloning in the same stack, and the d3rlpy peer library.
@@ -52,41 +72,41 @@ def fusion_lambda(name: str, dense: str = "rg_vlm") -> float | None:
     return float(name[len(prefix):]) if name.startswith(prefix) else None
 
 
-def figure4_left_methods(methods: list[str], headline: str) -> list[str]:
+def figure4_left_reward_sets(reward_sets: list[str], headline: str) -> list[str]:
     """Figure 4 left: Sparse, Sparse + RG-VLM (the headline lambda), RG-VLM alone, every
     comparison method, the baselines (BC, filtered BC, d3rlpy) and the oracle as the upper reference."""
     wanted = ["sparse", headline, PAPER_METHOD, *COMPARISON_METHODS, *BASELINE_ROWS, "oracle"]
-    return [m for m in wanted if m in methods]
+    return [m for m in wanted if m in reward_sets]
 
 
-def figure4_right_methods(methods: list[str]) -> list[str]:
+def figure4_right_reward_sets(reward_sets: list[str]) -> list[str]:
     """Figure 4 right, the fusion ablation: Sparse, RG-VLM alone and Sparse + RG-VLM for each lambda."""
-    fusions = sorted((m for m in methods if fusion_lambda(m) is not None), key=fusion_lambda)
-    return [m for m in ("sparse", "rg_vlm") if m in methods] + fusions
+    fusions = sorted((m for m in reward_sets if fusion_lambda(m) is not None), key=fusion_lambda)
+    return [m for m in ("sparse", "rg_vlm") if m in reward_sets] + fusions
 
 
 def figure4_metrics(summary: pd.DataFrame, headline: str, split: str = "fresh", policy: str | None = None) -> dict:
-    """Figure 4's numbers: completion by k of every method Figure 4 left or right draws, in the
+    """Figure 4's numbers: completion by k of every reward set Figure 4 left or right draws, in the
     ``split`` panel under ``policy`` (default: the first in ``summary``). The report stage writes
     them to ``reports/figure4.json``, a small metrics file whose values ``dvc exp show`` lists per
-    experiment: ``{split: {policy: {method: {"k<k>": {completion_mean, completion_low,
+    experiment: ``{split: {policy: {reward_set: {"k<k>": {completion_mean, completion_low,
     completion_high}}}}}`` (DVC joins the keys with dots:
     ``fresh.sampled.sparse+rg_vlm@1.k1.completion_mean``). ``summary`` is evaluation.json's
     ``summary`` (:func:`rgvlm.evaluation.summarize`): the same numbers, never recomputed."""
     policy = policy or str(summary["policy"].iloc[0])
     summary = summary[summary["policy"] == policy]
-    methods = sorted(summary["method"].unique())
-    drawn = dict.fromkeys([*figure4_left_methods(methods, headline), *figure4_right_methods(methods)])
-    rows = summary[(summary["split"] == split) & summary["method"].isin(list(drawn))]
+    reward_sets = sorted(summary["reward_set"].unique())
+    drawn = dict.fromkeys([*figure4_left_reward_sets(reward_sets, headline), *figure4_right_reward_sets(reward_sets)])
+    rows = summary[(summary["split"] == split) & summary["reward_set"].isin(list(drawn))]
     table: dict[str, dict[str, dict[str, float]]] = {}
-    for row in rows.sort_values(["method", "k"]).itertuples(index=False):
-        table.setdefault(row.method, {})[f"k{int(row.k)}"] = {
+    for row in rows.sort_values(["reward_set", "k"]).itertuples(index=False):
+        table.setdefault(row.reward_set, {})[f"k{int(row.k)}"] = {
             name: float(getattr(row, name)) for name in ("completion_mean", "completion_low", "completion_high")}
     return {split: {policy: table}}
 
 
-def _cell(summary: pd.DataFrame, method: str, split: str, k: int, metric: str) -> pd.Series | None:
-    match = summary[(summary["method"] == method) & (summary["split"] == split) & (summary["k"] == k)]
+def _cell(summary: pd.DataFrame, reward_set: str, split: str, k: int, metric: str) -> pd.Series | None:
+    match = summary[(summary["reward_set"] == reward_set) & (summary["split"] == split) & (summary["k"] == k)]
     return None if match.empty else match.iloc[0]
 
 
@@ -111,7 +131,7 @@ def story(summary: pd.DataFrame, headline: str, split: str = "fresh", metric: st
     Where intervals overlap the sentence says so ("not resolved"), never "better".
     """
     ks = [int(k) for k in sorted(summary["k"].unique())]
-    have = set(summary["method"])
+    have = set(summary["reward_set"])
     lines = []
     if {"oracle", "sparse"} <= have:
         above = separated_above(summary, "oracle", "sparse", split, metric)
@@ -169,7 +189,7 @@ def story(summary: pd.DataFrame, headline: str, split: str = "fresh", metric: st
 
 @dataclass(frozen=True)
 class Code:
-    """Inline code. Method names go in it: on GitHub a bare ``sparse+rg_vlm@0.5`` becomes a mail link."""
+    """Inline code. Reward-set names go in it: on GitHub a bare ``sparse+rg_vlm@0.5`` becomes a mail link."""
 
     text: str
 
@@ -376,10 +396,11 @@ def cost_table(metrics_dir: Path) -> Table | None:
     keys = ("lvlm_calls", "cache_hits", "prompt_tokens", "completion_tokens", "reasks", "wall_time_s",
             "estimated_cost_usd")
     rows = []
-    for path in sorted(metrics_dir.glob("labeling_*.json")):
+    files = sorted(metrics_dir.glob("labelling_*.json")) or sorted(metrics_dir.glob("labeling_*.json"))  # old name
+    for path in files:
         record = json.loads(path.read_text())
         cost = record["cost"]
-        rows.append((Code(path.stem.removeprefix("labeling_")), lvlm_label(record["provenance"]),
+        rows.append((Code(path.stem.partition("_")[2]), lvlm_label(record["provenance"]),
                      *(str(cost.get(k, "-")) for k in keys)))
     return Table(("method", "labels by", *keys), tuple(rows)) if rows else None
 
@@ -393,11 +414,11 @@ def critic_table(log: pd.DataFrame) -> Table | None:
     probed = log.dropna(subset=names) if names else log.iloc[0:0]
     if probed.empty:
         return None
-    last = probed[probed["step"] == probed.groupby("method")["step"].transform("max")]
+    last = probed[probed["step"] == probed.groupby("reward_set")["step"].transform("max")]
     rows = []
-    for method in method_order(sorted(last["method"].unique())):
-        group = last[last["method"] == method]
-        rows.append((Code(method), str(int(group["step"].iloc[0])), str(len(group)),
+    for reward_set in reward_set_order(sorted(last["reward_set"].unique())):
+        group = last[last["reward_set"] == reward_set]
+        rows.append((Code(reward_set), str(int(group["step"].iloc[0])), str(len(group)),
                      *(f"{group[n].mean():.3f} [{group[n].min():.3f}, {group[n].max():.3f}]" for n in names)))
     return Table(("row", "update", "seeds", *names), tuple(rows))
 
@@ -407,17 +428,17 @@ def _fmt_interval(mean: float, low: float, high: float) -> str:
 
 
 def results_table(summary: pd.DataFrame, metric: str) -> Table:
-    """Rows method x split, columns k; cells mean [95% interval]."""
+    """Rows reward set x split, columns k; cells mean [95% interval]."""
     ks = sorted(summary["k"].unique())
     rows = []
     for split in [s for s in SPLIT_TITLES if s in set(summary["split"])]:
-        for method in method_order(sorted(summary["method"].unique())):
+        for reward_set in reward_set_order(sorted(summary["reward_set"].unique())):
             cells = []
             for k in ks:
-                r = _cell(summary, method, split, k, metric)
+                r = _cell(summary, reward_set, split, k, metric)
                 cells.append("-" if r is None else
                              _fmt_interval(r[f"{metric}_mean"], r[f"{metric}_low"], r[f"{metric}_high"]))
-            rows.append((Code(method), split, *cells))
+            rows.append((Code(reward_set), split, *cells))
     return Table(("reward", "split", *(f"k={k}" for k in ks)), tuple(rows))
 
 
@@ -442,18 +463,18 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
     figures, tuning results and notebooks under ``reports_dir``. ``headline`` is the fusion drawn
     in Figure 4 left and checked in the claims; ``split`` the split they use; ``policy`` the
     evaluation policy of the figures and claims (default: the first evaluated)."""
-    evaluation = json.loads((metrics_dir / "evaluation.json").read_text())
+    evaluation = read_evaluation(metrics_dir / "evaluation.json")
     card = json.loads((metrics_dir / "dataset.json").read_text())
     all_policies = pd.DataFrame(evaluation["summary"])
     policies = list(evaluation["provenance"].get("policies", {"greedy": "greedy"}))
     policy = policy or policies[0]
     summary = all_policies[all_policies["policy"] == policy] if "policy" in all_policies else all_policies
-    methods = evaluation["provenance"]["reward_methods"]
-    title = provenance_title(methods)
+    reward_sets = evaluation["provenance"]["reward_sets"]
+    title = provenance_title(reward_sets)
     figures = sorted(p.name for p in (reports_dir / "figures").glob("*.png"))
     notebooks = sorted(p.name for p in (reports_dir / "notebooks").glob("*.html"))
     blocks: list[Block] = [_heading(1, "rgvlm report"), _para(Bold(title))]
-    if any(lvlm_label(p).startswith("scripted") for p in methods.values()):
+    if any(lvlm_label(p).startswith("scripted") for p in reward_sets.values()):
         blocks.append(_para("Labels made by the ", Bold("scripted annotator"), ": answers computed from the "
                             "dataset's privileged ground truth with configured noise. It is not an LVLM.", note=True))
     first = [f for f in ("fig4_left.png", "fig4_right.png", "generalisation.png") if f in figures]
@@ -500,7 +521,7 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
                    Figure("tuning/noise_sweep.png", "noise sweep")]
     training_path = metrics_dir / "training.csv"
     if training_path.exists():
-        critic = critic_table(pd.read_csv(training_path))
+        critic = critic_table(upgrade_rows(pd.read_csv(training_path)))
         blocks += [_heading(2, "Did each critic learn? (held-out episodes, last probe)"),
                    critic or _para("No critic diagnostic was logged (train.holdout_fraction is 0)."),
                    _para(Code("v_return_corr"), ": correlation of V(s) with the Monte-Carlo discounted return of the "
@@ -519,7 +540,7 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
                           "VOC (expert episodes)"),
                          tuple((Code(m), lvlm_label(quality[m]["provenance"]), _number(quality[m].get("spearman_progress")),
                                 _number(quality[m].get("auroc_completion")), _number(quality[m].get("voc")))
-                               for m in method_order(list(quality)))),
+                               for m in reward_set_order(list(quality)))),
                    _para("Spearman and AUROC need privileged ground truth (which step completed which sub-task), "
                          "which a benchmark has and a user's own data does not. VOC (value-order correlation, GVL) "
                          "needs only trajectories known to succeed, which a user has on their own data: the mean over "
@@ -532,17 +553,17 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
     costs = cost_table(metrics_dir)
     if costs:
         blocks += [_heading(2, "Labelling cost per method"), costs,
-                   _para("Sources: ", Code("reports/metrics/labeling_*.json"), ". Calls are the queries sent to the "
+                   _para("Sources: ", Code("reports/metrics/labelling_*.json"), ". Calls are the queries sent to the "
                          "backend in this run; cache hits were answered from ", Code("outputs/lvlm_cache/"), ".")]
-    ordered = method_order(list(methods))
-    blocks += [_heading(2, "Provenance"), _heading(3, "Reward methods"),
+    ordered = reward_set_order(list(reward_sets))
+    blocks += [_heading(2, "Provenance"), _heading(3, "Reward sets"),
                Table(("reward", "labels by", "source"),
-                     tuple((Code(m), lvlm_label(methods[m]), str(methods[m].get("source", methods[m].get("method", ""))))
+                     tuple((Code(m), lvlm_label(reward_sets[m]), str(reward_sets[m].get("source", reward_sets[m].get("method", ""))))
                            for m in ordered)),
-               _heading(3, "Reward-method parameters (the LVLM's settings included)"),
-               _json({m: {k: v for k, v in methods[m].items() if k != "source"} for m in ordered}),
+               _heading(3, "Reward-set parameters (the LVLM's settings included)"),
+               _json({m: {k: v for k, v in reward_sets[m].items() if k != "source"} for m in ordered}),
                _heading(3, "Training and evaluation parameters"),
-               _json({k: v for k, v in evaluation["provenance"].items() if k != "reward_methods"}),
+               _json({k: v for k, v in evaluation["provenance"].items() if k != "reward_sets"}),
                _heading(2, "Dataset card"),
                _para(f"{card['episodes']} episodes, {card['transitions']} transitions, {card['distinct_missions']} "
                      f"distinct missions, overall success {card['success_rate']:.3f}."),

@@ -9,7 +9,7 @@ compared and ONE table is printed (``--output PATH`` also writes it as Markdown)
   and every value of the exact metric files (:data:`EXACT_METRICS`) except the wall-time and
   cache-dependent fields listed in :data:`IGNORED_KEYS`. One differing value fails the check.
 - **Trained numbers** (reports/metrics/evaluation.json, its ``summary`` rows per (policy,
-  method, split, k) and ``overall`` rows per (policy, method, split); ``completion`` and
+  reward set, split, k) and ``overall`` rows per (policy, reward set, split); ``completion`` and
   ``success``) agree when the two estimates are compatible given their 95% intervals:
   ``|new - old| <= sqrt(hw_old^2 + hw_new^2)`` with ``hw`` half an interval's width (two
   independent estimates of one number then disagree 5% of the time). The table stores, per
@@ -51,12 +51,20 @@ EXACT_LOCK_OUTS: dict[str, tuple[str, ...]] = {
 EXACT_METRICS: tuple[str, ...] = (
     "reports/metrics/dataset.json",
     "reports/metrics/label_quality.json",
-    *(f"reports/metrics/labeling_{method}.json" for method in LABELLED_METHODS),
+    *(f"reports/metrics/labelling_{method}.json" for method in LABELLED_METHODS),
 )
+#: Committed files a ref from before a rename (issue 11) holds under their old name: read there
+#: when the new name is missing at the ref.
+OLD_NAMES: dict[str, str] = {
+    f"reports/metrics/labelling_{method}.json": f"reports/metrics/labeling_{method}.json" for method in LABELLED_METHODS
+}
 #: Fields of the exact metric files that are not part of the contract: wall times, and the LVLM
 #: calls, tokens and cost a warm LVLM cache saves (``rgvlm.rewards.base.RUN_KEYS``, listed there).
 IGNORED_KEYS: frozenset[str] = RUN_KEYS | {"seconds"}
-TRAINED_TABLES = {"summary": ("policy", "method", "split", "k"), "overall": ("policy", "method", "split")}
+TRAINED_TABLES = {"summary": ("policy", "reward_set", "split", "k"), "overall": ("policy", "reward_set", "split")}
+#: Keys a ref from before a rename (issue 11) holds under their old name: the rows of evaluation.json
+#: named their reward set ``method``.
+OLD_KEYS = {"reward_set": "method"}
 TRAINED_METRICS = ("completion", "success")
 LEVEL = 0.95
 
@@ -129,6 +137,20 @@ def allowed_outside(n: int, p: float = 0.05, level: float = 0.95) -> int:
 
 # -- reading ----------------------------------------------------------------------------
 def committed_text(root: Path, ref: str, path: str) -> str:
+    """The file at ``ref``; one renamed since (:data:`OLD_NAMES`) under its old name if ``ref`` lacks the new."""
+    try:
+        return _git_show(root, ref, path)
+    except VerifyError:
+        if path not in OLD_NAMES:
+            raise
+        try:
+            return _git_show(root, ref, OLD_NAMES[path])
+        except VerifyError:
+            pass
+        raise
+
+
+def _git_show(root: Path, ref: str, path: str) -> str:
     try:
         result = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=root, capture_output=True, text=True)
     except OSError as error:  # no git, or no such directory
@@ -217,12 +239,17 @@ def _halfwidth(row: dict, metric: str) -> float:
     return (float(row[f"{metric}_high"]) - float(row[f"{metric}_low"])) / 2.0
 
 
+def _row_key(row: dict, keys: tuple[str, ...]) -> tuple:
+    """The row's values of ``keys``; a key missing under its name is read under its old one (:data:`OLD_KEYS`)."""
+    return tuple(row.get(k, row.get(OLD_KEYS.get(k, k), "all")) for k in keys)
+
+
 def compare_trained(root: Path, ref: str) -> list[Row]:
     old, new = _pair(root, ref, EVALUATION, json.loads)
     rows = []
     for table, keys in TRAINED_TABLES.items():
-        a = {tuple(r.get(k, "all") for k in keys): r for r in old.get(table, [])}
-        b = {tuple(r.get(k, "all") for k in keys): r for r in new.get(table, [])}
+        a = {_row_key(r, keys): r for r in old.get(table, [])}
+        b = {_row_key(r, keys): r for r in new.get(table, [])}
         for key in sorted(set(a) | set(b), key=lambda t: tuple(str(x) for x in t)):
             label = f"{table} " + " ".join(f"{k}={v}" for k, v in zip(keys, key, strict=True))
             for metric in TRAINED_METRICS:

@@ -4,7 +4,7 @@ annotator) and the rewards stage, by executing the stages' own notebook sources 
 injected after the parameters cell, as papermill does) with rgvlm.paths pointed at the directory. Usage: ``python tests/exact_outputs.py OUT_DIR NUM_THREADS``.
 
 Output layout: OUT_DIR/data, OUT_DIR/outputs/labels/<method>, OUT_DIR/outputs/rewards,
-OUT_DIR/reports/metrics/{label_quality,labeling_*}.json, OUT_DIR/cache (LVLM cache, not compared).
+OUT_DIR/reports/metrics/{label_quality,labelling_*}.json, OUT_DIR/cache (LVLM cache, not compared).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ EXPECTED = {
             "progress": [0, 0, 0, 1, 2, 2, 3, 4]},
 }
 PARAMS = {
-    "labeling": {"backend": "scripted", "scripted": {"score_sd": 0.5, "misattribution": 0.0, "malformed_rate": 0.1}},
+    "labelling": {"backend": "scripted", "scripted": {"score_sd": 0.5, "misattribution": 0.0, "malformed_rate": 0.1}},
     "rg_vlm": {"window_length": 4, "window_stride": 4, "frame_stride": 2},
 }
 
@@ -274,7 +274,7 @@ def test_the_frames_reach_a_real_model(imported, root, tmp_path, monkeypatch):
     monkeypatch.setattr(StoredFrames, "frames", spy)
     model = build_tiny_vlm("llava", tmp_path / "tiny-llava")
     params = {
-        "labeling": {"backend": "transformers", "model": str(model), "device": "cpu", "batch_size": 4,
+        "labelling": {"backend": "transformers", "model": str(model), "device": "cpu", "batch_size": 4,
                      "max_failure_rate": 1.0},
         "rg_vlm": {"window_length": 4, "window_stride": 4, "frame_stride": 2, "max_reasks": 0,
                    "stage1_max_new_tokens": 4, "stage2_max_new_tokens": 4},

@@ -12,7 +12,7 @@ import torch
 
 from rgvlm import paths
 from rgvlm.config import Config, ParamError
-from rgvlm.params import IQLConfig, dataset_config, labeling_config, train_config
+from rgvlm.params import IQLConfig, dataset_config, labelling_config, load_params, train_config
 from rgvlm.rewards.erl_vlm import ERLVLMConfig
 from rgvlm.rewards.erl_vlm import config_from_params as erl_vlm_config
 from rgvlm.rewards.rl_vlm_f import RLVLMFConfig
@@ -60,6 +60,14 @@ def test_every_fault_names_the_dotted_key_the_value_and_what_is_allowed(fault, b
     assert str(error.value).startswith(f"params: {key}=") and "is invalid: expected" in str(error.value)
 
 
+def test_a_params_file_with_the_old_labeling_section_names_the_new_one(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("env: {}\nlabeling:\n  backend: scripted\n")
+    with pytest.raises(ParamError, match="now spelt `labelling`") as error:
+        load_params(path)
+    assert error.value.key == "labeling" and str(path) in str(error.value)
+
+
 def test_a_config_built_in_python_is_checked_by_the_same_rules():
     with pytest.raises(ParamError, match=r"train\.tau=1\.0 is invalid: expected a number in \(0\.0, 1\.0\)"):
         IQLConfig(tau=1.0)
@@ -75,7 +83,7 @@ def test_values_are_kept_as_the_sections_saved_them_before():
     config = train_config({**TRAIN, "checkpoint_interval_s": 600})
     assert type(config.iql.checkpoint_interval_s) is int
     # ... while the params sections always held floats for their number fields.
-    assert type(labeling_config({"timeout_s": 60}).timeout_s) is float
+    assert type(labelling_config({"timeout_s": 60}).timeout_s) is float
     assert vlm_car_config({"sandbox": {"timeout_s": 30}}).sandbox.timeout_s == 30.0
     # Lists become tuples; a mixture lists every kind; one episodes_per_k is every split's.
     dataset = dataset_config(DATASET)

@@ -49,7 +49,7 @@ def test_arrays_are_consistent(tiny_dataset):
     assert d.obs_grid.shape[0] == d.num_transitions + len(d.episodes)
     assert d.rewards.sum() == sum(e["success"] for e in d.episodes)
     assert np.all(d.rewards[d.terminals] == 1.0) and np.all(d.rewards[~d.terminals] == 0.0)
-    assert np.all(d.progress >= d.progress_before) and np.all(d.progress <= d.k_of_step)
+    assert np.all(d.progress >= d.progress_before) and np.all(d.progress <= np.array([e["k"] for e in d.episodes])[d.episode_of_step])
     last = np.array([e["step_start"] + e["length"] - 1 for e in d.episodes])
     assert list(d.progress[last]) == [e["final_progress"] for e in d.episodes]
     assert d.actions.min() >= 0 and d.actions.max() < 6

@@ -130,7 +130,7 @@ def test_minilm_path_end_to_end(tiny_dataset, minilm):
     config = EmbeddingConfig(normalise="none", device="cpu")
     result, stats = label_embedding(tiny_dataset, config, encoder=minilm)
     rewards = result.rewards
-    assert result.method == "embedding" and rewards.shape == (tiny_dataset.num_transitions,)
+    assert result.reward_set == "embedding" and rewards.shape == (tiny_dataset.num_transitions,)
     assert np.all(np.isfinite(rewards)) and np.all(np.abs(rewards) <= 1.0 + 1e-5)
     assert result.cost["lvlm_calls"] == 0 and result.cost["cache_hits"] == 0
     assert result.cost["prompt_tokens"] == 0 and result.cost["completion_tokens"] == 0

@@ -85,7 +85,7 @@ def erl_run(tiny_dataset, tmp_path_factory):
 def test_learned_rewards_favour_completing_steps(tiny_dataset, erl_run):
     result, stats = erl_run["result"], erl_run["stats"]
     completed = tiny_dataset.progress > tiny_dataset.progress_before
-    assert result.method == "erl_vlm" and result.rewards.shape == (tiny_dataset.num_transitions,)
+    assert result.reward_set == "erl_vlm" and result.rewards.shape == (tiny_dataset.num_transitions,)
     assert 0.0 <= result.rewards.min() and result.rewards.max() <= 1.0
     assert result.rewards[completed].mean() > result.rewards[~completed].mean() + 0.2
     assert stats["queries"] == 150 and stats["labelled"] + stats["dropped"] == 150

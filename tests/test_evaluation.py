@@ -70,7 +70,7 @@ def test_bootstrap_interval_hand_checked():
 
 def test_summarize_means_over_seeds():
     rows = [
-        {"method": "m", "run_seed": s, "split": "fresh", "k": 1, "completion": c, "success": c == 1.0}
+        {"reward_set": "m", "run_seed": s, "split": "fresh", "k": 1, "completion": c, "success": c == 1.0}
         for s, values in ((0, [1.0, 0.0]), (1, [1.0, 1.0]), (2, [0.0, 0.0]))
         for c in values
     ]

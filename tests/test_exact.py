@@ -50,7 +50,7 @@ def test_exact_outputs_do_not_depend_on_the_thread_count(tmp_path):
     differ = []
     for name in files:
         a, b = (one / name).read_bytes(), (two / name).read_bytes()
-        if name.startswith("reports/metrics/labeling_"):  # wall times and cache counters are not exact
+        if name.startswith("reports/metrics/labelling_"):  # wall times and cache counters are not exact
             old, new = (json.loads(x) for x in (a, b))
             assert new["cost"]["lvlm_calls"] == 0 < old["cost"]["lvlm_calls"] or name.endswith("embedding.json")
             a, b = (json.dumps(without_run_fields(x, RUN_KEYS), sort_keys=True) for x in (old, new))

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rgvlm.evaluation.label_quality import value_order_correlation
-from rgvlm.params import ParamError, labeling_config
-from rgvlm.rewards.base import LabelingFailed, load_rewards, save_rewards
+from rgvlm.params import ParamError, labelling_config
+from rgvlm.rewards.base import LabellingFailed, load_rewards, save_rewards
 from rgvlm.rewards.gvl import (
     GVLConfig,
     ProgressTruth,
@@ -35,7 +35,8 @@ CONFIG = GVLConfig(window_length=16, frame_stride=4)
 
 def truth_after(dataset) -> np.ndarray:
     """Privileged progress of the state after each transition: sub-tasks done / k."""
-    return dataset.progress / dataset.k_of_step
+    k_of_step = np.array([episode["k"] for episode in dataset.episodes])[dataset.episode_of_step]
+    return dataset.progress / k_of_step
 
 
 def shown_after(dataset, config: GVLConfig) -> np.ndarray:
@@ -187,10 +188,10 @@ def test_malformed_answers_are_reasked_then_interpolated_and_the_failure_rate_is
     result, stats = label_gvl(tiny_dataset, bad, bad, GVLConfig(window_length=16, max_reasks=2), needs_images=False)
     assert stats["fallback_windows"] == stats["windows"] and stats["reasks"] == 2 * stats["windows"]
     assert np.all(result.rewards == 0.0) and np.all(result.values == 0.0)  # nothing known: the anchor's 0
-    stage1, stage2, _ = cached_clients(labeling_config({"scripted": {"malformed_rate": 1.0}}), tmp_path / "gvl")
-    with pytest.raises(LabelingFailed, match=r"^gvl: .* windows \(100\.0%\)"):
+    stage1, stage2, _ = cached_clients(labelling_config({"scripted": {"malformed_rate": 1.0}}), tmp_path / "gvl")
+    with pytest.raises(LabellingFailed, match=r"^gvl: .* windows \(100\.0%\)"):
         label_gvl(tiny_dataset, stage1, stage2, CONFIG, needs_images=False)
-    stage1, stage2, _ = cached_clients(labeling_config({}), tmp_path / "default")
+    stage1, stage2, _ = cached_clients(labelling_config({}), tmp_path / "default")
     _, stats = label_gvl(tiny_dataset, stage1, stage2, CONFIG, needs_images=False)
     assert stats["fallback_windows"] <= 0.05 * stats["windows"]
 

@@ -342,7 +342,7 @@ def test_two_level_bootstrap_counts_episode_noise():
     assert bootstrap_interval(values.mean(axis=1), 1000, rng) == (0.5, 0.5)
     low, high = bootstrap_interval(values, 1000, rng)
     assert low < 0.4 and high > 0.6
-    frame = pd.DataFrame([{"method": "m", "policy": p, "run_seed": s, "split": "fresh", "k": 1, "completion": c,
+    frame = pd.DataFrame([{"reward_set": "m", "policy": p, "run_seed": s, "split": "fresh", "k": 1, "completion": c,
                            "success": c == 1.0} for p in ("greedy", "sampled") for s in range(3) for c in values[s]])
     summary = summarize(frame, samples=500)
     assert set(summary["policy"]) == {"greedy", "sampled"} and (summary["num_episodes"] == 60).all()
@@ -364,8 +364,8 @@ def test_train_params_seeds_and_baselines():
 def test_sanity_check_names_where_the_oracle_is_above_or_below_sparse():
     from rgvlm.report import story
 
-    def cell(method, k, low, high):
-        return {"method": method, "split": "fresh", "k": k, "completion_mean": (low + high) / 2,
+    def cell(reward_set, k, low, high):
+        return {"reward_set": reward_set, "split": "fresh", "k": k, "completion_mean": (low + high) / 2,
                 "completion_low": low, "completion_high": high}
 
     rows = [cell("oracle", 1, 0.5, 0.6), cell("sparse", 1, 0.1, 0.2), cell("oracle", 2, 0.5, 0.6),

@@ -65,5 +65,5 @@ def test_every_profile_passes_the_stage_validators(profile):
     if profile.endswith("gpu.yaml"):  # CUDA graphs need a GPU; check the rest of the section on this machine
         with_cpu["train"] = {**with_cpu["train"], "cuda_graphs": False}
     validate_parameters(with_cpu)
-    assert set(params) >= {"env", "dataset", "labeling", "rg_vlm", "vlm_car", "erl_vlm", "rl_vlm_f", "embedding", "rewards",
+    assert set(params) >= {"env", "dataset", "labelling", "rg_vlm", "vlm_car", "erl_vlm", "rl_vlm_f", "embedding", "rewards",
                            "train", "evaluation", "report"}

@@ -48,24 +48,24 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
                    "success_by_k.png", "training_curves.png", "critic_diagnostic.png", "label_quality.png"):
         assert (dst / "reports" / "figures" / figure).read_bytes()[:4] == b"\x89PNG"
     evaluation = json.loads((dst / "reports" / "metrics" / "evaluation.json").read_text())
-    methods = {row["method"] for row in evaluation["summary"]}
+    reward_sets = {row["reward_set"] for row in evaluation["summary"]}
     baselines = {"bc", "bc_success", "d3rlpy_bc", "d3rlpy_cql"}
-    assert methods == {"sparse", "oracle", "sparse+rg_vlm@0.5", *LABELLED, *baselines}
+    assert reward_sets == {"sparse", "oracle", "sparse+rg_vlm@0.5", *LABELLED, *baselines}
     assert {row["k"] for row in evaluation["summary"]} == {1, 2}
     assert {row["split"] for row in evaluation["summary"]} == {"seen", "fresh"}
     assert {row["policy"] for row in evaluation["summary"]} == {"greedy", "sampled"}
     for row in evaluation["summary"]:  # sparse and oracle have an extra seed; 1 seen and 2 fresh episodes per k
-        seeds = 2 if row["method"] in ("sparse", "oracle") else 1
+        seeds = 2 if row["reward_set"] in ("sparse", "oracle") else 1
         assert row["num_seeds"] == seeds and row["num_episodes"] == seeds * {"seen": 1, "fresh": 2}[row["split"]], row
     assert set(evaluation["provenance"]["baselines"]) == baselines
     index = (dst / "reports" / "index.html").read_text()
     assert "scripted annotator" in index.split("</title>")[0]  # never presented as an LVLM
     for method in LABELLED:
-        labeling = json.loads((dst / "reports" / "metrics" / f"labeling_{method}.json").read_text())
+        labelling = json.loads((dst / "reports" / "metrics" / f"labelling_{method}.json").read_text())
         if not METHODS[method].uses_lvlm:  # an embedding model
-            assert labeling["cost"]["lvlm_calls"] == 0
+            assert labelling["cost"]["lvlm_calls"] == 0
             continue
-        assert labeling["provenance"]["lvlm"]["backend"] == "scripted" and labeling["cost"]["lvlm_calls"] > 0, method
+        assert labelling["provenance"]["lvlm"]["backend"] == "scripted" and labelling["cost"]["lvlm_calls"] > 0, method
     assert "Labelling cost per method" in index and "Does the paper" in index
     # The same report in Markdown, for a repository browser: the same text, tables and figures.
     assert_same_report(index, (dst / "reports" / "README.md").read_text())
@@ -77,7 +77,7 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
     card = json.loads((dst / "reports" / "metrics" / "dataset.json").read_text())
     assert card["episodes"] == 12 and [row["k"] for row in card["per_k"]] == [1, 2]
     log = (dst / "reports" / "metrics" / "training.csv").read_text().splitlines()
-    assert log[0].startswith("method,seed,step") and len(log) == 1 + 13 * 4  # runs x (40 / 10) rows
+    assert log[0].startswith("reward_set,seed,step") and len(log) == 1 + 13 * 4  # runs x (40 / 10) rows
     assert "v_return_corr" in log[0] and "Did each critic learn?" in index
     checkpoints = json.loads((dst / "reports" / "metrics" / "checkpoints.json").read_text())
     assert [c["step"] for c in checkpoints["stack_checkpoints"]] == [20] and checkpoints["export_files"] == 13
@@ -153,8 +153,8 @@ def test_cached_relabel_asks_no_lvlm(project):
     dst, env, _ = project
     for method in (m for m in LABELLED if METHODS[m].uses_lvlm):
         run(["dvc", "repro", "--force", "--single-item", f"label@{method}"], dst, env)
-        labeling = json.loads((dst / "reports" / "metrics" / f"labeling_{method}.json").read_text())
-        assert labeling["cost"]["lvlm_calls"] == 0 and labeling["cost"]["cache_hits"] > 0, method
+        labelling = json.loads((dst / "reports" / "metrics" / f"labelling_{method}.json").read_text())
+        assert labelling["cost"]["lvlm_calls"] == 0 and labelling["cost"]["cache_hits"] > 0, method
 
 
 def ran_stages(output: str) -> set[str]:
@@ -179,7 +179,7 @@ def test_a_method_params_change_reruns_that_method_labelling_and_what_follows_on
         # dry runs: which labelling stages a change reaches (a dry run does not follow the chain)
         assert ran_stages(repro_with("rg_vlm", "window_length", 4, "--dry")) == {"label@rg_vlm"}
         lvlm = {f"label@{m}" for m in LABELLED if METHODS[m].uses_lvlm}
-        assert ran_stages(repro_with("labeling", "max_failure_rate", 0.5, "--dry")) == lvlm
+        assert ran_stages(repro_with("labelling", "max_failure_rate", 0.5, "--dry")) == lvlm
         # a real run: ERL-VLM's labelling, and every stage that follows from its labels
         changed = repro_with("erl_vlm", "train_steps", 3)
     finally:

@@ -9,20 +9,20 @@ import yaml
 
 from rgvlm import paths
 from rgvlm.pipeline import load_stages
-from rgvlm.report import figure4_left_methods
+from rgvlm.report import figure4_left_reward_sets
 from rgvlm.rewards import REWARD_METHODS
 from rgvlm.rewards.registry import COMPARISON_METHODS, LABELLED_METHODS, LVLM_SECTION, METHODS, PAPER_METHOD
 from rgvlm.verify import EXACT_METRICS
-from rgvlm.vlm.scripted import ScriptedTruth, WindowTruth
+from rgvlm.vlm.scripted import ScriptedTruth, SegmentTruth
 
 
 def test_every_consumer_reads_the_registry():
     assert LABELLED_METHODS == ("rg_vlm", "vlm_car", "erl_vlm", "rl_vlm_f", "gvl", "embedding")
     assert set(REWARD_METHODS) == {"sparse", "oracle", *LABELLED_METHODS}
     assert (PAPER_METHOD, *COMPARISON_METHODS) == LABELLED_METHODS
-    assert figure4_left_methods([*LABELLED_METHODS, "sparse", "oracle", "x"], "x") == [
+    assert figure4_left_reward_sets([*LABELLED_METHODS, "sparse", "oracle", "x"], "x") == [
         "sparse", "x", *LABELLED_METHODS, "oracle"]
-    assert {f"reports/metrics/labeling_{m}.json" for m in LABELLED_METHODS} <= set(EXACT_METRICS)
+    assert {f"reports/metrics/labelling_{m}.json" for m in LABELLED_METHODS} <= set(EXACT_METRICS)
 
 
 @pytest.mark.parametrize("name", LABELLED_METHODS)
@@ -38,7 +38,7 @@ def test_each_method_names_real_prompts_and_scripted_query_kinds(name):
     for query in method.queries:
         module, _, cls = query.rpartition(".")
         truth = getattr(importlib.import_module(module), cls)
-        assert truth is WindowTruth or issubclass(truth, ScriptedTruth), query
+        assert truth is SegmentTruth or issubclass(truth, ScriptedTruth), query
 
 
 def test_every_prompt_file_belongs_to_a_method():

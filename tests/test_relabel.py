@@ -33,7 +33,7 @@ LEVEL = "BabyAI-GoToLocal-v0"
 BOT_EPISODES, RANDOM_EPISODES = 6, 3
 #: The scripted annotator with little noise: its labels should find GoToLocal's successes.
 PARAMS = {
-    "labeling": {"backend": "scripted", "scripted": {"score_sd": 0.5, "misattribution": 0.0, "malformed_rate": 0.1}},
+    "labelling": {"backend": "scripted", "scripted": {"score_sd": 0.5, "misattribution": 0.0, "malformed_rate": 0.1}},
     "rg_vlm": {"window_length": 8, "window_stride": 8, "frame_stride": 4},
     "gvl": {"window_length": 8, "frame_stride": 2},
 }
@@ -184,7 +184,7 @@ def test_relabel_with_a_tiny_local_vlm(gotolocal, minari_root, tmp_path):
 
     model = build_tiny_vlm("llava", tmp_path / "tiny-llava")
     params = {
-        "labeling": {"backend": "transformers", "model": str(model), "device": "cpu", "batch_size": 4,
+        "labelling": {"backend": "transformers", "model": str(model), "device": "cpu", "batch_size": 4,
                      "max_failure_rate": 1.0},
         "rg_vlm": {"window_length": 16, "window_stride": 16, "frame_stride": 8, "tile_size": 8, "max_reasks": 0,
                    "stage1_max_new_tokens": 4, "stage2_max_new_tokens": 4},

@@ -20,9 +20,10 @@ from rgvlm.report import (
     Heading,
     Para,
     Table,
-    figure4_left_methods,
+    figure4_left_reward_sets,
     figure4_metrics,
-    figure4_right_methods,
+    figure4_right_reward_sets,
+    read_evaluation,
     render_html,
     render_markdown,
 )
@@ -48,31 +49,40 @@ def test_readme_shows_what_index_html_shows(rendered_report):
         row[0] for row in readme.tables[0][1:]}  # the baselines' and the d3rlpy peer's rows too
     headings = [line for line in (rendered_report / "README.md").read_text().splitlines() if line.startswith("#")]
     for wanted in ("Label quality", "Labelling cost", "Did each critic learn", "Provenance", "Dataset card",
-                   "Reward-method parameters", "Training and evaluation parameters"):
+                   "Reward-set parameters", "Training and evaluation parameters"):
         assert any(wanted in h for h in headings), wanted
     assert "scripted annotator (privileged ground truth + noise; not an LVLM)" in readme.text
 
 
 def test_figure4_metrics_are_figure4s_rows_of_the_evaluation_summary():
     """reports/figure4.json (what `dvc exp show` lists) holds, for the report's split and policy, the
-    completion rows of evaluation.json of every method Figure 4 draws, unchanged."""
+    completion rows of evaluation.json of every reward set Figure 4 draws, unchanged."""
     import pandas as pd
 
     report = load_params(ROOT / "params.yaml")["report"]
-    summary = pd.DataFrame(json.loads((ROOT / "reports" / "metrics" / "evaluation.json").read_text())["summary"])
+    summary = pd.DataFrame(read_evaluation(ROOT / "reports" / "metrics" / "evaluation.json")["summary"])
     headline = fused_name("rg_vlm", float(report["headline_lambda"]))
     metrics = figure4_metrics(summary, headline, report["split"], report["policy"])
     assert list(metrics) == [report["split"]] and list(metrics[report["split"]]) == [report["policy"]]
     table = metrics[report["split"]][report["policy"]]
-    methods = sorted(summary["method"].unique())
-    assert set(table) == {*figure4_left_methods(methods, headline), *figure4_right_methods(methods)}
+    reward_sets = sorted(summary["reward_set"].unique())
+    assert set(table) == {*figure4_left_reward_sets(reward_sets, headline), *figure4_right_reward_sets(reward_sets)}
     rows = summary[(summary["split"] == report["split"]) & (summary["policy"] == report["policy"])]
-    for method, by_k in table.items():
-        assert set(by_k) == {f"k{k}" for k in rows[rows["method"] == method]["k"]}
+    for reward_set, by_k in table.items():
+        assert set(by_k) == {f"k{k}" for k in rows[rows["reward_set"] == reward_set]["k"]}
         for key, cell in by_k.items():
-            row = rows[(rows["method"] == method) & (rows["k"] == int(key[1:]))].iloc[0]
+            row = rows[(rows["reward_set"] == reward_set) & (rows["k"] == int(key[1:]))].iloc[0]
             assert cell == {name: row[name] for name in ("completion_mean", "completion_low", "completion_high")}
     assert json.loads((ROOT / "reports" / "figure4.json").read_text()) == metrics  # the committed file
+
+
+def test_evaluation_json_written_before_the_renames_is_read_under_the_new_names(tmp_path):
+    row = {"policy": "greedy", "method": "sparse", "split": "fresh", "k": 1, "completion_mean": 0.5}
+    path = tmp_path / "evaluation.json"
+    path.write_text(json.dumps({"summary": [row], "overall": [], "provenance": {"reward_methods": {"sparse": {}}}}))
+    evaluation = read_evaluation(path)
+    assert evaluation["summary"] == [{**{k: v for k, v in row.items() if k != "method"}, "reward_set": "sparse"}]
+    assert evaluation["provenance"] == {"reward_sets": {"sparse": {}}}
 
 
 def test_the_committed_readme_is_the_committed_index_html():
@@ -92,7 +102,7 @@ TEXT = st.text(string.ascii_letters + string.digits + string.punctuation + " ", 
 @example(text="    code block?", code="0")
 @example(text="sparse+rg_vlm@0.5 _x_ *y* [l](u) <b> &amp; ~~s~~", code="sparse+rg_vlm@0.5")
 def test_any_text_reads_the_same_in_markdown_and_html(text, code):
-    """Markdown's punctuation in a method name or a description (``*``, ``_``, ``|``, ``#``, ``[``,
+    """Markdown's punctuation in a reward-set name or a description (``*``, ``_``, ``|``, ``#``, ``[``,
     ``1.`` ...) never turns into emphasis, links, lists or extra table columns."""
     blocks = [Heading(2, (text,)), Para((text, Code(code), text)), Para((text,), note=True), Bullets(((text,),)),
               Table((text, "k=1"), ((Code(code), text), (text, code))), Figure("figures/a.png", text, text)]

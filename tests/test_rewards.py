@@ -37,7 +37,7 @@ def test_fusion_hand_computed():
     dense = RewardResult("rg_vlm", np.array([0.2, 0.5, 1.0], dtype=np.float32), {"lvlm": {"backend": "scripted"}})
     fused = fuse(sparse, dense, 0.5)
     np.testing.assert_allclose(fused.rewards, [0.1, 0.25, 1.5])
-    assert fused.method == "sparse+rg_vlm@0.5" and fused.provenance["lvlm"] == {"backend": "scripted"}
+    assert fused.reward_set == "sparse+rg_vlm@0.5" and fused.provenance["lvlm"] == {"backend": "scripted"}
     with pytest.raises(ValueError, match="lambda=-1"):
         fuse(sparse, dense, -1.0)
     with pytest.raises(ValueError, match="different datasets"):
@@ -51,10 +51,10 @@ def test_rewards_must_be_finite():
 
 def test_compute_and_store_round_trip(tiny_dataset, tmp_path):
     results = compute_reward_sets(tiny_dataset, ("sparse", "oracle"), ("oracle",), (0.5, 1.0))
-    assert [r.method for r in results] == ["sparse", "oracle", "sparse+oracle@0.5", "sparse+oracle@1"]
+    assert [r.reward_set for r in results] == ["sparse", "oracle", "sparse+oracle@0.5", "sparse+oracle@1"]
     for r in results:
         save_rewards(tmp_path, r)
-        loaded = load_rewards(tmp_path, r.method)
+        loaded = load_rewards(tmp_path, r.reward_set)
         np.testing.assert_array_equal(loaded.rewards, r.rewards)
         assert loaded.provenance == r.provenance
     with pytest.raises(FileNotFoundError, match="rewards stage"):

@@ -69,7 +69,7 @@ def rl_run(tiny_dataset, tmp_path_factory):
 def test_learned_rewards_favour_completing_steps(tiny_dataset, rl_run):
     result, stats = rl_run["result"], rl_run["stats"]
     completed = tiny_dataset.progress > tiny_dataset.progress_before
-    assert result.method == "rl_vlm_f" and result.rewards.shape == (tiny_dataset.num_transitions,)
+    assert result.reward_set == "rl_vlm_f" and result.rewards.shape == (tiny_dataset.num_transitions,)
     assert 0.0 <= result.rewards.min() and result.rewards.max() <= 1.0
     assert result.rewards[completed].mean() > result.rewards[~completed].mean() + 0.2
     outcomes = stats["preferences"]["segment_0"] + stats["preferences"]["segment_1"]

@@ -71,10 +71,10 @@ def test_exp_run_lists_the_figure4_metrics_with_the_new_parameter(baseline):
     report = exp["data"]["params"]["params.yaml"]["data"]["report"]
     headline = fused_name("rg_vlm", float(report["headline_lambda"]))
     assert shown == figure4_metrics(pd.DataFrame(evaluation["summary"]), headline, report["split"], report["policy"])
-    methods = shown[report["split"]][report["policy"]]
-    assert set(methods) == {"sparse", "oracle", headline, *LABELLED_METHODS, *BASELINES}
+    reward_sets = shown[report["split"]][report["policy"]]
+    assert set(reward_sets) == {"sparse", "oracle", headline, *LABELLED_METHODS, *BASELINES}
     assert all(set(by_k) == {"k1", "k2"} and set(by_k["k1"]) == {"completion_mean", "completion_low", "completion_high"}
-               for by_k in methods.values())
+               for by_k in reward_sets.values())
     # The flat columns of the table view name the split, policy, reward set and k.
     csv = run(["dvc", "exp", "show", "--csv", "--drop", ".*", "--keep", r"Experiment|train\.beta|fresh\..*"], dst, env).stdout
     assert f"fresh.sampled.{headline}.k1.completion_mean" in csv.splitlines()[0]

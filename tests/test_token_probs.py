@@ -17,7 +17,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from PIL import Image  # noqa: E402
 
-from rgvlm.params import ParamError, labeling_config  # noqa: E402
+from rgvlm.params import ParamError, labelling_config  # noqa: E402
 from rgvlm.rewards.registry import LVLM_SECTION  # noqa: E402
 from rgvlm.rewards.rg_vlm import RGVLMConfig, label_rg_vlm  # noqa: E402
 from rgvlm.vlm.base import LVLMError, LVLMRequest  # noqa: E402
@@ -229,12 +229,12 @@ def test_openai_reads_top_logprobs_and_says_when_there_are_none():
 
 # -- params ---------------------------------------------------------------------------------
 def test_bad_scoring_values_name_the_key_and_the_choices():
-    assert labeling_config({}).scoring == "generate" and labeling_config({}).token_reduce == "expectation"
-    assert labeling_config({"scoring": "token_probs", "token_reduce": "argmax"}).token_reduce == "argmax"
+    assert labelling_config({}).scoring == "generate" and labelling_config({}).token_reduce == "expectation"
+    assert labelling_config({"scoring": "token_probs", "token_reduce": "argmax"}).token_reduce == "argmax"
     for key, value, allowed in [("scoring", "logits", "generate, token_probs"),
                                 ("token_reduce", "mean", "expectation, argmax"), ("top_logprobs", 0, "1..20")]:
         with pytest.raises(ParamError, match=f"{LVLM_SECTION}.{key}={value!r}.*{allowed}") as error:
-            labeling_config({key: value})
+            labelling_config({key: value})
         assert error.value.key == f"{LVLM_SECTION}.{key}"
     with pytest.raises(ValueError, match="scoring='logits'"):
         ScriptedAnnotator(scoring="logits")

@@ -23,11 +23,11 @@ def git(repo: Path, *args: str) -> None:
 
 def evaluation() -> dict:
     rows = []
-    for method in ("sparse", "oracle", "rg_vlm"):
+    for reward_set in ("sparse", "oracle", "rg_vlm"):
         for k in (1, 2, 3):
             for policy in ("greedy", "sampled"):
                 mean = 0.1 * k
-                rows.append({"policy": policy, "method": method, "split": "fresh", "k": k, "num_seeds": 3,
+                rows.append({"policy": policy, "reward_set": reward_set, "split": "fresh", "k": k, "num_seeds": 3,
                              "completion_mean": mean, "completion_low": mean - 0.05, "completion_high": mean + 0.05,
                              "success_mean": mean / 2, "success_low": mean / 2 - 0.04, "success_high": mean / 2 + 0.04})
     overall = [{key: value for key, value in r.items() if key != "k"} for r in rows if r["k"] == 1]
@@ -77,7 +77,7 @@ def test_identical_agrees_and_exits_0(repo, capsys):
 def test_timings_and_cache_hits_are_ignored(repo):
     def change(obj):
         obj["cost"].update(wall_time_s=99.0, cache_hits=10)
-    edit(repo, "reports/metrics/labeling_rg_vlm.json", change)
+    edit(repo, "reports/metrics/labelling_rg_vlm.json", change)
     edit(repo, verify.EVALUATION, lambda obj: obj["provenance"].update(seconds=1.0))
     assert verify.compare(repo).ok
 
@@ -111,6 +111,23 @@ def test_a_ref_from_before_the_one_labelling_stage_is_compared_under_its_old_sta
     report = verify.compare(repo)
     assert report.ok and not report.exact_differ
     assert any(row.item.startswith("dvc.lock: label@rg_vlm") for row in report.rows)
+
+
+def test_a_ref_from_before_the_renames_is_compared_under_its_old_file_and_key_names(repo):
+    """Issue 11 renamed labeling_<method>.json to labelling_<method>.json and evaluation.json's
+    ``method`` to ``reward_set``: a ref that still has the old names is read under them."""
+    for path, old in verify.OLD_NAMES.items():
+        git(repo, "mv", path, old)
+    edit(repo, verify.EVALUATION, lambda obj: [row.update(method=row.pop("reward_set"))
+                                               for row in obj["summary"] + obj["overall"]])
+    git(repo, "commit", "-qam", "the old names")
+    for path, old in verify.OLD_NAMES.items():
+        git(repo, "mv", old, path)
+    edit(repo, verify.EVALUATION, lambda obj: [row.update(reward_set=row.pop("method"))
+                                               for row in obj["summary"] + obj["overall"]])
+    report = verify.compare(repo)
+    assert report.ok and not report.exact_differ and len(report.trained) == 2 * (18 + 6)
+    assert any(row.item.startswith("reports/metrics/labelling_rg_vlm.json:") for row in report.rows)
 
 
 def test_trained_numbers_moved_within_their_intervals_agree(repo):

@@ -80,7 +80,7 @@ def test_clean_programs_reproduce_the_oracle_exactly(clean_run, tiny_dataset):
     decompositions = [r for r in client.client.requests if isinstance(r.annotation, DecompositionTruth)]
     assert len(decompositions) == len(tiny_dataset.missions) and all(len(r.images) == 2 for r in decompositions)
     assert all(not r.images for r in client.client.requests if isinstance(r.annotation, ProgramTruth))
-    assert result.method == "vlm_car" and result.provenance["lvlm"]["backend"] == "scripted"
+    assert result.reward_set == "vlm_car" and result.provenance["lvlm"]["backend"] == "scripted"
     assert result.provenance["config"]["max_random_success"] == 0.10 and "programs" not in result.cost
 
 

@@ -138,12 +138,6 @@ class OfflineDataset:
         return steps_per_subtask * (max(e["k"] for e in self.episodes) + 1)
 
     @cached_property
-    def k_of_step(self) -> np.ndarray:
-        """Number of sub-tasks of each transition's mission, int64 [N]."""
-        ks = np.array([e["k"] for e in self.episodes], dtype=np.int64)
-        return ks[self.episode_of_step]
-
-    @cached_property
     def missions(self) -> list[str]:
         """The distinct missions, in order of first appearance."""
         return list(dict.fromkeys(e["mission"] for e in self.episodes))

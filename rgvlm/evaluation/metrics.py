@@ -35,11 +35,11 @@ def bootstrap_interval(values: np.ndarray, samples: int, rng: np.random.Generato
 
 
 def summarize(episodes: pd.DataFrame, samples: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Per (policy,) method, split, k: mean over seeds of each seed's mean, the two-level
-    bootstrap interval, and counts. ``episodes`` needs columns method, run_seed, split, k and
+    """Per (policy,) reward set, split, k: mean over seeds of each seed's mean, the two-level
+    bootstrap interval, and counts. ``episodes`` needs columns reward_set, run_seed, split, k and
     :data:`METRICS`; a ``policy`` column (greedy, sampled, ...) adds a level."""
     rng = np.random.default_rng(seed)
-    keys = (["policy"] if "policy" in episodes else []) + ["method", "split", "k"]
+    keys = (["policy"] if "policy" in episodes else []) + ["reward_set", "split", "k"]
     rows = []
     for key, group in episodes.groupby(keys, sort=True):
         row = dict(zip(keys, key, strict=True)) | {"k": int(key[-1])}
@@ -57,6 +57,6 @@ def summarize(episodes: pd.DataFrame, samples: int = 2000, seed: int = 0) -> pd.
 
 
 def summarize_overall(episodes: pd.DataFrame, samples: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Per (policy,) method, split, pooled over every k: the generalisation table (seen vs fresh)."""
+    """Per (policy,) reward set, split, pooled over every k: the generalisation table (seen vs fresh)."""
     pooled = episodes.assign(k=0)
     return summarize(pooled, samples, seed).drop(columns="k")

@@ -135,12 +135,12 @@ def evaluate_runs(
 ) -> list[dict]:
     """Roll out every (reward set, seed) run on the same episodes at once; ``act`` is the
     stacked policy of ``runs`` (in that order). One record per (run, episode), with
-    ``method`` and ``run_seed`` added; ``on_finished`` as for :func:`rollout`."""
+    ``reward_set`` and ``run_seed`` added; ``on_finished`` as for :func:`rollout`."""
     per_run = rollout(act, episodes, env_config, embed_missions, num_runs=len(runs), device=device,
                       on_finished=on_finished)
     records = []
     for (reward_set, seed), run_records in zip(runs, per_run, strict=True):
-        records += [{**record, "method": reward_set, "run_seed": seed} for record in run_records]
+        records += [{**record, "reward_set": reward_set, "run_seed": seed} for record in run_records]
     return records
 
 

@@ -520,32 +520,33 @@ def train_and_evaluate(dataset, conversion: Conversion, algos: Sequence[str], se
     """Train every (algorithm, seed) on ``dataset`` and roll each algorithm's runs out in lockstep
     with the project's :func:`~rgvlm.evaluation.rollout` under every policy (name -> temperature).
 
-    Returns (episode records with ``method`` = ``d3rlpy_<algo>``, ``run_seed`` and ``policy``;
-    one record per run with its training time and losses; the settings of each method; wall
+    Returns (episode records with ``reward_set`` = ``d3rlpy_<algo>`` (the row the evaluation
+    tables give the peer), ``run_seed`` and ``policy``; one record per run with its training time and
+    losses; the settings of each algorithm; wall
     times)."""
     from rgvlm.evaluation import rollout
 
     records, runs, settings, seconds = [], [], {}, {}
     for algo in algos:
-        method = f"d3rlpy_{algo}"
+        row = f"d3rlpy_{algo}"
         trained = [train_d3rlpy(algo, dataset, seed, n_steps, **hyper) for seed in seeds]
         for seed, run in zip(seeds, trained, strict=True):
-            runs.append({"method": method, "run_seed": seed, "train_seconds": round(run.train_seconds, 2),
+            runs.append({"reward_set": row, "run_seed": seed, "train_seconds": round(run.train_seconds, 2),
                          "updates_per_second": round(run.updates_per_second, 2), "losses": run.losses})
-            print(f"{method} seed {seed}: {n_steps} updates in {run.train_seconds:.1f}s "
+            print(f"{row} seed {seed}: {n_steps} updates in {run.train_seconds:.1f}s "
                   f"({run.updates_per_second:.1f}/s), final {run.losses[-1]}", flush=True)
-        settings[method] = {k: v for k, v in trained[0].settings.items() if k != "seed"}
-        settings[method]["sampling"] = SAMPLING[algo]
-        seconds[f"train_{method}"] = round(sum(r.train_seconds for r in trained), 2)
+        settings[row] = {k: v for k, v in trained[0].settings.items() if k != "seed"}
+        settings[row]["sampling"] = SAMPLING[algo]
+        seconds[f"train_{row}"] = round(sum(r.train_seconds for r in trained), 2)
         for policy, temperature in policies.items():
             started = time.perf_counter()
             act = D3rlpyPolicies(trained, conversion, temperature=temperature, seed=eval_seed)
-            with Progress(f"{method} rollouts ({policy})", len(trained) * len(episodes), "episodes") as bar:
+            with Progress(f"{row} rollouts ({policy})", len(trained) * len(episodes), "episodes") as bar:
                 per_run = rollout(act, episodes, env_config, embed_missions, num_runs=len(trained),
                                   on_finished=bar.update)
             for seed, run_records in zip(seeds, per_run, strict=True):
-                records += [{**r, "method": method, "run_seed": seed, "policy": policy} for r in run_records]
-            seconds[f"eval_{method}_{policy}"] = round(time.perf_counter() - started, 2)
+                records += [{**r, "reward_set": row, "run_seed": seed, "policy": policy} for r in run_records]
+            seconds[f"eval_{row}_{policy}"] = round(time.perf_counter() - started, 2)
     return records, runs, settings, seconds
 
 

@@ -23,7 +23,7 @@ from rgvlm.data.storage import write_json_atomic, write_npy_atomic
 class RewardResult:
     """Rewards for every transition of a dataset, with cost and provenance."""
 
-    method: str
+    reward_set: str  # a reward method alone (``oracle``) or a fusion (``sparse+rg_vlm@1``)
     rewards: np.ndarray  # float32 [N]
     provenance: dict[str, Any] = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=dict)
@@ -35,18 +35,18 @@ class RewardResult:
     def __post_init__(self) -> None:
         self.rewards = np.asarray(self.rewards, dtype=np.float32)
         if self.rewards.ndim != 1:
-            raise ValueError(f"reward method {self.method!r}: rewards must be 1-D, got shape {self.rewards.shape}")
+            raise ValueError(f"reward set {self.reward_set!r}: rewards must be 1-D, got shape {self.rewards.shape}")
         if not np.all(np.isfinite(self.rewards)):
-            raise ValueError(f"reward method {self.method!r}: rewards contain NaN or infinity")
+            raise ValueError(f"reward set {self.reward_set!r}: rewards contain NaN or infinity")
         if self.values is not None:
             self.values = np.asarray(self.values, dtype=np.float32)
             if self.values.shape != self.rewards.shape or not np.all(np.isfinite(self.values)):
-                raise ValueError(f"reward method {self.method!r}: values must be finite, one per transition "
+                raise ValueError(f"reward set {self.reward_set!r}: values must be finite, one per transition "
                                  f"({self.rewards.shape}), got shape {self.values.shape}")
 
 
-class LabelingFailed(RuntimeError):
-    """A labelling stage ended with more queries unanswered than ``labeling.max_failure_rate`` allows."""
+class LabellingFailed(RuntimeError):
+    """A labelling stage ended with more queries unanswered than ``labelling.max_failure_rate`` allows."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class FailurePolicy:
 
 def check_failure_rate(method: str, failed: int, total: int, reasons: Mapping[str, int], client: Any,
                        unit: str = "queries") -> None:
-    """Raise :class:`LabelingFailed` when ``failed / total`` is above the client's
+    """Raise :class:`LabellingFailed` when ``failed / total`` is above the client's
     :class:`FailurePolicy` (none attached: no limit, as for a bare backend in a notebook cell).
 
     ``reasons`` counts every rejected answer by the parser's reason, re-asks included: what a
@@ -70,12 +70,12 @@ def check_failure_rate(method: str, failed: int, total: int, reasons: Mapping[st
     if policy is None or total <= 0 or failed / total <= policy.max_failure_rate:
         return
     counts = ", ".join(f"{reason}: {count}" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]))
-    raise LabelingFailed(
+    raise LabellingFailed(
         f"{method}: {failed} of {total} {unit} ({failed / total:.1%}) got no usable answer after their re-asks, "
-        f"more than labeling.max_failure_rate={policy.max_failure_rate} allows. Rejected answers by reason: "
+        f"more than labelling.max_failure_rate={policy.max_failure_rate} allows. Rejected answers by reason: "
         f"{counts or 'none recorded'}. The raw answers are kept in {policy.raw_answers} (one JSON file each; "
         "'text' is what the model said; files ending in .corrupt could not be read). Look at a few, then fix the "
-        "prompt, the model or max_reasks, or raise labeling.max_failure_rate to train on the fallbacks; answers "
+        "prompt, the model or max_reasks, or raise labelling.max_failure_rate to train on the fallbacks; answers "
         "already paid for are reused by the rerun."
     )
 
@@ -131,7 +131,7 @@ def exact_threads(num_threads: int = EXACT_THREADS) -> Iterator[None]:
 
 #: Fields of a cost record that depend on how the run went, not on the labels: wall times, and
 #: the counters that depend on a warm LVLM cache (a rerun from the cache asks nothing). They stay
-#: in the stage's ``reports/metrics/labeling_<method>.json``; the reward files leave them out.
+#: in the stage's ``reports/metrics/labelling_<method>.json``; the reward files leave them out.
 TIMING_KEYS = frozenset({"wall_time_s", "train_time_s", "relabel_time_s", "describe_s", "load_s", "embed_goals_s",
                          "embed_states_s", "score_s", "random_rollout_s"})
 CACHE_KEYS = frozenset({"lvlm_calls", "cache_hits", "prompt_tokens", "completion_tokens", "estimated_cost_usd"})
@@ -148,27 +148,27 @@ def without_run_fields(obj: Any, keys: frozenset[str] = RUN_KEYS) -> Any:
 
 
 def save_rewards(directory: Path, result: RewardResult) -> None:
-    """Write ``<method>.npy`` (quantised by :func:`quantise_rewards`) and ``<method>.json``
+    """Write ``<reward set>.npy`` (quantised by :func:`quantise_rewards`) and ``<reward set>.json``
     (provenance and cost without :data:`RUN_KEYS`) atomically: both byte-exact across runs,
     cold or warm LVLM cache; and ``<method>.values.npy`` (quantised too) for a result with values."""
     rewards = quantise_rewards(result.rewards)
-    write_npy_atomic(directory / f"{result.method}.npy", rewards)
+    write_npy_atomic(directory / f"{result.reward_set}.npy", rewards)
     if result.values is not None:
-        write_npy_atomic(directory / f"{result.method}.values.npy", quantise_rewards(result.values))
+        write_npy_atomic(directory / f"{result.reward_set}.values.npy", quantise_rewards(result.values))
     write_json_atomic(
-        directory / f"{result.method}.json",
-        {"method": result.method, "provenance": without_run_fields(result.provenance),
+        directory / f"{result.reward_set}.json",
+        {"reward_set": result.reward_set, "provenance": without_run_fields(result.provenance),
          "cost": without_run_fields(result.cost), "num_transitions": int(rewards.shape[0]),
          "mean": round(float(rewards.astype(np.float64).mean()), REWARD_DECIMALS) if rewards.size else 0.0},
     )
 
 
-def load_rewards(directory: Path, method: str) -> RewardResult:
+def load_rewards(directory: Path, reward_set: str) -> RewardResult:
     """Read a reward set written by :func:`save_rewards`."""
-    npy, meta = directory / f"{method}.npy", directory / f"{method}.json"
+    npy, meta = directory / f"{reward_set}.npy", directory / f"{reward_set}.json"
     if not npy.exists() or not meta.exists():
-        raise FileNotFoundError(f"reward set {method!r} not found in {directory}: run the rewards stage first")
+        raise FileNotFoundError(f"reward set {reward_set!r} not found in {directory}: run the rewards stage first")
     info = json.loads(meta.read_text())
-    values = directory / f"{method}.values.npy"
-    return RewardResult(method=method, rewards=np.load(npy), provenance=info["provenance"], cost=info["cost"],
+    values = directory / f"{reward_set}.values.npy"
+    return RewardResult(reward_set=reward_set, rewards=np.load(npy), provenance=info["provenance"], cost=info["cost"],
                         values=np.load(values) if values.exists() else None)

@@ -18,14 +18,14 @@ def fuse(sparse: RewardResult, dense: RewardResult, lam: float) -> RewardResult:
         raise ValueError(f"fusion lambda={lam!r}: expected a finite number >= 0")
     if sparse.rewards.shape != dense.rewards.shape:
         raise ValueError(
-            f"cannot fuse {sparse.method!r} {sparse.rewards.shape} with {dense.method!r} {dense.rewards.shape}: "
+            f"cannot fuse {sparse.reward_set!r} {sparse.rewards.shape} with {dense.reward_set!r} {dense.rewards.shape}: "
             "they label different datasets"
         )
     return RewardResult(
-        method=fused_name(dense.method, lam),
+        reward_set=fused_name(dense.reward_set, lam),
         rewards=sparse.rewards + lam * dense.rewards,
         provenance={"method": "fusion", "sparse": sparse.provenance, "dense": dense.provenance, "lambda": lam,
                     "lvlm": dense.provenance.get("lvlm")},
         # The fusion itself costs nothing: the dense method's cost is reported once, under its own name.
-        cost={**dense.cost, "note": f"cost of {dense.method}, shared"},
+        cost={**dense.cost, "note": f"cost of {dense.reward_set}, shared"},
     )

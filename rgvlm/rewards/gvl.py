@@ -11,14 +11,14 @@ any text gives the values or a named failure). The anchor is the episode's first
 window, so every answer is the completion of the *whole* task and the windows join up.
 
 ``two_stage: true`` first asks for a free-text analysis of the frames (``prompts/gvl_stage1.txt``),
-then the completions given it (``prompts/gvl_stage2.txt``, from ``labeling.stage2_model`` when
+then the completions given it (``prompts/gvl_stage2.txt``, from ``labelling.stage2_model`` when
 set), as RG-VLM does, so that the two are comparable query for query; ``false`` (GVL as
 published) asks the main model for the completions directly (the same template, no analysis).
 
 Progress of the observations not shown (between two shown frames) is **interpolated linearly**
 between the shown frames' answers (the first observation is the anchor, 0). A window whose
 answers all failed after ``max_reasks`` re-asks is left out and its frames interpolated from
-its neighbours (counted as ``fallback_windows``; ``labeling.max_failure_rate`` applies).
+its neighbours (counted as ``fallback_windows``; ``labelling.max_failure_rate`` applies).
 
 Reward per transition t (``reward``): ``delta`` = progress(t+1) - progress(t) (sums to the
 episode's final progress), or ``progress`` = progress(t+1). Either way the per-state progress
@@ -271,7 +271,7 @@ def label_gvl(dataset: OfflineDataset, stage1: LVLMClient, stage2: LVLMClient, c
         return (f"Answer with JSON only: {{\"completion\": [...]}} with exactly {len(shown[i])} numbers from 0 to 100, "
                 "Frame 1 first.")
 
-    # Two stages: the completions from the stage-2 model (labeling.stage2_model, maybe cheaper), as
+    # Two stages: the completions from the stage-2 model (labelling.stage2_model, maybe cheaper), as
     # RG-VLM's scores; one stage: from the main model, the only query.
     answerer = stage2 if config.two_stage else stage1
     answers = ask_with_reasks(answerer, requests, lambda i, text: parse_completion(text, len(shown[i])),

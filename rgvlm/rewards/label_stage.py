@@ -4,10 +4,10 @@ outputs, the same files for every method:
 
 - ``outputs/labels/<method>/<method>.npy`` and ``.json`` (:func:`~rgvlm.rewards.base.save_rewards`),
   with the method's own files beside them (VLM-CaR's programs, a reward model);
-- ``reports/metrics/labeling_<method>.json``: the provenance and the cost record (LVLM calls,
-  cache hits, tokens, time and an estimate in USD from ``labeling.prices``).
+- ``reports/metrics/labelling_<method>.json``: the provenance and the cost record (LVLM calls,
+  cache hits, tokens, time and an estimate in USD from ``labelling.prices``).
 
-A method that asks an LVLM gets the (stage-1, stage-2) clients of the shared ``labeling``
+A method that asks an LVLM gets the (stage-1, stage-2) clients of the shared ``labelling``
 backend, answering through the response cache ``outputs/lvlm_cache/<method>/``; the folder is
 made for every method (it is a stage output), and stays empty for one that asks no LVLM.
 """
@@ -75,7 +75,7 @@ def stage_sections(method: RewardMethod, params: Mapping[str, Any] | None = None
 
 
 def check_method(name: str, params: Mapping[str, Any] | None = None) -> tuple[RewardMethod, Any, Any]:
-    """The method ``name``, its checked config and, when it asks an LVLM, the checked ``labeling``
+    """The method ``name``, its checked config and, when it asks an LVLM, the checked ``labelling``
     config (else None): every setting checked before any work, a bad one named by its key.
     ``params``: the sections (what the pipeline injects); None reads params.yaml."""
     if name not in METHODS:
@@ -85,9 +85,9 @@ def check_method(name: str, params: Mapping[str, Any] | None = None) -> tuple[Re
     config = method.config_from_params(sections[method.section])
     lvlm = None
     if method.uses_lvlm:
-        from rgvlm.params import labeling_config
+        from rgvlm.params import labelling_config
 
-        lvlm = labeling_config(sections[LVLM_SECTION])
+        lvlm = labelling_config(sections[LVLM_SECTION])
     return method, config, lvlm
 
 
@@ -105,9 +105,9 @@ def label_with(method: RewardMethod, config: Any, lvlm: Any, dataset: OfflineDat
         clients = (stage1, stage2)
     result, stats = method.label(dataset, clients, config, out_dir)
     if usage is not None:
-        from rgvlm.rewards.queries import labeling_cost
+        from rgvlm.rewards.queries import labelling_cost
 
-        result.cost = labeling_cost(usage, stats, lvlm.prices)
+        result.cost = labelling_cost(usage, stats, lvlm.prices)
     return result
 
 
@@ -121,5 +121,5 @@ def run(name: str, params: Mapping[str, Any] | None = None) -> LabelRun:
     out_dir = paths.LABELS / method.name
     result = label_with(method, config, lvlm, dataset, paths.LVLM_CACHE / method.name, out_dir)
     save_rewards(out_dir, result)
-    write_json_atomic(paths.METRICS / f"labeling_{method.name}.json", {"provenance": result.provenance, "cost": result.cost})
+    write_json_atomic(paths.METRICS / f"labelling_{method.name}.json", {"provenance": result.provenance, "cost": result.cost})
     return LabelRun(method, dataset, result, out_dir)

@@ -18,7 +18,7 @@ def oracle_rewards(dataset: OfflineDataset) -> RewardResult:
     started = time.perf_counter()
     completed = dataset.completed_per_step
     return RewardResult(
-        method="oracle",
+        reward_set="oracle",
         rewards=completed.astype(np.float32),
         provenance={"method": "oracle", "source": "privileged ground-truth sub-task progress", "lvlm": None},
         cost=empty_cost(time.perf_counter() - started),

@@ -8,7 +8,7 @@
 - the re-ask loop (:func:`ask_with_reasks`): an answer the method's strict parser rejects is
   asked again with the reason appended, a bounded number of times; and the two-stage query of
   RG-VLM, ERL-VLM and RL-VLM-F (:func:`ask_two_stage`: an analysis, then the answer);
-- cost accounting (:func:`labeling_cost`) and the provenance record (:func:`provenance_record`)
+- cost accounting (:func:`labelling_cost`) and the provenance record (:func:`provenance_record`)
   of a labelling run.
 
 A method's own prompt text, parser and ground truth for the scripted annotator stay in its module.
@@ -228,7 +228,7 @@ def ask_two_stage(stage1: LVLMClient, stage2: LVLMClient, templates: tuple[str, 
 
 
 # -- cost and provenance ------------------------------------------------------------------
-def labeling_cost(usage, stats: dict, prices: dict[str, float]) -> dict:
+def labelling_cost(usage, stats: dict, prices: dict[str, float]) -> dict:
     """The cost record of a labelling run: calls, cache hits, tokens, time and an estimate in
     USD from ``prices`` (``prompt_per_million`` / ``completion_per_million``)."""
     counts = usage.as_dict()

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from rgvlm.vlm.base import LVLMClient
 
 #: The params section of the LVLM backend that every method asking an LVLM shares.
-LVLM_SECTION = "labeling"
+LVLM_SECTION = "labelling"
 
 
 class LabelFunction(Protocol):
@@ -55,7 +55,7 @@ class RewardMethod:
     uses_lvlm: bool = True  # asks an LVLM through the shared LVLM_SECTION backend and its response cache
     prompts: tuple[str, ...] = ()  # the files under prompts/ it reads
     #: Ground-truth classes of the queries it sends, which the scripted annotator answers
-    #: (``rgvlm.vlm.scripted``: a WindowTruth or a ScriptedTruth).
+    #: (``rgvlm.vlm.scripted``: a SegmentTruth or a ScriptedTruth).
     queries: tuple[str, ...] = ()
     #: Reads the suite's symbolic observations (the observation API, the describer, the reward
     #: models' state encoder). False: frames, actions and the mission are all it reads, so it
@@ -97,7 +97,7 @@ class RewardMethod:
 #: Every labelled method, in the order of the report's tables and figures.
 METHODS: dict[str, RewardMethod] = {method.name: method for method in (
     RewardMethod("rg_vlm", "rgvlm.rewards.rg_vlm", prompts=("rg_vlm_stage1.txt", "rg_vlm_stage2.txt"),
-                 queries=("rgvlm.vlm.scripted.WindowTruth",), needs_suite_observations=False),
+                 queries=("rgvlm.vlm.scripted.SegmentTruth",), needs_suite_observations=False),
     RewardMethod("vlm_car", "rgvlm.rewards.vlm_car",
                  prompts=("vlm_car_decompose.txt", "vlm_car_program.txt", "vlm_car_feedback.txt"),
                  queries=("rgvlm.rewards.vlm_car.DecompositionTruth", "rgvlm.rewards.vlm_car.ProgramTruth")),

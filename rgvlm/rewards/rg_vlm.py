@@ -11,8 +11,8 @@ the numbered actions and the mission, and is asked
 A stage-2 answer that fails the parser is re-asked up to ``max_reasks`` times with the
 reason appended to the prompt; after that the window's scores fall back to
 ``fallback_score`` and the event is counted (a stage whose fallbacks pass
-``labeling.max_failure_rate`` fails: :func:`~rgvlm.rewards.base.check_failure_rate`).
-These settings are the ``rg_vlm`` section of params.yaml; the LVLM is the shared ``labeling`` one.
+``labelling.max_failure_rate`` fails: :func:`~rgvlm.rewards.base.check_failure_rate`).
+These settings are the ``rg_vlm`` section of params.yaml; the LVLM is the shared ``labelling`` one.
 Overlapping windows are averaged per transition; reward = score / 10. With ``scoring:
 token_probs`` in the LVLM section (:mod:`rgvlm.vlm.token_probs`) each action's score is read from
 the model's distribution over "0".."10" at its place in ``{"scores": [...]}`` (its expectation, a
@@ -47,7 +47,7 @@ from rgvlm.rewards.queries import (
 )
 from rgvlm.vlm.base import LVLMClient
 from rgvlm.vlm.parsing import SCORE_MAX, parse_scores
-from rgvlm.vlm.scripted import WindowTruth
+from rgvlm.vlm.scripted import SegmentTruth
 from rgvlm.vlm.token_probs import AnswerTemplate
 
 
@@ -117,8 +117,8 @@ def label_rg_vlm(
                 done_texts += episode["subtasks"][progress : progress + int(count)]
                 progress += int(count)
             names = tuple(words[int(a)] for a in actions[s:e])
-            truth1 = WindowTruth(1, tuple(int(c) for c in completed[s:e]), names, tuple(done_texts))
-            truth2 = WindowTruth(2, truth1.completed, names, truth1.subtasks_completed)
+            truth1 = SegmentTruth(1, tuple(int(c) for c in completed[s:e]), names, tuple(done_texts))
+            truth2 = SegmentTruth(2, truth1.completed, names, truth1.subtasks_completed)
             windows.append(Segment(index, s, e))
             fields = {"goal": episode["mission"], "num_frames": len(images) if images else "no",
                       "actions": numbered_actions(actions[s:e], words), "num_actions": e - s}

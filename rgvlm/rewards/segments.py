@@ -35,7 +35,7 @@ from rgvlm.data.storage import OfflineDataset
 from rgvlm.rewards.queries import Segment, episode_pngs, frame_indices, numbered_actions
 from rgvlm.rewards.reward_model import RewardModelConfig
 from rgvlm.vlm.parsing import MAX_ANSWER_CHARS
-from rgvlm.vlm.scripted import ScriptedAnnotator, ScriptedNoise, WindowTruth
+from rgvlm.vlm.scripted import ScriptedAnnotator, ScriptedNoise, SegmentTruth
 
 # Misattribution moves a completion's credit by up to this many steps (see ScriptedAnnotator).
 MISATTRIBUTION_REACH = 2
@@ -164,7 +164,7 @@ class SegmentFacts:
         would give them (:meth:`ScriptedAnnotator.clean_scores`: 10 on a completion, possibly
         misattributed; ``approach_score`` on the ``approach_steps`` steps before one;
         ``idle_score`` otherwise), computed on the context, then cut to the segment."""
-        context = WindowTruth(2, self.completed, (), ())
+        context = SegmentTruth(2, self.completed, (), ())
         return ScriptedAnnotator(noise).clean_scores(context, rng)[self.offset : self.offset + self.length]
 
     def latent_value(self, rng: np.random.Generator, noise: ScriptedNoise) -> float:

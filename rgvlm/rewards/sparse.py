@@ -12,7 +12,7 @@ def sparse_rewards(dataset: OfflineDataset) -> RewardResult:
     started = time.perf_counter()
     rewards = dataset.rewards.copy()
     return RewardResult(
-        method="sparse",
+        reward_set="sparse",
         rewards=rewards,
         provenance={"method": "sparse", "source": "environment success signal", "lvlm": None},
         cost=empty_cost(time.perf_counter() - started),

@@ -1,18 +1,18 @@
 """LVLM clients: one interface (:mod:`rgvlm.vlm.base`), three backends, one response cache.
 
-:func:`make_clients` builds the stage-1 and stage-2 clients from the ``labeling`` section of
+:func:`make_clients` builds the stage-1 and stage-2 clients from the ``labelling`` section of
 ``params.yaml`` and checks that they can work (key present, server reachable, model path
 present) before any labelling starts.
 """
 
 from __future__ import annotations
 
-from rgvlm.params import LabelingConfig, ParamError
+from rgvlm.params import LabellingConfig, ParamError
 from rgvlm.vlm.base import LVLMClient, LVLMError, LVLMRequest, LVLMResponse
 from rgvlm.vlm.cache import UsageCounter
 
 
-def _make_one(config: LabelingConfig, model: str | None) -> LVLMClient:
+def _make_one(config: LabellingConfig, model: str | None) -> LVLMClient:
     if config.backend == "scripted":
         from rgvlm.vlm.scripted import ScriptedAnnotator, ScriptedNoise
 
@@ -20,7 +20,7 @@ def _make_one(config: LabelingConfig, model: str | None) -> LVLMClient:
             return ScriptedAnnotator(ScriptedNoise(**config.scripted), scoring=config.scoring,
                                      token_reduce=config.token_reduce)
         except (TypeError, ValueError) as error:
-            raise ParamError("labeling.scripted", config.scripted, f"valid scripted-annotator noise settings ({error})") from error
+            raise ParamError("labelling.scripted", config.scripted, f"valid scripted-annotator noise settings ({error})") from error
     if config.backend == "transformers":
         from rgvlm.vlm.transformers_backend import TransformersClient
 
@@ -28,7 +28,7 @@ def _make_one(config: LabelingConfig, model: str | None) -> LVLMClient:
             return TransformersClient(model, device=config.device, dtype=config.dtype, batch_size=config.batch_size,
                                       scoring=config.scoring, token_reduce=config.token_reduce)
         except LVLMError as error:
-            raise ParamError("labeling.model", model, f"an existing model directory or a hub id ({error})") from error
+            raise ParamError("labelling.model", model, f"an existing model directory or a hub id ({error})") from error
     from rgvlm.vlm.openai_backend import OpenAIClient
 
     try:
@@ -38,15 +38,15 @@ def _make_one(config: LabelingConfig, model: str | None) -> LVLMClient:
                               scoring=config.scoring, token_reduce=config.token_reduce,
                               top_logprobs=config.top_logprobs)
     except LVLMError as error:
-        raise ParamError("labeling.api_key_env", config.api_key_env, f"a set environment variable ({error})") from error
+        raise ParamError("labelling.api_key_env", config.api_key_env, f"a set environment variable ({error})") from error
     try:
         client.check_reachable()
     except LVLMError as error:
-        raise ParamError("labeling.base_url", config.base_url, f"a reachable server ({error})") from error
+        raise ParamError("labelling.base_url", config.base_url, f"a reachable server ({error})") from error
     return client
 
 
-def make_clients(config: LabelingConfig) -> tuple[LVLMClient, LVLMClient]:
+def make_clients(config: LabellingConfig) -> tuple[LVLMClient, LVLMClient]:
     """(stage-1, stage-2) clients; stage 2 reuses stage 1's unless ``stage2_model`` is set."""
     stage1 = _make_one(config, config.model)
     if not config.stage2_model or config.stage2_model == config.model:
@@ -54,11 +54,11 @@ def make_clients(config: LabelingConfig) -> tuple[LVLMClient, LVLMClient]:
     return stage1, _make_one(config, config.stage2_model)
 
 
-def cached_clients(config: LabelingConfig, cache_dir) -> tuple[LVLMClient, LVLMClient, UsageCounter]:
+def cached_clients(config: LabellingConfig, cache_dir) -> tuple[LVLMClient, LVLMClient, UsageCounter]:
     """:func:`make_clients`, each answering through the response cache in ``cache_dir``, and
     the counter of calls, hits and tokens both share (what a labelling stage's cost reports).
 
-    The clients carry ``labeling.max_failure_rate``: a labelling method that ends with more
+    The clients carry ``labelling.max_failure_rate``: a labelling method that ends with more
     queries unanswered fails, naming the cache directory where the raw answers are."""
     from rgvlm.rewards.base import FailurePolicy
     from rgvlm.vlm.cache import CachedClient, ResponseCache, UsageCounter

@@ -59,8 +59,8 @@ class ScriptedNoise:
 
 
 @dataclass(frozen=True)
-class WindowTruth:
-    """What the scripted annotator may know about one window (privileged)."""
+class SegmentTruth:
+    """What the scripted annotator may know about one segment (privileged)."""
 
     stage: int  # 1 = analysis, 2 = scores
     completed: tuple[int, ...]  # sub-tasks each action completed
@@ -100,7 +100,7 @@ class ScriptedAnnotator:
         digest = hashlib.sha256(request.prompt.encode("utf-8")).digest()
         return np.random.default_rng([self.noise.seed, int.from_bytes(digest[:8], "little")])
 
-    def clean_scores(self, truth: WindowTruth, rng: np.random.Generator) -> np.ndarray:
+    def clean_scores(self, truth: SegmentTruth, rng: np.random.Generator) -> np.ndarray:
         completed = np.asarray(truth.completed)
         n = completed.size
         scores = np.full(n, float(self.noise.idle_score))
@@ -122,9 +122,9 @@ class ScriptedAnnotator:
             # The comparison methods' query types (sub-task lists and programs, ratings,
             # preferences) carry their own ground truth and know how to answer from it.
             return truth.scripted_answer(rng, self.noise)
-        if not isinstance(truth, WindowTruth):
+        if not isinstance(truth, SegmentTruth):
             raise ValueError("the scripted annotator needs the query's ground truth in request.annotation "
-                             f"(a WindowTruth or a ScriptedTruth), got {type(truth).__name__}")
+                             f"(a SegmentTruth or a ScriptedTruth), got {type(truth).__name__}")
         if truth.stage == 1:
             lines = []
             texts = iter(truth.subtasks_completed)

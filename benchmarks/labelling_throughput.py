@@ -1,11 +1,11 @@
 """Labelling throughput of the OpenAI-compatible client, against two local servers.
 
-    python benchmarks/labeling_throughput.py [--requests 24] [--concurrency 4]
+    python benchmarks/labelling_throughput.py [--requests 24] [--concurrency 4]
         [--latency-ms 200] [--latency-requests 96] [--in-flight 8 32] [--skip-serve] [--out PATH]
 
 1. A real `transformers serve` (tiny LLaVA built offline): requests per second sent one at a
    time (max_concurrency=1) and concurrently, their ratio, and the number of LVLM calls a cached
-   re-run makes (expected 0). Writes reports/benchmarks/labeling.json. On a 2-core machine this
+   re-run makes (expected 0). Writes reports/benchmarks/labelling.json. On a 2-core machine this
    measures the server's CPU, not the client.
 2. A server that answers every request after a fixed latency (``--latency-ms``), using no CPU
    while it waits: what a paid API looks like to the client, where the limit is latency. Requests
@@ -144,7 +144,7 @@ def main() -> None:
     latency = latency_benchmark(args.latency_ms, args.latency_requests, args.in_flight)
     print({"latency_server": latency})
     if args.skip_serve:
-        write_json_atomic(args.out or paths.BENCHMARKS / "labeling_latency.json", latency)
+        write_json_atomic(args.out or paths.BENCHMARKS / "labelling_latency.json", latency)
         return
     root = Path(tempfile.mkdtemp(prefix="rgvlm-bench-"))
     model = build_tiny_vlm("llava", root / "tiny-llava")
@@ -193,7 +193,7 @@ def main() -> None:
         "cached_rerun_hits": rerun.usage.cache_hits, "cpu_count": os.cpu_count(),
         "latency_server": latency,
     }
-    write_json_atomic(args.out or paths.BENCHMARKS / "labeling.json", result)
+    write_json_atomic(args.out or paths.BENCHMARKS / "labelling.json", result)
     print(result)
 
 
