@@ -61,7 +61,7 @@ from rgvlm.rewards.queries import (
     provenance_record,
 )
 from rgvlm.vlm.base import LVLMClient, LVLMRequest
-from rgvlm.vlm.parsing import MAX_ANSWER_CHARS, Number, distinct, json_values
+from rgvlm.vlm.parsing import Number, parse_json_list
 from rgvlm.vlm.scripted import ScriptedNoise
 from rgvlm.vlm.token_probs import AnswerTemplate
 
@@ -120,30 +120,7 @@ def parse_completion(text: Any, expected: int) -> ParsedAnswer:
     raises, never guesses. Failures as RG-VLM's parser names them (``unparseable``, ``ambiguous``,
     ``wrong_count``, ``out_of_range``, ``not_finite``, ``too_long``), and ``not_number`` (a string,
     a boolean, exponent notation)."""
-    if not isinstance(text, str):
-        return ParsedAnswer(None, "unparseable", f"the answer is a {type(text).__name__}, not text")
-    if len(text) > MAX_ANSWER_CHARS:
-        return ParsedAnswer(None, "too_long", f"{len(text)} characters, more than {MAX_ANSWER_CHARS}")
-    objects = [o for o in json_values(text) if isinstance(o, dict) and "completion" in o]
-    if not objects:
-        return ParsedAnswer(None, "unparseable", "no JSON object with a 'completion' list")
-    if any("completion" in o.conflicting for o in objects):
-        return ParsedAnswer(None, "ambiguous", "a JSON object gives 'completion' twice, with different values")
-    candidates = distinct([o["completion"] for o in objects])
-    if len(candidates) > 1:
-        return ParsedAnswer(None, "ambiguous", f"{len(candidates)} different 'completion' values in one answer")
-    items = candidates[0]
-    if not isinstance(items, list):
-        return ParsedAnswer(None, "unparseable", f"'completion' is a {type(items).__name__}, not a list")
-    values = []
-    for item in items:
-        value, error, detail = _percent(item)
-        if value is None:
-            return ParsedAnswer(None, error, detail)
-        values.append(value)
-    if len(values) != expected:
-        return ParsedAnswer(None, "wrong_count", f"{len(values)} completions for {expected} frames")
-    return ParsedAnswer(tuple(values))
+    return ParsedAnswer(*parse_json_list(text, "completion", expected, _percent, ("completions", "frames")))
 
 
 # -- the scripted annotator's ground truth ------------------------------------------------

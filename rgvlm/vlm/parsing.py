@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -127,29 +128,38 @@ def _score(value: Any) -> tuple[int | None, str, str]:
     return int(value.value), "", ""
 
 
+def parse_json_list(text: Any, key: str, expected: int, read_item: Callable[[Any], tuple[Any, str, str]],
+                    counted: tuple[str, str]) -> tuple[tuple | None, str | None, str]:
+    """``(values, None, "")`` for the list under ``key`` of the answer's JSON object, each item read
+    by ``read_item`` (its value, or None and the error and detail), when there are ``expected`` of
+    them; else ``(None, error, detail)``. ``counted`` names the items and what they are for in the
+    wrong-count detail ("scores", "actions"). Never raises, never guesses (the module docstring)."""
+    if not isinstance(text, str):
+        return None, "unparseable", f"the answer is a {type(text).__name__}, not text"
+    if len(text) > MAX_ANSWER_CHARS:
+        return None, "too_long", f"{len(text)} characters, more than {MAX_ANSWER_CHARS}"
+    objects = [o for o in json_values(text) if isinstance(o, dict) and key in o]
+    if not objects:
+        return None, "unparseable", f"no JSON object with a '{key}' list"
+    if any(key in o.conflicting for o in objects):
+        return None, "ambiguous", f"a JSON object gives '{key}' twice, with different values"
+    candidates = distinct([o[key] for o in objects])
+    if len(candidates) > 1:
+        return None, "ambiguous", f"{len(candidates)} different '{key}' values in one answer"
+    items = candidates[0]
+    if not isinstance(items, list):
+        return None, "unparseable", f"'{key}' is a {type(items).__name__}, not a list"
+    values = []
+    for item in items:  # before the count: a non-finite or absurd value is the worse news
+        value, error, detail = read_item(item)
+        if value is None:
+            return None, error, detail
+        values.append(value)
+    if len(values) != expected:
+        return None, "wrong_count", f"{len(values)} {counted[0]} for {expected} {counted[1]}"
+    return tuple(values), None, ""
+
+
 def parse_scores(text: Any, expected: int) -> ParsedScores:
     """Parse ``{"scores": [s_1, ..., s_expected]}`` out of an answer (see the module docstring)."""
-    if not isinstance(text, str):
-        return ParsedScores(None, "unparseable", f"the answer is a {type(text).__name__}, not text")
-    if len(text) > MAX_ANSWER_CHARS:
-        return ParsedScores(None, "too_long", f"{len(text)} characters, more than {MAX_ANSWER_CHARS}")
-    objects = [o for o in json_values(text) if isinstance(o, dict) and "scores" in o]
-    if not objects:
-        return ParsedScores(None, "unparseable", "no JSON object with a 'scores' list")
-    if any("scores" in o.conflicting for o in objects):
-        return ParsedScores(None, "ambiguous", "a JSON object gives 'scores' twice, with different values")
-    candidates = distinct([o["scores"] for o in objects])
-    if len(candidates) > 1:
-        return ParsedScores(None, "ambiguous", f"{len(candidates)} different 'scores' values in one answer")
-    scores = candidates[0]
-    if not isinstance(scores, list):
-        return ParsedScores(None, "unparseable", f"'scores' is a {type(scores).__name__}, not a list")
-    values = []
-    for item in scores:  # before the count: a non-finite or absurd value is the worse news
-        score, error, detail = _score(item)
-        if score is None:
-            return ParsedScores(None, error, detail)
-        values.append(score)
-    if len(values) != expected:
-        return ParsedScores(None, "wrong_count", f"{len(values)} scores for {expected} actions")
-    return ParsedScores(tuple(values))
+    return ParsedScores(*parse_json_list(text, "scores", expected, _score, ("scores", "actions")))
