@@ -15,7 +15,22 @@ import yaml
 from rgvlm.rewards.registry import LABELLED_METHODS as LABELLED
 from rgvlm.rewards.registry import METHODS
 from tests.report_pages import assert_same_report
-from tests.tiny_project import run
+from tests.tiny_project import ROOT, run
+
+
+def _tiny_run_counts() -> tuple[int, int]:
+    """(trained runs, evaluation episodes of one policy per run) of the tiny profile, from the
+    profile itself, so that a method added to its train section needs no edit here."""
+    from rgvlm.params import train_config
+
+    profile = yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
+    train = train_config(profile["train"])
+    evaluation = profile["evaluation"]
+    episodes = len(evaluation["ks"]) * sum(evaluation["episodes_per_k"][split] for split in evaluation["splits"])
+    return sum(len(train.seeds_for(name)) for name in train.trained), episodes
+
+
+RUNS, EPISODES_PER_RUN = _tiny_run_counts()
 
 STAGES = ("dataset_card", *(f"label@{m}" for m in LABELLED), "rewards", "train", "peer", "evaluate", "report")
 NOTEBOOKS = ("01_dataset_card", *(f"02_label_{m}" for m in LABELLED), "03_rewards", "04_train", "04b_peer",
@@ -77,20 +92,21 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
     card = json.loads((dst / "reports" / "metrics" / "dataset.json").read_text())
     assert card["episodes"] == 12 and [row["k"] for row in card["per_k"]] == [1, 2]
     log = (dst / "reports" / "metrics" / "training.csv").read_text().splitlines()
-    assert log[0].startswith("reward_set,seed,step") and len(log) == 1 + 13 * 4  # runs x (40 / 10) rows
+    assert log[0].startswith("reward_set,seed,step") and len(log) == 1 + RUNS * 4  # runs x (40 / 10) rows
     assert "v_return_corr" in log[0] and "Did each critic learn?" in index
     checkpoints = json.loads((dst / "reports" / "metrics" / "checkpoints.json").read_text())
-    assert [c["step"] for c in checkpoints["stack_checkpoints"]] == [20] and checkpoints["export_files"] == 13
-    assert "checkpoints: 1 stack checkpoint of 13 runs" in (dst / "reports" / "notebooks" / "04_train.html").read_text()
+    assert [c["step"] for c in checkpoints["stack_checkpoints"]] == [20] and checkpoints["export_files"] == RUNS
+    assert f"checkpoints: 1 stack checkpoint of {RUNS} runs" in (dst / "reports" / "notebooks" / "04_train.html").read_text()
 
 
 def test_repro_shows_progress_in_the_terminal(project):
     """Each long loop's final line (rgvlm.progress) reaches `dvc repro`'s stderr, stage by stage."""
     _, _, repro = project
     for line in ("[label@rg_vlm] LVLM scripted-annotator: ", "[label@erl_vlm] LVLM scripted-annotator: ",
-                 "[train] IQL updates, 13 runs in one stack: 40/40 updates (100%), ",
+                 f"[train] IQL updates, {RUNS} runs in one stack: 40/40 updates (100%), ",
                  "[peer] d3rlpy DiscreteCQL seed 0: 20/20 updates (100%), ",
-                 "[evaluate] evaluation rollouts, 13 runs x 2 policies: 156/156 episodes (100%), "):
+                 f"[evaluate] evaluation rollouts, {RUNS} runs x 2 policies: {2 * RUNS * EPISODES_PER_RUN}/"
+                 f"{2 * RUNS * EPISODES_PER_RUN} episodes (100%), "):
         assert line in repro.stderr, (line, repro.stderr[-3000:])
 
 
