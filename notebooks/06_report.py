@@ -28,13 +28,11 @@ from rgvlm.report import (
     figure4_metrics,
     figure4_right_reward_sets,
     provenance_title,
-    read_evaluation,
-    upgrade_rows,
 )
 from rgvlm.rewards import fused_name
 from rgvlm.rl.diagnostics import DIAGNOSTIC_NAMES
 
-evaluation = read_evaluation(paths.METRICS / "evaluation.json")
+evaluation = json.loads((paths.METRICS / "evaluation.json").read_text())
 evaluated = list(evaluation["provenance"]["policies"])
 policy = report.get("policy", evaluated[0])
 if policy not in evaluated:
@@ -61,7 +59,7 @@ save_figure(generalisation_bars(overall[overall["policy"] == policy], "completio
                                 f"Seen layouts vs randomised initial states ({policy} policy)\n{title}"),
             paths.FIGURES / "generalisation.png")
 
-log = upgrade_rows(pd.read_csv(paths.METRICS / "training.csv"))
+log = pd.read_csv(paths.METRICS / "training.csv")
 columns = [c for c in ("critic_loss", "value_loss", "policy_loss", "v_mean") if c in log]
 save_figure(training_curves(log, columns, f"IQL training curves\n{title}"), paths.FIGURES / "training_curves.png")
 probed = log.dropna(subset=list(DIAGNOSTIC_NAMES))

@@ -36,26 +36,6 @@ def lvlm_label(provenance: dict[str, Any]) -> str:
     return f"LVLM {lvlm.get('model')} via {lvlm.get('backend')}"
 
 
-# Metrics written before issue 11's renames (committed ones, until the pipeline rewrites them) name
-# the reward set ``method`` (rows) and ``reward_methods`` (provenance), and the labelling metrics
-# ``labeling_<method>.json``: the readers below take both.
-def upgrade_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """``rows`` (evaluation.json's tables, training.csv) with an old ``method`` column named ``reward_set``."""
-    return rows.rename(columns={"method": "reward_set"}) if "reward_set" not in rows else rows
-
-
-def read_evaluation(path: Path) -> dict[str, Any]:
-    """evaluation.json, its rows and provenance under the current names (old ones renamed)."""
-    evaluation = json.loads(path.read_text())
-    for table in ("summary", "overall"):
-        evaluation[table] = [{("reward_set" if k == "method" and "reward_set" not in row else k): v for k, v in row.items()}
-                             for row in evaluation[table]]
-    provenance = evaluation["provenance"]
-    if "reward_methods" in provenance and "reward_sets" not in provenance:
-        provenance["reward_sets"] = provenance.pop("reward_methods")
-    return evaluation
-
-
 def provenance_title(reward_sets: dict[str, dict[str, Any]]) -> str:
     """A one-line summary of where the rewards came from, for titles (``reward_sets``: name -> provenance)."""
     labels = sorted({lvlm_label(p) for p in reward_sets.values()})
@@ -396,8 +376,7 @@ def cost_table(metrics_dir: Path) -> Table | None:
     keys = ("lvlm_calls", "cache_hits", "prompt_tokens", "completion_tokens", "reasks", "wall_time_s",
             "estimated_cost_usd")
     rows = []
-    files = sorted(metrics_dir.glob("labelling_*.json")) or sorted(metrics_dir.glob("labeling_*.json"))  # old name
-    for path in files:
+    for path in sorted(metrics_dir.glob("labelling_*.json")):
         record = json.loads(path.read_text())
         cost = record["cost"]
         rows.append((Code(path.stem.partition("_")[2]), lvlm_label(record["provenance"]),
@@ -463,7 +442,7 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
     figures, tuning results and notebooks under ``reports_dir``. ``headline`` is the fusion drawn
     in Figure 4 left and checked in the claims; ``split`` the split they use; ``policy`` the
     evaluation policy of the figures and claims (default: the first evaluated)."""
-    evaluation = read_evaluation(metrics_dir / "evaluation.json")
+    evaluation = json.loads((metrics_dir / "evaluation.json").read_text())
     card = json.loads((metrics_dir / "dataset.json").read_text())
     all_policies = pd.DataFrame(evaluation["summary"])
     policies = list(evaluation["provenance"].get("policies", {"greedy": "greedy"}))
@@ -521,7 +500,7 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
                    Figure("tuning/noise_sweep.png", "noise sweep")]
     training_path = metrics_dir / "training.csv"
     if training_path.exists():
-        critic = critic_table(upgrade_rows(pd.read_csv(training_path)))
+        critic = critic_table(pd.read_csv(training_path))
         blocks += [_heading(2, "Did each critic learn? (held-out episodes, last probe)"),
                    critic or _para("No critic diagnostic was logged (train.holdout_fraction is 0)."),
                    _para(Code("v_return_corr"), ": correlation of V(s) with the Monte-Carlo discounted return of the "

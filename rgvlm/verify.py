@@ -75,7 +75,7 @@ class VerifyError(RuntimeError):
 
 @dataclass
 class Row:
-    kind: str  # "exact" or "interval"
+    kind: str  # "exact", "interval", or "new": in the working tree only (a method added since the ref), not compared
     item: str
     committed: Any
     regenerated: Any
@@ -108,13 +108,18 @@ class Report:
     def ok(self) -> bool:
         return not self.exact_differ and len(self.trained_outside) <= self.allowed_outside
 
+    @property
+    def new(self) -> list[Row]:
+        return [r for r in self.rows if r.kind == "new"]
+
     def verdict(self) -> str:
         exact = [r for r in self.rows if r.kind == "exact"]
+        new = f"; {len(self.new)} values new since {self.ref} (not compared)" if self.new else ""
         return (f"{'AGREE' if self.ok else 'DIFFERS'} (committed = {self.ref}, regenerated = working tree): "
                 f"{len(exact) - len(self.exact_differ)}/{len(exact)} exact values identical; "
                 f"{len(self.trained) - len(self.trained_outside)}/{len(self.trained)} trained numbers within their "
                 f"intervals, {len(self.trained_outside)} outside (at most {self.allowed_outside} allowed: the "
-                f"{LEVEL:.0%} upper bound of Binomial({len(self.trained)}, {1 - LEVEL:.2f}))")
+                f"{LEVEL:.0%} upper bound of Binomial({len(self.trained)}, {1 - LEVEL:.2f})){new}")
 
 
 def allowed_outside(n: int, p: float = 0.05, level: float = 0.95) -> int:
@@ -201,12 +206,23 @@ def leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
 _MISSING = "(missing)"
 
 
-def compare_exact_json(root: Path, ref: str, path: str) -> list[Row]:
-    old, new = _pair(root, ref, path, json.loads)
+NEW = "not at the ref: new since, not compared"
+
+
+def compare_exact_json(root: Path, ref: str, path: str, methods_at_ref: set[str]) -> list[Row]:
+    method = path.removeprefix("reports/metrics/labelling_").removesuffix(".json")
+    if path != f"reports/metrics/labelling_{method}.json" or method in methods_at_ref:
+        old, new = _pair(root, ref, path, json.loads)
+    else:  # a method added since the ref: its labelling stage is not in the ref's dvc.lock
+        _parse(regenerated_text(root, ref, path), path, "regenerated", json.loads)  # it must be there and parse
+        return [Row("new", path, _MISSING, "(present)", True, NEW)]
     old, new = leaves(old), leaves(new)
     rows = []
     for key in sorted(set(old) | set(new), key=lambda k: (k not in old, k)):
         a, b = old.get(key, _MISSING), new.get(key, _MISSING)
+        if key not in old:  # a value the ref's code did not write (a measure or method added since)
+            rows.append(Row("new", f"{path}:{key}", a, b, True, NEW))
+            continue
         rows.append(Row("exact", f"{path}:{key}", a, b, a == b and type(a) is type(b), "identical"))
     return rows
 
@@ -229,6 +245,10 @@ def compare_hashes(root: Path, ref: str) -> list[Row]:
     old, new = _pair(root, ref, DVC_LOCK, yaml.safe_load)
     for stage, outs in EXACT_LOCK_OUTS.items():
         a, b = _lock_outs(old, stage), _lock_outs(new, stage)
+        if not a and b and stage.startswith("label@"):  # a method added since the ref
+            rows += [Row("new", f"{DVC_LOCK}: {stage} {path} md5", _MISSING, b.get(path, _MISSING), True, NEW)
+                     for path in outs]
+            continue
         for path in outs:
             x, y = a.get(path, _MISSING), b.get(path, _MISSING)
             rows.append(Row("exact", f"{DVC_LOCK}: {stage} {path} md5", x, y, x == y and x != _MISSING, "identical"))
@@ -246,6 +266,8 @@ def _row_key(row: dict, keys: tuple[str, ...]) -> tuple:
 
 def compare_trained(root: Path, ref: str) -> list[Row]:
     old, new = _pair(root, ref, EVALUATION, json.loads)
+    # Rows of a reward set the ref never trained are new, not missing (a method added since).
+    reward_sets_at_ref = {_row_key(r, ("reward_set",))[0] for table in TRAINED_TABLES for r in old.get(table, [])}
     rows = []
     for table, keys in TRAINED_TABLES.items():
         a = {_row_key(r, keys): r for r in old.get(table, [])}
@@ -254,6 +276,9 @@ def compare_trained(root: Path, ref: str) -> list[Row]:
             label = f"{table} " + " ".join(f"{k}={v}" for k, v in zip(keys, key, strict=True))
             for metric in TRAINED_METRICS:
                 item = f"{label} {metric}_mean"
+                if key not in a and key[keys.index("reward_set")] not in reward_sets_at_ref:
+                    rows.append(Row("new", item, _MISSING, b[key][f"{metric}_mean"], True, NEW))
+                    continue
                 if key not in a or key not in b:
                     rows.append(Row("exact", item, a[key][f"{metric}_mean"] if key in a else _MISSING,
                                     b[key][f"{metric}_mean"] if key in b else _MISSING, False,
@@ -271,7 +296,9 @@ def compare(root: Path | str = ".", ref: str = "HEAD") -> Report:
     root = Path(root)
     report = Report(ref)
     steps = [(f"{DATA_DVC} / {DVC_LOCK}", lambda: compare_hashes(root, ref))]
-    steps += [(path, lambda path=path: compare_exact_json(root, ref, path)) for path in EXACT_METRICS]
+    lock_at_ref = _parse(committed_text(root, ref, DVC_LOCK), DVC_LOCK, f"committed ({ref})", yaml.safe_load)
+    methods_at_ref = {m for m in LABELLED_METHODS if _lock_outs(lock_at_ref, f"label@{m}")}
+    steps += [(path, lambda path=path: compare_exact_json(root, ref, path, methods_at_ref)) for path in EXACT_METRICS]
     steps += [(EVALUATION, lambda: compare_trained(root, ref))]
     for what, step in steps:
         try:

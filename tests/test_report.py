@@ -23,7 +23,6 @@ from rgvlm.report import (
     figure4_left_reward_sets,
     figure4_metrics,
     figure4_right_reward_sets,
-    read_evaluation,
     render_html,
     render_markdown,
 )
@@ -60,7 +59,7 @@ def test_figure4_metrics_are_figure4s_rows_of_the_evaluation_summary():
     import pandas as pd
 
     report = load_params(ROOT / "params.yaml")["report"]
-    summary = pd.DataFrame(read_evaluation(ROOT / "reports" / "metrics" / "evaluation.json")["summary"])
+    summary = pd.DataFrame(json.loads((ROOT / "reports" / "metrics" / "evaluation.json").read_text())["summary"])
     headline = fused_name("rg_vlm", float(report["headline_lambda"]))
     metrics = figure4_metrics(summary, headline, report["split"], report["policy"])
     assert list(metrics) == [report["split"]] and list(metrics[report["split"]]) == [report["policy"]]
@@ -74,15 +73,6 @@ def test_figure4_metrics_are_figure4s_rows_of_the_evaluation_summary():
             row = rows[(rows["reward_set"] == reward_set) & (rows["k"] == int(key[1:]))].iloc[0]
             assert cell == {name: row[name] for name in ("completion_mean", "completion_low", "completion_high")}
     assert json.loads((ROOT / "reports" / "figure4.json").read_text()) == metrics  # the committed file
-
-
-def test_evaluation_json_written_before_the_renames_is_read_under_the_new_names(tmp_path):
-    row = {"policy": "greedy", "method": "sparse", "split": "fresh", "k": 1, "completion_mean": 0.5}
-    path = tmp_path / "evaluation.json"
-    path.write_text(json.dumps({"summary": [row], "overall": [], "provenance": {"reward_methods": {"sparse": {}}}}))
-    evaluation = read_evaluation(path)
-    assert evaluation["summary"] == [{**{k: v for k, v in row.items() if k != "method"}, "reward_set": "sparse"}]
-    assert evaluation["provenance"] == {"reward_sets": {"sparse": {}}}
 
 
 def test_the_committed_readme_is_the_committed_index_html():

@@ -130,6 +130,29 @@ def test_a_ref_from_before_the_renames_is_compared_under_its_old_file_and_key_na
     assert any(row.item.startswith("reports/metrics/labelling_rg_vlm.json:") for row in report.rows)
 
 
+def test_a_method_added_since_the_ref_is_new_not_different(repo, capsys):
+    """Against a ref from before a method (or a label-quality measure) existed, what only the working
+    tree has is listed as new and not compared; what the ref has is compared as before."""
+    added = verify.LABELLED_METHODS[-2]
+    git(repo, "rm", "-q", f"reports/metrics/labelling_{added}.json")
+    edit(repo, "dvc.lock", lambda obj: obj["stages"].pop(f"label@{added}"))
+    edit(repo, verify.EVALUATION, lambda obj: [obj[table].remove(row) for table in ("summary", "overall")
+                                               for row in list(obj[table]) if row["reward_set"] == "rg_vlm"])
+    git(repo, "commit", "-qam", "before the method")
+    git(repo, "checkout", "HEAD~1", "--", ".")
+    edit(repo, "reports/metrics/label_quality.json", lambda obj: obj.update(voc=0.8))
+    report = verify.compare(repo)
+    assert report.ok and not report.exact_differ
+    new = {row.item for row in report.new}
+    assert f"reports/metrics/labelling_{added}.json" in new and "reports/metrics/label_quality.json:/voc" in new
+    assert any(item.startswith(f"dvc.lock: label@{added} ") for item in new)
+    assert any(item.startswith("summary policy=greedy reward_set=rg_vlm") for item in new)
+    assert len(report.trained) == 2 * (12 + 4)  # sparse and oracle, still compared
+    assert verify.main(["--root", str(repo)]) == 0 and "values new since HEAD (not compared)" in capsys.readouterr().out
+    edit(repo, verify.EVALUATION, lambda obj: obj["summary"].pop(0))  # a row the ref has, gone: still differs
+    assert not verify.compare(repo).ok
+
+
 def test_trained_numbers_moved_within_their_intervals_agree(repo):
     def change(obj):
         for row in obj["summary"] + obj["overall"]:
