@@ -99,3 +99,19 @@ def test_cached_rerun_against_the_server_makes_no_call(served, tmp_path):
     again = CachedClient(OpenAIClient(base_url, model, api_key_env=None, timeout_s=60), ResponseCache(tmp_path))
     assert [a.text for a in again.generate(requests)] == [a.text for a in answers]
     assert first.usage.lvlm_calls == 2 and again.usage.lvlm_calls == 0 and again.usage.cache_hits == 2
+
+
+def test_token_probs_against_a_server_without_logprobs_fail_clearly(served):
+    """`transformers serve` answers chat completions without logprobs: labelling.scoring:
+    token_probs stops at the first scored request, saying so, rather than guessing scores."""
+    from rgvlm.vlm.base import LVLMError
+    from rgvlm.vlm.token_probs import AnswerTemplate
+
+    base_url, model = served
+    client = OpenAIClient(base_url, model, api_key_env=None, timeout_s=60, max_retries=1, scoring="token_probs")
+    request = LVLMRequest(prompt="score each action", images=(png(7),), max_new_tokens=12,
+                          template=AnswerTemplate.json_list("scores", 2, 0, 10))
+    with pytest.raises(LVLMError, match="logprobs"):
+        client.generate([request])
+    # Requests without a template (stage-1 analyses) are still generated as usual.
+    assert client.generate([LVLMRequest(prompt="describe", images=(png(8),), max_new_tokens=4)])[0].meta["status"] == 200
