@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from rgvlm.vlm.base import LVLMError, LVLMRequest, LVLMResponse
-from rgvlm.vlm.token_probs import ChoiceQuery, answer_by_template, scoring_settings, split_scored
+from rgvlm.vlm.token_probs import ChoiceQuery, answer_by_template, normalise, scoring_settings, split_scored
 
 
 def _looks_like_path(model: str) -> bool:
@@ -203,8 +203,6 @@ class TransformersClient:
     # ------------------------------------------------------------------ token probabilities
     def candidate_probs(self, queries: list[ChoiceQuery]) -> list[list[float]]:
         """The probability of each candidate of each query, normalised over its candidates."""
-        from rgvlm.vlm.token_probs import normalise
-
         return [normalise(lp) for lp in self.candidate_logprobs(queries)]
 
     def candidate_logprobs(self, queries: list[ChoiceQuery]) -> list[list[float]]:
