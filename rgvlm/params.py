@@ -19,7 +19,7 @@ import yaml
 from rgvlm.config import Config, ParamError, as_section, param  # ParamError: what callers catch
 from rgvlm.envs import CLAUSE_VOCABULARY, MAX_CLAUSE_WORDS, MAX_SUBTASKS, MIN_SUBTASKS
 
-MIXTURE_KINDS = ("expert", "noisy", "partial")
+MIXTURE_KINDS = ("expert", "noisy", "partial", "decoy")
 SPLITS = ("seen", "fresh")
 EXPERT_VIEWS = ("agent", "state")
 #: Behaviour-cloning baselines: "bc" imitates every dataset action, "bc_success" only those of

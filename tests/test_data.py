@@ -7,7 +7,9 @@ import filecmp
 import numpy as np
 import pytest
 
-from rgvlm.data.collect import check_dataset_params, episode_kinds
+from rgvlm.data.collect import check_dataset_params, collect_episode, episode_kinds
+from rgvlm.envs import env_id_for, make_env, reset_quietly
+from rgvlm.envs.suite import decoy_subtask
 from rgvlm.data.replay import replay_dataset_episode
 from rgvlm.params import ParamError, dataset_config, env_config
 
@@ -36,6 +38,55 @@ def test_mixture_shares_and_kinds(tiny_dataset):
     for e in tiny_dataset.episodes:
         if e["kind"] == "partial":
             assert not tiny_dataset.terminals[tiny_dataset.episode_steps(tiny_dataset.episodes.index(e))].any() or e["success"]
+
+
+def test_decoy_episodes_do_a_wrong_subtask_competently():
+    """A decoy episode follows the bot for j < k sub-tasks, then does a wrong version of the
+    next one (another door, object or target) and is cut once that wrong effect holds."""
+    cfg = dataset_config({**TINY_DATASET, "mixture": {"decoy": 1.0}})
+    env_cfg = env_config({"room_size": 5})
+    ended_on_decoy = 0
+    for k in (1, 3):
+        for index in range(6):
+            record = collect_episode(env_cfg, cfg, k, index, "decoy")
+            again = collect_episode(env_cfg, cfg, k, index, "decoy")
+            assert again.actions == record.actions  # deterministic in its arguments
+            assert len(record.grids) == len(record.actions) + 1
+            # Cut as a time-out: never terminal unless the decoy happened to finish the mission.
+            assert not any(record.terminals[:-1])
+            final = replay_final_env(env_cfg, record)
+            u = final.unwrapped
+            if not record.terminals[-1] and len(record.actions) < u.max_steps:
+                # Ended by the decoy: its wrong effect holds now, and the mission is not done.
+                ended_on_decoy += 1
+                assert record.decoy is not None
+                assert record.decoy.surface(u) not in record.subtasks
+                record.decoy.reset_verifier(u)
+                assert u.instrs.leaf_holds(record.decoy)
+                assert u.instrs.progress < k
+            final.close()
+    assert ended_on_decoy >= 8
+
+
+def test_decoy_subtask_is_another_one_whose_effect_does_not_hold():
+    env = make_env(env_id_for(3), room_size=5)
+    for seed in range(20):
+        reset_quietly(env, seed)
+        instrs = env.unwrapped.instrs
+        real = instrs.leaves[0]
+        decoy = decoy_subtask(env, np.random.default_rng(seed))
+        assert decoy is not None and type(decoy) is type(real)
+        assert decoy.surface(env) not in env.unwrapped.subtasks
+        assert not instrs.leaf_holds(decoy)
+    env.close()
+
+
+def replay_final_env(env_cfg, record):
+    env = make_env(record.env_id, **env_cfg.kwargs())
+    reset_quietly(env, record.seed)
+    for action in record.actions:
+        env.step(action)
+    return env
 
 
 def test_largest_remainder_shares_sum_exactly():

@@ -7,6 +7,11 @@
 - ``partial``: the bot for the first j < k sub-tasks (j uniform), then uniformly random
   actions for a uniform number of steps in ``wander_steps``, then the episode is cut
   (a time-out, not a terminal state).
+- ``decoy``: the bot for the first j < k sub-tasks (j uniform), then the bot competently
+  doing a *wrong* version of sub-task j+1 (another door, another object or another target:
+  :func:`rgvlm.envs.suite.decoy_subtask`), cut once that decoy's effect holds (a time-out).
+  Unlike random steps, this mistake is systematic and costs the mission a detour, so
+  behaviour cloning copies it and only a reward that credits sub-tasks tells it apart.
 
 The mixture makes the reward signal, not imitation, decide what IQL learns. Each episode
 draws its randomness from its own generator seeded by (dataset seed, k, index), so the
@@ -22,6 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rgvlm.envs import NUM_ACTIONS, SuiteBot, encode_observation, env_id_for, make_env, reset_quietly
+from rgvlm.envs.bot import DecoyBot
+from rgvlm.envs.suite import decoy_subtask
 from rgvlm.envs.seeds import dataset_seed
 from rgvlm.params import MIXTURE_KINDS, DatasetConfig, EnvConfig
 
@@ -43,6 +50,7 @@ class EpisodeRecord:
     terminals: list[bool] = field(default_factory=list)
     progress: list[int] = field(default_factory=list)
     bot_failures: int = 0
+    decoy: object = None  # a decoy episode's wrong sub-task (not stored in the dataset)
 
 
 def episode_kinds(config: DatasetConfig, k: int) -> list[str]:
@@ -62,11 +70,17 @@ class _Expert:
     """The bot plus recovery: if BabyAI's bot trips over a state noise put it in, it is
     rebuilt from the current state; if that fails too, the step is random."""
 
-    def __init__(self, env, state_view: bool):
+    def __init__(self, env, state_view: bool, decoy=None):
         self.env = env
         self.state_view = state_view
-        self.bot = SuiteBot(env, state_view)
+        self.decoy = decoy
+        self.bot = self._new_bot()
         self.failures = 0
+
+    def _new_bot(self):
+        if self.decoy is None:
+            return SuiteBot(self.env, self.state_view)
+        return DecoyBot(self.env, self.decoy, self.state_view)
 
     def action(self, taken: int | None, rng: np.random.Generator) -> int:
         for _attempt in range(2):
@@ -78,7 +92,7 @@ class _Expert:
             except Exception:  # noqa: BLE001 - BabyAI's bot signals dead ends with asserts
                 pass
             self.failures += 1
-            self.bot = SuiteBot(self.env, self.state_view)
+            self.bot = self._new_bot()
             taken = None
         return int(rng.integers(NUM_ACTIONS))
 
@@ -93,14 +107,28 @@ def collect_episode(env_config: EnvConfig, config: DatasetConfig, k: int, index:
     u = env.unwrapped
     record = EpisodeRecord(env_id=env_id, seed=seed, k=k, kind=kind, mission=u.mission, subtasks=u.subtasks)
     expert = _Expert(env, state_view=config.expert_view == "state")
-    stop_expert_at = int(rng.integers(0, k)) if kind == "partial" else k
+    stop_expert_at = int(rng.integers(0, k)) if kind in ("partial", "decoy") else k
     wander_left = int(rng.integers(config.wander_steps[0], config.wander_steps[1] + 1))
+    wandering = kind == "partial"
     taken: int | None = None
     while True:
         grid, carry = encode_observation(env)
         record.grids.append(grid)
         record.carries.append(carry)
-        if kind == "partial" and u.instrs.progress >= stop_expert_at:
+        if kind == "decoy" and u.instrs.progress >= stop_expert_at and not wandering:
+            if expert.decoy is None:
+                decoy = decoy_subtask(env, rng)
+                if decoy is None:  # no wrong version exists here: end as a partial episode
+                    wandering = True
+                else:
+                    failures = expert.failures
+                    expert = _Expert(env, expert.state_view, decoy=decoy)
+                    expert.failures = failures
+                    record.decoy = decoy
+                    taken = None
+            elif u.instrs.leaf_holds(expert.decoy):
+                break
+        if wandering and u.instrs.progress >= stop_expert_at:
             if wander_left == 0:
                 break
             wander_left -= 1
@@ -180,7 +208,9 @@ def params_record(env_config: EnvConfig, config: DatasetConfig) -> dict:
     """The parameters a dataset was built from, as stored in its manifest."""
     dataset = {
         "seed": config.seed, "ks": list(config.ks), "episodes_per_k": config.episodes_per_k,
-        "mixture": dict(config.mixture), "noise_epsilon": config.noise_epsilon,
+        # Kinds added later are recorded only when used, so older manifests keep their bytes.
+        "mixture": {kind: share for kind, share in config.mixture.items() if kind != "decoy" or share},
+        "noise_epsilon": config.noise_epsilon,
         "wander_steps": list(config.wander_steps),
     }
     # Recorded only when it is not BabyAI's own bot, so datasets built before the option

@@ -83,3 +83,18 @@ class SuiteBot(BabyAIBot):
             self._process_instr(instrs)
             action_taken = None
         return super().replan(action_taken)
+
+
+class DecoyBot(SuiteBot):
+    """The bot, competently pursuing a decoy sub-task (:func:`rgvlm.envs.suite.decoy_subtask`)
+    in place of the mission's current one: the dataset's systematic, consequential mistake."""
+
+    def __init__(self, env, decoy, state_view: bool = False):
+        self.decoy = decoy
+        super().__init__(env, state_view)
+
+    def _process_instr(self, instr):
+        if isinstance(instr, OrderedInstr):
+            super()._process_instr(self.decoy)
+            return
+        super()._process_instr(instr)

@@ -260,6 +260,37 @@ class OrderedSubtasksLevel(RoomGridLevel):
         return self.instrs.subtask_texts(self)
 
 
+def decoy_subtask(env, rng: np.random.Generator) -> OpenInstr | PutNextInstr | None:
+    """A plausible wrong version of the mission's current sub-task, for the dataset's ``decoy``
+    episodes: the same verb with one object swapped for another of the layout (open another
+    closed door; move another object next to the same target, or the same object next to
+    another one), never a sub-task the mission asks for. Its effect does not hold yet; ``None`` when the layout allows none.
+    Verified with :meth:`OrderedInstr.leaf_holds`, like a real sub-task."""
+    u = env.unwrapped
+    instrs = u.instrs
+    real = instrs.leaves[instrs.progress]
+    objects = [obj for row in u.room_grid for room in row for obj in room.objs]
+    doors = {id(door): door for row in u.room_grid for room in row for door in room.doors if door is not None}
+    candidates: list[OpenInstr | PutNextInstr] = []
+    if isinstance(real, OpenInstr):
+        candidates = [OpenInstr(ObjDesc("door", door.color)) for door in doors.values()
+                      if not door.is_open and door.color != real.desc.color]
+    else:
+        move, fixed = (real.desc_move.type, real.desc_move.color), (real.desc_fixed.type, real.desc_fixed.color)
+        others = [(obj.type, obj.color) for obj in objects if (obj.type, obj.color) not in (move, fixed)]
+        pairs = [(other, fixed) for other in others] + [(move, other) for other in others]
+        candidates = [PutNextInstr(ObjDesc(*a), ObjDesc(*b)) for a, b in pairs]
+    asked = set(instrs.subtask_texts(u))  # a later sub-task done early is progress, not a mistake
+    viable = []
+    for leaf in candidates:
+        leaf.reset_verifier(u)
+        if leaf.surface(u) not in asked and not instrs.leaf_holds(leaf):
+            viable.append(leaf)
+    if not viable:
+        return None
+    return viable[int(rng.integers(len(viable)))]
+
+
 def grid_shape(room_size: int = 6) -> tuple[int, int]:
     """(height, width) of the symbolic grid for a 2x2 layout of ``room_size`` rooms."""
     return (
