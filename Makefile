@@ -26,7 +26,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYGAME_HIDE_SUPPORT_PROMPT := 1
 
-.PHONY: setup data restore-data reproduce verify test test-fast check-deps lint lab notebooks clean-outputs export-minari sweep
+.PHONY: setup data restore-data reproduce verify test test-fast check-deps lint lab notebooks clean-outputs export-minari sweep device-wheels
+space := $(subst ,, )
 
 setup: $(STAMP)
 
@@ -87,6 +88,17 @@ sweep: setup
 	$(BIN)/dvc exp run --queue -S '$(PARAM)=$(VALUES)'
 	$(BIN)/dvc exp run --run-all
 	$(BIN)/dvc exp show --no-pager --md --drop '.*' --keep 'Experiment|$(SWEEP_COLUMNS)'
+
+# For a GPU lease (benchmarks/gpu_session.sh): the packages the device image lacks, as wheels for its
+# Python 3.12 in .whl/ (git-ignored; carry it: run(command="bash benchmarks/gpu_session.sh", carry=[".whl"])).
+# Versions: the ones this venv runs.
+DEVICE_PACKAGES := minigrid gymnasium farama-notifications pygame-ce
+device-wheels: setup
+	rm -rf .whl && mkdir -p .whl
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+		$$($(BIN)/python -m pip list --format=freeze | grep -i -E '^($(subst $(space),|,$(DEVICE_PACKAGES)))==')
+	ls -la .whl
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -38,7 +38,7 @@ from rgvlm.data import load_dataset  # noqa: E402
 from rgvlm.data.storage import write_json_atomic  # noqa: E402
 from rgvlm.envs.seeds import validation_seed  # noqa: E402
 from rgvlm.evaluation import EvalEpisode, rollout, summarize  # noqa: E402
-from rgvlm.params import EnvConfig, load_params, train_config  # noqa: E402
+from rgvlm.params import EnvConfig, load_params, resolve_device, train_config  # noqa: E402
 from rgvlm.rewards import oracle_rewards, sparse_rewards  # noqa: E402
 from rgvlm.rl.diagnostics import CriticProbe, holdout_mask  # noqa: E402
 from rgvlm.rl.iql import save_state_atomic  # noqa: E402
@@ -53,8 +53,8 @@ def parse_overrides(text: str) -> dict:
             (item.partition("=") for item in filter(None, text.split(",")))}
 
 
-def build_dataset(env: dict, dataset: dict) -> Path:
-    """The dataset for these overrides, collected once and cached by their hash."""
+def build_dataset(env: dict, dataset: dict, root: Path = paths.OUTPUTS / "experiments" / "data") -> Path:
+    """The dataset for these overrides, collected once under ``root`` and cached by their hash."""
     params = load_params()
     params["env"].update(env)
     for key, value in dataset.items():  # dotted keys reach into nested sections: mixture.expert=0.5
@@ -64,7 +64,7 @@ def build_dataset(env: dict, dataset: dict) -> Path:
             section = section[parent]
         section[leaf] = value
     key = hashlib.sha256(json.dumps([params["env"], params["dataset"]], sort_keys=True).encode()).hexdigest()[:12]
-    out = paths.OUTPUTS / "experiments" / "data" / key
+    out = root / key
     if not (out / "manifest.json").exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         params_file = out.with_suffix(".params.yaml")
@@ -99,13 +99,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=30, help="validation episodes per k")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0],
                         help="of the sampled evaluations (policy 'sampled' at 1.0, 'sampled@T' otherwise)")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "tuning", help="where <name>.json goes")
+    parser.add_argument("--data-root", type=Path, default=paths.OUTPUTS / "experiments" / "data",
+                        help="the cache of collected datasets")
+    parser.add_argument("--time-limit-s", type=float, default=None,
+                        help="stop a variant at the first evaluation after this many seconds of training "
+                             "(the JSON says where each stopped); for a device lease of fixed length")
     parser.add_argument("--save-models", type=Path, default=None,
                         help="write every run's final networks to DIR/<variant>/ in the pipeline's layout "
                              "(for experiments/action_ranking.py)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    data_dir = build_dataset(parse_overrides(args.env), parse_overrides(args.dataset))
+    data_dir = build_dataset(parse_overrides(args.env), parse_overrides(args.dataset), args.data_root)
     data = load_dataset(data_dir)
     env_config = EnvConfig(**data.manifest["env"])
     success = np.repeat([float(e["success"]) for e in data.episodes], [e["length"] for e in data.episodes])
@@ -120,16 +126,18 @@ def main(argv: list[str] | None = None) -> int:
         variant = variant_text or "base"
         train = train_config({**base, **parse_overrides(variant_text)})
         config = iql_config_for(data, train.iql)
+        device = resolve_device(train.device)  # the train section's: auto = CUDA where there is a GPU
         embedder = mission_embedder(config.mission_encoder)  # as the variant's networks read missions
         table = torch.as_tensor(embedder.embed(data.missions))
         holdout = holdout_mask(data, config.holdout_fraction)
         scaled = [scale_rewards(data, r, config.reward_scale, config.gamma) for r in rewards.values()]
-        transitions = DeviceTransitions(data, scaled, table, "cpu", bc_weights=[success], holdout=holdout,
+        transitions = DeviceTransitions(data, scaled, table, device, bc_weights=[success], holdout=holdout,
                                         n_step=config.n_step, gamma=config.gamma)
         # BC runs train their (unused) critic on the sparse reward.
         trainer = MultiRunIQL(config, [seed for _, seed in runs],
                               [reward_names.index(n if n in rewards else "sparse") for n, _ in runs],
-                              bc_rows=[bc_rows.get(n) for n, _ in runs])
+                              bc_rows=[bc_rows.get(n) for n, _ in runs], device=device,
+                              compile=train.compile, cuda_graphs=train.cuda_graphs)
         probe = CriticProbe(data, transitions, scaled, holdout, config.gamma)
         started = time.perf_counter()
         while trainer.step < args.steps:
@@ -140,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 states = [trainer.run_state(r)["policy"] for r in range(len(runs))]
                 policies = [("greedy", 0.0)] + [("sampled" if t == 1.0 else f"sampled@{t:g}", t) for t in args.temperatures]
                 for policy_name, temperature in policies:
-                    policy = StackedPolicy(config, states, temperature=temperature, seed=trainer.step)
+                    policy = StackedPolicy(config, states, device=device, temperature=temperature, seed=trainer.step)
                     per_run = rollout(policy, episodes, env_config, embedder.embed, num_runs=len(runs))
                     for (name, seed), run_records in zip(runs, per_run, strict=True):
                         records += [{**r, "reward_set": name, "run_seed": seed, "variant": variant, "policy": policy_name,
@@ -152,7 +160,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(frame.pivot_table(index=["policy", "reward_set"], columns="k", values="completion").round(2).to_string())
                 print(pd.DataFrame(diagnostics[-len(runs):]).groupby("reward_set")[list(probed)].mean().round(3).to_string(),
                       flush=True)
-        timings[variant] = round(time.perf_counter() - started, 1)
+                if args.time_limit_s is not None and train_s >= args.time_limit_s:
+                    print(f"{variant}: time limit of {args.time_limit_s:g}s reached at step {trainer.step}", flush=True)
+                    break
+        timings[variant] = {"seconds": round(time.perf_counter() - started, 1), "updates": trainer.step,
+                            "device": str(device)}
         if args.save_models is not None:
             save_runs(args.save_models / variant, trainer, runs, config, data_dir)
     frame = pd.DataFrame(records)
@@ -160,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     for (variant, updates, policy), group in frame.groupby(["variant", "updates", "policy"]):
         tables.append(summarize(group, samples=2000, seed=0).assign(variant=variant, updates=int(updates), policy=policy))
     summary = pd.concat(tables, ignore_index=True)
-    write_json_atomic(ROOT / "reports" / "tuning" / f"{args.name}.json", {
+    write_json_atomic(args.out / f"{args.name}.json", {
         "command": "python experiments/learning.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "split": "validation (rgvlm.envs.seeds.validation_seed; never the evaluation seeds)",
         "dataset": {k: data.manifest[k] for k in ("env", "dataset", "num_episodes", "num_transitions")},

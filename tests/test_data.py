@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from rgvlm.data.collect import check_dataset_params, collect_episode, episode_kinds
+from rgvlm.data.replay import replay_dataset_episode
 from rgvlm.envs import env_id_for, make_env, reset_quietly
 from rgvlm.envs.suite import decoy_subtask
-from rgvlm.data.replay import replay_dataset_episode
 from rgvlm.params import ParamError, dataset_config, env_config
 
 from .conftest import TINY_DATASET, build_dataset

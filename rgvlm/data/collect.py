@@ -28,8 +28,8 @@ import numpy as np
 
 from rgvlm.envs import NUM_ACTIONS, SuiteBot, encode_observation, env_id_for, make_env, reset_quietly
 from rgvlm.envs.bot import DecoyBot
-from rgvlm.envs.suite import decoy_subtask
 from rgvlm.envs.seeds import dataset_seed
+from rgvlm.envs.suite import decoy_subtask
 from rgvlm.params import MIXTURE_KINDS, DatasetConfig, EnvConfig
 
 
