@@ -430,7 +430,8 @@ def _fmt_number(value: Any) -> str:
 
 def _card_table(card: dict[str, Any]) -> Table:
     columns = ("k", "episodes", "transitions", "mean_length", "success_rate", "mean_completion",
-               "share_expert", "share_noisy", "share_partial", "success_expert", "success_noisy", "success_partial")
+               "share_expert", "share_noisy", "share_partial", "share_decoy",
+               "success_expert", "success_noisy", "success_partial", "success_decoy")
     present = tuple(c for c in columns if any(c in row for row in card["per_k"]))
     return Table(present, tuple(tuple(_fmt_number(row.get(c, "-")) for c in present) for row in card["per_k"]))
 

@@ -68,6 +68,15 @@ def test_decoy_episodes_do_a_wrong_subtask_competently():
     assert ended_on_decoy >= 8
 
 
+def test_card_lists_the_decoy_kind_only_where_the_mixture_uses_it(tmp_path, tiny_dataset):
+    from rgvlm.data.card import dataset_card
+
+    assert "share_decoy" not in dataset_card(tiny_dataset)["per_k"][0]  # older manifests keep their card
+    with_decoys = build_dataset(tmp_path / "d", {**TINY_DATASET, "mixture": {"expert": 0.5, "decoy": 0.5}})
+    row = dataset_card(with_decoys)["per_k"][0]
+    assert row["share_decoy"] == 0.5 and row["share_noisy"] == 0.0 and row["success_expert"] == 1.0
+
+
 def test_decoy_subtask_is_another_one_whose_effect_does_not_hold():
     env = make_env(env_id_for(3), room_size=5)
     for seed in range(20):

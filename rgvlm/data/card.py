@@ -16,6 +16,9 @@ def episode_table(dataset: OfflineDataset) -> pd.DataFrame:
 def dataset_card(dataset: OfflineDataset) -> dict:
     """Episodes and transitions per k, mixture shares, lengths and success, as plain data."""
     episodes = episode_table(dataset)
+    # The kinds the manifest's mixture lists (a kind added later appears only where it is used).
+    recorded = (dataset.manifest.get("dataset") or {}).get("mixture") or MIXTURE_KINDS
+    kinds = [kind for kind in MIXTURE_KINDS if kind in recorded]
     per_k = []
     for k, group in episodes.groupby("k", sort=True):
         row = {
@@ -27,7 +30,7 @@ def dataset_card(dataset: OfflineDataset) -> dict:
             "success_rate": round(float(group["success"].mean()), 4),
             "mean_completion": round(float((group["final_progress"] / k).mean()), 4),
         }
-        for kind in MIXTURE_KINDS:
+        for kind in kinds:
             of_kind = group[group["kind"] == kind]
             row[f"share_{kind}"] = round(len(of_kind) / len(group), 4)
             row[f"success_{kind}"] = round(float(of_kind["success"].mean()), 4) if len(of_kind) else None
