@@ -69,7 +69,9 @@ def single_batch(data, seed_tensor, step: int, batch_size: int) -> TransitionBat
     device = seed_tensor.device
     indices = sample_indices(seed_tensor, torch.tensor(step, device=device), batch_size, data.num_train)
     stacked = data.batch(indices, torch.zeros(1, dtype=torch.int64, device=device))
-    return TransitionBatch(**{k: getattr(stacked, k)[0] for k in stacked.__dataclass_fields__})
+    # Optional fields (the n-step discount, BC weights) are None when the stack does not use them.
+    return TransitionBatch(**{k: None if getattr(stacked, k) is None else getattr(stacked, k)[0]
+                              for k in stacked.__dataclass_fields__})
 
 
 def time_eager(config, seeds, data, device, steps, warmup) -> float:
@@ -110,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     # Random mission vectors: the encoder's cost does not depend on their values.
     table = torch.randn(len(dataset.missions), config.mission_slots, config.mission_embed_dim,
                         generator=torch.Generator().manual_seed(0))
-    data = DeviceTransitions(dataset, [np.zeros(dataset.num_transitions, np.float32)], table, device)
+    data = DeviceTransitions(dataset, [np.zeros(dataset.num_transitions, np.float32)], table, device,
+                             n_step=config.n_step, gamma=config.gamma)  # the profile's n-step targets
     seeds = list(range(args.runs))
 
     results = {"eager": time_eager(config, seeds, data, device, args.steps, args.warmup)}

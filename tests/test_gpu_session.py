@@ -37,3 +37,34 @@ def test_gpu_session_smoke_runs_every_step_and_the_learning_script_stops_at_its_
     assert all(r["split"] == "validation" and r["num_episodes"] == 1 for r in result["summary"])
     assert {c["reward_set"] for c in result["critic"]} == {"sparse", "oracle", "bc_success"}
     assert "time limit of 0s reached at step 2" in (out / "learning.log").read_text()
+
+
+@pytest.mark.parametrize("n_step", [1, 4])
+def test_throughput_benchmark_feeds_the_eager_learner_the_stacks_batches(tiny_dataset, n_step):
+    """benchmarks/iql_throughput.py times eager learners on exactly the batches the stack draws,
+    with one-step targets (no discount field: it broke on that None) and n-step ones."""
+    import importlib.util
+
+    import numpy as np
+    import torch
+
+    from rgvlm.rl.iql import IQLConfig
+    from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL
+
+    spec = importlib.util.spec_from_file_location("iql_throughput", ROOT / "benchmarks" / "iql_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    table = torch.zeros(len(tiny_dataset.missions), 6, 8)
+    rewards = [np.arange(tiny_dataset.num_transitions, dtype=np.float32)]
+    data = DeviceTransitions(tiny_dataset, rewards, table, "cpu", n_step=n_step, gamma=0.9)
+    config = IQLConfig(batch_size=8, n_step=n_step, gamma=0.9)
+    stack = MultiRunIQL(config, [7], [0])
+    stacked = stack.sample(data)
+    single = bench.single_batch(data, torch.tensor([7]), stack.step, config.batch_size)
+    for name in stacked.__dataclass_fields__:
+        value = getattr(stacked, name)
+        if value is None:
+            assert getattr(single, name) is None
+        else:
+            torch.testing.assert_close(getattr(single, name), value[0], rtol=0, atol=0)
+    assert (single.discount is not None) == (n_step > 1)  # n-step targets carry their own discount
