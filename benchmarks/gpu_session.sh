@@ -15,8 +15,9 @@
 #   1. the CUDA tests (tests/test_multirun.py, whose CUDA-graph test skips without a GPU);
 #   2. IQL throughput on CUDA, eager stack vs one run at a time (benchmarks/iql_throughput.py);
 #   3. the learning question no CPU budget answers: sparse, oracle and filtered BC, 5 training
-#      seeds each, trained for as many updates as the time allows on the validation split
-#      (experiments/learning.py --time-limit-s), evaluated every EVAL_EVERY updates;
+#      seeds each, trained for as many updates as LEARN_LIMIT seconds allow on the validation
+#      split (experiments/learning.py --time-limit-s), evaluated every EVAL_EVERY updates and where
+#      it stops (one evaluation, 6,000 CPU-stepped episodes, takes a minute or two);
 #   4. throughput with torch.compile and CUDA graphs (compiling can take minutes: last).
 #
 # GPU_SESSION_SMOKE=1 runs steps 1 and 3 at toy size on the CPU (tests/test_gpu_session.py does).
@@ -49,8 +50,8 @@ if [ "${GPU_SESSION_SMOKE:-0}" = 1 ]; then
   DATA_ARGS=(--dataset "episodes_per_k=4,ks=[1]"); KS="1"; VARIANT="batch_size=8,hidden_dim=16"
   PYTEST_K=(-k "cuda_graphs_flag")
 else
-  DEVICE=cuda; RUNS=38; STEPS=50; LEARN_STEPS=200000; EVAL_EVERY=${EVAL_EVERY:-5000}; EPISODES=50
-  SEEDS="100 101 102 103 104"; LEARN_LIMIT=${LEARN_LIMIT:-240}; DATA_ARGS=(); KS="1 2 3 4"; VARIANT="device=cuda"
+  DEVICE=cuda; RUNS=41; STEPS=50; LEARN_STEPS=200000; EVAL_EVERY=${EVAL_EVERY:-20000}; EPISODES=50
+  SEEDS="100 101 102 103 104"; LEARN_LIMIT=${LEARN_LIMIT:-200}; DATA_ARGS=(); KS="1 2 3 4"; VARIANT="device=cuda"
   PYTEST_K=()
 fi
 

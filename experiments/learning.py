@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, default=paths.OUTPUTS / "experiments" / "data",
                         help="the cache of collected datasets")
     parser.add_argument("--time-limit-s", type=float, default=None,
-                        help="stop a variant at the first evaluation after this many seconds of training "
+                        help="once a variant has trained this many seconds, evaluate it where it is and stop "
                              "(the JSON says where each stopped); for a device lease of fixed length")
     parser.add_argument("--save-models", type=Path, default=None,
                         help="write every run's final networks to DIR/<variant>/ in the pipeline's layout "
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         while trainer.step < args.steps:
             trainer.train_step(transitions)
-            if trainer.step % args.eval_every == 0 or trainer.step == args.steps:
+            out_of_time = args.time_limit_s is not None and time.perf_counter() - started >= args.time_limit_s
+            if trainer.step % args.eval_every == 0 or trainer.step == args.steps or out_of_time:
                 train_s = time.perf_counter() - started
                 probed = {k: v.tolist() for k, v in probe(trainer).items()}
                 states = [trainer.run_state(r)["policy"] for r in range(len(runs))]
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(frame.pivot_table(index=["policy", "reward_set"], columns="k", values="completion").round(2).to_string())
                 print(pd.DataFrame(diagnostics[-len(runs):]).groupby("reward_set")[list(probed)].mean().round(3).to_string(),
                       flush=True)
-                if args.time_limit_s is not None and train_s >= args.time_limit_s:
+                if out_of_time or (args.time_limit_s is not None and train_s >= args.time_limit_s):
                     print(f"{variant}: time limit of {args.time_limit_s:g}s reached at step {trainer.step}", flush=True)
                     break
         timings[variant] = {"seconds": round(time.perf_counter() - started, 1), "updates": trainer.step,

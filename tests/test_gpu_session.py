@@ -26,17 +26,17 @@ def test_gpu_session_smoke_runs_every_step_and_the_learning_script_stops_at_its_
     assert "END cuda_tests rc=0" in session and "END learning rc=0" in session, session
     assert "cuda False" in (out / "machine.txt").read_text()
     # The learning script: collected the overridden dataset, trained sparse / oracle / filtered BC,
-    # rolled them out on validation layouts, and with a time limit of 0 s stopped at its first
-    # evaluation (update 2 of 4), saying where.
+    # rolled them out on validation layouts, and with a time limit of 0 s evaluated where it was
+    # after its first update (before the first scheduled evaluation, at 2) and stopped, saying where.
     result = json.loads((out / "gpu_updates_cpu.json").read_text())
     variant = "batch_size=8,hidden_dim=16"
-    assert result["seconds"][variant]["updates"] == 2 and result["seconds"][variant]["device"] == "cpu"
+    assert result["seconds"][variant]["updates"] == 1 and result["seconds"][variant]["device"] == "cpu"
     assert result["dataset"]["num_episodes"] == 4 and result["dataset"]["dataset"]["ks"] == [1]
     rows = {(r["reward_set"], r["policy"]) for r in result["summary"]}
     assert rows == {(name, policy) for name in ("sparse", "oracle", "bc_success") for policy in ("greedy", "sampled@0.5")}
     assert all(r["split"] == "validation" and r["num_episodes"] == 1 for r in result["summary"])
     assert {c["reward_set"] for c in result["critic"]} == {"sparse", "oracle", "bc_success"}
-    assert "time limit of 0s reached at step 2" in (out / "learning.log").read_text()
+    assert "time limit of 0s reached at step 1" in (out / "learning.log").read_text()
 
 
 @pytest.mark.parametrize("n_step", [1, 4])
