@@ -493,9 +493,16 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
                            f"Spearman {q['spearman_progress']:.3f}" + (f", VOC {q['voc']:.3f}" if "voc" in q else "")
                            for q in sweep["label_quality"])
         trained = ", ".join(f"{m} and sparse+{m}" if m == "rg_vlm" else m for m in methods)
+        # Its training settings, so the sweep's rows are never read as the default run's.
+        settings = ", ".join(part for part in (
+            f"{len(sweep['training_seeds'])} training seeds" if "training_seeds" in sweep else "",
+            f"{sweep['iql_num_steps']:,} IQL updates per run" if "iql_num_steps" in sweep else "",
+            f"{sweep['episodes_per_k']} fresh episodes per k" if "episodes_per_k" in sweep else "",
+            f"{sweep['policy']} policy" if "policy" in sweep else "") if part)
         blocks += [_heading(2, "Label noise -> policy (how good must labels be?)"),
                    _para(f"IQL trained on {trained} from labels of the scripted annotator (not an LVLM) at "
-                         f"several noise levels; label quality per level: {levels}. Made by ", Code(sweep["command"]),
+                         f"several noise levels ({settings}); label quality per level: {levels}. Made by ",
+                         Code(sweep["command"]),
                          " (", Code("reports/tuning/noise_sweep.json"), "; outside ", Code("dvc repro"),
                          ": it trains as many runs again)."),
                    Figure("tuning/noise_sweep.png", "noise sweep")]

@@ -51,6 +51,10 @@ def test_readme_shows_what_index_html_shows(rendered_report):
                    "Reward-set parameters", "Training and evaluation parameters"):
         assert any(wanted in h for h in headings), wanted
     assert "scripted annotator (privileged ground truth + noise; not an LVLM)" in readme.text
+    # The noise sweep trains its own runs: the report states how, so they are not read as the default run's.
+    sweep = json.loads((ROOT / "reports" / "tuning" / "noise_sweep.json").read_text())
+    assert (f"{len(sweep['training_seeds'])} training seeds, {sweep['iql_num_steps']:,} IQL updates per run, "
+            f"{sweep['episodes_per_k']} fresh episodes per k, {sweep['policy']} policy") in readme.text
 
 
 def test_figure4_metrics_are_figure4s_rows_of_the_evaluation_summary():
