@@ -70,8 +70,8 @@ def single_batch(data, seed_tensor, step: int, batch_size: int) -> TransitionBat
     indices = sample_indices(seed_tensor, torch.tensor(step, device=device), batch_size, data.num_train)
     stacked = data.batch(indices, torch.zeros(1, dtype=torch.int64, device=device))
     # Optional fields (the n-step discount, BC weights) are None when the stack does not use them.
-    return TransitionBatch(**{k: None if getattr(stacked, k) is None else getattr(stacked, k)[0]
-                              for k in stacked.__dataclass_fields__})
+    fields = {k: getattr(stacked, k) for k in stacked.__dataclass_fields__}
+    return TransitionBatch(**{k: None if v is None else v[0] for k, v in fields.items()})
 
 
 def time_eager(config, seeds, data, device, steps, warmup) -> float:

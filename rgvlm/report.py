@@ -22,6 +22,7 @@ import pandas as pd
 
 from rgvlm import paths
 from rgvlm.data.storage import write_bytes_atomic
+from rgvlm.params import MIXTURE_KINDS
 from rgvlm.plots import METRIC_LABELS, SPLIT_TITLES, reward_set_order
 from rgvlm.rewards.registry import COMPARISON_METHODS, PAPER_METHOD
 
@@ -430,8 +431,7 @@ def _fmt_number(value: Any) -> str:
 
 def _card_table(card: dict[str, Any]) -> Table:
     columns = ("k", "episodes", "transitions", "mean_length", "success_rate", "mean_completion",
-               "share_expert", "share_noisy", "share_partial", "share_decoy",
-               "success_expert", "success_noisy", "success_partial", "success_decoy")
+               *(f"share_{kind}" for kind in MIXTURE_KINDS), *(f"success_{kind}" for kind in MIXTURE_KINDS))
     present = tuple(c for c in columns if any(c in row for row in card["per_k"]))
     return Table(present, tuple(tuple(_fmt_number(row.get(c, "-")) for c in present) for row in card["per_k"]))
 
