@@ -64,9 +64,12 @@ def rollout(
     num_runs: int = 1,
     device: str | torch.device = "cpu",
     on_finished: Callable[[int], None] | None = None,
+    record_actions: bool = False,
 ) -> list[list[dict]]:
     """Roll ``num_runs`` policies out on every episode, all in lockstep, until success or
     time-out; ``on_finished(count)`` hears of the episodes (of all runs) that ended at each step.
+    ``record_actions`` adds each episode's actions to its record (``actions``), so that it can be
+    replayed (:mod:`rgvlm.evaluation.chaining` diagnoses where a policy stops that way).
 
     ``act`` gets the observations of the active episodes of every run as ``[R, M, ...]``
     tensors (M = the most episodes any run still has running; shorter rows are padded with
@@ -88,6 +91,7 @@ def rollout(
     steps = np.zeros((runs, count), dtype=np.int64)
     done = np.zeros((runs, count), dtype=bool)
     success = np.zeros((runs, count), dtype=bool)
+    taken: list[list[list[int]]] = [[[] for _ in episodes] for _ in range(runs)]
     while not done.all():
         active = [np.flatnonzero(~row) for row in done]
         width = max(len(a) for a in active)
@@ -101,6 +105,8 @@ def rollout(
         for r, episode_ids in enumerate(active):
             for e, action in zip(episode_ids, actions[r, : len(episode_ids)], strict=True):
                 env = envs[r][e]
+                if record_actions:
+                    taken[r][e].append(int(action))
                 _, reward, terminated, truncated, _ = env.step(int(action))
                 steps[r, e] += 1
                 grid[r, e], carry[r, e] = encode_observation(env)
@@ -118,6 +124,7 @@ def rollout(
             run_records.append({
                 "k": ep.k, "split": ep.split, "seed": ep.seed, "mission": missions[e], "steps": int(steps[r, e]),
                 "progress": int(progress), "completion": progress / ep.k, "success": bool(success[r, e]),
+                **({"actions": taken[r][e]} if record_actions else {}),
             })
             envs[r][e].close()
         records.append(run_records)
