@@ -38,6 +38,7 @@ from rgvlm.data import load_dataset  # noqa: E402
 from rgvlm.data.storage import write_json_atomic  # noqa: E402
 from rgvlm.envs.seeds import validation_seed  # noqa: E402
 from rgvlm.evaluation import EvalEpisode, rollout, summarize  # noqa: E402
+from rgvlm.evaluation.chaining import chaining_tables, diagnose  # noqa: E402
 from rgvlm.params import EnvConfig, load_params, resolve_device, train_config  # noqa: E402
 from rgvlm.rewards import oracle_rewards, sparse_rewards  # noqa: E402
 from rgvlm.rl.diagnostics import CriticProbe, holdout_mask  # noqa: E402
@@ -108,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-models", type=Path, default=None,
                         help="write every run's final networks to DIR/<variant>/ in the pipeline's layout "
                              "(for experiments/action_ranking.py)")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="at the last evaluation, replay every episode to say where the policy stops "
+                             "(rgvlm.evaluation.chaining: success per sub-task kind and position, stalls)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -150,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                 policies = [("greedy", 0.0)] + [("sampled" if t == 1.0 else f"sampled@{t:g}", t) for t in args.temperatures]
                 for policy_name, temperature in policies:
                     policy = StackedPolicy(config, states, device=device, temperature=temperature, seed=trainer.step)
-                    per_run = rollout(policy, episodes, env_config, embedder.embed, num_runs=len(runs))
+                    last = trainer.step >= args.steps or out_of_time
+                    per_run = rollout(policy, episodes, env_config, embedder.embed, num_runs=len(runs),
+                                      record_actions=args.diagnose and last)
                     for (name, seed), run_records in zip(runs, per_run, strict=True):
                         records += [{**r, "reward_set": name, "run_seed": seed, "variant": variant, "policy": policy_name,
                                      "updates": trainer.step} for r in run_records]
@@ -168,6 +174,16 @@ def main(argv: list[str] | None = None) -> int:
                             "device": str(device)}
         if args.save_models is not None:
             save_runs(args.save_models / variant, trainer, runs, config, data_dir)
+    chaining = {}
+    if args.diagnose:  # the last evaluation's episodes carry their actions
+        replayed = [r for r in records if "actions" in r]
+        rows = diagnose(replayed, env_config, keys=("variant", "reward_set", "run_seed", "policy"))
+        chaining = {name: table.to_dict("records") for name, table in
+                    chaining_tables(rows, ["variant", "policy", "reward_set"]).items()}
+        for name, table in chaining.items():
+            print(name, pd.DataFrame(table).round(3).to_string(), sep="\n")
+        for r in replayed:
+            del r["actions"]
     frame = pd.DataFrame(records)
     tables = []
     for (variant, updates, policy), group in frame.groupby(["variant", "updates", "policy"]):
@@ -178,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         "split": "validation (rgvlm.envs.seeds.validation_seed; never the evaluation seeds)",
         "dataset": {k: data.manifest[k] for k in ("env", "dataset", "num_episodes", "num_transitions")},
         "training_seeds": args.seeds, "base_train": base, "seconds": timings,
-        "summary": summary.to_dict("records"), "critic": diagnostics,
+        "summary": summary.to_dict("records"), "critic": diagnostics, "chaining": chaining,
     })
     print(summary.pivot_table(index=["variant", "updates", "policy", "reward_set"], columns="k",
                               values="completion_mean").round(3).to_string())

@@ -208,6 +208,9 @@ class IQLConfig(Config):
     max_entities: int = param(16, low=1)  # entities encoder: doors/objects encoded
     patch: int = param(2, low=0)  # entities encoder: cells on each side of the agent in its local egocentric patch
     grounding: str = param("attention", choices=GROUNDINGS)  # entities encoder: "attention" | "lexical"
+    # entities + lexical: read which clause is current from the state (the first whose effect does
+    # not hold) and give the policy that clause's entities (rgvlm.rl.networks.ClauseTracker)
+    clause_tracking: bool = False
     mission_encoder: str = param("minilm", choices=tuple(MISSION_ENCODER_DIMS))  # "minilm" sentence vectors | "tokens" clause word codes
     adv_normalise: bool = False  # divide advantages by their batch std before exp(beta * A)
     # What the policy step weights actions by (rgvlm.rl.iql.advantages): "q" = Q(s, a) - V(s) (the IQL
@@ -236,6 +239,9 @@ class IQLConfig(Config):
             raise ParamError("train.grounding", self.grounding,
                              "'attention' unless encoder is 'entities' and mission_encoder is 'tokens' "
                              "(lexical grounding matches the clause's words against the entities' type and colour)")
+        if self.clause_tracking and self.grounding != "lexical":
+            raise ParamError("train.clause_tracking", self.clause_tracking,
+                             "false unless grounding is 'lexical' (it reads the clauses' lexically grounded entities)")
         if self.patch >= min(self.grid_height, self.grid_width):
             raise ParamError("train.patch", self.patch,
                              f"an integer >= 0 and < the grid's smaller side ({min(self.grid_height, self.grid_width)})")

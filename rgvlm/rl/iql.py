@@ -75,6 +75,7 @@ def encoder_spec(config: IQLConfig) -> EncoderSpec:
         max_entities=config.max_entities,
         patch=config.patch,
         grounding=config.grounding,
+        clause_tracking=config.clause_tracking,
     )
 
 

@@ -49,6 +49,8 @@ def mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int) -> nn.Seque
 
 
 AGENT_TYPE = 10  # minigrid OBJECT_TO_IDX["agent"]; its cell's state channel is the direction
+DOOR_TYPE = 4  # minigrid OBJECT_TO_IDX["door"]
+OPEN_STATE = 0  # minigrid STATE_TO_IDX["open"] (a door's state channel: open 0, closed 1, locked 2)
 WALL_TYPE = 2  # minigrid OBJECT_TO_IDX["wall"]: what lies outside the grid
 # MiniGrid's direction vectors (x, y): 0 east, 1 south, 2 west, 3 north.
 DIRECTIONS = ((1, 0), (0, 1), (-1, 0), (0, -1))
@@ -225,6 +227,7 @@ class EncoderSpec:
     max_entities: int = 16  # entities: doors/objects encoded (the suite has 4 doors + up to 12 objects)
     patch: int = 2  # entities: cells on each side of the agent in the local egocentric patch
     grounding: str = "attention"  # entities: how a clause finds the entities it names (GROUNDINGS)
+    clause_tracking: bool = False  # entities + lexical: which clause is current, read from the state (ClauseTracker)
 
 
 #: The lexical role weights enter the attention logits multiplied by this gain. Adam moves a
@@ -361,6 +364,11 @@ class EntityStateEncoder(nn.Module):
         else:
             self.query = nn.Linear(spec.slot_dim, ROLES * d)  # from each clause's projection (MissionEncoder)
             self.key = nn.Linear(d, d)
+        if spec.clause_tracking and not self.lexical:
+            raise ValueError("clause_tracking reads the clauses' grounded entities: it needs grounding 'lexical', "
+                             f"got {spec.grounding!r}")
+        self.tracker = ClauseTracker(self.reach) if spec.clause_tracking else None
+        tracked = ClauseTracker.out_dim(spec.mission_slots, d) if spec.clause_tracking else 0
         self.token_in = nn.Linear(d, d)
         self.token_out = nn.Linear(d, d)
         # Local egocentric patch around the agent, read from the (2H-1) x (2W-1) egocentric view.
@@ -369,7 +377,7 @@ class EntityStateEncoder(nn.Module):
         side = 2 * spec.patch + 1
         self.patch_embed = nn.Linear(side * side * cell, d)
         self.here_embed = nn.Linear(spec.height + spec.width + 4 + NUM_OBJECT_TYPES + NUM_COLOURS, d)
-        self.out = nn.Linear(4 * d + spec.mission_slots * ROLES * d + spec.mission_dim, spec.out_dim)
+        self.out = nn.Linear(4 * d + spec.mission_slots * ROLES * d + spec.mission_dim + tracked, spec.out_dim)
         self.register_buffer("entity_types", torch.tensor(ENTITY_TYPES), persistent=False)
         self.register_buffer("directions", torch.tensor(DIRECTIONS), persistent=False)  # [4, (x, y)]
         # Ties broken towards the top-left cell, so the selection is deterministic.
@@ -431,27 +439,30 @@ class EntityStateEncoder(nn.Module):
         tokens = self.token_embed(codes.reshape(-1, n, width))  # [B, N, d]
         present = mission.abs().sum(-1) > 0  # [B, S]: clause slots in use
         if self.lexical:
-            grounded = self._ground_lexical(mission, codes.reshape(-1, n, width), present, tokens, mask)
+            grounded, attention = self._ground_lexical(mission, codes.reshape(-1, n, width), present, tokens, mask)
         else:
-            grounded = self._ground(clauses, present, tokens, mask)
+            grounded, attention = self._ground(clauses, present, tokens, mask)
         h = torch.relu(self.token_in(tokens))
         h = torch.relu(self.token_out(torch.relu(h * (1.0 + scale) + shift)))  # [B, N, d], >= 0
         pooled_max = (h * mask).amax(dim=1)  # h >= 0, so masked tokens (0) never win over real ones
         pooled_mean = (h * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         local = torch.relu(self.patch_embed(patch))
-        joint = torch.cat([pooled_max, pooled_mean, local, torch.relu(self.here_embed(here)), grounded, m], dim=-1)
-        return torch.relu(self.out(joint))
+        parts = [pooled_max, pooled_mean, local, torch.relu(self.here_embed(here)), grounded, m]
+        if self.tracker is not None:
+            parts.append(self.tracker(mission, codes.reshape(-1, n, width), attention, grounded, present))
+        return torch.relu(self.out(torch.cat(parts, dim=-1)))
 
     def _ground(self, clauses: torch.Tensor, present: torch.Tensor, tokens: torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:
-        """Attention of every (clause slot, role) query over the entity tokens -> ``[B, S*ROLES*d]``."""
+                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention of every (clause slot, role) query over the entity tokens -> ``[B, S*ROLES*d]``
+        (and the attention, see :meth:`_read`)."""
         batch, slots, d = clauses.shape[0], clauses.shape[1], tokens.shape[-1]
         queries = self.query(clauses).reshape(batch, slots * ROLES, d)
         scores = queries @ self.key(tokens).transpose(1, 2) / d**0.5  # [B, S*ROLES, N]
         return self._read(scores, present, tokens, mask)
 
     def _ground_lexical(self, mission: torch.Tensor, codes: torch.Tensor, present: torch.Tensor,
-                        tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                        tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Role logits from which clause words name each entity's type or colour -> ``[B, S*ROLES*d]``."""
         batch, slots, positions = mission.shape[0], mission.shape[1], self.role_weights.shape[1]
         words = mission.reshape(batch, slots, positions, -1) @ self.lexicon  # [B, S, P, attributes] each word names
@@ -461,13 +472,73 @@ class EntityStateEncoder(nn.Module):
         return self._read(scores.reshape(batch, slots * ROLES, -1), present, tokens, mask)
 
     @staticmethod
-    def _read(scores: torch.Tensor, present: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _read(scores: torch.Tensor, present: torch.Tensor, tokens: torch.Tensor,
+              mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Softmax over the entities of each (clause slot, role) row of ``scores`` ``[B, S*ROLES, N]``,
-        read from the tokens; clause slots that are not ``present`` (all-zero embeddings) read nothing."""
+        read from the tokens; clause slots that are not ``present`` (all-zero embeddings) read nothing.
+        Returns the reads ``[B, S*ROLES*d]`` and the attention ``[B, S*ROLES, N]``."""
         scores = scores + (mask.transpose(1, 2) - 1.0) * 1e4  # absent entities get no weight
-        read = torch.softmax(scores, dim=-1) @ tokens  # [B, S*ROLES, d]
+        attention = torch.softmax(scores, dim=-1)
+        read = attention @ tokens  # [B, S*ROLES, d]
         present = present.to(read.dtype).repeat_interleave(ROLES, dim=1).unsqueeze(-1)
-        return (read * present).flatten(start_dim=1)
+        return (read * present).flatten(start_dim=1), attention
+
+
+class ClauseTracker(nn.Module):
+    """Which clause of an ordered mission is current, read from the current state alone.
+
+    The suite's sub-tasks leave their effect in the grid (rgvlm.envs.suite): a door stays open, a
+    placed object stays next to its target, and sub-task i is done once 0..i-1 are and its effect
+    holds. So the clause to work on is, to a good approximation, the first one whose effect does
+    not hold in what the learner sees. Without this the encoder gets every clause's grounded
+    entities side by side and must learn adjacency tests and an ordered "first not yet done"
+    from them; on the validation split the policies then stopped after about one sub-task at
+    every k (reports/tuning/chaining_diagnosis_before.json).
+
+    Parameter-free, and soft so that it works with the learned grounding: for each clause, the
+    grounding's attention over the entities (role 0: the door to open or the object to move;
+    role 1: the object to put it next to) gives the chance its effect holds:
+    ``open``: the attended entity is an open door; ``put``: the two attended entities are in
+    4-adjacent cells (BabyAI's ``pos_next_to``), computed from their positions in the agent's
+    frame. ``current_i = prod_{j<i} holds_j * (1 - holds_i)``. Out: the current clause's grounded
+    reads (both roles), ``current`` and ``holds`` per clause slot, and whether the current clause
+    is a door. It reads the mission's word codes (the first word says open or put) and the
+    state, never the level's privileged progress.
+    """
+
+    def __init__(self, reach: int) -> None:
+        super().__init__()
+        from rgvlm.rl.missions import CLAUSE_VOCABULARY
+
+        self.reach = reach
+        self.open_word = CLAUSE_VOCABULARY.index("open")
+        self.vocabulary = len(CLAUSE_VOCABULARY)
+        self.register_buffer("offsets", torch.arange(2 * reach - 1, dtype=torch.float32), persistent=False)
+
+    @staticmethod
+    def out_dim(slots: int, entity_dim: int) -> int:
+        return ROLES * entity_dim + 2 * slots + 1
+
+    def forward(self, mission: torch.Tensor, codes: torch.Tensor, attention: torch.Tensor, grounded: torch.Tensor,
+                present: torch.Tensor) -> torch.Tensor:
+        batch, slots = mission.shape[0], mission.shape[1]
+        attributes = NUM_OBJECT_TYPES + NUM_COLOURS
+        is_open_door = codes[..., DOOR_TYPE] * codes[..., attributes + OPEN_STATE]  # [B, N]
+        sides = 2 * self.reach - 1
+        ahead = codes[..., attributes + NUM_STATES : attributes + NUM_STATES + sides] @ self.offsets  # [B, N]
+        right = codes[..., attributes + NUM_STATES + sides : attributes + NUM_STATES + 2 * sides] @ self.offsets
+        distance = (ahead.unsqueeze(2) - ahead.unsqueeze(1)).abs() + (right.unsqueeze(2) - right.unsqueeze(1)).abs()
+        adjacent = (distance == 1.0).to(codes.dtype)  # [B, N, N]; masked entities get ~0 attention
+        roles = attention.reshape(batch, slots, ROLES, -1)
+        holds_open = roles[:, :, 0] @ is_open_door.unsqueeze(-1)  # [B, S, 1]
+        holds_put = torch.einsum("bsn,bnm,bsm->bs", roles[:, :, 0], adjacent, roles[:, :, 1]).unsqueeze(-1)
+        door_clause = mission.reshape(batch, slots, -1, self.vocabulary)[:, :, 0, self.open_word].unsqueeze(-1)
+        used = present.to(codes.dtype).unsqueeze(-1)
+        holds = (door_clause * holds_open + (1.0 - door_clause) * holds_put) * used + (1.0 - used)  # absent: done
+        before = torch.cat([torch.ones_like(holds[:, :1]), torch.cumprod(holds, dim=1)[:, :-1]], dim=1)
+        current = before * (1.0 - holds) * used  # [B, S, 1]
+        focus = (current * grounded.reshape(batch, slots, -1)).sum(1)  # [B, ROLES*d]
+        return torch.cat([focus, current.squeeze(-1), holds.squeeze(-1), (current * door_clause).sum(1)], dim=-1)
 
 class EncodedState(nn.Module):
     """The encoder of a head that reads another network's state features (``shared=True``).
