@@ -53,7 +53,7 @@ def diagnose_episode(record: dict, env_config: EnvConfig) -> dict:
     instrs = u.instrs
     leaves = list(instrs.leaves)
     started = wrong = undid = False
-    stall = instrs.progress  # the clause current now; the flags describe the clause the episode ends on
+    # The flags describe the clause current at the end (each new current clause starts them afresh).
     for action in record["actions"]:
         current = instrs.progress
         carried_before = u.carrying
@@ -61,7 +61,6 @@ def diagnose_episode(record: dict, env_config: EnvConfig) -> dict:
         _, _, terminated, truncated, _ = env.step(int(action))
         if instrs.progress != current:  # a new clause became current: its story starts afresh
             started = wrong = False
-            stall = instrs.progress
         elif current < len(leaves):
             leaf = leaves[current]
             acted_on = None
