@@ -45,7 +45,7 @@ from rgvlm.rl.diagnostics import CriticProbe, holdout_mask  # noqa: E402
 from rgvlm.rl.iql import save_state_atomic  # noqa: E402
 from rgvlm.rl.missions import mission_embedder  # noqa: E402
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy  # noqa: E402
-from rgvlm.rl.runs import iql_config_for, run_paths, scale_rewards  # noqa: E402
+from rgvlm.rl.runs import iql_config_for, learner_missions, run_paths, scale_rewards  # noqa: E402
 
 
 def parse_overrides(text: str) -> dict:
@@ -132,11 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         config = iql_config_for(data, train.iql)
         device = resolve_device(train.device)  # the train section's: auto = CUDA where there is a GPU
         embedder = mission_embedder(config.mission_encoder)  # as the variant's networks read missions
-        table = torch.as_tensor(embedder.embed(data.missions))
+        table, observation_rows = learner_missions(data, config)
         holdout = holdout_mask(data, config.holdout_fraction)
         scaled = [scale_rewards(data, r, config.reward_scale, config.gamma) for r in rewards.values()]
         transitions = DeviceTransitions(data, scaled, table, device, bc_weights=[success], holdout=holdout,
-                                        n_step=config.n_step, gamma=config.gamma)
+                                        n_step=config.n_step, gamma=config.gamma, observation_missions=observation_rows)
         # BC runs train their (unused) critic on the sparse reward.
         trainer = MultiRunIQL(config, [seed for _, seed in runs],
                               [reward_names.index(n if n in rewards else "sparse") for n, _ in runs],
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                     policy = StackedPolicy(config, states, device=device, temperature=temperature, seed=trainer.step)
                     last = trainer.step >= args.steps or out_of_time
                     per_run = rollout(policy, episodes, env_config, embedder.embed, num_runs=len(runs),
-                                      record_actions=args.diagnose and last)
+                                      record_actions=args.diagnose and last, mission_view=config.mission_view)
                     for (name, seed), run_records in zip(runs, per_run, strict=True):
                         records += [{**r, "reward_set": name, "run_seed": seed, "variant": variant, "policy": policy_name,
                                      "updates": trainer.step} for r in run_records]

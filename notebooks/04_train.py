@@ -34,7 +34,6 @@ train = load_params()["train"]
 from dataclasses import asdict
 
 import pandas as pd
-import torch
 
 from rgvlm import paths
 from rgvlm.data import load_dataset
@@ -43,7 +42,7 @@ from rgvlm.params import resolve_device, train_config
 from rgvlm.rewards import load_rewards
 from rgvlm.rl.diagnostics import DIAGNOSTIC_NAMES
 from rgvlm.rl.missions import mission_embedder
-from rgvlm.rl.runs import baseline_weights, checkpoint_summary, iql_config_for, train_runs
+from rgvlm.rl.runs import baseline_weights, checkpoint_summary, iql_config_for, learner_missions, train_runs
 
 config = train_config(train)
 device = resolve_device(config.device)
@@ -55,8 +54,10 @@ reward_sets.update({name: load_rewards(paths.REWARDS, "sparse").rewards for name
 seeds = {name: config.seeds_for(name) for name in config.trained}
 iql_config = iql_config_for(data, config.iql)
 embedder = mission_embedder(iql_config.mission_encoder, device="cpu")
-mission_table = torch.as_tensor(embedder.embed(data.missions), device=device)
-print(f"device {device}; {data.num_transitions} transitions; {len(data.missions)} missions; "
+# train.mission_view: the whole mission, or the clauses its own observations have not shown done.
+mission_table, observation_missions = learner_missions(data, iql_config)
+print(f"device {device}; {data.num_transitions} transitions; {len(data.missions)} missions "
+      f"({len(mission_table)} as the learner reads them: {iql_config.mission_view}); "
       f"{sum(map(len, seeds.values()))} runs of {iql_config.num_steps} updates")
 
 # %%
@@ -67,7 +68,7 @@ def progress(rows):
 
 rows = train_runs(data, mission_table, reward_sets, seeds, iql_config, device, paths.MODELS, compile=config.compile,
                   cuda_graphs=config.cuda_graphs, on_log=progress, bc_weights=bc_weights,
-                  checkpoint_report=paths.METRICS / "checkpoints.json")
+                  checkpoint_report=paths.METRICS / "checkpoints.json", observation_missions=observation_missions)
 print(checkpoint_summary(paths.METRICS / "checkpoints.json"))
 write_json_atomic(paths.MODELS / "runs.json", {
     "reward_sets": list(config.reward_sets), "baselines": list(config.baselines),

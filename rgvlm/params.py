@@ -169,6 +169,8 @@ ADVANTAGES = ("q", "td")  # rgvlm.rl.iql.advantages
 #: codes (a one-hot word per position) and all-MiniLM-L6-v2's sentence vector. The order is
 #: MISSION_ENCODERS'. ``train.mission_embed_dim`` follows ``train.mission_encoder``.
 MISSION_ENCODER_DIMS = {"tokens": MAX_CLAUSE_WORDS * len(CLAUSE_VOCABULARY), "minilm": 384}
+#: What the learner reads as its mission (``train.mission_view``; rgvlm.rl.missions.observation_missions).
+MISSION_VIEWS = ("whole", "remaining")
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,9 @@ class IQLConfig(Config):
     # not hold) and give the policy that clause's entities (rgvlm.rl.networks.ClauseTracker)
     clause_tracking: bool = False
     mission_encoder: str = param("minilm", choices=tuple(MISSION_ENCODER_DIMS))  # "minilm" sentence vectors | "tokens" clause word codes
+    # What the learner reads as its mission: the "whole" mission, or the clauses "remaining" by the
+    # progress it tracks from its own observations (rgvlm.envs.tracking; never the privileged one)
+    mission_view: str = param("whole", choices=MISSION_VIEWS)
     adv_normalise: bool = False  # divide advantages by their batch std before exp(beta * A)
     # What the policy step weights actions by (rgvlm.rl.iql.advantages): "q" = Q(s, a) - V(s) (the IQL
     # paper), "td" = the transition's own (n-step) TD error r + gamma^m V(s') - V(s), which needs only V.

@@ -20,6 +20,7 @@ from rgvlm.envs import encode_observation, env_id_for, make_env, reset_quietly
 from rgvlm.envs.seeds import fresh_seed
 from rgvlm.params import EnvConfig
 from rgvlm.progress import Progress
+from rgvlm.rl.missions import RolloutMissions
 
 #: act(grid uint8 [R,M,H,W,3], carry uint8 [R,M,2], mission float [R,M,S,E]) -> actions long [R,M]
 ActFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -65,11 +66,15 @@ def rollout(
     device: str | torch.device = "cpu",
     on_finished: Callable[[int], None] | None = None,
     record_actions: bool = False,
+    mission_view: str = "whole",
 ) -> list[list[dict]]:
     """Roll ``num_runs`` policies out on every episode, all in lockstep, until success or
     time-out; ``on_finished(count)`` hears of the episodes (of all runs) that ended at each step.
     ``record_actions`` adds each episode's actions to its record (``actions``), so that it can be
     replayed (:mod:`rgvlm.evaluation.chaining` diagnoses where a policy stops that way).
+    ``mission_view`` is what the policies read as their mission (``train.mission_view``; see
+    :class:`rgvlm.rl.missions.RolloutMissions`): ``remaining`` tracks each episode's progress from
+    its observations, as the runs' training data did.
 
     ``act`` gets the observations of the active episodes of every run as ``[R, M, ...]``
     tensors (M = the most episodes any run still has running; shorter rows are padded with
@@ -84,10 +89,13 @@ def rollout(
             env.unwrapped.agent_view_obs = False  # the policy reads encode_observation only
             reset_quietly(env, ep.seed)
     missions = [env.unwrapped.mission for env in envs[0]]  # the same start states for every run
-    mission_vectors = torch.as_tensor(embed_missions(missions), device=device)
+    read = RolloutMissions(missions, embed_missions, mission_view, runs, device)
     first = [encode_observation(env) for env in envs[0]]
     grid = np.stack([np.stack([o[0] for o in first])] * runs)  # [R, E, H, W, 3], updated in place
     carry = np.stack([np.stack([o[1] for o in first])] * runs)
+    for e, (start_grid, _) in enumerate(first):
+        for r in range(runs):
+            read.observe(r, e, start_grid)
     steps = np.zeros((runs, count), dtype=np.int64)
     done = np.zeros((runs, count), dtype=bool)
     success = np.zeros((runs, count), dtype=bool)
@@ -101,7 +109,7 @@ def rollout(
         with torch.no_grad():
             actions = act(torch.as_tensor(grid[rows, index], device=device),
                           torch.as_tensor(carry[rows, index], device=device),
-                          mission_vectors[torch.as_tensor(index, device=device)]).cpu().numpy()
+                          read.vectors(index)).cpu().numpy()
         for r, episode_ids in enumerate(active):
             for e, action in zip(episode_ids, actions[r, : len(episode_ids)], strict=True):
                 env = envs[r][e]
@@ -110,6 +118,7 @@ def rollout(
                 _, reward, terminated, truncated, _ = env.step(int(action))
                 steps[r, e] += 1
                 grid[r, e], carry[r, e] = encode_observation(env)
+                read.observe(r, e, grid[r, e])
                 if terminated or truncated:
                     done[r, e] = True
                     success[r, e] = bool(terminated and reward > 0)
@@ -139,12 +148,13 @@ def evaluate_runs(
     embed_missions: Callable[[list[str]], np.ndarray],
     device: str = "cpu",
     on_finished: Callable[[int], None] | None = None,
+    mission_view: str = "whole",
 ) -> list[dict]:
     """Roll out every (reward set, seed) run on the same episodes at once; ``act`` is the
     stacked policy of ``runs`` (in that order). One record per (run, episode), with
-    ``reward_set`` and ``run_seed`` added; ``on_finished`` as for :func:`rollout`."""
+    ``reward_set`` and ``run_seed`` added; ``on_finished`` and ``mission_view`` as for :func:`rollout`."""
     per_run = rollout(act, episodes, env_config, embed_missions, num_runs=len(runs), device=device,
-                      on_finished=on_finished)
+                      on_finished=on_finished, mission_view=mission_view)
     records = []
     for (reward_set, seed), run_records in zip(runs, per_run, strict=True):
         records += [{**record, "reward_set": reward_set, "run_seed": seed} for record in run_records]
@@ -167,7 +177,7 @@ def _evaluate_chunk(job: tuple, on_finished: Callable[[int], None] | None = None
         torch.set_num_threads(threads)
     act = load_stacked_policy(models_dir, runs, device, temperature=temperature, seed=seed)
     embed = mission_embedder(act.config.mission_encoder, device="cpu").embed  # as the runs were trained
-    records = evaluate_runs(act, runs, episodes, env_config, embed, device, on_finished)
+    records = evaluate_runs(act, runs, episodes, env_config, embed, device, on_finished, act.config.mission_view)
     return [{**record, "policy": policy} for record in records]
 
 

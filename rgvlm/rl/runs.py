@@ -50,6 +50,16 @@ def iql_config_for(dataset: OfflineDataset, hyperparameters: IQLConfig | Mapping
     return IQLConfig(**{**hyperparameters, **grid})
 
 
+def learner_missions(dataset: OfflineDataset, config: IQLConfig) -> tuple[torch.Tensor, np.ndarray | None]:
+    """The mission table the runs read (``config.mission_encoder``) and, with ``config.mission_view``
+    ``remaining``, each observation's row of it (see :func:`rgvlm.rl.missions.observation_missions`;
+    None: every transition reads its episode's mission, ``dataset.mission_of_step``)."""
+    from rgvlm.rl.missions import mission_embedder, observation_missions
+
+    strings, rows = observation_missions(dataset, config.mission_view)
+    return torch.as_tensor(mission_embedder(config.mission_encoder, device="cpu").embed(strings)), rows
+
+
 def _sha256(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()
 
@@ -134,6 +144,7 @@ def train_runs(
     on_log: Callable[[list[dict]], None] | None = None,
     bc_weights: Mapping[str, np.ndarray] | None = None,
     checkpoint_report: Path | None = None,
+    observation_missions: np.ndarray | None = None,
 ) -> list[dict]:
     """Train every (reward set, seed) run not already finished, as one stack; returns the log
     rows of all runs (one row per run per ``log_every`` updates).
@@ -146,7 +157,8 @@ def train_runs(
     weighted by that array (see :class:`~rgvlm.rl.multirun.MultiRunIQL`), and its entry in
     ``reward_sets`` is only what its (unused) critic trains on. With
     ``config.holdout_fraction`` > 0 the critic diagnostic (:mod:`rgvlm.rl.diagnostics`) is
-    added to the log rows at every checkpoint step and at the end."""
+    added to the log rows at every checkpoint step and at the end. ``mission_table`` and
+    ``observation_missions`` are what :func:`learner_missions` returns."""
     bc_weights = dict(bc_weights or {})
     per_set = seeds if isinstance(seeds, Mapping) else {name: seeds for name in reward_sets}
     runs = [(name, int(seed)) for name in reward_sets for seed in per_set[name]]
@@ -156,7 +168,7 @@ def train_runs(
     written: dict = {"stack": [], "skipped": 0, "resumed_from": None, "exports": None}
     if todo:
         written = _train_stack(dataset, mission_table, reward_sets, todo, fingerprints, config, device, models_dir,
-                               compile, cuda_graphs, on_log, bc_weights)
+                               compile, cuda_graphs, on_log, bc_weights, observation_missions)
     if checkpoint_report is not None:
         write_json_atomic(Path(checkpoint_report), _checkpoint_report(config, len(runs), len(todo), written))
     rows: list[dict] = []
@@ -166,7 +178,7 @@ def train_runs(
 
 
 def _train_stack(dataset, mission_table, reward_sets, todo, fingerprints, config, device, models_dir,
-                 compile, cuda_graphs, on_log, bc_weights) -> dict:
+                 compile, cuda_graphs, on_log, bc_weights, observation_missions) -> dict:
     """Train the runs ``todo`` as one stack; returns what its checkpoints cost (see
     :func:`_checkpoint_report`)."""
     names = list(dict.fromkeys(name for name, _ in todo))
@@ -175,7 +187,7 @@ def _train_stack(dataset, mission_table, reward_sets, todo, fingerprints, config
     rewards = [scale_rewards(dataset, reward_sets[name], config.reward_scale, config.gamma) for name in names]
     data = DeviceTransitions(dataset, rewards, mission_table, device,
                              bc_weights=[bc_weights[name] for name in baselines], holdout=holdout,
-                             n_step=config.n_step, gamma=config.gamma)
+                             n_step=config.n_step, gamma=config.gamma, observation_missions=observation_missions)
     # Row 0 of data.bc_weights is all ones; baseline b's weights are row b + 1.
     trainer = MultiRunIQL(config, [seed for _, seed in todo], [names.index(name) for name, _ in todo],
                           device=device, compile=compile, cuda_graphs=cuda_graphs,
