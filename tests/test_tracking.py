@@ -107,3 +107,37 @@ def test_rollout_missions_move_on_when_the_observation_shows_a_clause_done():
     rest = torch.as_tensor(embed(["open the blue door"]))[0]
     assert torch.equal(vectors[0, 1], rest) and torch.equal(vectors[1, 1], torch.as_tensor(embed([mission]))[0])
     assert torch.equal(whole.vectors(np.array([[0, 1], [0, 1]]))[0, 1], torch.as_tensor(embed([mission]))[0])
+
+
+def test_subtask_outcomes_and_the_replayed_diagnosis_agree_on_what_was_reached_and_done():
+    """Success per sub-task kind and position, from the records alone and from replaying their
+    actions (the bot's actions on two missions: every sub-task reached and completed; an idle
+    policy: the first reached, none completed, a stall that never started)."""
+    from rgvlm.envs import env_id_for, make_env, reset_quietly
+    from rgvlm.envs.bot import SuiteBot
+    from rgvlm.evaluation.chaining import chaining_tables, diagnose, subtask_outcomes
+    from rgvlm.params import EnvConfig
+
+    env_config = EnvConfig(room_size=5, objs_per_room=2, steps_per_subtask=48)
+    records = []
+    for seed in (0, 1):
+        env = make_env(env_id_for(3), **env_config.kwargs())
+        reset_quietly(env, seed)
+        bot, actions = SuiteBot(env), []
+        while True:
+            actions.append(int(bot.replan()))
+            _, _, terminated, truncated, _ = env.step(actions[-1])
+            if terminated or truncated:
+                break
+        mission = env.unwrapped.mission
+        records.append({"k": 3, "seed": seed, "mission": mission, "progress": 3, "actions": actions, "who": "bot"})
+        records.append({"k": 3, "seed": seed, "mission": mission, "progress": 0, "actions": [0] * 20, "who": "idle"})
+    plain = subtask_outcomes(records, keys=("who",))
+    replayed = diagnose(records, env_config, keys=("who",))
+    assert plain[["who", "position", "kind", "reached", "completed"]].equals(
+        replayed[["who", "position", "kind", "reached", "completed"]])
+    tables = chaining_tables(replayed, ["who"])
+    by_position = tables["by_position"].set_index(["who", "position"])["success_when_reached"]
+    assert by_position["bot"].tolist() == [1.0, 1.0, 1.0] and by_position["idle"].tolist() == [0.0]
+    stalls = tables["stalls"].set_index("who")
+    assert set(stalls.index) == {"idle"} and not stalls["started"].any() and not stalls["undid"].any()

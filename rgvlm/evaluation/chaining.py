@@ -26,6 +26,7 @@ import pandas as pd
 from minigrid.envs.babyai.core.verifier import OpenInstr
 
 from rgvlm.envs import env_id_for, make_env, reset_quietly
+from rgvlm.envs.tracking import parse_mission
 from rgvlm.params import EnvConfig
 
 PICKUP, TOGGLE = 3, 5  # the suite's action indices (rgvlm.envs.suite.ACTION_NAMES)
@@ -90,6 +91,20 @@ def diagnose_episode(record: dict, env_config: EnvConfig) -> dict:
     }
 
 
+def subtask_outcomes(records: Iterable[dict], keys: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One row per (record, sub-task position) from what every evaluation record holds (its
+    ``mission`` and ``progress``; no replay): ``position`` (1-based), ``kind`` (open / put, read
+    from the clause's words), ``reached`` (every earlier sub-task done) and ``completed``;
+    ``keys`` are record fields copied to every row."""
+    rows = []
+    for record in records:
+        for i, clause in enumerate(parse_mission(record["mission"])):
+            rows.append({**{key: record[key] for key in keys}, "k": int(record["k"]), "seed": int(record["seed"]),
+                         "position": i + 1, "kind": clause.verb, "reached": record["progress"] >= i,
+                         "completed": record["progress"] > i})
+    return pd.DataFrame(rows)
+
+
 def diagnose(records: Iterable[dict], env_config: EnvConfig, keys: tuple[str, ...] = ()) -> pd.DataFrame:
     """One row per (record, sub-task position): ``position`` (1-based), ``kind``, ``reached``,
     ``completed``, and the episode's stall flags; ``keys`` are record fields copied to every row
@@ -108,7 +123,8 @@ def diagnose(records: Iterable[dict], env_config: EnvConfig, keys: tuple[str, ..
 
 
 def chaining_tables(frame: pd.DataFrame, by: list[str]) -> dict[str, pd.DataFrame]:
-    """The diagnosis tables of :func:`diagnose`'s rows, grouped by ``by`` (e.g. the reward set):
+    """The diagnosis tables of :func:`diagnose`'s rows (or :func:`subtask_outcomes`', which give
+    the first two), grouped by ``by`` (e.g. the reward set):
 
     - ``by_kind``: success of a sub-task once reached, per kind (open / put);
     - ``by_position``: success once reached, per position in the sequence (1st .. 6th), and how
@@ -121,6 +137,8 @@ def chaining_tables(frame: pd.DataFrame, by: list[str]) -> dict[str, pd.DataFram
         columns={"mean": "success_when_reached", "size": "reached"}).reset_index()
     by_position = reached.groupby([*by, "position"])["completed"].agg(["mean", "size"]).rename(
         columns={"mean": "success_when_reached", "size": "reached"}).reset_index()
+    if "stalled_here" not in frame:
+        return {"by_kind": by_kind, "by_position": by_position}
     stalled = frame[frame["stalled_here"]].astype({"started": bool, "wrong_object": bool, "undid": bool})
     stalls = stalled.groupby([*by, "kind"])[["started", "wrong_object", "undid"]].mean()
     stalls["stalled"] = stalled.groupby([*by, "kind"]).size()
