@@ -185,6 +185,6 @@ def test_array_engine_is_used_for_the_suite_and_refuses_what_it_does_not_model(m
     env = make_env("RGVLM/Ordered-k2-v0")
     reset_quietly(env, episodes[0].seed)
     env.unwrapped.grid.set(1, 1, Box("red"))
-    assert rollout_module._ArrayStepper.from_envs([env], episodes, 1) is None
+    assert rollout_module._ArrayStepper.from_envs([env], 1) is None
     with pytest.raises(ValueError, match="engine"):
         rollout(turn, episodes, EnvConfig(), zero_missions, engine="fast")
