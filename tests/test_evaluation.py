@@ -108,3 +108,83 @@ def test_runs_rolled_out_together_equal_runs_rolled_out_alone(tiny_dataset):
     for r in range(3):
         alone = rollout(lambda g, c, m, r=r: policy(r)(g[0], c[0], m[0])[None], episodes, EnvConfig(), zero_missions)
         assert together[r] == alone[0]
+
+
+def _mirrored_policy(episodes, config, runs, seed, epsilon, weights=None):
+    """A policy that drives its own MiniGrid env per (run, episode) in step with the rollout, and
+    checks on every call that the observations it is given are encode_observation's of its envs.
+    Actions: the suite's bot with probability 1 - epsilon, else random (``weights`` over the six
+    actions; pickup, drop and toggle weighted up exercise every branch of the array stepper)."""
+    from rgvlm.data.collect import _Expert
+    from rgvlm.envs import encode_observation, env_id_for
+
+    mirrors = [[make_env(env_id_for(ep.k), **config.kwargs()) for ep in episodes] for _ in range(runs)]
+    for row in mirrors:
+        for env, ep in zip(row, episodes, strict=True):
+            reset_quietly(env, ep.seed)
+    experts = [[_Expert(env, state_view=False) for env in row] for row in mirrors]
+    taken = [[None] * len(episodes) for _ in range(runs)]
+    done = np.zeros((runs, len(episodes)), dtype=bool)
+    rng = np.random.default_rng(seed)
+    p = None if weights is None else np.asarray(weights, dtype=float) / sum(weights)
+
+    def act(grid, carry, mission):
+        actions = np.zeros(grid.shape[:2], dtype=np.int64)
+        for r in range(runs):
+            for j, e in enumerate(np.flatnonzero(~done[r])):  # the rollout's order of active episodes
+                expected_grid, expected_carry = encode_observation(mirrors[r][e])
+                assert np.array_equal(grid[r, j].numpy(), expected_grid)
+                assert np.array_equal(carry[r, j].numpy(), expected_carry)
+                action = experts[r][e].action(taken[r][e], rng)
+                taken[r][e] = None
+                if rng.random() < epsilon:
+                    action = taken[r][e] = int(rng.choice(6, p=p))
+                _, _, terminated, truncated, _ = mirrors[r][e].step(action)
+                done[r, e] = terminated or truncated
+                actions[r, j] = action
+        return torch.as_tensor(actions)
+
+    return act
+
+
+@pytest.mark.parametrize("epsilon, weights", [(0.3, None), (0.7, [1, 1, 3, 3, 3, 3])])
+def test_array_engine_equals_minigrid_engine(epsilon, weights):
+    """The array stepper gives the records MiniGrid gives (steps, progress, success, actions) and the
+    same observations on every step, for a noisy bot that completes sub-tasks and for a mostly random
+    walk heavy in pickups, drops and toggles; on every k of the suite."""
+    episodes = [EvalEpisode(k, "fresh", fresh_seed(0, i)) for k in range(1, 7) for i in range(2)]
+    config = EnvConfig(room_size=5, steps_per_subtask=16)  # short time limits keep the test quick
+    runs = 2
+    results = {
+        engine: rollout(_mirrored_policy(episodes, config, runs, 7, epsilon, weights), episodes, config, zero_missions,
+                        num_runs=runs, record_actions=True, engine=engine)
+        for engine in ("minigrid", "arrays")
+    }
+    assert results["arrays"] == results["minigrid"]
+    flat = [record for run in results["arrays"] for record in run]
+    assert sum(r["progress"] for r in flat) > 0 and not all(r["success"] for r in flat)
+
+
+def test_array_engine_is_used_for_the_suite_and_refuses_what_it_does_not_model(monkeypatch):
+    """engine='auto' takes the arrays for the suite's start states; a box (which toggling destroys)
+    makes them refuse (so that 'auto' steps MiniGrid instead)."""
+    import importlib
+
+    rollout_module = importlib.import_module("rgvlm.evaluation.rollout")  # the package exports rollout()
+
+    episodes = [EvalEpisode(2, "fresh", fresh_seed(0, 0))]
+    used = []
+    original = rollout_module._rollout_arrays
+    monkeypatch.setattr(rollout_module, "_rollout_arrays", lambda *a, **k: used.append(1) or original(*a, **k))
+    turn = lambda g, c, m: torch.zeros(g.shape[:2], dtype=torch.long)  # noqa: E731
+    rollout(turn, episodes, EnvConfig(), zero_missions)
+    assert used == [1]
+
+    from minigrid.core.world_object import Box
+
+    env = make_env("RGVLM/Ordered-k2-v0")
+    reset_quietly(env, episodes[0].seed)
+    env.unwrapped.grid.set(1, 1, Box("red"))
+    assert rollout_module._ArrayStepper.from_envs([env], 1) is None
+    with pytest.raises(ValueError, match="engine"):
+        rollout(turn, episodes, EnvConfig(), zero_missions, engine="fast")
