@@ -192,11 +192,8 @@ def _rollout_arrays(act, stepper: _ArrayStepper, episodes, missions, embed_missi
     runs, count = num_runs, len(episodes)
     read = RolloutMissions(missions, embed_missions, mission_view, runs, device)
     tracking = mission_view != "whole"
-    if tracking:
-        start = stepper.obs_grid()
-        for r in range(runs):
-            for e in range(count):
-                read.observe(r, e, start[r, e])
+    # (run, episode) pairs whose newest observation the tracker has not read yet: all, at the start.
+    unread = (np.repeat(np.arange(runs), count), np.tile(np.arange(count), runs))
     done = np.zeros((runs, count), dtype=bool)
     success = np.zeros((runs, count), dtype=bool)
     # int8: actions are 0..6, and a chunk of 41 runs x 600 episodes x 336 steps stays small.
@@ -205,7 +202,11 @@ def _rollout_arrays(act, stepper: _ArrayStepper, episodes, missions, embed_missi
     while not done.all():
         active, index = _active_index(done)
         with torch.no_grad():
-            actions = act(torch.as_tensor(stepper.obs_grid()[rows, index], device=device),
+            grids = stepper.obs_grid()  # one encoding per step, for the tracker and the policy
+            if tracking:
+                for run, episode in zip(*(u.tolist() for u in unread), strict=True):
+                    read.observe(run, episode, grids[run, episode])
+            actions = act(torch.as_tensor(grids[rows, index], device=device),
                           torch.as_tensor(stepper.carry[rows, index], device=device),
                           read.vectors(index)).cpu().numpy()
         # Every run's active episodes as flat (run, episode, action) triples, in the reference's order.
@@ -215,10 +216,7 @@ def _rollout_arrays(act, stepper: _ArrayStepper, episodes, missions, embed_missi
         if taken is not None:
             taken[r, e, stepper.steps[r, e]] = a
         terminated, truncated = stepper.step(r, e, a)
-        if tracking:
-            grids = stepper.obs_grid()
-            for run, episode in zip(r.tolist(), e.tolist(), strict=True):
-                read.observe(run, episode, grids[run, episode])
+        unread = (r, e)
         ended = terminated | truncated
         done[r[ended], e[ended]] = True
         success[r[ended], e[ended]] = terminated[ended]  # the suite's reward on success is 1 (> 0)
