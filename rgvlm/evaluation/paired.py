@@ -47,6 +47,8 @@ SEED, LAYOUT = "run_seed", "seed"
 MEASURES = ("completion", "success", "subtasks")
 LEVEL = 0.95
 ALPHA = 0.05
+#: The per-layout table's file name under reports/metrics/ (written by the evaluate stage).
+PER_LAYOUT_FILE = "per_layout.csv"
 #: The reference rows of the paired contrasts, and the dense reward the fusions are compared with.
 SPARSE, BC, DENSE = "sparse", "bc", "rg_vlm"
 
