@@ -490,14 +490,16 @@ def _evaluation_seeds(evaluation_params: dict[str, Any]) -> str:
             f"validation split (reset seeds from {validation:,} on, reports/tuning/), never on these seeds.")
 
 
-def figure_captions(policy: str, split: str, headline: str, policies: list[str]) -> dict[str, str]:
-    """Each figure's caption: what it shows, and what to read from it."""
-    on = f"{SPLIT_TITLES.get(split, split)}, {policy} policy"
+def figure_captions(policy: str, split: str, headline: str, policies: list[str],
+                    interval: str = "training seeds and layouts") -> dict[str, str]:
+    """Each figure's caption: what it shows, and what to read from it (``interval``: what the 95%
+    intervals resample, in words)."""
+    on = f"{SPLIT_TITLES.get(split, split)}; {policy} policy"
     captions = {
         "fig4_left.png": (
             f"Figure 4 left ({on}). Per row: the proportion of sub-tasks completed, the mean number of sub-tasks "
             "done (completion x k) and the full-task success rate against the number of sub-tasks k, mean over "
-            "training seeds with a 95% interval over training seeds and layouts. Reward rows are coloured, solid; "
+            f"training seeds with a 95% interval over {interval}. Reward rows are coloured, solid; "
             "baselines and the d3rlpy peers (no reward model) are grey, hollow and dashed; the oracle (a perfect "
             "dense reward) is black dash-dot; the dotted black line is the dataset's own episodes. Read: how far "
             "each row falls below the dataset's level as k grows, and whether the sub-tasks done keep rising with k "
@@ -516,11 +518,11 @@ def figure_captions(policy: str, split: str, headline: str, policies: list[str])
             "filled above the zero line."),
         "generalisation.png": (
             f"Seen layouts against fresh seeds ({policy} policy), completion pooled over k, with 95% intervals over "
-            "training seeds and layouts (a layout enters with all its k). Read: a gap between the two bars of a row "
+            f"{interval}. Read: a gap between the two bars of a row "
             "is what that row loses on layouts it never saw in the dataset."),
         "success_by_k.png": (
-            f"Full-task success against k on both splits ({policy} policy), 95% intervals over training seeds and "
-            "layouts. Read: success falls fast with k for every row; beyond k = 3 few rows finish whole tasks."),
+            f"Full-task success against k on both splits ({policy} policy), 95% intervals over {interval}. Read: "
+            "how fast success falls with k, and from which k on no row finishes whole tasks any more."),
         "training_curves.png": (
             "IQL training losses and the mean V against the update step, mean over training seeds with their range. "
             "Read: whether the losses settle before training ends (the run is long enough) and whether any row "
@@ -566,7 +568,10 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
     reward_sets = evaluation["provenance"]["reward_sets"]
     title = provenance_title(reward_sets)
     figures = sorted(p.name for p in (reports_dir / "figures").glob("*.png"))
-    captions = figure_captions(policy, split, headline, policies)
+    intervals = (set(summary["interval"]) if "interval" in summary else set()) or {"seeds x episodes"}
+    interval_words = ("training seeds and layouts" if intervals == {"seeds x layouts"} else
+                      "training seeds and episodes")
+    captions = figure_captions(policy, split, headline, policies, interval_words)
     placed: list[str] = []
 
     def figure(name: str, folder: str = "figures") -> list[Block]:
@@ -582,9 +587,6 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
         blocks.append(_para("Labels made by the ", Bold("scripted annotator"), ": answers computed from the "
                             "dataset's privileged ground truth with configured noise. It is not an LVLM.", note=True))
     described = evaluation["provenance"].get("policies", {policy: policy})
-    intervals = (set(summary["interval"]) if "interval" in summary else set()) or {"seeds x episodes"}
-    interval_words = ("training seeds and layouts" if intervals == {"seeds x layouts"} else
-                      "training seeds and episodes")
     blocks += [
         _para("IQL and the baselines, trained on each reward, rolled out on tasks of k sub-tasks. Figures and the "
               "claims below use the ", Bold(policy), f" evaluation policy ({described.get(policy, policy)}) on the ",
