@@ -377,7 +377,7 @@ def _md_inline(text: Spans) -> str:
 def _md_block(block: Block) -> str:
     match block:
         case Heading(level, text):
-            line = _md_inline(text).lstrip()
+            line = _md_inline(text).strip()  # trailing spaces after a "#" would still close the heading
             if line.endswith("#") and not line.endswith("\\#"):  # else read as the heading's closing sequence
                 line = line[:-1] + "\\#"
             return "#" * level + " " + line

@@ -90,6 +90,7 @@ TEXT = st.text(string.ascii_letters + string.digits + string.punctuation + " ", 
 @given(text=TEXT, code=TEXT)
 @example(text="1. a list?", code="a|b")
 @example(text="# a heading? #", code="`tick`")
+@example(text="# ", code="0")  # a "#" and a trailing space: still the closing sequence of a heading
 @example(text="- an item?", code=" x ")
 @example(text="---", code="__init__")
 @example(text="> a quote?", code="*")
