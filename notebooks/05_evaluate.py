@@ -6,8 +6,13 @@
 # (`fresh`, the paper's randomised initial states), under every policy of `evaluation.policies`
 # (greedy = argmax; sampled = a draw from the policy's softmax at the given temperature; greedy
 # policies can loop forever in a deterministic grid world). Per (policy, row, split, k): the
-# proportion of sub-tasks completed and the full-task success rate, mean over training seeds
-# with a two-level (seeds, then episodes) bootstrap 95% interval.
+# proportion of sub-tasks completed, the sub-tasks done and the full-task success rate, mean over
+# training seeds with a two-level bootstrap 95% interval over training seeds AND layouts (every
+# run meets the same layouts, so the layouts are drawn once for all seeds), and the paired
+# differences row - sparse, row - bc and sparse+rg_vlm@lambda - rg_vlm, layout by layout
+# (`rgvlm/evaluation/paired.py`, `docs/statistics.md`). The per-layout table
+# `reports/metrics/per_layout.csv` holds every (policy, row, split, k, layout) cell; every
+# interval and difference below is computed from it, so a reader recomputes them from it alone.
 
 # %% tags=["parameters"]
 from rgvlm.params import load_params
@@ -22,7 +27,16 @@ import pandas as pd
 from rgvlm import paths
 from rgvlm.data import load_dataset
 from rgvlm.data.storage import write_json_atomic
-from rgvlm.evaluation import evaluate_policies, evaluation_episodes, summarize, summarize_overall
+from rgvlm.evaluation import (
+    evaluate_policies,
+    evaluation_episodes,
+    paired_differences,
+    per_layout_table,
+    records_from_per_layout,
+    summarize,
+    summarize_overall,
+)
+from rgvlm.evaluation.paired import PER_LAYOUT_FILE
 from rgvlm.params import EnvConfig, evaluation_config, resolve_device
 from rgvlm.rewards import load_rewards
 from rgvlm.rl.runs import BASELINE_DESCRIPTIONS
@@ -48,8 +62,14 @@ frame = pd.concat([pd.DataFrame(records), peer[[c for c in peer.columns if c in 
 print(frame.groupby(["policy", "reward_set"])["completion"].mean().round(3).to_string())
 paths.EVALUATION.mkdir(parents=True, exist_ok=True)
 frame.to_csv(paths.EVALUATION / "episodes.csv", index=False)
-summary = summarize(frame, samples=config.bootstrap_samples, seed=config.seed)
-overall = summarize_overall(frame, samples=config.bootstrap_samples, seed=config.seed)  # seen vs fresh, all k
+# The per-layout table (committed), and every statistic computed from it as read back: what a
+# reader recomputes from reports/metrics/per_layout.csv is then exactly what is reported.
+paths.METRICS.mkdir(parents=True, exist_ok=True)
+per_layout_table(frame).to_csv(paths.METRICS / PER_LAYOUT_FILE, index=False)
+cells = records_from_per_layout(pd.read_csv(paths.METRICS / PER_LAYOUT_FILE))
+summary = summarize(cells, samples=config.bootstrap_samples, seed=config.seed)
+overall = summarize_overall(cells, samples=config.bootstrap_samples, seed=config.seed)  # seen vs fresh, all k
+paired = paired_differences(cells, samples=config.bootstrap_samples, seed=config.seed)  # Holm: in the report
 
 # %%
 provenance = {
@@ -66,5 +86,6 @@ provenance = {
                  for name, t in config.policies.items()},
 }
 write_json_atomic(paths.METRICS / "evaluation.json", {"provenance": provenance, "summary": summary.to_dict("records"),
-                                                    "overall": overall.to_dict("records")})
+                                                    "overall": overall.to_dict("records"),
+                                                    "paired": paired.to_dict("records")})
 summary.pivot_table(index=["policy", "reward_set", "split"], columns="k", values="completion_mean").round(3)

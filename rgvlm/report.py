@@ -22,8 +22,9 @@ import pandas as pd
 
 from rgvlm import paths
 from rgvlm.data.storage import write_bytes_atomic
+from rgvlm.evaluation.paired import ALPHA, PER_LAYOUT_FILE, decide
 from rgvlm.params import MIXTURE_KINDS
-from rgvlm.plots import METRIC_LABELS, SPLIT_TITLES, reward_set_order
+from rgvlm.plots import BASELINE_ROWS, METRIC_LABELS, SPLIT_TITLES, reward_set_order
 from rgvlm.rewards.registry import COMPARISON_METHODS, PAPER_METHOD
 
 
@@ -41,10 +42,6 @@ def provenance_title(reward_sets: dict[str, dict[str, Any]]) -> str:
     """A one-line summary of where the rewards came from, for titles (``reward_sets``: name -> provenance)."""
     labels = sorted({lvlm_label(p) for p in reward_sets.values()})
     return "rewards: " + ", ".join(reward_set_order(list(reward_sets))) + " | labels by: " + "; ".join(labels)
-
-
-#: Rows that use no reward model: behaviour cloning in the same stack, and the d3rlpy peer library.
-BASELINE_ROWS = ("bc", "bc_success", "d3rlpy_bc", "d3rlpy_cql")
 
 
 def fusion_lambda(name: str, dense: str = "rg_vlm") -> float | None:
@@ -91,75 +88,111 @@ def _cell(summary: pd.DataFrame, reward_set: str, split: str, k: int, metric: st
     return None if match.empty else match.iloc[0]
 
 
-def separated_above(summary: pd.DataFrame, upper: str, lower: str, split: str, metric: str = "completion") -> list[int]:
-    """The k at which ``upper``'s 95% interval lies entirely above ``lower``'s."""
-    out = []
-    for k in sorted(summary["k"].unique()):
-        a, b = _cell(summary, upper, split, k, metric), _cell(summary, lower, split, k, metric)
-        if a is not None and b is not None and a[f"{metric}_low"] > b[f"{metric}_high"]:
-            out.append(int(k))
-    return out
+def report_family(paired: pd.DataFrame, policy: str | None, split: str) -> pd.DataFrame:
+    """The family of tests the report makes, decided with Holm's correction (:func:`rgvlm.evaluation.paired.decide`):
+    every paired difference of evaluation.json's ``paired`` for the report's policy and split (each
+    row - sparse, each row - bc, each sparse+rg_vlm@lambda - rg_vlm, at every k), one test each."""
+    if paired.empty:
+        return paired
+    family = paired[(paired["split"] == split) & ((paired["policy"] == policy) if policy and "policy" in paired
+                                                  else True)]
+    return decide(family.reset_index(drop=True))
 
 
-def story(summary: pd.DataFrame, headline: str, split: str = "fresh", metric: str = "completion") -> list[str]:
-    """The paper's two claims checked on these numbers, in sentences built from the metrics.
+def _signed(value: float) -> str:
+    return f"{value:+.3f}"
 
-    0. The sanity check: can this run detect a dense reward's benefit at all? The oracle (a
-       perfect dense reward) against Sparse, per k.
-    1. Dense LVLM rewards help more as k grows: the gap RG-VLM minus Sparse, per k.
-    2. Sparse + RG-VLM beats each alone: per k, whether its mean is above both and whether
-       the 95% intervals separate.
-    Where intervals overlap the sentence says so ("not resolved"), never "better".
+
+def _difference_text(row: pd.Series) -> str:
+    return f"{_signed(row['difference'])} [{_signed(row['low'])}, {_signed(row['high'])}]"
+
+
+def _verdicts(family: pd.DataFrame, row: str, reference: str) -> pd.DataFrame:
+    return family[(family["row"] == row) & (family["reference"] == reference)].sort_values("k")
+
+
+def _ks(cells: pd.DataFrame, verdict: str) -> list[int]:
+    return [int(k) for k in cells[cells["verdict"] == verdict]["k"]]
+
+
+def story(family: pd.DataFrame, headline: str, split: str = "fresh") -> list[str]:
+    """The paper's claims decided on the paired differences of ``family`` (:func:`report_family`:
+    layout-paired, Holm-corrected over the whole family), in sentences built from the metrics.
+
+    0. The sanity check: can this run detect a dense reward's benefit at all? oracle - sparse per k.
+    1. Dense LVLM rewards help more as k grows: rg_vlm - sparse per k, and its least-squares slope.
+    2. Sparse + RG-VLM beats each alone: the headline fusion - rg_vlm and - sparse per k.
+    3. Which rows beat behaviour cloning on all data (row - bc).
+    A difference is "resolved" only when Holm's adjusted p is below 0.05 and its 95% interval
+    excludes 0; otherwise the sentence says "not resolved", never "better".
     """
-    ks = [int(k) for k in sorted(summary["k"].unique())]
-    have = set(summary["reward_set"])
-    lines = []
-    if {"oracle", "sparse"} <= have:
-        above = separated_above(summary, "oracle", "sparse", split, metric)
-        below = separated_above(summary, "sparse", "oracle", split, metric)
+    lines: list[str] = []
+    if family.empty:
+        return lines
+    m = len(family)
+    if not (oracle := _verdicts(family, "oracle", "sparse")).empty:
+        above, below = _ks(oracle, "above"), _ks(oracle, "below")
         longer = [k for k in above if k >= 2]
         verdict = ("this run can detect a dense reward's benefit" if len(longer) >= 2 else
                    "not resolved: this run cannot reliably tell a perfect dense reward from Sparse, so no LVLM "
                    "reward's comparison with Sparse below can be read as a result")
-        lines.append(f"Sanity check (the oracle, a perfect dense reward, against Sparse), {split} split, {metric}: "
-                     f"the oracle's 95% interval lies above Sparse's at k in {above or 'none'} and below it at k "
-                     f"in {below or 'none'}; {verdict}.")
-    if {"rg_vlm", "sparse"} <= have:
-        gaps = []
-        for k in ks:
-            a, b = _cell(summary, "rg_vlm", split, k, metric), _cell(summary, "sparse", split, k, metric)
-            if a is not None and b is not None:
-                gaps.append((k, a[f"{metric}_mean"] - b[f"{metric}_mean"]))
-        if len(gaps) >= 2:
-            slope = float(np.polyfit([k for k, _ in gaps], [g for _, g in gaps], 1)[0])
-            grows = "grows" if slope > 0 else "does not grow"
-            clear = [k for k, _ in gaps
-                     if _cell(summary, "rg_vlm", split, k, metric)[f"{metric}_low"]
-                     > _cell(summary, "sparse", split, k, metric)[f"{metric}_high"]]
-            lines.append(
-                f"Claim 1 (dense LVLM rewards help more as k grows), {split} split, {metric}: RG-VLM minus Sparse is "
-                + ", ".join(f"{g:+.3f} at k={k}" for k, g in gaps)
-                + f"; the least-squares slope over k is {slope:+.4f} per sub-task, so the mean advantage {grows} "
-                f"with k here; RG-VLM's 95% interval lies above Sparse's at k in {clear or 'none'}"
-                + ("" if clear else " (not resolved at any k)") + ".")
-    if {headline, "rg_vlm", "sparse"} <= have:
-        wins, separated = [], []
-        for k in ks:
-            cells = {m: _cell(summary, m, split, k, metric) for m in (headline, "rg_vlm", "sparse")}
-            if any(c is None for c in cells.values()):
-                continue
-            fused = cells[headline]
-            above = all(fused[f"{metric}_mean"] > cells[m][f"{metric}_mean"] for m in ("rg_vlm", "sparse"))
-            clear = all(fused[f"{metric}_low"] > cells[m][f"{metric}_high"] for m in ("rg_vlm", "sparse"))
-            wins.append((k, above))
-            separated.append((k, clear))
-        won = [k for k, above in wins if above]
-        clear = [k for k, c in separated if c]
+        lines.append(f"Sanity check (the oracle, a perfect dense reward, against Sparse), {split} split: oracle - "
+                     f"sparse is " + ", ".join(f"{_difference_text(r)} at k={int(r.k)}" for _, r in oracle.iterrows())
+                     + f"; resolved above 0 at k in {above or 'none'} and below at k in {below or 'none'} (Holm over "
+                     f"{m} tests); {verdict}.")
+    if not (dense := _verdicts(family, "rg_vlm", "sparse")).empty:
+        text = ", ".join(f"{_difference_text(r)} at k={int(r.k)}" for _, r in dense.iterrows())
+        line = f"Claim 1 (dense LVLM rewards help more as k grows), {split} split: rg_vlm - sparse is {text}"
+        if len(dense) >= 2:
+            slope = float(np.polyfit(dense["k"].astype(float), dense["difference"], 1)[0])
+            line += (f"; the least-squares slope over k is {slope:+.4f} per sub-task (descriptive, not a test), so "
+                     f"the mean advantage {'grows' if slope > 0 else 'does not grow'} with k here")
+        above = _ks(dense, "above")
+        lines.append(line + f"; resolved above 0 at k in {above or 'none'}"
+                     + ("" if above else " (not resolved at any k)") + f", below at k in {_ks(dense, 'below') or 'none'}.")
+    fused_dense, fused_sparse = _verdicts(family, headline, "rg_vlm"), _verdicts(family, headline, "sparse")
+    if not fused_dense.empty and not fused_sparse.empty:
+        both = sorted(set(_ks(fused_dense, "above")) & set(_ks(fused_sparse, "above")))
         lines.append(
-            f"Claim 2 (Sparse + RG-VLM beats each alone), {headline}, {split} split, {metric}: its mean is above both "
-            f"at k in {won or 'none'} of {[k for k, _ in wins]}; its 95% interval lies above both intervals at k in "
-            f"{clear or 'none'}.")
+            f"Claim 2 (Sparse + RG-VLM beats each alone), {headline}, {split} split: {headline} - rg_vlm is "
+            + ", ".join(f"{_difference_text(r)} at k={int(r.k)}" for _, r in fused_dense.iterrows())
+            + f"; {headline} - sparse is "
+            + ", ".join(f"{_difference_text(r)} at k={int(r.k)}" for _, r in fused_sparse.iterrows())
+            + f"; resolved above both at k in {both or 'none'}" + ("" if both else " (not resolved at any k)") + ".")
+    versus_bc = family[family["reference"] == "bc"]
+    if not versus_bc.empty:
+        above = [f"{r} (k in {_ks(cells, 'above')})" for r, cells in versus_bc.groupby("row", sort=False)
+                 if _ks(cells, "above")]
+        below = [f"{r} (k in {_ks(cells, 'below')})" for r, cells in versus_bc.groupby("row", sort=False)
+                 if _ks(cells, "below")]
+        lines.append(f"Against behaviour cloning on all data (row - bc), {split} split: resolved above bc: "
+                     f"{', '.join(above) or 'none'}; resolved below bc: {', '.join(below) or 'none'}; every other "
+                     "row and k: not resolved.")
     return lines
+
+
+def paired_table(family: pd.DataFrame) -> Table:
+    """One line per contrast (row - reference), columns k: the paired difference [95% interval] and
+    its verdict after Holm's correction ("above", "below", or "n.r.": not resolved)."""
+    ks = sorted(int(k) for k in family["k"].unique())
+    lines = []
+    order = {name: i for i, name in enumerate(reward_set_order(sorted(family["row"].unique())))}
+    contrasts = family[["row", "reference", "kind"]].drop_duplicates()
+    contrasts = contrasts.assign(_kind=contrasts["kind"].map({k: i for i, k in enumerate(dict.fromkeys(family["kind"]))}),
+                                 _row=contrasts["row"].map(order)).sort_values(["_kind", "_row"])
+    for contrast in contrasts.itertuples(index=False):
+        cells = []
+        for k in ks:
+            match = family[(family["row"] == contrast.row) & (family["reference"] == contrast.reference)
+                           & (family["k"] == k)]
+            if match.empty:
+                cells.append("-")
+                continue
+            r = match.iloc[0]
+            mark = "n.r." if r["verdict"] == "not resolved" else r["verdict"]
+            cells.append(f"{_difference_text(r)} {mark}")
+        lines.append((Code(f"{contrast.row} - {contrast.reference}"), *cells))
+    return Table(("difference (completion)", *(f"k={k}" for k in ks)), tuple(lines))
 
 
 # The report is built once, as a list of blocks (headings, paragraphs, figures, tables), and
@@ -344,7 +377,7 @@ def _md_inline(text: Spans) -> str:
 def _md_block(block: Block) -> str:
     match block:
         case Heading(level, text):
-            line = _md_inline(text).lstrip()
+            line = _md_inline(text).strip()  # trailing spaces after a "#" would still close the heading
             if line.endswith("#") and not line.endswith("\\#"):  # else read as the heading's closing sequence
                 line = line[:-1] + "\\#"
             return "#" * level + " " + line
@@ -436,13 +469,96 @@ def _card_table(card: dict[str, Any]) -> Table:
     return Table(present, tuple(tuple(_fmt_number(row.get(c, "-")) for c in present) for row in card["per_k"]))
 
 
+def _evaluation_seeds(evaluation_params: dict[str, Any]) -> str:
+    """The evaluation's layouts in words: the reset seeds of each split (rgvlm.envs.seeds)."""
+    from rgvlm.envs.seeds import BLOCK, FRESH_OFFSET, VALIDATION_OFFSET
+
+    base = int(evaluation_params.get("seed", 0))
+    count = evaluation_params.get("episodes_per_k", {})
+    count = count if isinstance(count, dict) else {s: count for s in evaluation_params.get("splits", [])}
+    parts = []
+    if "fresh" in count:
+        first = FRESH_OFFSET + base * BLOCK
+        parts.append(f"fresh layouts: reset seeds {first:,} to {first + int(count['fresh']) - 1:,} "
+                     f"(evaluation.seed {base}, {count['fresh']} per k, the same seeds at every k, for every row and "
+                     "training seed)")
+    if "seen" in count:
+        parts.append(f"seen layouts: the first {count['seen']} dataset layouts of each k")
+    validation = VALIDATION_OFFSET + base * BLOCK
+    return ("; ".join(parts) + ". These evaluation layouts are the test set: they are used only to report. Every "
+            "setting of the run (sampling temperature, training length, the headline lambda) is chosen on the "
+            f"validation split (reset seeds from {validation:,} on, reports/tuning/), never on these seeds.")
+
+
+def figure_captions(policy: str, split: str, headline: str, policies: list[str],
+                    interval: str = "training seeds and layouts") -> dict[str, str]:
+    """Each figure's caption: what it shows, and what to read from it (``interval``: what the 95%
+    intervals resample, in words)."""
+    on = f"{SPLIT_TITLES.get(split, split)}; {policy} policy"
+    captions = {
+        "fig4_left.png": (
+            f"Figure 4 left ({on}). Per row: the proportion of sub-tasks completed, the mean number of sub-tasks "
+            "done (completion x k) and the full-task success rate against the number of sub-tasks k, mean over "
+            f"training seeds with a 95% interval over {interval}. Reward rows are coloured, solid; "
+            "baselines and the d3rlpy peers (no reward model) are grey, hollow and dashed; the oracle (a perfect "
+            "dense reward) is black dash-dot; the dotted black line is the dataset's own episodes. Read: how far "
+            "each row falls below the dataset's level as k grows, and whether the sub-tasks done keep rising with k "
+            "(they do not when policies stop after the first sub-tasks). Overlapping intervals here say nothing "
+            "about a difference: rows share layouts, so compare them in the paired table below."),
+        "fig4_right.png": (
+            f"Figure 4 right ({on}): the fusion ablation, sparse + lambda x RG-VLM for each lambda (orange-red, "
+            "darker for larger lambda) beside Sparse and RG-VLM alone; the same panels and reference as Figure 4 "
+            "left. Read: whether any lambda lies above both Sparse and RG-VLM; the paired differences "
+            f"{headline} - rg_vlm and - sparse below decide it."),
+        "paired_differences.png": (
+            f"Paired differences in completion ({on}), per k, one panel per family of contrasts: each row - "
+            "sparse, each row - bc (behaviour cloning on all data) and each fusion - rg_vlm, with 95% intervals "
+            "(layouts drawn once for both rows, training seeds per row). A filled marker is a difference resolved "
+            "after Holm's correction over the whole family; a hollow one is not resolved. Read: which markers are "
+            "filled above the zero line."),
+        "generalisation.png": (
+            f"Seen layouts against fresh seeds ({policy} policy), completion pooled over k, with 95% intervals over "
+            f"{interval}. Read: a gap between the two bars of a row "
+            "is what that row loses on layouts it never saw in the dataset."),
+        "success_by_k.png": (
+            f"Full-task success against k on both splits ({policy} policy), 95% intervals over {interval}. Read: "
+            "how fast success falls with k, and from which k on no row finishes whole tasks any more."),
+        "training_curves.png": (
+            "IQL training losses and the mean V against the update step, mean over training seeds with their range. "
+            "Read: whether the losses settle before training ends (the run is long enough) and whether any row "
+            "diverges."),
+        "critic_diagnostic.png": (
+            "The critic diagnostic on held-out episodes against the update step: V's correlation with the "
+            "Monte-Carlo return (all and successful episodes) and the advantage weights' spread. Read: a correlation "
+            "near 0 means the critic learned nothing; advantage weights all near 1 mean IQL's policy step is "
+            "behaviour cloning."),
+        "label_quality.png": (
+            "Label quality per reward method: Spearman with ground-truth progress and AUROC for the steps that "
+            "complete a sub-task (both need privileged ground truth), and VOC on the expert episodes (needs none). "
+            "Read: which methods' labels carry the task's progress at all; a method near 0 cannot be expected to "
+            "help the policy."),
+        "noise_sweep.png": (
+            "Label noise against the policy: completion of IQL trained on labels from the scripted annotator at "
+            "several noise levels, beside the label quality of each level. Read: how much label quality a gain "
+            "over Sparse needs."),
+    }
+    for name in policies:
+        if name != policy:
+            captions[f"fig4_left_{name}.png"] = (
+                f"Figure 4 left under the {name} policy ({SPLIT_TITLES.get(split, split)}): the same rows, panels "
+                f"and styles as Figure 4 left. Read: how much the choice of evaluation policy moves every row (the "
+                f"claims use the {policy} policy).")
+    return captions
+
+
 def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.REPORTS,
                   headline: str = "sparse+rg_vlm@1", split: str = "fresh",
                   policy: str | None = None) -> tuple[str, list[Block]]:
     """The report's title and blocks, read from the metrics files under ``metrics_dir`` and the
     figures, tuning results and notebooks under ``reports_dir``. ``headline`` is the fusion drawn
     in Figure 4 left and checked in the claims; ``split`` the split they use; ``policy`` the
-    evaluation policy of the figures and claims (default: the first evaluated)."""
+    evaluation policy of the figures and claims (default: the first evaluated). Every figure
+    stands after the text that introduces it, with a caption (:func:`figure_captions`)."""
     evaluation = json.loads((metrics_dir / "evaluation.json").read_text())
     card = json.loads((metrics_dir / "dataset.json").read_text())
     all_policies = pd.DataFrame(evaluation["summary"])
@@ -452,20 +568,81 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
     reward_sets = evaluation["provenance"]["reward_sets"]
     title = provenance_title(reward_sets)
     figures = sorted(p.name for p in (reports_dir / "figures").glob("*.png"))
+    intervals = (set(summary["interval"]) if "interval" in summary else set()) or {"seeds x episodes"}
+    interval_words = ("training seeds and layouts" if intervals == {"seeds x layouts"} else
+                      "training seeds and episodes")
+    captions = figure_captions(policy, split, headline, policies, interval_words)
+    placed: list[str] = []
+
+    def figure(name: str, folder: str = "figures") -> list[Block]:
+        """The figure with its caption, if the report stage drew it."""
+        if folder == "figures" and name not in figures:
+            return []
+        placed.append(name)
+        return [Figure(f"{folder}/{name}", name, captions.get(name, name))]
+
     notebooks = sorted(p.name for p in (reports_dir / "notebooks").glob("*.html"))
     blocks: list[Block] = [_heading(1, "rgvlm report"), _para(Bold(title))]
     if any(lvlm_label(p).startswith("scripted") for p in reward_sets.values()):
         blocks.append(_para("Labels made by the ", Bold("scripted annotator"), ": answers computed from the "
                             "dataset's privileged ground truth with configured noise. It is not an LVLM.", note=True))
-    first = [f for f in ("fig4_left.png", "fig4_right.png", "generalisation.png") if f in figures]
-    blocks += [Figure(f"figures/{name}", name, name) for name in first + [f for f in figures if f not in first]]
     described = evaluation["provenance"].get("policies", {policy: policy})
-    blocks.append(_para("Figures and the claims below use the ", Bold(policy), f" evaluation policy "
-                        f"({described.get(policy, policy)}); the tables show every evaluated policy."))
-    claims = story(summary, headline, split)
-    if claims:
-        blocks += [_heading(2, f"Does the paper's story hold here? ({policy} policy)"),
-                   Bullets(tuple((line,) for line in claims))]
+    blocks += [
+        _para("IQL and the baselines, trained on each reward, rolled out on tasks of k sub-tasks. Figures and the "
+              "claims below use the ", Bold(policy), f" evaluation policy ({described.get(policy, policy)}) on the ",
+              Bold(split), " split; the tables show every evaluated policy. Every mean is over training seeds, with "
+              f"a 95% bootstrap interval over {interval_words}; differences between rows are paired by layout "
+              "(each row met the same layouts) and decided with Holm's correction (",
+              Link("docs/statistics.md", "../docs/statistics.md"), ")."),
+        _para("Evaluation seeds: " + _evaluation_seeds(evaluation["provenance"].get("evaluation", {}))),
+        _heading(2, "Figure 4: completion, sub-tasks done and full-task success by number of sub-tasks"),
+        _para("Figure 4 left draws every row: Sparse, the headline fusion ", Code(headline), ", RG-VLM alone, the "
+              "comparison methods, the baselines that use no reward model and the oracle, with the dataset's own "
+              "episodes as a reference line. Beside the proportion of sub-tasks completed (the paper's measure) "
+              "stand the mean number of sub-tasks done and the full-task success rate, so that a proportion that "
+              "falls with k can be told from policies that stop after a fixed number of sub-tasks."),
+        *figure("fig4_left.png"),
+        *(block for name in policies if name != policy for block in figure(f"fig4_left_{name}.png")),
+        _para("Figure 4 right is the fusion ablation: the sparse reward plus lambda times RG-VLM's dense reward, "
+              "for each lambda, beside either alone."),
+        *figure("fig4_right.png"),
+    ]
+    paired = pd.DataFrame(evaluation.get("paired", []))
+    family = report_family(paired, policy if "policy" in paired else None, split)
+    blocks.append(_heading(2, f"Does the paper's story hold here? ({policy} policy, {split} split)"))
+    if family.empty:
+        blocks.append(_para("evaluation.json holds no paired differences for this policy and split (it was written "
+                            "before the paired statistics): no claim is decided here. Rerun the evaluate stage."))
+    else:
+        kinds = ", ".join(dict.fromkeys(family["kind"]))
+        ks = sorted(int(k) for k in family["k"].unique())
+        blocks += [
+            _para(f"Each claim is read from paired differences in completion: row minus reference on the same "
+                  "layouts, 95% interval from a bootstrap that draws the layouts once for both rows and each row's "
+                  f"training seeds on its own. The family tested is every difference in the table below: {kinds}, "
+                  f"at k = {', '.join(map(str, ks))} ({len(family)} tests). A difference is resolved when Holm's "
+                  f"adjusted p-value (normal approximation with the bootstrap standard error) is below {ALPHA} AND "
+                  "its 95% interval excludes 0; otherwise it is \"not resolved\" (n.r.)."),
+            Bullets(tuple((line,) for line in story(family, headline, split))),
+            _heading(3, f"Paired differences in completion ({policy} policy, {split} split)"),
+            paired_table(family),
+            _para("Cells: difference [95% interval], then the verdict after Holm's correction over the family (above, "
+                  "below, n.r. = not resolved). Source: ", Code("reports/metrics/evaluation.json"), " (", Code("paired"),
+                  "), computed from ", Code(f"reports/metrics/{PER_LAYOUT_FILE}"), ", one line per (policy, row, "
+                  "split, k, layout) with the mean over training seeds and each seed's value; recompute with:"),
+            Preformatted("import pandas as pd\nfrom rgvlm.evaluation.paired import decide, paired_differences, "
+                         "records_from_per_layout\n"
+                         f"cells = records_from_per_layout(pd.read_csv('reports/metrics/{PER_LAYOUT_FILE}'))\n"
+                         "paired = paired_differences(cells, samples=2000, seed=0)  # evaluation.bootstrap_samples, "
+                         "evaluation.seed\n"
+                         f"family = paired[(paired.policy == '{policy}') & (paired.split == '{split}')]\n"
+                         "print(decide(family.reset_index(drop=True)))", "python"),
+            *figure("paired_differences.png"),
+        ]
+    blocks += [_heading(2, "Seen layouts and fresh seeds"),
+               _para("The same rows on layouts seen in the dataset and on fresh seeds (the paper's randomised initial "
+                     "states), completion pooled over k, then full-task success per k on both splits."),
+               *figure("generalisation.png"), *figure("success_by_k.png")]
     baselines = evaluation["provenance"].get("baselines", {})
     if baselines:
         described_baselines: list[Inline] = []
@@ -478,7 +655,7 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
         label = "" if name is None else f" — {name} policy ({described.get(name, name)})"
         for metric in ("completion", "success"):
             blocks += [_heading(2, f"{METRIC_LABELS[metric].capitalize()}{label}: mean over training seeds "
-                                   "[95% bootstrap interval over seeds and episodes]"),
+                                   f"[95% bootstrap interval over {interval_words}]"),
                        results_table(rows, metric)]
     seeds = sorted(summary["num_seeds"].unique()) if not summary.empty else [0]
     episodes = int((summary["num_episodes"] / summary["num_seeds"]).max()) if not summary.empty else 0
@@ -505,11 +682,14 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
                          Code(sweep["command"]),
                          " (", Code("reports/tuning/noise_sweep.json"), "; outside ", Code("dvc repro"),
                          ": it trains as many runs again)."),
-                   Figure("tuning/noise_sweep.png", "noise sweep")]
+                   *figure("noise_sweep.png", "tuning")]
     training_path = metrics_dir / "training.csv"
     if training_path.exists():
         critic = critic_table(pd.read_csv(training_path))
         blocks += [_heading(2, "Did each critic learn? (held-out episodes, last probe)"),
+                   _para("The training curves and the critic diagnostic over the updates, then the diagnostic at the "
+                         "last probe per row."),
+                   *figure("training_curves.png"), *figure("critic_diagnostic.png"),
                    critic or _para("No critic diagnostic was logged (train.holdout_fraction is 0)."),
                    _para(Code("v_return_corr"), ": correlation of V(s) with the Monte-Carlo discounted return of the "
                          "row's own reward on episodes held out from training (about 0: the critic learned nothing); ",
@@ -523,6 +703,8 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
     if quality_path.exists():
         quality = json.loads(quality_path.read_text())
         blocks += [_heading(2, "Label quality: agreement with the privileged ground truth, and VOC without it"),
+                   _para("How well each method's labels follow the task's progress, as a figure and as a table."),
+                   *figure("label_quality.png"),
                    Table(("reward", "labels by", "Spearman with progress", "AUROC (step completed a sub-task)",
                           "VOC (expert episodes)"),
                          tuple((Code(m), lvlm_label(quality[m]["provenance"]), _number(quality[m].get("spearman_progress")),
@@ -555,6 +737,10 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
                _para(f"{card['episodes']} episodes, {card['transitions']} transitions, {card['distinct_missions']} "
                      f"distinct missions, overall success {card['success_rate']:.3f}."),
                _card_table(card), _json(card["parameters"])]
+    rest = [name for name in figures if name not in placed]
+    if rest:  # a figure the report stage drew that no section introduces: still shown, with its caption
+        blocks += [_heading(2, "Other figures"), _para("Figures of the report stage not introduced above.")]
+        blocks += [block for name in rest for block in figure(name)]
     if notebooks:
         blocks += [_heading(2, "Stage notebooks (executed)"),
                    Bullets(tuple((Link(n, f"notebooks/{n}"),) for n in notebooks))]

@@ -15,6 +15,13 @@ compared and ONE table is printed (``--output PATH`` also writes it as Markdown)
   independent estimates of one number then disagree 5% of the time). The table stores, per
   number, the interval a reproduction should fall within (``old -/+ that bound``). Up to the 95%
   binomial upper bound of Binomial(n, 0.05) numbers may fall outside; more fail the check.
+  The intervals are the two-level bootstrap over training seeds and layouts
+  (:mod:`rgvlm.evaluation.paired`); a reproduction meets the same evaluation layouts as the
+  committed run, so the layout part of the two intervals is shared, not independent, and the
+  rule errs toward "agree" (it flags a reproduction whose policies differ, not layout luck).
+- **Paired differences** (evaluation.json's ``paired`` rows per (policy, split, k, row,
+  reference)) are compared by the same rule on the difference and its 95% interval. A ref from
+  before the paired statistics has none: its rows are new, not compared.
   reports/metrics/peer.json holds training losses and timings, no estimate with an interval: the
   d3rlpy peers' results are compared through their evaluation.json rows (``d3rlpy_*``).
 
@@ -61,11 +68,20 @@ OLD_NAMES: dict[str, str] = {
 #: Fields of the exact metric files that are not part of the contract: wall times, and the LVLM
 #: calls, tokens and cost a warm LVLM cache saves (``rgvlm.rewards.base.RUN_KEYS``, listed there).
 IGNORED_KEYS: frozenset[str] = RUN_KEYS | {"seconds"}
-TRAINED_TABLES = {"summary": ("policy", "reward_set", "split", "k"), "overall": ("policy", "reward_set", "split")}
+TRAINED_TABLES = {"summary": ("policy", "reward_set", "split", "k"), "overall": ("policy", "reward_set", "split"),
+                  "paired": ("policy", "split", "k", "row", "reference")}
+#: Per table: the numbers compared, each as (its name in the table, the names of its mean, low, high).
+TRAINED_VALUES = {
+    "summary": tuple((f"{m}_mean", (f"{m}_mean", f"{m}_low", f"{m}_high")) for m in ("completion", "success")),
+    "overall": tuple((f"{m}_mean", (f"{m}_mean", f"{m}_low", f"{m}_high")) for m in ("completion", "success")),
+    "paired": (("difference", ("difference", "low", "high")),),
+}
+#: The row name of each table: a row the ref never evaluated is new, not missing.
+ROW_COLUMN = {"summary": "reward_set", "overall": "reward_set", "paired": "row"}
 #: Keys a ref from before a rename (issue 11) holds under their old name: the rows of evaluation.json
 #: named their reward set ``method``.
 OLD_KEYS = {"reward_set": "method"}
-TRAINED_METRICS = ("completion", "success")
+
 LEVEL = 0.95
 
 
@@ -255,8 +271,8 @@ def compare_hashes(root: Path, ref: str) -> list[Row]:
     return rows
 
 
-def _halfwidth(row: dict, metric: str) -> float:
-    return (float(row[f"{metric}_high"]) - float(row[f"{metric}_low"])) / 2.0
+def _halfwidth(row: dict, low: str, high: str) -> float:
+    return (float(row[high]) - float(row[low])) / 2.0
 
 
 def _row_key(row: dict, keys: tuple[str, ...]) -> tuple:
@@ -267,25 +283,30 @@ def _row_key(row: dict, keys: tuple[str, ...]) -> tuple:
 def compare_trained(root: Path, ref: str) -> list[Row]:
     old, new = _pair(root, ref, EVALUATION, json.loads)
     # Rows of a reward set the ref never trained are new, not missing (a method added since).
-    reward_sets_at_ref = {_row_key(r, ("reward_set",))[0] for table in TRAINED_TABLES for r in old.get(table, [])}
+    reward_sets_at_ref = {_row_key(r, ("reward_set",))[0] for table in ("summary", "overall")
+                          for r in old.get(table, [])}
     rows = []
     for table, keys in TRAINED_TABLES.items():
+        if table not in old and table in new:  # a table the ref's code did not write (paired, before issue 30)
+            rows += [Row("new", f"{table} " + " ".join(f"{k}={v}" for k, v in zip(keys, _row_key(r, keys), strict=True))
+                         + f" {name}", _MISSING, r[mean], True, NEW)
+                     for r in new[table] for name, (mean, _, _) in TRAINED_VALUES[table]]
+            continue
         a = {_row_key(r, keys): r for r in old.get(table, [])}
         b = {_row_key(r, keys): r for r in new.get(table, [])}
         for key in sorted(set(a) | set(b), key=lambda t: tuple(str(x) for x in t)):
             label = f"{table} " + " ".join(f"{k}={v}" for k, v in zip(keys, key, strict=True))
-            for metric in TRAINED_METRICS:
-                item = f"{label} {metric}_mean"
-                if key not in a and key[keys.index("reward_set")] not in reward_sets_at_ref:
-                    rows.append(Row("new", item, _MISSING, b[key][f"{metric}_mean"], True, NEW))
+            for name, (mean, low, high) in TRAINED_VALUES[table]:
+                item = f"{label} {name}"
+                if key not in a and key[keys.index(ROW_COLUMN[table])] not in reward_sets_at_ref:
+                    rows.append(Row("new", item, _MISSING, b[key][mean], True, NEW))
                     continue
                 if key not in a or key not in b:
-                    rows.append(Row("exact", item, a[key][f"{metric}_mean"] if key in a else _MISSING,
-                                    b[key][f"{metric}_mean"] if key in b else _MISSING, False,
-                                    "the row in both files"))
+                    rows.append(Row("exact", item, a[key][mean] if key in a else _MISSING,
+                                    b[key][mean] if key in b else _MISSING, False, "the row in both files"))
                     continue
-                x, y = float(a[key][f"{metric}_mean"]), float(b[key][f"{metric}_mean"])
-                bound = math.hypot(_halfwidth(a[key], metric), _halfwidth(b[key], metric))
+                x, y = float(a[key][mean]), float(b[key][mean])
+                bound = math.hypot(_halfwidth(a[key], low, high), _halfwidth(b[key], low, high))
                 rows.append(Row("interval", item, x, y, abs(y - x) <= bound + 1e-12,
                                 f"[{x - bound:.4f}, {x + bound:.4f}] (+/- {bound:.4f})"))
     return rows

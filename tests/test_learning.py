@@ -362,15 +362,20 @@ def test_train_params_seeds_and_baselines():
 
 
 def test_sanity_check_names_where_the_oracle_is_above_or_below_sparse():
+    """The claims are read from paired differences decided with Holm's correction (rgvlm.report.story)."""
+    from rgvlm.evaluation.paired import decide
     from rgvlm.report import story
 
-    def cell(reward_set, k, low, high):
-        return {"reward_set": reward_set, "split": "fresh", "k": k, "completion_mean": (low + high) / 2,
-                "completion_low": low, "completion_high": high}
+    def cell(k, low, high, p):
+        return {"split": "fresh", "k": k, "row": "oracle", "reference": "sparse", "kind": "row - sparse",
+                "difference": (low + high) / 2, "low": low, "high": high, "p": p}
 
-    rows = [cell("oracle", 1, 0.5, 0.6), cell("sparse", 1, 0.1, 0.2), cell("oracle", 2, 0.5, 0.6),
-            cell("sparse", 2, 0.1, 0.2), cell("oracle", 3, 0.1, 0.2), cell("sparse", 3, 0.3, 0.4)]
-    line = story(pd.DataFrame(rows), "sparse+rg_vlm@1")[0]
-    assert "above Sparse's at k in [1, 2] and below it at k in [3]" in line and "not resolved" in line
-    rows += [cell("oracle", 4, 0.5, 0.6), cell("sparse", 4, 0.1, 0.2)]
-    assert "can detect a dense reward's benefit" in story(pd.DataFrame(rows), "sparse+rg_vlm@1")[0]
+    rows = [cell(1, 0.2, 0.4, 1e-6), cell(2, 0.1, 0.3, 1e-5), cell(3, -0.3, -0.1, 1e-5), cell(4, -0.05, 0.1, 0.4)]
+    line = story(decide(pd.DataFrame(rows)), "sparse+rg_vlm@1")[0]
+    assert "resolved above 0 at k in [1, 2] and below at k in [3] (Holm over 4 tests)" in line
+    assert "not resolved" in line  # only k=2 of k >= 2 is above
+    rows += [cell(5, 0.1, 0.3, 1e-6)]
+    assert "can detect a dense reward's benefit" in story(decide(pd.DataFrame(rows)), "sparse+rg_vlm@1")[0]
+    # An interval that clears 0 but whose Holm-adjusted p does not: not resolved.
+    weak = [cell(2, 0.01, 0.3, 0.02), cell(3, 0.01, 0.3, 0.02), cell(4, 0.01, 0.3, 0.02)]
+    assert "above 0 at k in none" in story(decide(pd.DataFrame(weak)), "sparse+rg_vlm@1")[0]

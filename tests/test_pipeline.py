@@ -9,9 +9,11 @@ import shutil
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
+from rgvlm.evaluation import paired_differences, records_from_per_layout, summarize
 from rgvlm.rewards.registry import LABELLED_METHODS as LABELLED
 from rgvlm.rewards.registry import METHODS
 from tests.report_pages import assert_same_report
@@ -60,7 +62,8 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
     for name in NOTEBOOKS:
         assert (dst / "reports" / "notebooks" / f"{name}.html").stat().st_size > 10_000
     for figure in ("fig4_left.png", "fig4_left_greedy.png", "fig4_right.png", "generalisation.png",
-                   "success_by_k.png", "training_curves.png", "critic_diagnostic.png", "label_quality.png"):
+                   "success_by_k.png", "training_curves.png", "critic_diagnostic.png", "label_quality.png",
+                   "paired_differences.png"):
         assert (dst / "reports" / "figures" / figure).read_bytes()[:4] == b"\x89PNG"
     evaluation = json.loads((dst / "reports" / "metrics" / "evaluation.json").read_text())
     reward_sets = {row["reward_set"] for row in evaluation["summary"]}
@@ -87,6 +90,21 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
     quality = json.loads((dst / "reports" / "metrics" / "label_quality.json").read_text())
     assert quality["oracle"]["auroc_completion"] == 1.0 and 0.5 < quality["rg_vlm"]["auroc_completion"] <= 1.0
     assert set(LABELLED) <= set(quality)
+    # Paired statistics (issue 30): intervals over seeds x layouts, recomputable from the committed
+    # per-layout table; the claims decided with Holm over the stated family; every figure captioned.
+    assert {row["interval"] for row in evaluation["summary"]} == {"seeds x layouts"}
+    per_layout = pd.read_csv(dst / "reports" / "metrics" / "per_layout.csv")
+    assert len(per_layout) == 2 * len(reward_sets) * EPISODES_PER_RUN  # policies x rows x (k, layout) cells
+    cells = records_from_per_layout(per_layout)
+    assert summarize(cells, 200, 0).to_dict("records") == evaluation["summary"]
+    paired = pd.DataFrame(evaluation["paired"])
+    assert paired_differences(cells, 200, 0).to_dict("records") == evaluation["paired"]
+    assert {("oracle", "sparse"), ("oracle", "bc"), ("sparse+rg_vlm@0.5", "rg_vlm")} <= set(
+        zip(paired["row"], paired["reference"], strict=True))
+    family = paired[(paired["policy"] == "sampled") & (paired["split"] == "fresh")]
+    assert f"({len(family)} tests)" in index and "Holm" in index and "reset seeds 2,000,000,000 to 2,000,000,001" in index
+    assert index.count("<figure>") == index.count("<figcaption>") and "<figcaption>fig4_left.png" not in index
+    assert index.index("<figure>") > index.index("<p>IQL and the baselines")  # text before the first figure
     first = evaluation["summary"][0]
     assert f"{first['completion_mean']:.3f} [{first['completion_low']:.3f}, {first['completion_high']:.3f}]" in index
     card = json.loads((dst / "reports" / "metrics" / "dataset.json").read_text())

@@ -90,6 +90,7 @@ TEXT = st.text(string.ascii_letters + string.digits + string.punctuation + " ", 
 @given(text=TEXT, code=TEXT)
 @example(text="1. a list?", code="a|b")
 @example(text="# a heading? #", code="`tick`")
+@example(text="# ", code="0")  # a "#" and a trailing space: still the closing sequence of a heading
 @example(text="- an item?", code=" x ")
 @example(text="---", code="__init__")
 @example(text="> a quote?", code="*")
@@ -101,3 +102,42 @@ def test_any_text_reads_the_same_in_markdown_and_html(text, code):
     blocks = [Heading(2, (text,)), Para((text, Code(code), text)), Para((text,), note=True), Bullets(((text,),)),
               Table((text, "k=1"), ((Code(code), text), (text, code))), Figure("figures/a.png", text, text)]
     assert_same_report(render_html("title", blocks), render_markdown("title", blocks))
+
+
+def test_claims_come_from_paired_differences_with_holm(tmp_path):
+    """With paired differences in evaluation.json (issue 30), the claims and the paired table are
+    read from them, decided with Holm over the stated family; every figure stands after text,
+    with a caption that is not its file name."""
+    import shutil
+
+    import pandas as pd
+
+    from rgvlm.report import build_report
+
+    metrics = tmp_path / "metrics"
+    shutil.copytree(ROOT / "reports" / "metrics", metrics)
+    shutil.copytree(ROOT / "reports" / "figures", tmp_path / "out" / "figures")
+    evaluation = json.loads((metrics / "evaluation.json").read_text())
+    paired = []
+    for k in (1, 2, 3):
+        for row, reference, kind, difference, p in (
+                ("oracle", "sparse", "row - sparse", 0.2, 1e-8), ("rg_vlm", "sparse", "row - sparse", 0.02, 0.3),
+                ("sparse+rg_vlm@1", "sparse", "row - sparse", 0.05, 0.01),
+                ("sparse+rg_vlm@1", "rg_vlm", "fusion - rg_vlm", 0.03, 0.2), ("oracle", "bc", "row - bc", 0.1, 1e-5)):
+            paired.append({"policy": "sampled", "split": "fresh", "k": k, "row": row, "reference": reference,
+                           "kind": kind, "measure": "completion", "difference": difference,
+                           "low": difference - 0.04, "high": difference + 0.04, "se": 0.02, "p": p})
+    evaluation["paired"] = paired
+    (metrics / "evaluation.json").write_text(json.dumps(evaluation))
+    page, readme = build_report(metrics, tmp_path / "out", headline="sparse+rg_vlm@1", split="fresh", policy="sampled")
+    assert_same_report(page, readme)
+    assert "Holm" in page and "(15 tests)" in page
+    assert "resolved above 0 at k in [1, 2, 3] and below at k in none (Holm over 15 tests)" in page
+    # sparse+rg_vlm@1 - sparse at p = 0.01 clears 0 but not Holm over 15 tests: not resolved.
+    assert "resolved above both at k in none (not resolved at any k)" in page
+    table = pd.DataFrame(paired)
+    assert len(table) == 15 and "<td>+0.200 [+0.160, +0.240] above</td>" in page and "n.r.</td>" in page
+    assert "reset seeds 2,000,000,000 to 2,000,000,099" in page and "used only to report" in page
+    assert page.count("<figure>") == page.count("<figcaption>")
+    assert "<figcaption>fig4_left.png</figcaption>" not in page
+    assert page.index("<figure>") > page.index("Evaluation seeds")

@@ -229,3 +229,28 @@ def test_an_unexpected_layout_is_a_clear_error(repo):
     edit(repo, verify.EVALUATION, lambda obj: obj["summary"][0].pop("completion_low"))
     with pytest.raises(verify.VerifyError, match=r"reports/metrics/evaluation.json .*expected layout.*completion_low"):
         verify.compare(repo)
+
+
+def _paired_rows() -> list[dict]:
+    return [{"policy": "sampled", "split": "fresh", "k": k, "row": "oracle", "reference": "sparse",
+             "kind": "row - sparse", "difference": 0.1, "low": 0.05, "high": 0.15, "se": 0.025, "p": 1e-4}
+            for k in (1, 2, 3)]
+
+
+def test_paired_differences_new_since_a_ref_without_them_are_not_compared(repo):
+    edit(repo, verify.EVALUATION, lambda obj: obj.update(paired=_paired_rows()))
+    report = verify.compare(repo)
+    assert report.ok and len(report.new) == 3 and all(r.item.startswith("paired ") for r in report.new)
+
+
+def test_paired_differences_are_compared_by_their_intervals(repo):
+    edit(repo, verify.EVALUATION, lambda obj: obj.update(paired=_paired_rows()))
+    git(repo, "commit", "-qam", "paired")
+    report = verify.compare(repo)
+    assert report.ok and len([r for r in report.trained if r.item.startswith("paired ")]) == 3
+
+    def move(obj):
+        obj["paired"][0]["difference"] += 0.2  # far beyond sqrt(0.05^2 + 0.05^2)
+    edit(repo, verify.EVALUATION, move)
+    outside = verify.compare(repo).trained_outside
+    assert [r.item for r in outside] == ["paired policy=sampled split=fresh k=1 row=oracle reference=sparse difference"]
