@@ -29,6 +29,8 @@ export JUPYTER_DATA_DIR := $(abspath .cache/jupyter-data)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYGAME_HIDE_SUPPORT_PROMPT := 1
+# Which lock the venv was made from (tests/test_lock.py checks the venv against it; empty: none).
+export RGVLM_LOCK := $(LOCK)
 
 .PHONY: setup lock data restore-data reproduce verify test test-fast check-deps lint lab notebooks clean-outputs export-minari sweep device-wheels
 space := $(subst ,, )
