@@ -87,7 +87,7 @@ def test_torch_is_left_to_the_makefile_at_a_version_pyproject_allows(pins):
     version = re.search(r"^TORCH_VERSION \?= (\S+)$", makefile, re.M)[1]
     torch = next(r for r in project_requirements() if r.name == "torch")
     assert torch.specifier.contains(version), (version, str(torch))
-    assert f"echo \"torch==$(TORCH_VERSION)\"" in makefile  # the lock is resolved against that torch
+    assert "echo \"torch==$(TORCH_VERSION)\"" in makefile  # the lock is resolved against that torch
     assert "--require-hashes -r $(LOCK)" in makefile and "LOCK ?= requirements.lock" in makefile
 
 
