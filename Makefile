@@ -8,7 +8,11 @@ PYTHON ?= python3
 VENV ?= .venv
 # Installed before the project so pip never pulls the multi-GB CUDA build on a CPU machine.
 # Override for a GPU machine, e.g. make setup TORCH_SPEC="torch==2.13.0 --index-url ..."
-TORCH_SPEC ?= torch==2.13.0
+TORCH_VERSION ?= 2.13.0
+TORCH_SPEC ?= torch==$(TORCH_VERSION)
+# Every other package at the exact version and hash of the lock file (`make lock` regenerates it
+# from pyproject.toml). LOCK= installs from pyproject.toml's ranges instead (newest releases).
+LOCK ?= requirements.lock
 PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
@@ -25,21 +29,43 @@ export JUPYTER_DATA_DIR := $(abspath .cache/jupyter-data)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYGAME_HIDE_SUPPORT_PROMPT := 1
+# Which lock the venv was made from (tests/test_lock.py checks the venv against it; empty: none).
+export RGVLM_LOCK := $(LOCK)
 
-.PHONY: setup data restore-data reproduce verify test test-fast check-deps lint lab notebooks clean-outputs export-minari sweep device-wheels
+.PHONY: setup lock data restore-data reproduce verify test test-fast check-deps lint lab notebooks clean-outputs export-minari sweep device-wheels
 space := $(subst ,, )
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml rgvlm/peer/d3rlpy_baseline.py
+$(STAMP): pyproject.toml $(LOCK) rgvlm/peer/d3rlpy_baseline.py
 	mkdir -p .cache
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+ifneq ($(strip $(LOCK)),)
+	# torch is left out of the lock (installed just above, CPU or CUDA build as TORCH_SPEC says);
+	# pip's hash-checking mode accepts it because it is already installed.
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e .
+else
 	$(BIN)/python -m pip install -q -e ".[test]"
+endif
 	$(BIN)/python -m rgvlm.peer install
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (rgvlm)" >/dev/null
 	touch $@
+
+# Regenerate requirements.lock from pyproject.toml (the project's and the test extra's requirements,
+# newest releases the index offers that satisfy them), with the hashes of every file of each pinned
+# version. torch stays out (TORCH_SPEC installs it); its version constrains the resolution. pip-tools
+# runs from its own venv so that it never enters the project's. Takes minutes (hashes of every wheel).
+LOCK_VENV := .cache/lock-venv
+lock:
+	mkdir -p .cache
+	test -x $(LOCK_VENV)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/python -m pip install -q "pip-tools>=7.4"; }
+	echo "torch==$(TORCH_VERSION)" > .cache/torch-constraint.txt
+	$(LOCK_VENV)/bin/pip-compile -q --generate-hashes --extra test --strip-extras --unsafe-package torch \
+		--no-emit-index-url --no-emit-find-links --constraint .cache/torch-constraint.txt \
+		--output-file requirements.lock pyproject.toml
 
 # Rebuild data/ from params.yaml and record it in data.dvc (after changing env/dataset params).
 data: setup

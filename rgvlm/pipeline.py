@@ -155,6 +155,82 @@ def render_html(executed: Path, html_path: Path) -> None:
     write_bytes_atomic(html_path, body.encode("utf-8"))
 
 
+def stage_outputs(spec: dict[str, Any]) -> list[Path]:
+    """Every path the stage declares as ``outs`` or ``metrics`` (DVC records them after it runs)."""
+    found = []
+    for entry in [*spec.get("outs", []), *spec.get("metrics", []), *spec.get("plots", [])]:
+        for name in (entry if isinstance(entry, dict) else {entry: None}):
+            found.append(paths.ROOT / str(name))
+    return found
+
+
+def sweep_stage_outputs(spec: dict[str, Any]) -> list[Path]:
+    """Remove what a killed earlier run of the stage left in its outputs before DVC can record it:
+    temporaries of atomic writes (a torn ``_stack.pt`` checkpoint, an answer being written) and
+    LVLM-cache claims whose process is gone. Outputs marked ``persist`` (the LVLM caches, the
+    models) are kept by DVC across runs, so without this a crash's debris is cached and pushed.
+    Live writers' files stay (see :func:`rgvlm.data.storage.sweep_debris`)."""
+    from rgvlm.data.storage import sweep_debris
+    from rgvlm.vlm.cache import ResponseCache
+
+    removed: list[Path] = []
+    for out in stage_outputs(spec):
+        if out.is_dir():
+            # ResponseCache.sweep: the temporaries, and the claims and stale claims of a cache.
+            removed += ResponseCache(out).sweep()
+        else:
+            removed += sweep_debris(out.parent, only_named=out.name)
+    return removed
+
+
+#: The distributions whose installed versions each stage records (with their dependencies).
+RECORDED_ROOTS = ("rgvlm",)
+
+
+def installed_versions(roots: tuple[str, ...] = RECORDED_ROOTS) -> dict[str, str]:
+    """Name -> installed version of ``roots`` and everything they require (extras not taken),
+    found through the installed metadata: the packages that make a stage's outputs."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    versions: dict[str, str] = {}
+    pending = list(roots)
+    while pending:
+        name = pending.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in versions:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue  # an optional dependency for another platform
+        versions[key] = dist.version
+        for raw in dist.requires or []:
+            requirement = Requirement(raw)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(requirement.name)
+    return dict(sorted(versions.items()))
+
+
+def environment_record() -> dict[str, Any]:
+    """What ran a stage: Python, platform and the installed versions (:func:`installed_versions`)."""
+    import platform
+
+    return {"python": platform.python_version(), "implementation": platform.python_implementation(),
+            "platform": platform.platform(), "packages": installed_versions()}
+
+
+def record_environment(executed: Path, record: dict[str, Any]) -> None:
+    """Put ``record`` into the executed notebook's metadata (``metadata.rgvlm.environment``):
+    every stage has one, cached by DVC with its other outputs, so each run says what made it."""
+    import nbformat
+
+    notebook = nbformat.read(executed, as_version=4)
+    notebook.metadata.setdefault("rgvlm", {})["environment"] = record
+    write_bytes_atomic(executed, nbformat.writes(notebook).encode("utf-8"))
+
+
 def run_stage(stage: str, params_path: Path = paths.PARAMS) -> None:
     """Execute the stage's notebook with its declared parameters and render it."""
     import papermill
@@ -163,6 +239,9 @@ def run_stage(stage: str, params_path: Path = paths.PARAMS) -> None:
     notebook = stage_notebook(spec, stage)
     parameters = stage_parameters(spec, load_params(params_path))
     validate_parameters(parameters)
+    for path in sweep_stage_outputs(spec):
+        print(f"stage {stage}: removed {path.relative_to(paths.ROOT)}, left by a process that died", file=sys.stderr)
+    environment = environment_record()
     key = stage.partition("@")[2]
     if key:
         parameters = {FOREACH_KEY_PARAMETER: key, "params": parameters}
@@ -190,6 +269,7 @@ def run_stage(stage: str, params_path: Path = paths.PARAMS) -> None:
     finally:
         # Render even a failed run: the HTML shows the traceback where it happened.
         if executed.exists():
+            record_environment(executed, environment)
             render_html(executed, html)
     print(f"stage {stage}: {notebook.name} ran in {time.perf_counter() - started:.1f}s -> {html.relative_to(paths.ROOT)}")
 

@@ -54,6 +54,17 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def _spec_note(spec, dropped: str | None) -> dict[str, Any]:
+    """What the output says of its environment spec: the source's id, and whether it was written."""
+    if spec is None:
+        return {"source": None, "written": False, "reason": "the source has no environment spec"}
+    if dropped:
+        return {"source": spec.id, "written": False,
+                "reason": f"{dropped}; written with its observation and action spaces only, so "
+                          "recover_environment() cannot rebuild it"}
+    return {"source": spec.id, "written": True, "reason": None}
+
+
 def relabelled_buffers(mdataset, rewards: np.ndarray, episode_steps) -> tuple[list, list[dict]]:
     """The source's episodes as Minari buffers with ``rewards`` (``episode_steps(i)``: episode i's
     slice of them), and each episode's extra metadata (what Minari does not set itself)."""
@@ -89,7 +100,13 @@ def relabel(source: str | Path, method_name: str, params: dict[str, Any], output
     # Every setting first: the method and its sections, the output id and place, the source.
     method, config, lvlm = check_method(method_name, params)
     target = check_writable(output_id, root, overwrite)
-    mdataset = open_minari(source, root)
+    try:
+        mdataset = open_minari(source, root)
+    except OSError as error:  # FileNotFoundError says what is missing; any other: an unreadable file
+        if isinstance(error, FileNotFoundError):
+            raise
+        raise ValueError(f"Minari dataset {str(source)!r} cannot be opened ({type(error).__name__}: {error}); its "
+                         "HDF5 file is damaged or truncated: copy or collect it again") from error
     if Path(mdataset.storage.data_path).resolve().parent == target.resolve():
         raise ValueError(f"--output {output_id!r} is the source dataset itself: relabel into a new id")
     spec = mdataset.env_spec
@@ -99,6 +116,11 @@ def relabel(source: str | Path, method_name: str, params: dict[str, Any], output
                          f"which only a dataset of {LEARNER_ENV_ID} has ({mdataset.spec.dataset_id}'s environment: "
                          f"{spec.id if spec else 'none'}); methods that label any dataset: {', '.join(ready)}")
     dataset = from_minari(mdataset, frames=frames, mission=mission, action_names=action_names)
+    # The output is written with the source's spec only where it can be recreated; else with the
+    # observation and action spaces alone (recover_environment() then has nothing to rebuild), and
+    # the summary and the dataset's metadata say why. Decided here, before the first query.
+    dropped = dataset.source.get("env_spec_problem")
+    out_spec = None if dropped else spec
     out_dir = Path(out_dir) if out_dir is not None else RELABEL_OUTPUTS / output_id
     cache_dir = Path(cache_dir) if cache_dir is not None else RELABEL_CACHE / method.name
     try:
@@ -113,10 +135,11 @@ def relabel(source: str | Path, method_name: str, params: dict[str, Any], output
     # The source's own action words travel with it (rgvlm.data.foreign reads them).
     carried = {key: mdataset.storage.metadata[key] for key in ("action_names",) if key in mdataset.storage.metadata}
     write_minari(
-        output_id, buffers, env=spec, observation_space=mdataset.observation_space,
+        output_id, buffers, env=out_spec, observation_space=mdataset.observation_space,
         action_space=mdataset.action_space, root=root, overwrite=overwrite, episode_metadata=extras,
         extra_metadata={"rgvlm_relabel": {"source": mdataset.spec.dataset_id, "method": method.name,
-                                          "lvlm": result.provenance.get("lvlm")}, **carried},
+                                          "lvlm": result.provenance.get("lvlm"),
+                                          "env_spec": _spec_note(spec, dropped)}, **carried},
         description=(f"{mdataset.spec.dataset_id} relabelled by rgvlm with the reward method {method.name!r} "
                      f"({(result.provenance.get('lvlm') or {}).get('backend', 'no LVLM')}); everything else as in the source."),
         algorithm_name=mdataset.storage.metadata.get("algorithm_name"),
@@ -124,7 +147,7 @@ def relabel(source: str | Path, method_name: str, params: dict[str, Any], output
     summary = _finite({
         "method": method.name,
         "source": {"dataset": str(source), **dataset.source},
-        "output": {"dataset_id": output_id, "path": str(target)},
+        "output": {"dataset_id": output_id, "path": str(target), "env_spec": _spec_note(spec, dropped)},
         "episodes": len(dataset.episodes),
         "transitions": dataset.num_transitions,
         "action_names": list(dataset.action_names),

@@ -71,9 +71,42 @@ def image_keys(space) -> list[str | None]:
     return []
 
 
-def resolve_frames(mode: str, space, has_env: bool) -> tuple[str, str | None]:
+def spec_problem(spec) -> str | None:
+    """Why the environment spec ``spec`` cannot be recreated (``gym.make(spec)``, and Minari's
+    writing of it), or None when it can. Wrappers that do not record their constructor arguments
+    (``RGBImgObsWrapper``, ``ImgObsWrapper`` and most of MiniGrid's) are stored with no arguments,
+    and gymnasium refuses to rebuild them."""
+    if spec is None:
+        return None
+    unrecorded = [w.name for w in spec.additional_wrappers if w.kwargs is None]
+    if unrecorded:
+        return (f"its environment spec {spec.id!r} wraps the environment in {', '.join(unrecorded)}, which "
+                "gymnasium cannot recreate (the wrapper does not inherit from gymnasium.utils.RecordConstructorArgs)")
+    try:
+        spec.to_json()
+    except Exception as error:  # noqa: BLE001 -- any reason is reported, with its own words
+        return f"its environment spec {spec.id!r} cannot be serialised ({type(error).__name__}: {error})"
+    return None
+
+
+def small_images(space) -> list[str]:
+    """Observation entries shaped like RGB images (uint8 [h, w, 3]) but smaller than Minari's and
+    the LVLMs' 32x32: described as ``<entry> (h x w)``."""
+    import gymnasium as gym
+
+    entries = space.spaces.items() if isinstance(space, gym.spaces.Dict) else [(None, space)]
+    found = []
+    for key, sub in entries:
+        shape = getattr(sub, "shape", None) or ()
+        if getattr(sub, "dtype", None) == np.uint8 and len(shape) == 3 and shape[-1] == 3 and min(shape[:2]) < 32:
+            found.append(f"{'observations' if key is None else f'observations[{key!r}]'} ({shape[0]}x{shape[1]})")
+    return found
+
+
+def resolve_frames(mode: str, space, has_env: bool, no_env_reason: str | None = None) -> tuple[str, str | None]:
     """``("replay", None)`` or ``("observation", key)`` for ``--frames`` ``mode``: ``auto`` takes
-    the image observations if there are any, else replay; ``observation:<key>`` names the entry."""
+    the image observations if there are any, else replay; ``observation:<key>`` names the entry.
+    ``no_env_reason``: why the episodes cannot be replayed although there is a spec."""
     kind, _, key = mode.partition(":")
     if kind not in FRAME_MODES:
         raise ValueError(f"frames={mode!r}: expected one of auto, replay, observation, observation:<key>")
@@ -81,9 +114,15 @@ def resolve_frames(mode: str, space, has_env: bool) -> tuple[str, str | None]:
     if kind == "auto":
         kind = "observation" if images else "replay"
     if kind == "replay":
+        if no_env_reason is not None:
+            raise ValueError(f"frames={mode}: the episodes cannot be replayed: {no_env_reason}. Fix: collect the dataset "
+                             "with image observations of at least 32x32 (then --frames observation), or wrap the "
+                             "environment only in wrappers that inherit from gymnasium.utils.RecordConstructorArgs")
         if not has_env:
+            small = small_images(space)
             raise ValueError("frames=replay: the dataset has no environment spec, so its episodes cannot be replayed; "
-                             "it needs image observations (--frames observation)")
+                             "it needs image observations (--frames observation)"
+                             + (f"; {', '.join(small)} is too small to show an LVLM: at least 32x32 pixels" if small else ""))
         return "replay", None
     if key:
         if key not in images:
@@ -93,7 +132,8 @@ def resolve_frames(mode: str, space, has_env: bool) -> tuple[str, str | None]:
     if len(images) != 1:
         raise ValueError(f"frames={mode!r}: the observations have {len(images)} RGB image entries ({images}); "
                          "name one with observation:<key>" if images else
-                         f"frames={mode!r}: no observation is an RGB image (uint8 [h>=32, w>=32, 3]); use replay")
+                         f"frames={mode!r}: no observation is an RGB image (uint8 [h>=32, w>=32, 3]); use replay"
+                         + "".join(f"; {entry} is too small to show an LVLM" for entry in small_images(space)))
     return "observation", images[0]
 
 
@@ -115,6 +155,62 @@ def action_names_of(env: Any, n: int) -> tuple[str, ...]:
     return tuple(f"action {i}" for i in range(n))
 
 
+def _read_episodes(mdataset):
+    """The episodes of ``mdataset``, a damaged file (truncated HDF5, missing datasets) reported as
+    a ValueError naming the episode and the file."""
+    indices = list(mdataset.episode_indices)
+    for index in indices:
+        try:
+            episode = mdataset[int(index)]
+        except (OSError, KeyError, RuntimeError, ValueError, TypeError) as error:
+            raise ValueError(f"{mdataset.spec.dataset_id}: episode {int(index)} cannot be read from "
+                             f"{mdataset.storage.data_path} ({type(error).__name__}: {error}); the file is damaged or "
+                             "truncated: copy or collect it again") from error
+        yield episode
+
+
+def _length(observations: Any) -> int | None:
+    """Entries of an episode's observations (each entry of a Dict the same, else None)."""
+    if isinstance(observations, dict):
+        lengths = {_length(v) for v in observations.values()}
+        return lengths.pop() if len(lengths) == 1 else None
+    return len(observations)
+
+
+def check_episode(name: str, episode, frame_kind: str, frame_key: str | None) -> int:
+    """The number of steps of ``episode``, after checking what labelling it needs: steps, fields
+    of one length (observations one more), finite rewards, frames of an image's shape. Every
+    failure names the episode and the field."""
+    where = f"{name}: episode {episode.id}"
+    lengths = {field: len(getattr(episode, field)) for field in ("actions", "rewards", "terminations", "truncations")}
+    if lengths["actions"] == 0:
+        raise ValueError(f"{where}, field actions: the episode has no steps")
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"{where}: the lengths of its fields disagree ({lengths}); each must have one entry per step")
+    length = lengths["actions"]
+    observations = episode.observations
+    if isinstance(observations, dict):
+        for key, value in observations.items():
+            if _length(value) != length + 1:
+                raise ValueError(f"{where}, field observations[{key!r}]: {_length(value)} entries, expected "
+                                 f"{length + 1} (one more than its {length} steps)")
+    elif _length(observations) != length + 1:
+        raise ValueError(f"{where}, field observations: {_length(observations)} entries, expected {length + 1} "
+                         f"(one more than its {length} steps)")
+    rewards = np.asarray(episode.rewards, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(rewards))
+    if bad.size:
+        raise ValueError(f"{where}, field rewards: {rewards[bad[0]]} at step {int(bad[0])} ({bad.size} non-finite "
+                         "values); rewards must be finite")
+    if frame_kind == "observation":
+        images = np.asarray(observations if frame_key is None else observations[frame_key])
+        field = "observations" if frame_key is None else f"observations[{frame_key!r}]"
+        if images.ndim != 4 or images.shape[-1] != 3 or min(images.shape[1:3]) < 32:
+            raise ValueError(f"{where}, field {field}: frames of shape {images.shape[1:]}, expected RGB images of at "
+                             "least 32x32 pixels to show an LVLM")
+    return length
+
+
 def from_minari(mdataset, frames: str = "auto", mission: str | None = None,
                 action_names: tuple[str, ...] | None = None) -> ForeignDataset:
     """Read every episode of the Minari dataset ``mdataset`` (module docstring). Fails, naming
@@ -132,7 +228,8 @@ def from_minari(mdataset, frames: str = "auto", mission: str | None = None,
     has_mission = isinstance(space, gym.spaces.Dict) and "mission" in space.spaces
     if not has_mission and mission is None:
         raise ValueError(f"{name}: the observations hold no 'mission' entry; pass the task's instruction (--mission)")
-    frame_kind, frame_key = resolve_frames(frames, space, spec is not None)
+    problem = spec_problem(spec)
+    frame_kind, frame_key = resolve_frames(frames, space, spec is not None, problem)
     if action_names is not None and len(action_names) != n_actions:
         raise ValueError(f"action_names: {len(action_names)} names given, the action space has {n_actions} actions")
     if action_names is None and mdataset.storage.metadata.get("action_names") is not None:
@@ -140,7 +237,11 @@ def from_minari(mdataset, frames: str = "auto", mission: str | None = None,
         if len(action_names) != n_actions:
             raise ValueError(f"{name}: its metadata 'action_names' has {len(action_names)} words, the action space "
                              f"{n_actions} actions")
-    metas = episode_metadata(mdataset)
+    try:
+        metas = episode_metadata(mdataset)
+    except OSError as error:  # h5py cannot open the file: cut short by a copy, a full disk, a crash
+        raise ValueError(f"{name}: its file {mdataset.storage.data_path} cannot be read ({error}); the file is damaged "
+                         "or truncated: copy or collect it again") from error
     if frame_kind == "replay":
         unseeded = [int(m.get("id", i)) for i, m in enumerate(metas) if m.get("seed") is None]
         if unseeded:
@@ -153,11 +254,14 @@ def from_minari(mdataset, frames: str = "auto", mission: str | None = None,
     actions, rewards, terminals, progress, grids, carries, stored_frames = [], [], [], [], [], [], []
     step_start = obs_start = 0
     truth = "progress info"
-    for i, episode in enumerate(mdataset.iterate_episodes()):
-        length = len(episode.rewards)
-        if length == 0:
-            raise ValueError(f"{name}: episode {episode.id} has no steps")
+    for i, episode in enumerate(_read_episodes(mdataset)):
+        length = check_episode(name, episode, frame_kind, frame_key)
         text = str(episode.observations["mission"][0]) if has_mission else mission
+        if not text.strip():
+            if mission is None:
+                raise ValueError(f"{name}: episode {episode.id}, field observations['mission']: empty; pass the task's "
+                                 "instruction (--mission)")
+            text = mission
         done = np.asarray(episode.terminations, dtype=bool)
         info_progress = (episode.infos or {}).get("progress")
         if info_progress is not None and len(info_progress) == length + 1:
@@ -204,8 +308,19 @@ def from_minari(mdataset, frames: str = "auto", mission: str | None = None,
     env_kwargs = {k: v for k, v in (spec.kwargs if spec else {}).items()
                   if k not in ("num_subtasks", "render_mode", "tile_size")}
     env = None
-    if frame_kind == "replay" or action_names is None:
-        env = mdataset.recover_environment(render_mode="rgb_array") if spec is not None else None
+    if spec is not None and problem is None and (frame_kind == "replay" or action_names is None):
+        env = mdataset.recover_environment(render_mode="rgb_array")
+    elif spec is not None and action_names is None:
+        # Frames come from the observations; only the action words are wanted: the environment
+        # without the wrappers that cannot be recreated names them, when its actions are the same.
+        import dataclasses
+
+        try:
+            base = gym.make(dataclasses.replace(spec, additional_wrappers=()))
+        except Exception:  # noqa: BLE001 -- then the actions are named by number
+            base = None
+        if base is not None and base.action_space == mdataset.action_space:
+            env = base
     names = tuple(action_names) if action_names is not None else action_names_of(env, n_actions)
     if frame_kind == "replay":
         replays = [ReplayEpisode(int(e["seed"]), e["options"], a) for e, a in zip(episodes, actions, strict=True)]
@@ -225,6 +340,7 @@ def from_minari(mdataset, frames: str = "auto", mission: str | None = None,
         progress=np.concatenate(progress).astype(np.int8),
         frames=source, action_names=names, episode_limit=int(limit),
         source={"minari_id": name, "env_spec": spec.id if spec else None, "suite": suite,
-                "frames": frame_kind if frame_key is None else f"{frame_kind}:{frame_key}", "ground_truth": truth},
+                "frames": frame_kind if frame_key is None else f"{frame_kind}:{frame_key}", "ground_truth": truth,
+                "env_spec_problem": problem},
     )
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rgvlm.data.storage import canonical_json, write_bytes_atomic
+from rgvlm.data.storage import canonical_json, sweep_debris, write_bytes_atomic, writer_alive
 from rgvlm.progress import Progress
 from rgvlm.vlm.base import LVLMClient, LVLMError, LVLMRequest, LVLMResponse
 
@@ -60,16 +60,6 @@ _HOST = socket.gethostname()
 # process's own earlier client, which died without releasing it, can be told apart.
 _HELD: set[str] = set()
 _HELD_LOCK = threading.Lock()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # it exists, owned by someone else
-    return True
 
 
 def _record(raw: bytes) -> dict[str, Any] | None:
@@ -177,7 +167,7 @@ class ResponseCache:
             if owner["pid"] == os.getpid():
                 with _HELD_LOCK:
                     return str(path) not in _HELD
-            return not _pid_alive(owner["pid"])
+            return not writer_alive(owner["pid"], time.time() - age)
         return age > self.claim_timeout_s
 
     def _remove_stale(self, path: Path) -> bool:
@@ -190,6 +180,28 @@ class ResponseCache:
             return True
         moved.unlink(missing_ok=True)
         return True
+
+    def sweep(self) -> list[Path]:
+        """Remove what dead processes left in the cache: temporaries of answers being written,
+        claims whose process is gone (or, from another host, older than ``claim_timeout_s``) and
+        stale claims being removed. The cache is a DVC output kept across runs (``persist``), so
+        this runs before a labelling stage starts (rgvlm.pipeline), before DVC can record them.
+        Live processes' claims and temporaries stay: a second run on the same cache goes on."""
+        removed = sweep_debris(self.root)
+        if not self.root.is_dir():
+            return removed
+        for path in self.root.glob("*/*.claim"):
+            with _HELD_LOCK:
+                if str(path) in _HELD:
+                    continue
+            if self._stale(path) and path.exists():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        for path in self.root.glob("*/*.stale"):
+            # A stale claim renamed for removal by a process that died before unlinking it.
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        return removed
 
     def __len__(self) -> int:
         return sum(1 for _ in self.root.glob("*/*.json")) if self.root.exists() else 0

@@ -271,6 +271,9 @@ class OpenAIClient:
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random(0)
         self._rng_lock = threading.Lock()
+        # Kept only to take it out of whatever the server sends back (an error page that echoes the
+        # request's headers, an answer that quotes them): nothing the client writes or raises holds it.
+        self._secret = api_key or None
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -484,13 +487,13 @@ class OpenAIClient:
                                              f"({type(exc).__name__})") from exc
             detail = f"timeout after {limit}s ({type(exc).__name__})" if reason == "timeout" else \
                 f"{type(exc).__name__}: {exc}"
-            raise _Retryable(reason, detail) from exc
-        text_head = bytes(body[:200]).decode("utf-8", errors="replace")
+            raise _Retryable(reason, self._scrub(detail)) from exc
+        text_head = self._scrub(bytes(body[:200]).decode("utf-8", errors="replace"))
         if status == 429 or status >= 500:
             raise _Retryable(str(status), f"HTTP {status}: {text_head!r}",
                              _parse_retry_after(response.headers.get("Retry-After")))
         if 300 <= status < 400:
-            raise _Retryable("redirect", f"HTTP {status} to {response.headers.get('Location')!r} (not followed)")
+            raise _Retryable("redirect", self._scrub(f"HTTP {status} to {response.headers.get('Location')!r} (not followed)"))
         if status >= 400:
             raise LVLMError(f"{url} answered HTTP {status} (not retried): {text_head!r}")
         try:
@@ -498,9 +501,16 @@ class OpenAIClient:
         except (ValueError, RecursionError) as exc:
             raise _Retryable("malformed", f"HTTP {status} with non-JSON body: {text_head!r}") from exc
         text = _message_text(body_json)
+        if text is not None:
+            text = self._scrub(text)  # the answer is cached (a DVC output): never with the key in it
         if text is None:
             raise _Retryable("malformed", f"HTTP {status} without choices[0].message.content: {text_head!r}")
         return text, body_json, status
+
+    def _scrub(self, text: str) -> str:
+        """``text`` with the API key replaced: server text goes into error messages, retry reasons
+        (labelling metrics) and the response cache."""
+        return text.replace(self._secret, "[API key redacted]") if self._secret else text
 
     def _answer(self, request: LVLMRequest) -> LVLMResponse:
         url = f"{self.base_url}/chat/completions"
