@@ -530,6 +530,25 @@ def evaluation_config(raw: Any) -> EvaluationConfig:
     return EvaluationConfig.from_section(raw)
 
 
+@dataclass(frozen=True)
+class ReportConfig(Config):
+    """What the report stage draws: the fusion of Figure 4 left, the split and the policy its claims
+    are checked on. Whether they name an evaluated fusion, split and policy is checked against the
+    ``rewards`` and ``evaluation`` sections where both are at hand (:mod:`rgvlm.sections`), and by
+    the report stage against what was evaluated."""
+
+    SECTION = "report"
+    headline_lambda: float = param(low=0.0)  # fixed in advance, never picked on the evaluation seeds
+    split: str = param("fresh", choices=SPLITS)
+    policy: str | None = param(None, test=lambda name: name is None or bool(name),
+                               expected="the name of an evaluation policy (or null: the first evaluated)")
+
+
+def report_config(raw: Any) -> ReportConfig:
+    """Check ``report``."""
+    return ReportConfig.from_section(raw)
+
+
 def resolve_device(device: str) -> str:
     """``auto`` means CUDA when there is a GPU, else the CPU."""
     import torch
