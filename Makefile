@@ -32,7 +32,7 @@ export PYGAME_HIDE_SUPPORT_PROMPT := 1
 # Which lock the venv was made from (tests/test_lock.py checks the venv against it; empty: none).
 export RGVLM_LOCK := $(LOCK)
 
-.PHONY: setup lock data restore-data reproduce verify test test-fast check-deps lint lab notebooks clean-outputs export-minari sweep device-wheels
+.PHONY: setup lock data restore-data reproduce verify test test-fast check-deps lint lab notebooks clean-outputs export-minari sweep device-wheels profile
 space := $(subst ,, )
 
 setup: $(STAMP)
@@ -114,6 +114,13 @@ sweep: setup
 	$(BIN)/dvc exp run --queue -S '$(PARAM)=$(VALUES)'
 	$(BIN)/dvc exp run --run-all
 	$(BIN)/dvc exp show --no-pager --md --drop '.*' --keep 'Experiment|$(SWEEP_COLUMNS)'
+
+# A profile (profiles/NAME.yaml: only what differs from params.yaml) written out merged as params.yaml,
+# where DVC reads parameters; checked by every section's checker first (docs/configuration.md).
+#   make profile PROFILE=gpu && make data && make reproduce      (git checkout params.yaml: back to CPU)
+PROFILE ?= tiny
+profile: setup
+	$(BIN)/python -m rgvlm.profiles $(PROFILE) --out params.yaml
 
 # For a GPU lease (benchmarks/gpu_session.sh): the packages the device image lacks, as wheels for its
 # Python 3.12 in .whl/ (git-ignored; carry it: run(command="bash benchmarks/gpu_session.sh", carry=[".whl"])).

@@ -12,11 +12,18 @@ logged at every evaluation. Writes ``reports/tuning/<name>.json``.
     python experiments/learning.py --name encoder --variant encoder=grid --variant encoder=entities
     python experiments/learning.py --name data --env room_size=5 --dataset episodes_per_k=600
     python experiments/learning.py --name mix --dataset mixture.expert=0.5,mixture.noisy=0.3,mixture.partial=0.2
+    python experiments/learning.py --name beta -S train.beta=30 -S dataset.mixture.expert=0.5
+
+``-S KEY=VALUE`` (repeatable) changes params.yaml as ``dvc exp run -S`` does (rgvlm.params.apply_overrides: the
+same syntax, ``+KEY=VALUE`` adds a key, ``~KEY`` removes one); the --env/--dataset/--variant
+overrides apply on top. The parameters are checked section by section (rgvlm.sections) before
+any work.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import hashlib
 import json
@@ -39,13 +46,20 @@ from rgvlm.data.storage import write_json_atomic  # noqa: E402
 from rgvlm.envs.seeds import validation_seed  # noqa: E402
 from rgvlm.evaluation import EvalEpisode, rollout, summarize  # noqa: E402
 from rgvlm.evaluation.chaining import chaining_tables, diagnose  # noqa: E402
-from rgvlm.params import EnvConfig, load_params, resolve_device, train_config  # noqa: E402
+from rgvlm.params import (  # noqa: E402
+    EnvConfig,
+    apply_overrides,  # noqa: E402
+    load_params,
+    resolve_device,
+    train_config,
+)
 from rgvlm.rewards import oracle_rewards, sparse_rewards  # noqa: E402
 from rgvlm.rl.diagnostics import CriticProbe, holdout_mask  # noqa: E402
 from rgvlm.rl.iql import save_state_atomic  # noqa: E402
 from rgvlm.rl.missions import mission_embedder  # noqa: E402
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy  # noqa: E402
 from rgvlm.rl.runs import iql_config_for, learner_missions, run_paths, scale_rewards  # noqa: E402
+from rgvlm.sections import check_params  # noqa: E402
 
 
 def parse_overrides(text: str) -> dict:
@@ -54,9 +68,11 @@ def parse_overrides(text: str) -> dict:
             (item.partition("=") for item in filter(None, text.split(",")))}
 
 
-def build_dataset(env: dict, dataset: dict, root: Path = paths.OUTPUTS / "experiments" / "data") -> Path:
-    """The dataset for these overrides, collected once under ``root`` and cached by their hash."""
-    params = load_params()
+def build_dataset(env: dict, dataset: dict, root: Path = paths.OUTPUTS / "experiments" / "data",
+                  params: dict | None = None) -> Path:
+    """The dataset for these overrides of ``params`` (default: params.yaml), collected once under
+    ``root`` and cached by their hash."""
+    params = load_params() if params is None else copy.deepcopy(params)
     params["env"].update(env)
     for key, value in dataset.items():  # dotted keys reach into nested sections: mixture.expert=0.5
         *parents, leaf = key.split(".")
@@ -94,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                         default=["sparse", "oracle", "bc", "bc_success"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101], help="training seeds (not the pipeline's)")
     parser.add_argument("--variant", action="append", default=[], help="overrides of the train section, k=v,...")
+    parser.add_argument("-S", "--set-param", dest="set_params", action="append", default=[], metavar="KEY=VALUE",
+                        help="a change to params.yaml in the syntax of `dvc exp run -S` (e.g. -S train.beta=30 "
+                             "-S dataset.mixture.expert=0.5); repeatable, applied before --env/--dataset/--variant")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3])
@@ -113,9 +132,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="at the last evaluation, replay every episode to say where the policy stops "
                              "(rgvlm.evaluation.chaining: success per sub-task kind and position, stalls)")
     args = parser.parse_args(argv)
+    # params.yaml with the -S changes, checked by every section's checker before any work.
+    params = apply_overrides(load_params(), args.set_params)
+    check_params(params)
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    data_dir = build_dataset(parse_overrides(args.env), parse_overrides(args.dataset), args.data_root)
+    data_dir = build_dataset(parse_overrides(args.env), parse_overrides(args.dataset), args.data_root, params)
     data = load_dataset(data_dir)
     env_config = EnvConfig(**data.manifest["env"])
     success = np.repeat([float(e["success"]) for e in data.episodes], [e["length"] for e in data.episodes])
@@ -124,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     episodes = [EvalEpisode(k, "validation", validation_seed(0, i)) for k in args.ks for i in range(args.episodes)]
     runs = [(name, seed) for name in args.reward_sets for seed in args.seeds]
     reward_names = list(rewards)
-    base = load_params()["train"]
+    base = params["train"]
     records, diagnostics, timings = [], [], {}
     for variant_text in args.variant or [""]:
         variant = variant_text or "base"

@@ -1,5 +1,10 @@
 """Reading and checking ``params.yaml``: every knob of the pipeline, validated up front.
 
+:func:`load_params` is the one loader of parameters files: a profile (an overlay of params.yaml,
+``profiles/*.yaml``) comes back merged, and ``-S KEY=VALUE`` overrides (the syntax of ``dvc exp
+run -S``) are merged by the same rules (:func:`apply_overrides`). Which checker owns each
+section is :mod:`rgvlm.sections`.
+
 Each pipeline section is a config dataclass (:mod:`rgvlm.config`: its fields say what they
 allow) built by one ``*_config`` function, which raises :class:`ParamError` naming the key, the
 value and what is allowed, before any expensive work starts. :class:`IQLConfig`, the learner's
@@ -9,7 +14,10 @@ this layer imports nothing from ``rgvlm.rl`` (which imports it from here).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,15 +51,207 @@ def device_name(value: str) -> bool:
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """The whole parameters file as a dict."""
-    with open(path, encoding="utf-8") as handle:
-        params = yaml.safe_load(handle) or {}
-    if not isinstance(params, dict):
-        raise ParamError(str(path), type(params).__name__, "a mapping of sections")
+    """The whole parameters file as a dict. A profile (an overlay of params.yaml, such as
+    ``profiles/gpu.yaml``) comes back merged onto the file it extends (:func:`load_profile`, the
+    one loader), so every reader of a parameters file reads a profile the same way."""
+    params = load_profile(path)
     for old, new in RENAMED_SECTIONS.items():
         if old in params:
             raise ParamError(old, params[old], f"no section `{old}`: it is now spelt `{new}` (rename it in {path})")
     return params
+
+
+# -- the one loader: parameters files, profiles as overlays, `dvc exp run -S` overrides ------------
+# A profile (profiles/tiny.yaml, profiles/gpu.yaml) holds only what differs from the parameters file
+# it names in its top-level ``extends`` key (a path relative to the profile); :func:`merge` puts it
+# onto that file:
+# - mappings merge key by key, at every depth; any other value (a list, a number, a string, null)
+#   replaces the base's value whole: a list is never appended to;
+# - a key the base lacks is an error naming it (a misspelt key would otherwise be read by nothing),
+#   unless it is written ``+key`` (add a key the base lacks: a setting whose default the base uses);
+# - ``~key`` (its value left empty) removes the base's key, so that the section's default applies;
+#   ``++key`` sets a key whether or not the base has it.
+# ``+``, ``~`` and ``++`` are Hydra's, the grammar of ``dvc exp run -S``: an override
+# ``-S train.beta=30`` (:func:`parse_override`) is the one-key overlay it reads as, merged by the
+# same rules, so a profile, an experiment's ``-S`` and a DVC experiment say one thing one way.
+# DVC reads params.yaml itself: a profile it runs on is written out merged (``python -m
+# rgvlm.profiles gpu --out params.yaml``, :func:`write_params`). docs/configuration.md.
+#: The top-level key of an overlay naming the file it changes (relative to the overlay).
+EXTENDS = "extends"
+ADD, REMOVE, FORCE = "+", "~", "++"
+#: The first line of a parameters file written by :func:`write_params`: a profile already merged,
+#: which no overlay may be merged onto (the overlays say what differs from the CPU profile).
+WRITTEN = "# Merged parameters written by rgvlm.profiles"
+PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+
+
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top level, which must be a mapping (an empty file is an empty one)."""
+    with open(path, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParamError(str(path), type(data).__name__, "a mapping of sections")
+    return data
+
+
+def merge(base: Mapping[str, Any], overlay: Mapping[str, Any], where: str = "", source: str = "the overlay",
+          base_name: str = "params.yaml") -> dict[str, Any]:
+    """``base`` changed by ``overlay`` (the module docstring's rules); neither is modified.
+    ``where`` is the dotted key of ``base`` (for errors), ``source`` and ``base_name`` say in
+    errors where the overlay and the base come from."""
+    merged = copy.deepcopy(dict(base))
+    for raw_key, value in overlay.items():
+        if not isinstance(raw_key, str):
+            raise ParamError(f"{where}{raw_key}", value, f"a name (a key of {source})")
+        key, op = _split_op(raw_key)
+        dotted = f"{where}{key}"
+        if op == REMOVE:
+            if value is not None:
+                raise ParamError(f"{where}{raw_key}", value, f"no value: `{raw_key}` removes {dotted} from {base_name}")
+            if key not in merged:
+                raise ParamError(dotted, None, f"a key of {base_name} to remove ({source} writes ~{key}, "
+                                               f"but {base_name} has no {dotted})")
+            del merged[key]
+        elif op == ADD:
+            if key in merged:
+                raise ParamError(dotted, value, f"a key {base_name} lacks, to add it with +{key} "
+                                                f"({base_name} has {dotted}: write it without the +)")
+            merged[key] = copy.deepcopy(value)
+        elif key not in merged and op != FORCE:
+            raise ParamError(dotted, value, f"a key of {base_name} ({source} can only change the keys "
+                                            f"{base_name} has: is it misspelt? write +{key} to add a key it lacks)")
+        elif isinstance(merged.get(key), Mapping) and isinstance(value, Mapping):
+            merged[key] = merge(merged[key], value, f"{dotted}.", source, base_name)
+        else:
+            merged[key] = copy.deepcopy(value)  # lists and scalars replace the base's value whole
+    return merged
+
+
+def _split_op(key: str) -> tuple[str, str]:
+    for op in (FORCE, ADD, REMOVE):  # "++" before "+"
+        if key.startswith(op):
+            return key[len(op):], op
+    return key, ""
+
+
+def profile_path(profile: str | Path) -> Path:
+    """``tiny`` -> ``profiles/tiny.yaml``; a path (anything with a ``/`` or a suffix) as it is."""
+    text = str(profile)
+    if os.sep in text or "/" in text or text.endswith((".yaml", ".yml")):
+        return Path(profile)
+    path = PROFILES / f"{text}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in PROFILES.glob("*.yaml"))
+        raise ParamError("profile", text, f"one of {', '.join(known)} (profiles/*.yaml) or a path to a parameters file")
+    return path
+
+
+def load_profile(profile: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The parameters of a file: itself, or, for an overlay (a top-level ``extends``), the file it
+    extends (itself perhaps an overlay) merged with it. ``profile``: a path, or a profile's name."""
+    path = profile_path(profile)
+    data = read_mapping(path)
+    if EXTENDS not in data:
+        return data
+    base_ref = data.pop(EXTENDS)
+    if not isinstance(base_ref, str) or not base_ref:
+        raise ParamError(f"{path}: {EXTENDS}", base_ref, "the path of the parameters file this overlay changes")
+    base = (path.parent / base_ref).resolve()
+    if base in _seen or base == path.resolve():
+        raise ParamError(f"{path}: {EXTENDS}", base_ref, "a file that does not extend itself (a cycle of overlays)")
+    if not base.exists():
+        # The likeliest cause: an overlay copied over params.yaml, the way whole profiles were used.
+        raise ParamError(f"{path}: {EXTENDS}", base_ref,
+                         f"an existing file ({base} is missing). {path} is an overlay, not a whole parameters file: "
+                         "write a profile out merged with `python -m rgvlm.profiles NAME --out params.yaml` "
+                         "(restore a params.yaml overwritten by an overlay with `git checkout params.yaml`)")
+    if base.read_text(encoding="utf-8").startswith(WRITTEN):
+        raise ParamError(f"{path}: {EXTENDS}", base_ref,
+                         f"the CPU profile, but {base} is itself a merged profile written by rgvlm.profiles: "
+                         f"restore it first (`git checkout {base.name}`)")
+    return merge(load_profile(base, (*_seen, path.resolve())), data, source=str(path), base_name=base.name)
+
+
+# -- overrides: `dvc exp run -S` -------------------------------------------------------------
+def parse_override(text: str) -> dict[str, Any]:
+    """One ``-S`` override as the overlay it means: ``train.beta=30`` -> ``{"train": {"beta": 30}}``,
+    ``+train.compile=true`` -> ``{"train": {"+compile": True}}``, ``~train.extra_seeds`` ->
+    ``{"train": {"~extra_seeds": None}}``. The value is read as YAML (``[1, 2]``, ``null``, ``'a b'``),
+    as DVC's grammar reads the common cases; DVC's ``params.yaml:`` file prefix is accepted.
+    A sweep (``train.beta=3,10``: one experiment per value) is DVC's ``--queue`` business, not an
+    override: it fails, as do an empty key and a missing ``=``."""
+    where = f"-S {text}"
+    body = text.strip()
+    if body.startswith("params.yaml:"):
+        body = body[len("params.yaml:"):]
+    elif ":" in body.partition("=")[0]:
+        raise ParamError(where, text, "KEY=VALUE of params.yaml (the only parameters file here)")
+    key, op = _split_op(body.partition("=")[0].strip() if not body.startswith(REMOVE) else body.strip())
+    if op == REMOVE:
+        if "=" in body:
+            raise ParamError(where, text, f"~{key} with no value (it removes the key)")
+        value = None
+    else:
+        if "=" not in body:
+            raise ParamError(where, text, "KEY=VALUE, e.g. train.beta=30 (or +KEY=VALUE to add, ~KEY to remove)")
+        raw_value = body.partition("=")[2].strip()
+        if _top_level_comma(raw_value):
+            raise ParamError(where, text, "one value (a comma-separated sweep is `dvc exp run --queue -S`'s; "
+                                          "quote it or use [..] for a list)")
+        value = yaml.safe_load(raw_value) if raw_value else None
+    parts = key.split(".")
+    if not key or any(not part for part in parts):
+        raise ParamError(where, text, "a dotted key of params.yaml, e.g. train.beta or dataset.mixture.expert")
+    overlay: dict[str, Any] = {f"{op}{parts[-1]}": value}
+    for part in reversed(parts[:-1]):
+        overlay = {part: overlay}
+    return overlay
+
+
+def _top_level_comma(value: str) -> bool:
+    """Whether ``value`` has a comma outside brackets and quotes (Hydra's sweep)."""
+    depth, quote = 0, ""
+    for char in value:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            return True
+    return False
+
+
+def apply_overrides(params: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """``params`` with each ``-S`` override merged in, in order (a copy; errors name the key)."""
+    merged = copy.deepcopy(dict(params))
+    for text in overrides:
+        merged = merge(merged, parse_override(text), source=f"-S {text}")
+    return merged
+
+
+def dump(params: Mapping[str, Any]) -> str:
+    """The YAML text of merged parameters (sections and keys in their order)."""
+    return yaml.safe_dump(dict(params), sort_keys=False, default_flow_style=None, width=110)
+
+
+def write_params(params: Mapping[str, Any], path: str | Path, header: str = "") -> None:
+    """Write merged parameters to ``path`` atomically (DVC never reads a half-written file)."""
+    path = Path(path)
+    text = WRITTEN + "\n" + "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + dump(params)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # -- sections -------------------------------------------------------------------------
@@ -333,6 +533,25 @@ class EvaluationConfig(Config):
 
 def evaluation_config(raw: Any) -> EvaluationConfig:
     return EvaluationConfig.from_section(raw)
+
+
+@dataclass(frozen=True)
+class ReportConfig(Config):
+    """What the report stage draws: the fusion of Figure 4 left, the split and the policy its claims
+    are checked on. Whether they name an evaluated fusion, split and policy is checked against the
+    ``rewards`` and ``evaluation`` sections where both are at hand (:mod:`rgvlm.sections`), and by
+    the report stage against what was evaluated."""
+
+    SECTION = "report"
+    headline_lambda: float = param(low=0.0)  # fixed in advance, never picked on the evaluation seeds
+    split: str = param("fresh", choices=SPLITS)
+    policy: str | None = param(None, test=lambda name: name is None or bool(name),
+                               expected="the name of an evaluation policy (or null: the first evaluated)")
+
+
+def report_config(raw: Any) -> ReportConfig:
+    """Check ``report``."""
+    return ReportConfig.from_section(raw)
 
 
 def resolve_device(device: str) -> str:

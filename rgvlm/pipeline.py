@@ -23,7 +23,6 @@ import os
 import re
 import sys
 import time
-from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -118,32 +117,11 @@ def stage_parameters(spec: dict[str, Any], params: dict[str, Any]) -> dict[str, 
 
 
 def validate_parameters(parameters: dict[str, Any]) -> None:
-    """Check every injected section with its validator, before a kernel starts."""
-    from rgvlm.params import (
-        dataset_config,
-        env_config,
-        evaluation_config,
-        labelling_config,
-        rewards_config,
-        train_config,
-    )
-    from rgvlm.rewards import REWARD_METHODS
-    from rgvlm.rewards.registry import METHODS
+    """Check every injected section, before a kernel starts, through the one registry of section
+    checkers (:mod:`rgvlm.sections`); a section no checker owns fails too."""
+    from rgvlm.sections import check_params
 
-    validators = {
-        "env": env_config,
-        "dataset": dataset_config,
-        "rewards": lambda raw: rewards_config(raw, tuple(REWARD_METHODS)),
-        "train": train_config,
-        "evaluation": evaluation_config,
-        "labelling": labelling_config,
-    }
-    validators["peer"] = lambda raw: import_module("rgvlm.peer.d3rlpy_baseline").peer_config(raw)
-    # Each labelled method validates its own section (rgvlm/rewards/<method>.py).
-    validators.update({method.section: method.config_from_params for method in METHODS.values()})
-    for section, raw in parameters.items():
-        if section in validators:
-            validators[section](raw)
+    check_params(parameters)
 
 
 def render_html(executed: Path, html_path: Path) -> None:

@@ -27,11 +27,11 @@ def main(out: Path, threads: int) -> None:
     from rgvlm import paths
     from rgvlm.data.collect import collect_dataset, params_record
     from rgvlm.data.storage import save_dataset
-    from rgvlm.params import dataset_config, env_config
+    from rgvlm.params import dataset_config, env_config, load_profile
     from rgvlm.rewards.registry import LABELLED_METHODS
 
     root = Path(__file__).resolve().parent.parent
-    profile = yaml.safe_load((root / "profiles" / "tiny.yaml").read_text())
+    profile = load_profile(root / "profiles" / "tiny.yaml")  # the overlay merged onto params.yaml
     out.mkdir(parents=True, exist_ok=True)
     (out / "params.yaml").write_text(yaml.safe_dump(profile))
     os.chdir(out)  # load_params() reads ./params.yaml

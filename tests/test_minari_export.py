@@ -133,13 +133,12 @@ def test_d3rlpy_trains_on_the_export(tiny_dataset, minari_root):
 @pytest.mark.parametrize("method", ["rg_vlm", "vlm_car"])
 def test_relabelling_the_export_gives_the_pipelines_labels(tiny_dataset, minari_root, tmp_path, method):
     """The export read back (rgvlm.data.foreign) labels exactly as data/ does in label@<method>."""
-    import yaml
-
     from rgvlm import paths
     from rgvlm.data.foreign import from_minari
+    from rgvlm.params import load_profile
     from rgvlm.rewards.label_stage import check_method, label_with
 
-    params = yaml.safe_load((paths.ROOT / "profiles" / "tiny.yaml").read_text())
+    params = load_profile(paths.ROOT / "profiles" / "tiny.yaml")  # the overlay, merged
     view = from_minari(export_minari(tiny_dataset, DATASET_ID))
     assert view.source["suite"] and view.source["ground_truth"] == "progress info"
     np.testing.assert_array_equal(view.progress, tiny_dataset.progress)

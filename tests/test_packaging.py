@@ -12,6 +12,7 @@ import jupytext
 import pytest
 import yaml
 
+from rgvlm.params import load_params
 from rgvlm.pipeline import load_stages
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +47,7 @@ def test_notebooks_are_paired_parameterised_and_in_sync():
 
 def test_stages_declare_existing_params_and_profiles_share_sections():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    tiny = yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
+    tiny = load_params(ROOT / "profiles" / "tiny.yaml")  # the overlay, merged
     assert set(params) == set(tiny)
     for name, stage in load_stages(ROOT / "dvc.yaml").items():
         assert stage["cmd"] == f"python -m rgvlm.pipeline {name}"
@@ -57,7 +58,6 @@ def test_stages_declare_existing_params_and_profiles_share_sections():
 @pytest.mark.parametrize("profile", ["params.yaml", "profiles/tiny.yaml", "profiles/gpu.yaml"])
 def test_every_profile_passes_the_stage_validators(profile):
     """Each profile's sections pass the checks the stage runner applies before a kernel starts."""
-    from rgvlm.params import load_params
     from rgvlm.pipeline import validate_parameters
 
     params = load_params(ROOT / profile)

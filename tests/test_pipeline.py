@@ -17,7 +17,7 @@ from rgvlm.evaluation import paired_differences, records_from_per_layout, summar
 from rgvlm.rewards.registry import LABELLED_METHODS as LABELLED
 from rgvlm.rewards.registry import METHODS
 from tests.report_pages import assert_same_report
-from tests.tiny_project import ROOT, run
+from tests.tiny_project import run, tiny_params
 
 
 def _tiny_run_counts() -> tuple[int, int]:
@@ -25,7 +25,7 @@ def _tiny_run_counts() -> tuple[int, int]:
     profile itself, so that a method added to its train section needs no edit here."""
     from rgvlm.params import train_config
 
-    profile = yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
+    profile = tiny_params()  # the overlay merged onto params.yaml
     train = train_config(profile["train"])
     evaluation = profile["evaluation"]
     episodes = len(evaluation["ks"]) * sum(evaluation["episodes_per_k"][split] for split in evaluation["splits"])

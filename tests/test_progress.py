@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from rgvlm import progress
 from rgvlm.progress import Progress, format_duration
@@ -217,9 +216,9 @@ STAGES = ("label@rg_vlm", "rewards", "train", "peer", "evaluate")
 def stage_runs(tmp_path_factory):
     """A tiny clone (tests/test_pipeline.py's) trimmed to one labelling method and two trained runs,
     and what ``python -m rgvlm.pipeline STAGE`` wrote to stderr for every stage evaluation needs."""
-    from tests.tiny_project import ROOT, run, tiny_clone
+    from tests.tiny_project import run, tiny_clone, tiny_params
 
-    params = yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
+    params = tiny_params()
     params["rewards"]["methods"] = ["sparse", "oracle", "rg_vlm"]
     params["train"].update(reward_sets=["sparse", "rg_vlm"], baselines=[], extra_seeds=[], extra_seeds_for=[])
     dst = tmp_path_factory.mktemp("progress") / "rgvlm"

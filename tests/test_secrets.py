@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.tiny_project import ROOT, run, tiny_clone
+from rgvlm.params import load_profile
+from tests.tiny_project import run, tiny_clone
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +92,7 @@ def test_the_key_is_in_no_file_and_no_message(tmp_path):
     key = "sk-rgvlm-" + secrets.token_hex(16)
     server = HostileServer(key)
     try:
-        params = yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
+        params = load_profile("tiny")
         params["labelling"].update({"backend": "openai", "model": "hostile-test", "base_url": server.base_url,
                                     "api_key_env": KEY_ENV, "max_concurrency": 2, "timeout_s": 10,
                                     "max_retries": 1, "max_failure_rate": 0.05})

@@ -1,6 +1,7 @@
-"""A copy of the working tree as a fresh git repository on the tiny profile (profiles/tiny.yaml as
-params.yaml), for the tests that run the real pipeline: tests/test_pipeline.py, tests/test_sweeps.py,
-tests/test_progress.py."""
+"""A copy of the working tree as a fresh git repository on the tiny profile, for the tests that run
+the real pipeline: tests/test_pipeline.py, tests/test_sweeps.py, tests/test_progress.py.
+profiles/tiny.yaml is an overlay of params.yaml: the clone's params.yaml is the two merged (DVC
+and the stages read a whole params.yaml)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from pathlib import Path
 
 import yaml
 
+from rgvlm.params import load_profile, write_params
+
 ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "profiles" / "tiny.yaml"
+
+
+def tiny_params() -> dict:
+    """The tiny profile's parameters: the overlay merged onto this tree's params.yaml."""
+    return load_profile(TINY)
 
 
 def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
@@ -33,8 +42,8 @@ def tiny_clone(dst: Path, params: dict | None = None) -> dict:
         if source.is_file():
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dst / name)
-    if params is None:
-        shutil.copy2(ROOT / "profiles" / "tiny.yaml", dst / "params.yaml")
+    if params is None:  # the overlay merged: DVC and the stages read a whole params.yaml
+        write_params(tiny_params(), dst / "params.yaml", "The tiny profile (profiles/tiny.yaml) merged onto params.yaml.")
     else:
         (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     bin_dir = str(Path(sys.executable).parent)
