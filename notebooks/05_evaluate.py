@@ -1,3 +1,18 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 5. Evaluation: rollouts on k = 1..6, seen layouts and fresh seeds
 #
@@ -36,6 +51,7 @@ from rgvlm.evaluation import (
     summarize,
     summarize_overall,
 )
+from rgvlm.evaluation.chaining import chaining_tables, subtask_outcomes
 from rgvlm.evaluation.paired import PER_LAYOUT_FILE
 from rgvlm.params import EnvConfig, evaluation_config, resolve_device
 from rgvlm.rewards import load_rewards
@@ -70,6 +86,10 @@ cells = records_from_per_layout(pd.read_csv(paths.METRICS / PER_LAYOUT_FILE))
 summary = summarize(cells, samples=config.bootstrap_samples, seed=config.seed)
 overall = summarize_overall(cells, samples=config.bootstrap_samples, seed=config.seed)  # seen vs fresh, all k
 paired = paired_differences(cells, samples=config.bootstrap_samples, seed=config.seed)  # Holm: in the report
+# Where the policies stop: success of each sub-task once reached, per kind (open / put) and per
+# position in the sequence, read from each episode's mission and progress (no privileged replay).
+keys = ["policy", "reward_set", "split"]
+chaining = chaining_tables(subtask_outcomes(frame.to_dict("records"), keys=tuple(keys)), keys)
 
 # %%
 provenance = {
@@ -87,5 +107,7 @@ provenance = {
 }
 write_json_atomic(paths.METRICS / "evaluation.json", {"provenance": provenance, "summary": summary.to_dict("records"),
                                                     "overall": overall.to_dict("records"),
-                                                    "paired": paired.to_dict("records")})
+                                                    "paired": paired.to_dict("records"),
+                                                    "chaining": {name: table.to_dict("records")
+                                                                 for name, table in chaining.items()}})
 summary.pivot_table(index=["policy", "reward_set", "split"], columns="k", values="completion_mean").round(3)

@@ -455,6 +455,40 @@ def results_table(summary: pd.DataFrame, metric: str) -> Table:
     return Table(("reward", "split", *(f"k={k}" for k in ks)), tuple(rows))
 
 
+def chaining_table(chaining: dict[str, list[dict]], policy: str, split: str) -> Table | None:
+    """Rows reward set; columns the success of a sub-task once reached, per kind (open / put) and
+    per position in the sequence (1st .. last), each "share (episodes that reached it)". None when
+    evaluation.json holds no chaining tables (written before they existed)."""
+    if not chaining:
+        return None
+    tables = {name: pd.DataFrame(rows) for name, rows in chaining.items()}
+    tables = {name: t[(t["policy"] == policy) & (t["split"] == split)] for name, t in tables.items()}
+    by_kind, by_position = tables["by_kind"], tables["by_position"]
+    if by_kind.empty:
+        return None
+    kinds = sorted(by_kind["kind"].unique())
+    positions = sorted(int(p) for p in by_position["position"].unique())
+
+    def cell(table: pd.DataFrame, reward_set: str, column: str, value: Any) -> str:
+        row = table[(table["reward_set"] == reward_set) & (table[column] == value)]
+        return "-" if row.empty else f"{row['success_when_reached'].iloc[0]:.2f} ({int(row['reached'].iloc[0])})"
+
+    rows = tuple((Code(r), *(cell(by_kind, r, "kind", k) for k in kinds),
+                  *(cell(by_position, r, "position", p) for p in positions))
+                 for r in reward_set_order(sorted(by_kind["reward_set"].unique())))
+    return Table(("reward", *(f"{k} sub-tasks" for k in kinds), *(f"position {p}" for p in positions)), rows)
+
+
+def instance_text(env: dict[str, Any]) -> str:
+    """The instance of the suite the data and the evaluation use, in words (Figure 4 depends on it)."""
+    from rgvlm.envs.suite import NUM_ROOM_COLS, NUM_ROOM_ROWS
+
+    named = {"room_size": "room size", "objs_per_room": "objects per room", "door_subtask_prob": "share of door sub-tasks",
+             "steps_per_subtask": "steps per sub-task in the time limit"}
+    parts = [f"{label} {env[key]}" for key, label in named.items() if key in env]
+    return ", ".join([f"{NUM_ROOM_ROWS} x {NUM_ROOM_COLS} rooms", *parts])
+
+
 def _fmt_number(value: Any) -> str:
     """A dataset card value: integers as they are, fractions to 4 decimals without trailing zeros."""
     if isinstance(value, float) and not value.is_integer():
@@ -551,6 +585,19 @@ def figure_captions(policy: str, split: str, headline: str, policies: list[str],
     return captions
 
 
+def _chaining_blocks(chaining: dict[str, list[dict]], policy: str, split: str) -> list[Block]:
+    table = chaining_table(chaining, policy, split)
+    if table is None:
+        return []
+    return [_heading(3, f"Where the policies stop ({policy} policy, {split} split)"),
+            _para("Success of a sub-task once every earlier one was done, pooled over k, training seeds and layouts, "
+                  "per kind (open a door; put an object next to another) and per position in the mission; in "
+                  "brackets the number of episodes that reached it. Read from each episode's mission and how many "
+                  "of its sub-tasks the level's verifier counted done. Source: ",
+                  Code("reports/metrics/evaluation.json"), " (", Code("chaining"), ")."),
+            table]
+
+
 def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.REPORTS,
                   headline: str = "sparse+rg_vlm@1", split: str = "fresh",
                   policy: str | None = None) -> tuple[str, list[Block]]:
@@ -600,9 +647,11 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
               "comparison methods, the baselines that use no reward model and the oracle, with the dataset's own "
               "episodes as a reference line. Beside the proportion of sub-tasks completed (the paper's measure) "
               "stand the mean number of sub-tasks done and the full-task success rate, so that a proportion that "
-              "falls with k can be told from policies that stop after a fixed number of sub-tasks."),
+              "falls with k can be told from policies that stop after a fixed number of sub-tasks. The instance "
+              "of the suite: " + instance_text(evaluation["provenance"].get("dataset", {}).get("env", {})) + "."),
         *figure("fig4_left.png"),
         *(block for name in policies if name != policy for block in figure(f"fig4_left_{name}.png")),
+        *_chaining_blocks(evaluation.get("chaining", {}), policy, split),
         _para("Figure 4 right is the fusion ablation: the sparse reward plus lambda times RG-VLM's dense reward, "
               "for each lambda, beside either alone."),
         *figure("fig4_right.png"),

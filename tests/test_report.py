@@ -20,6 +20,7 @@ from rgvlm.report import (
     Heading,
     Para,
     Table,
+    chaining_table,
     figure4_left_reward_sets,
     figure4_metrics,
     figure4_right_reward_sets,
@@ -77,6 +78,29 @@ def test_figure4_metrics_are_figure4s_rows_of_the_evaluation_summary():
             row = rows[(rows["reward_set"] == reward_set) & (rows["k"] == int(key[1:]))].iloc[0]
             assert cell == {name: row[name] for name in ("completion_mean", "completion_low", "completion_high")}
     assert json.loads((ROOT / "reports" / "figure4.json").read_text()) == metrics  # the committed file
+
+
+def test_chaining_table_reads_success_once_reached_per_kind_and_position():
+    from rgvlm.evaluation.chaining import chaining_tables, subtask_outcomes
+
+    put = "put the red ball next to the blue key"
+    mission = f"open the red door, then {put}"
+    # sparse: 2 episodes finish both clauses, 1 stops at the put, 1 at the door; oracle: all done.
+    records = [{"k": 2, "seed": i, "mission": mission, "progress": p, "reward_set": "sparse", "policy": "sampled",
+                "split": "fresh"} for i, p in enumerate([2, 2, 1, 0])]
+    records += [{**r, "reward_set": "oracle", "progress": 2} for r in records]
+    records += [{**r, "split": "seen", "progress": 0} for r in records]  # another split: not in the table
+    keys = ["policy", "reward_set", "split"]
+    chaining = {name: t.to_dict("records") for name, t in
+                chaining_tables(subtask_outcomes(records, keys=tuple(keys)), keys).items()}
+    table = chaining_table(chaining, "sampled", "fresh")
+    assert table.header == ("reward", "open sub-tasks", "put sub-tasks", "position 1", "position 2")
+    rows = {row[0].text: row[1:] for row in table.rows}
+    assert list(rows) == ["sparse", "oracle"]
+    # sparse: the door reached 4 times, done 3; the put reached 3 times, done 2.
+    assert rows["sparse"] == ("0.75 (4)", "0.67 (3)", "0.75 (4)", "0.67 (3)")
+    assert rows["oracle"] == ("1.00 (4)", "1.00 (4)", "1.00 (4)", "1.00 (4)")
+    assert chaining_table({}, "sampled", "fresh") is None  # evaluation.json from before the tables
 
 
 def test_the_committed_readme_is_the_committed_index_html():
