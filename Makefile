@@ -32,7 +32,7 @@ export PYGAME_HIDE_SUPPORT_PROMPT := 1
 # Which lock the venv was made from (tests/test_lock.py checks the venv against it; empty: none).
 export RGVLM_LOCK := $(LOCK)
 
-.PHONY: setup lock data restore-data reproduce verify test test-fast check-deps lint lab notebooks clean-outputs export-minari sweep device-wheels profile
+.PHONY: setup lock data restore-data reproduce verify readme test test-fast check-deps lint lab notebooks clean-outputs export-minari sweep device-wheels profile
 space := $(subst ,, )
 
 setup: $(STAMP)
@@ -101,6 +101,10 @@ export-minari: restore-data
 VERIFY_ARGS ?=
 verify: setup
 	$(BIN)/python -m rgvlm.verify $(VERIFY_ARGS)
+
+# README.md's headline block, rewritten from reports/metrics/evaluation.json (after a new run).
+readme: setup
+	$(BIN)/python -m rgvlm.readme
 
 # One DVC experiment per value of one parameter, queued and run one after the other (each in a copy
 # under .dvc/tmp/exps; the workspace is left as it is), then listed with the k = 1 columns of
