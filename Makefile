@@ -86,8 +86,10 @@ restore-data: setup
 		git diff --quiet -- data.dvc || { echo "data/ rebuilt but differs from data.dvc: were env/dataset params changed? run 'make data'"; exit 1; }; \
 	fi
 
+# The README's headline block is generated from the report's metrics (rgvlm/readme.py): refreshed here.
 reproduce: restore-data
 	$(BIN)/dvc repro
+	$(BIN)/python -m rgvlm.readme
 
 # data/ as a Minari dataset (rgvlm/ordered/sparse-v0 in $MINARI_DATASETS_PATH, else ~/.minari/datasets);
 # EXPORT_ARGS="--rewards rg_vlm" puts a reward set of outputs/rewards/ in place of the sparse reward.
