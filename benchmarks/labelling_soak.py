@@ -30,13 +30,14 @@ Checked (``violations`` lists what does not hold, empty when all do):
 - the server met each kind of fault exactly as often as the seed's schedule says, up to each
   prompt's first answer;
 - each answer's recorded failures are, in order, the faults the server injected into that prompt's
-  requests of the run that got the answer (a ``timeout`` may also be a late response), plus only
-  ``connection`` / ``protocol`` failures of requests the server never received (refused during the
-  restart); its ``retries`` their number;
+  requests of the run that got the answer (a ``timeout`` or ``deadline`` may also be a late
+  response), plus only ``connection`` / ``protocol`` failures of requests the server never received
+  (refused during the restart) or time limits of connections it never accepted; its ``retries``
+  their number;
 - each failed run used up the retries of at least one prompt, and its error names the failures of
-  the first such prompt (in request order); every used-up prompt met ``max_retries`` + 1 failures:
-  scheduled faults, or restart casualties in the run of the restart; the used-up prompts the
-  schedule calls for (``expected.exhausted``) all happened;
+  the first such prompt (in request order); no used-up prompt got more than ``max_retries`` + 1
+  requests to the server (fewer: some never reached it, counted); the used-up prompts the schedule
+  calls for (``expected.exhausted``) all happened;
 - every run's LVLM calls are the answers it added; its cache hits the answers earlier runs stored.
 
 Reported: requests, answers, faults by kind (expected and injected), restart casualties, retries,
@@ -72,9 +73,12 @@ from rgvlm.vlm.cache import ResponseCache, request_key
 MODEL = "soak-model"
 # The client's failure reason for each kind the server logs.
 REASONS = {"ok": ("ok",), "500": ("500",), "503": ("503",), "429": ("429",), "drop": ("protocol",),
-           "malformed": ("malformed",), "slow": ("timeout",), "restart": ("protocol", "connection")}
-# What a request the server never received (refused, or sent down a connection being closed) looks like.
-UNSEEN = ("connection", "protocol")
+           "malformed": ("malformed",), "slow": ("timeout", "deadline"), "restart": ("protocol", "connection")}
+# The client's own time limits: a per-operation timeout, or the attempt's deadline (timeout_s x 3).
+TIME_LIMITS = ("timeout", "deadline")
+# What a request the server never received looks like: refused, sent down a connection being closed,
+# or a connection that did not complete within the client's time limits (a starved server).
+UNSEEN = ("connection", "protocol", *TIME_LIMITS)
 
 
 def soak_prompts(count: int) -> list[str]:
@@ -94,18 +98,28 @@ def _png(seed: int) -> bytes:
 def align(attempts: list[str], kinds: list[str]) -> tuple[int, int] | None:
     """Match a prompt's client-side ``attempts`` (failure reasons, then ``"ok"`` when answered) with
     the ``kinds`` the server logged for them, in order: (requests the server never received, answers
-    the client gave up on), or None when they do not match. A client ``timeout`` matches any kind: the
-    server may have answered after the client's timeout (``late``; only a ``slow`` fault is injected)."""
-    matched = unseen = late = 0
-    for attempt in attempts:
-        if matched < len(kinds) and (attempt in REASONS[kinds[matched]] or attempt == "timeout"):
-            late += attempt == "timeout" and kinds[matched] != "slow"
-            matched += 1
-        elif attempt in UNSEEN:
-            unseen += 1
-        else:
-            return None
-    return (unseen, late) if matched == len(kinds) else None
+    the client gave up on), or None when they do not match. A client ``timeout`` or ``deadline`` matches
+    any kind: the server may have answered after the client's time limit (``late``; only a ``slow``
+    fault is injected)."""
+    if len(attempts) > 64:  # a prompt's attempts are a few (max_retries + 1 per run)
+        return None
+
+    def best(i: int, j: int) -> tuple[int, int] | None:
+        """The alignment of attempts[i:] with kinds[j:] with the fewest requests never received."""
+        if i == len(attempts):
+            return (0, 0) if j == len(kinds) else None
+        attempt, options = attempts[i], []
+        if j < len(kinds) and (attempt in REASONS[kinds[j]] or attempt in TIME_LIMITS):
+            rest = best(i + 1, j + 1)
+            if rest is not None:
+                options.append((rest[0], rest[1] + (attempt in TIME_LIMITS and kinds[j] != "slow")))
+        if attempt in UNSEEN:
+            rest = best(i + 1, j)
+            if rest is not None:
+                options.append((rest[0] + 1, rest[1]))
+        return min(options) if options else None
+
+    return best(0, 0)
 
 
 def _reasons_of(message: str) -> list[str] | None:
@@ -228,8 +242,7 @@ def _check(schedule: FaultSchedule, prompts: list[str], keys: list[str], expecte
         violations.append(f"faults injected {injected} are not the schedule's {expected['faults']}")
 
     # 3. Each prompt's requests, run by run, against what the client recorded.
-    restart_runs = set(server.restart_epochs)
-    unseen = late = late_answers = late_in_failed_runs = 0
+    unseen = late = late_answers = late_in_failed_runs = short_used_up = 0
     exhausted: dict[int, list[int]] = defaultdict(list)  # run -> prompts whose retries it used up
     recorded: Counter[str] = Counter()  # failure reasons in the cached answers
     in_failed_runs: Counter[str] = Counter()  # what the server logged for requests of used-up prompts
@@ -258,9 +271,10 @@ def _check(schedule: FaultSchedule, prompts: list[str], keys: list[str], expecte
                 late_in_failed_runs += kinds.count("ok")  # the client's failures are in no record: unchecked
                 if len(kinds) > max_retries + 1:
                     violations.append(f"prompt {i}, run {run}: {len(kinds)} requests, more than max_retries + 1")
-                elif len(kinds) < max_retries + 1 and run not in restart_runs:
-                    violations.append(f"prompt {i}, run {run}: used up its retries with only {len(kinds)} "
-                                      "request(s) received and no restart")
+                elif len(kinds) < max_retries + 1:
+                    # requests the server never received: refused in the restart, or (any run) a
+                    # connection the client's time limit gave up on; the client's reasons are in no record
+                    short_used_up += 1
     answers_sent = server.counts["ok"]
     if answers_sent != len(prompts) + late_answers + late_in_failed_runs:
         violations.append(f"the server sent {answers_sent} answers: not one per prompt ({len(prompts)}) plus the "
@@ -313,6 +327,7 @@ def _check(schedule: FaultSchedule, prompts: list[str], keys: list[str], expecte
                   "used_up_prompts_in_no_error": used_up_total - failed_runs,
                   "retries_in_answers": retries, "failures_in_answers": dict(sorted(recorded.items())),
                   "requests_never_received": unseen,
+                  "used_up_prompts_with_requests_never_received": short_used_up,
                   # answers (or faults) the server sent after the client's timeout: the client's timeout,
                   # not an injected one (a starved machine); such an answer is paid for twice
                   "late_responses_in_answered_runs": late, "late_answers_in_answered_runs": late_answers,

@@ -49,6 +49,9 @@ class _Listener(ThreadingHTTPServer):
     """A threading HTTP server that keeps the set of its open connections."""
 
     daemon_threads = True
+    # socketserver's default backlog (5) drops the SYNs of a burst of new connections when the
+    # accepting thread is slow to run: the client's connect then waits for SYN retransmits (1 s, 3 s, ...).
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], owner: ChatServer):
         self.owner = owner
