@@ -9,11 +9,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
 
+from rgvlm.testing.chat_server import Action, FakeServer, completion, ok
 from rgvlm.vlm.base import LVLMClient, LVLMError, LVLMRequest, LVLMResponse
 from rgvlm.vlm.openai_backend import OpenAIClient
 
@@ -26,101 +26,6 @@ def png(color: tuple[int, int, int], size: int = 4) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (size, size), color).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def completion(text: str, prompt_tokens: int = 11, completion_tokens: int = 3) -> dict:
-    return {
-        "id": "chatcmpl-test",
-        "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
-    }
-
-
-# An action is (status, headers, body bytes), the string "hang", or a raw fault: a callable
-# given the socket's writer and the server's stop event.
-Action = tuple[int, dict[str, str], bytes] | str | Callable
-
-
-def ok(text: str, **usage: int) -> Action:
-    return 200, {"Content-Type": "application/json"}, json.dumps(completion(text, **usage)).encode()
-
-
-class FakeServer:
-    """OpenAI-compatible stub: ``/v1/models`` and ``/v1/chat/completions`` answered by ``behaviour``."""
-
-    def __init__(self, behaviour: Callable[[dict, dict], Action]):
-        self.behaviour = behaviour
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.posts: list[tuple[dict, dict]] = []  # (json body, headers)
-        self.in_flight = 0
-        self.max_in_flight = 0
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # keep test output quiet
-                pass
-
-            def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
-                try:
-                    self.send_response(status)
-                    for name, value in headers.items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:  # client gave up (timeout) before we answered
-                    self.close_connection = True
-
-            def do_GET(self):
-                if self.path == "/v1/models":
-                    self._send(200, {"Content-Type": "application/json"}, b'{"object":"list","data":[]}')
-                else:
-                    self._send(404, {}, b"not found")
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if self.path != "/v1/chat/completions":
-                    self._send(404, {}, b"not found")
-                    return
-                payload = json.loads(body)
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                with server.lock:
-                    server.posts.append((payload, headers))
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    action = server.behaviour(payload, headers)
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
-                if action == "hang":
-                    server.stop.wait(10.0)  # released at teardown
-                    self.close_connection = True
-                    return
-                if callable(action):  # a raw fault: writes the response (or not) itself
-                    self.close_connection = True
-                    try:
-                        action(self.wfile, server.stop)
-                    except OSError:  # the client gave up first
-                        pass
-                    return
-                self._send(*action)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
 
 
 @pytest.fixture
