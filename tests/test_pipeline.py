@@ -107,7 +107,8 @@ def test_repro_runs_every_stage_and_writes_the_report(project):
     assert index.index("<figure>") > index.index("<p>IQL and the baselines")  # text before the first figure
     # Where the policies stop (issue 29): success once reached, per kind and per position, in the report.
     by_position = pd.DataFrame(evaluation["chaining"]["by_position"])
-    assert set(by_position["position"]) == {1, 2} and set(by_position["reward_set"]) == reward_sets
+    # A row appears at a position once some episode reached it: the first position always is.
+    assert 1 in set(by_position["position"]) <= {1, 2} and set(by_position["reward_set"]) == reward_sets
     assert "Where the policies stop (sampled policy, fresh split)" in index and "2 x 2 rooms, room size" in index
     first = evaluation["summary"][0]
     assert f"{first['completion_mean']:.3f} [{first['completion_low']:.3f}, {first['completion_high']:.3f}]" in index
