@@ -4,27 +4,17 @@ casualties). No timing is asserted."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from rgvlm.testing.fault_server import FAULTS, FaultSchedule, FaultServer, answer_text
 from rgvlm.vlm.base import LVLMError, LVLMRequest
 from rgvlm.vlm.openai_backend import OpenAIClient
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.test_benchmarks import _load  # the benchmarks' loader, one home
 
 
 def test_the_schedule_is_seeded_mixed_and_its_expectation_adds_up():
