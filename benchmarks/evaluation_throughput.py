@@ -14,10 +14,17 @@ so their episodes run to the time limit: the longest rollouts evaluation can hav
     policy (greedy and sampled), checkpoints written to a temporary models directory and loaded
     by ``N`` worker processes as the pipeline does, with each engine; the records are compared.
 
+(c) ``--precision fp32 bf16``: (a)'s array engine again with the policies' forward in each other
+    ``train.precision`` (``arrays_bf16``: bfloat16 autocast), the share of its episode records equal to
+    fp32's (bf16 logits may flip an argmax or a sample), and the policy forward alone on the first
+    step's observations (every episode), fp32 and bf16 calls alternated block by block
+    (``forward_blocks``): the ratio to read on a shared machine.
+
 Written to ``reports/benchmarks/evaluation_throughput.json``.
 
     python benchmarks/evaluation_throughput.py                     # (a), 41 runs x 60 episodes
     python benchmarks/evaluation_throughput.py --workers 2         # and (b)
+    python benchmarks/evaluation_throughput.py --precision fp32 bf16  # and (c)
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +48,7 @@ from rgvlm.data.storage import write_json_atomic  # noqa: E402
 from rgvlm.envs import grid_shape  # noqa: E402
 from rgvlm.envs.seeds import fresh_seed  # noqa: E402
 from rgvlm.evaluation.rollout import EvalEpisode, evaluate_policies, rollout  # noqa: E402
-from rgvlm.params import env_config, evaluation_config, load_params, train_config  # noqa: E402
+from rgvlm.params import PRECISIONS, env_config, evaluation_config, load_params, train_config  # noqa: E402
 from rgvlm.rl.iql import IQLLearner  # noqa: E402
 from rgvlm.rl.missions import mission_embedder  # noqa: E402
 from rgvlm.rl.multirun import StackedPolicy  # noqa: E402
@@ -55,12 +63,16 @@ def policy_states(config, runs: int) -> list[dict]:
 
 
 def time_rollout(config, states, episodes, env, temperature, engine) -> dict:
-    """One in-process rollout of every run on every episode: seconds, of which in the policy."""
+    """One in-process rollout of every run on every episode: seconds, of which in the policy, and
+    the first policy call's inputs (every episode's start state)."""
     policy = StackedPolicy(config, states, temperature=temperature, seed=0)
     embed = mission_embedder(config.mission_encoder).embed
     in_policy = [0.0, 0]
+    first = []
 
     def act(grid, carry, mission):
+        if not first:
+            first.append((grid, carry, mission))
         started = time.perf_counter()
         actions = policy(grid, carry, mission)
         in_policy[0] += time.perf_counter() - started
@@ -70,7 +82,23 @@ def time_rollout(config, states, episodes, env, temperature, engine) -> dict:
     started = time.perf_counter()
     records = rollout(act, episodes, env, embed, num_runs=len(states), engine=engine)
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "policy_seconds": in_policy[0], "policy_calls": in_policy[1], "records": records}
+    return {"seconds": seconds, "policy_seconds": in_policy[0], "policy_calls": in_policy[1], "records": records,
+            "first_inputs": first[0]}
+
+
+def forward_blocks(policies: dict[str, StackedPolicy], inputs, blocks: int, calls: int) -> list[dict[str, float]]:
+    """Policy calls per second of each policy on the same inputs, ``calls`` each in turn, block after
+    block (on a shared machine the policies of one block see about the same load)."""
+    out = []
+    for _ in range(blocks):
+        block = {}
+        for name, policy in policies.items():
+            started = time.perf_counter()
+            for _ in range(calls):
+                policy(*inputs)
+            block[name] = round(calls / (time.perf_counter() - started), 2)
+        out.append(block)
+    return out
 
 
 def write_checkpoints(models_dir: Path, config, states) -> list[tuple[str, int]]:
@@ -93,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=0.5, help="(a)'s policy: 0 greedy, else sampled")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of (a) (evaluation workers use 1)")
     parser.add_argument("--workers", type=int, default=0, help="also time evaluate_policies with this many workers")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS,
+                        help="(c): also roll out (array engine) with the policies' forward at these precisions")
+    parser.add_argument("--forward-blocks", type=int, default=5, help="(c): alternated blocks of policy calls")
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks" / "evaluation_throughput.json"))
     args = parser.parse_args(argv)
 
@@ -123,6 +154,34 @@ def main(argv: list[str] | None = None) -> int:
            for engine, t in timed.items()},
     }
     report["rollout"]["speedup"] = round(timed["minigrid"]["seconds"] / timed["arrays"]["seconds"], 2)
+
+    lower = [p for p in args.precision if p != config.precision]
+    if lower:
+        reference = timed["arrays"]
+        policies = {config.precision: StackedPolicy(config, states, temperature=args.temperature, seed=0)}
+        for precision in lower:
+            other = dataclasses.replace(config, precision=precision)
+            t = time_rollout(other, states, episodes, env, args.temperature, "arrays")
+            pairs = [(a, b) for run_a, run_b in zip(t["records"], reference["records"], strict=True)
+                     for a, b in zip(run_a, run_b, strict=True)]
+            report["rollout"][f"arrays_{precision}"] = {
+                "seconds": round(t["seconds"], 2), "episodes_per_s": round(count / t["seconds"], 1),
+                "policy_seconds": round(t["policy_seconds"], 2), "policy_share": round(t["policy_seconds"] / t["seconds"], 3),
+                "speedup_vs_arrays": round(reference["seconds"] / t["seconds"], 2),
+                "records_equal_to_arrays": round(sum(a == b for a, b in pairs) / len(pairs), 4),
+                "success_rate": round(sum(a["success"] for a, _ in pairs) / len(pairs), 4),
+            }
+            policies[precision] = StackedPolicy(other, states, temperature=args.temperature, seed=0)
+        report["rollout"]["arrays"]["success_rate"] = round(
+            sum(r["success"] for run in reference["records"] for r in run) / count, 4)
+        inputs = reference["first_inputs"]
+        blocks = forward_blocks(policies, inputs, args.forward_blocks, calls=5)
+        report["forward_blocks"] = {
+            "inputs": f"the first step of every episode: {list(inputs[0].shape[:2])} (runs, episodes)",
+            "calls_per_s": blocks,
+            f"ratio_to_{config.precision}_median": {
+                p: float(np.median([blk[p] / blk[config.precision] for blk in blocks])) for p in lower},
+        }
 
     if args.workers:
         with tempfile.TemporaryDirectory() as tmp:

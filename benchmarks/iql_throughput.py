@@ -11,6 +11,9 @@ dataset in ``data/``, on the same device. Reported: total run-updates per second
     params file's (one encoder per run, or one per network);
 (c) ``stack_compiled``: the same with ``torch.compile`` (``--compile``);
 (d) ``stack_cuda_graphs``: compiled in mode "reduce-overhead" (CUDA graphs; GPU only);
+(b') ``stack_bf16`` (``--precision fp32 bf16``): the stack with ``train.precision`` bf16 (bfloat16
+    autocast, :func:`rgvlm.rl.iql.precision_context`); and, in the same process, blocks of fp32 and bf16
+    updates alternated (``precision_blocks``), whose per-block ratio is the one to read on a shared machine;
 (e) ``d3rlpy_bc`` / ``d3rlpy_cql`` (``--d3rlpy``): the peer library's DiscreteBC and DiscreteCQL
     (:mod:`rgvlm.peer.d3rlpy_baseline`) on the same data, batch and MLP width, one run at a time
     (d3rlpy has no multi-run trainer), in the same process and thread count;
@@ -31,6 +34,7 @@ operators by self time go to the report and, as a table, to ``reports/benchmarks
 Written to ``reports/benchmarks/iql_throughput.json``.
 
     python benchmarks/iql_throughput.py --runs 25 --steps 20             # CPU
+    python benchmarks/iql_throughput.py --runs 41 --steps 20 --precision fp32 bf16  # and bf16
     python benchmarks/iql_throughput.py --runs 25 --steps 200 --compile  # GPU: adds (c) and (d)
 """
 
@@ -55,8 +59,8 @@ sys.path.insert(0, str(ROOT))
 
 from rgvlm.data import load_dataset  # noqa: E402
 from rgvlm.data.storage import write_json_atomic  # noqa: E402
-from rgvlm.params import load_params, resolve_device, train_config  # noqa: E402
-from rgvlm.rl.iql import IQLLearner, TransitionBatch  # noqa: E402
+from rgvlm.params import PRECISIONS, load_params, resolve_device, train_config  # noqa: E402
+from rgvlm.rl.iql import IQLLearner, TransitionBatch, bf16_native  # noqa: E402
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, sample_indices  # noqa: E402
 from rgvlm.rl.runs import iql_config_for  # noqa: E402
 
@@ -126,12 +130,23 @@ def roofline_blocks(trainer: MultiRunIQL, data: DeviceTransitions, device: torch
     return out
 
 
-def bf16_native(device: torch.device) -> bool:
-    """Whether the device multiplies bf16 matrices natively (CPU: oneDNN's AVX512-BF16/AMX check)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(check()) if check is not None else False
+def interleaved_blocks(trainers: dict[str, MultiRunIQL], data: DeviceTransitions, device: torch.device,
+                       blocks: int, updates: int) -> list[dict[str, float]]:
+    """Run-updates/s of each trainer, ``updates`` updates each in turn, block after block: on a
+    machine shared with other work the trainers of one block see about the same contention, so the
+    per-block ratios are steadier than rows timed one after the other."""
+    out = []
+    for _ in range(blocks):
+        block = {}
+        for name, trainer in trainers.items():
+            synchronize(device)
+            started = time.perf_counter()
+            for _ in range(updates):
+                trainer.update(trainer.sample(data))
+            synchronize(device)
+            block[name] = round(trainer.num_runs * updates / (time.perf_counter() - started), 2)
+        out.append(block)
+    return out
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> float:
@@ -219,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--roofline-blocks", type=int, default=5,
                         help="blocks of the stack's updates alternated with one peak matmul each")
     parser.add_argument("--profile-top", type=int, default=15, help="operators of the profile kept, by self time")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS,
+                        help="time the stack at each train.precision (fp32 is the params file's unless it sets one)")
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks" / "iql_throughput.json"))
     parser.add_argument("--profile-out", default=None,
                         help="the profile's table (default: iql_profile.txt next to --out)")
@@ -249,6 +266,14 @@ def main(argv: list[str] | None = None) -> int:
                                                     chunk_size=chunk)
         results[f"stack_chunk{chunk}_{other_name}"] = time_stack(other, seeds, data, device, args.steps,
                                                                  args.warmup, chunk_size=chunk)
+    lower = [p for p in args.precision if p != config.precision]
+    for precision in lower:
+        results[f"stack_{precision}"] = time_stack(dataclasses.replace(config, precision=precision), seeds, data,
+                                                   device, args.steps, args.warmup)
+        for chunk in args.chunk_sizes:
+            results[f"stack_chunk{chunk}_{precision}"] = time_stack(
+                dataclasses.replace(config, precision=precision), seeds, data, device, args.steps, args.warmup,
+                chunk_size=chunk)
     if args.compile:
         results["stack_compiled"] = time_stack(config, seeds, data, device, args.steps, args.warmup, compile=True)
         if device.type == "cuda":
@@ -275,10 +300,27 @@ def main(argv: list[str] | None = None) -> int:
     native_bf16 = bf16_native(device)
     if native_bf16:
         peaks["bf16"] = matmul_peak(device, torch.bfloat16, args.peak_size)
+    precision_blocks = None
+    if lower:
+        trainers = {config.precision: trainer}
+        for precision in lower:
+            trainers[precision] = MultiRunIQL(dataclasses.replace(config, precision=precision), seeds,
+                                              [0] * len(seeds), device=device)
+            trainers[precision].update(trainers[precision].sample(data))
+        blocks_by_precision = interleaved_blocks(trainers, data, device, args.roofline_blocks,
+                                                 max(1, args.steps // args.roofline_blocks))
+        precision_blocks = {
+            "blocks": blocks_by_precision,
+            "ratio_to_" + config.precision + "_median": {
+                p: float(np.median([blk[p] / blk[config.precision] for blk in blocks_by_precision])) for p in lower},
+        }
     profile_path = Path(args.profile_out) if args.profile_out else Path(args.out).with_name("iql_profile.txt")
     top_ops = profile_update(trainer, data, device, args.profile_top, profile_path)
     same_network = [k for k in results if k == "eager" or (k.startswith("stack") and other_name not in k)]
     achieved = {k: results[k] * per_run / 1e9 for k in same_network}
+    # Each row against the peak of the precision its matmuls ran in (the FLOPs are the same).
+    row_precision = {k: next((p for p in lower if k.endswith("_" + p)), config.precision) for k in same_network}
+    row_peak = {k: peaks.get(p, peaks["fp32"]) for k, p in row_precision.items()}
     best = max((k for k in same_network if k.startswith("stack")), key=lambda k: results[k])
     roofline = {
         "flops_per_run_update": int(per_run),
@@ -293,11 +335,14 @@ def main(argv: list[str] | None = None) -> int:
         "peak_gflops": {k: round(v, 1) for k, v in peaks.items()},
         "bf16_native": native_bf16,
         "fraction_of_fp32_peak": {k: round(v / peaks["fp32"], 4) for k, v in achieved.items()},
-        "statement": (f"the trainer ({best}) reaches {100 * achieved[best] / peaks['fp32']:.1f}% of this machine's "
-                      f"fp32 matmul peak ({peaks['fp32']:.0f} GFLOP/s measured in the same run)"),
+        "fraction_of_own_precision_peak": {k: round(v / row_peak[k], 4) for k, v in achieved.items()},
+        "statement": (f"the trainer ({best}) reaches {100 * achieved[best] / row_peak[best]:.1f}% of this machine's "
+                      f"{row_precision[best]} matmul peak ({row_peak[best]:.0f} GFLOP/s measured in the same run)"),
         # The stack (params' settings) and one peak matmul alternately: the ratio under the same load.
         "interleaved_blocks": blocks,
         "interleaved_fraction_median": float(np.median([blk["fraction"] for blk in blocks])),
+        # The stack at each --precision, alternated block by block (run-updates/s) and the median ratio.
+        "precision_blocks": precision_blocks,
     }
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",

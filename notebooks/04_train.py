@@ -31,8 +31,6 @@ from rgvlm.params import load_params
 train = load_params()["train"]
 
 # %%
-from dataclasses import asdict
-
 import pandas as pd
 
 from rgvlm import paths
@@ -41,6 +39,7 @@ from rgvlm.data.storage import write_json_atomic
 from rgvlm.params import resolve_device, train_config
 from rgvlm.rewards import load_rewards
 from rgvlm.rl.diagnostics import DIAGNOSTIC_NAMES
+from rgvlm.rl.iql import config_record
 from rgvlm.rl.missions import mission_embedder
 from rgvlm.rl.runs import baseline_weights, checkpoint_summary, iql_config_for, learner_missions, train_runs
 
@@ -73,7 +72,7 @@ print(checkpoint_summary(paths.METRICS / "checkpoints.json"))
 write_json_atomic(paths.MODELS / "runs.json", {
     "reward_sets": list(config.reward_sets), "baselines": list(config.baselines),
     "runs": [[name, seed] for name, name_seeds in seeds.items() for seed in name_seeds], "device": device,
-    "iql": asdict(iql_config), "mission_encoder": embedder.name, "compile": config.compile,
+    "iql": config_record(iql_config), "mission_encoder": embedder.name, "compile": config.compile,
     "cuda_graphs": config.cuda_graphs,
 })
 columns = ["reward_set", "seed", "step", "value_loss", "critic_loss", "policy_loss", "q_mean", "v_mean", "adv_mean",

@@ -46,6 +46,12 @@ def test_evaluation_benchmark_compares_the_engines(tmp_path):
     bench = _load("evaluation_throughput")
     out = tmp_path / "evaluation.json"
     assert bench.main(["--params", str(ROOT / "profiles" / "tiny.yaml"), "--runs", "2", "--episodes-per-k", "1",
-                       "--ks", "1", "2", "--out", str(out)]) == 0
+                       "--ks", "1", "2", "--precision", "fp32", "bf16", "--forward-blocks", "2",
+                       "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["rollout"]["identical"] and report["rollout"]["episodes"] == 4
+    # (c): the bf16 forward's rollout beside fp32's, and the alternated blocks of policy calls.
+    bf16 = report["rollout"]["arrays_bf16"]
+    assert 0.0 <= bf16["records_equal_to_arrays"] <= 1.0 and bf16["episodes_per_s"] > 0
+    assert len(report["forward_blocks"]["calls_per_s"]) == 2
+    assert set(report["forward_blocks"]["ratio_to_fp32_median"]) == {"bf16"}

@@ -18,6 +18,7 @@ module-level functions so they can be checked by hand and reused with ``torch.fu
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -56,6 +57,46 @@ __all__ = [
 
 # Fields that only steer the training loop; a checkpoint may be resumed with different values.
 LOOP_FIELDS = frozenset({"num_steps", "log_every", "checkpoint_every", "checkpoint_interval_s"})
+# Fields added after runs were trained and fingerprinted, with the value those runs had: a config
+# records them only when it differs (config_record), so the runs trained before keep their
+# fingerprints, checkpoints and outputs byte for byte.
+RECORDED_UNLESS_DEFAULT = {"precision": "fp32"}
+
+
+def config_record(config: IQLConfig) -> dict[str, Any]:
+    """The config as checkpoints, fingerprints and ``models/runs.json`` store it: every field but
+    those of :data:`RECORDED_UNLESS_DEFAULT` left at their default (``IQLConfig(**record)`` gives
+    the config back)."""
+    record = dataclasses.asdict(config)
+    for key, default in RECORDED_UNLESS_DEFAULT.items():
+        if record[key] == default:
+            record.pop(key)
+    return record
+
+
+def bf16_native(device: torch.device | str) -> bool:
+    """Whether ``device`` multiplies bf16 matrices natively (CPU: oneDNN's AVX512-BF16/AMX check)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else False
+
+
+def precision_context(precision: str, device: torch.device | str):
+    """The context the networks' forward passes run in for ``IQLConfig.precision``: nothing for
+    "fp32"; for "bf16", autocast to bfloat16 (matmuls and convolutions in bf16, parameters,
+    gradients, Adam state and the losses' reductions in fp32). On a device without native bf16
+    it warns (the results are the same, only slower than fp32: bf16 is emulated)."""
+    device = torch.device(device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision != "bf16":
+        raise ValueError(f"precision {precision!r}: expected one of fp32, bf16")
+    if not bf16_native(device):
+        warnings.warn(f"precision bf16 on {device}, which has no native bf16 matmul: emulated, slower than fp32",
+                      RuntimeWarning, stacklevel=2)
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def encoder_spec(config: IQLConfig) -> EncoderSpec:
@@ -256,6 +297,10 @@ class IQLLearner:
 
     def update(self, batch: TransitionBatch) -> dict[str, torch.Tensor]:
         """One IQL gradient step on ``batch``; returns detached scalar tensors (no host sync)."""
+        with precision_context(self.config.precision, self.device):
+            return self._update(batch)
+
+    def _update(self, batch: TransitionBatch) -> dict[str, torch.Tensor]:
         cfg = self.config
         s = (batch.grid, batch.carry, batch.mission)
         # What the critic and value read, s and s' (with a shared encoder: the policy encoder's
@@ -333,7 +378,8 @@ class IQLLearner:
     ) -> torch.Tensor:
         """Actions ``[B]`` (int64) for batched observations: argmax of the policy logits, or a
         sample from the categorical policy (using ``generator``, or the global RNG if None)."""
-        logits = self.policy(*self._inputs(grid, carry, mission))
+        with precision_context(self.config.precision, self.device):
+            logits = self.policy(*self._inputs(grid, carry, mission)).float()
         if greedy:
             return logits.argmax(dim=-1)
         probs = torch.softmax(logits, dim=-1)
@@ -344,19 +390,21 @@ class IQLLearner:
         """Diagnostics for a batch of states: ``q`` = min(Q1, Q2) [B, A] of the online critic,
         ``v`` [B] and policy ``logits`` [B, A]."""
         s = self._inputs(grid, carry, mission)
-        cs = self.critic_view(*s)
-        return {
-            "q": self.critic(*cs).min(dim=1).values,
-            "v": self.value(*cs),
-            "logits": self.policy(*s),
-        }
+        with precision_context(self.config.precision, self.device):
+            cs = self.critic_view(*s)
+            out = {
+                "q": self.critic(*cs).min(dim=1).values,
+                "v": self.value(*cs),
+                "logits": self.policy(*s),
+            }
+        return {name: value.float() for name, value in out.items()}
 
     # ---------------------------------------------------------------- (de)serialisation
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly: weights, target, optimisers, step, sampling RNG."""
         return {
-            "config": dataclasses.asdict(self.config),
+            "config": config_record(self.config),
             "seed": self.seed,
             "step": self.step,
             "critic": self.critic.state_dict(),

@@ -30,7 +30,6 @@ opt-in; the eager path is the default and the reference.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -49,8 +48,10 @@ from rgvlm.rl.iql import (
     _gather_actions,
     advantage_weights,
     advantages,
+    config_record,
     critic_loss,
     encoder_spec,
+    precision_context,
     save_state_atomic,
     value_loss,
     weighted_log_likelihood,
@@ -353,6 +354,10 @@ class MultiRunIQL:
     def update(self, batch: TransitionBatch, bc_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One IQL update of every run; ``batch`` tensors are ``[R, B, ...]``, ``bc_weight`` ``[R, B]``
         (the BC baselines' policy weights; None when no run is one). Returns ``[R]`` metrics."""
+        with precision_context(self.config.precision, self.device):
+            return self._update(batch, bc_weight)
+
+    def _update(self, batch: TransitionBatch, bc_weight: torch.Tensor | None) -> dict[str, torch.Tensor]:
         b = batch
         if bc_weight is None:
             bc_weight = torch.ones_like(b.reward)
@@ -377,7 +382,8 @@ class MultiRunIQL:
                                  self.config.polyak)
         self.step += 1
         metrics = (v_loss, q_loss, pi_loss, q_mean, v_mean, adv_mean)
-        return {name: value.detach().clone() for name, value in zip(METRIC_NAMES, metrics, strict=True)}
+        # float() is a no-op in fp32; under bf16 autocast some metrics come out in bf16.
+        return {name: value.detach().float().clone() for name, value in zip(METRIC_NAMES, metrics, strict=True)}
 
     # ------------------------------------------------------------ state
 
@@ -394,7 +400,7 @@ class MultiRunIQL:
             return {k: v.detach().clone() if copy else v.detach() for k, v in group.items()}
 
         return {
-            "config": dataclasses.asdict(self.config),
+            "config": config_record(self.config),
             "seeds": list(self.seeds),
             "reward_rows": self.reward_rows.tolist(),
             "bc_rows": list(self.bc_rows),
@@ -413,9 +419,9 @@ class MultiRunIQL:
         ours = (self.seeds, self.reward_rows.tolist(), self.bc_rows)
         if theirs != ours:
             raise ValueError(f"checkpoint holds runs (seeds, reward rows, BC rows) {theirs}, this trainer {ours}")
-        ours = dataclasses.asdict(self.config)
-        diff = {k: (state["config"].get(k), v) for k, v in ours.items()
-                if k not in LOOP_FIELDS and state["config"].get(k) != v}
+        ours, theirs = config_record(self.config), state["config"]
+        diff = {k: (theirs.get(k), ours.get(k)) for k in ours.keys() | theirs.keys()
+                if k not in LOOP_FIELDS and theirs.get(k) != ours.get(k)}
         if diff:
             raise ValueError(f"checkpoint config differs from the trainer's: {{field: (ckpt, ours)}} = {diff}")
         with torch.no_grad():
@@ -442,7 +448,7 @@ class MultiRunIQL:
 
         generator = torch.Generator().manual_seed(self.seeds[r])
         return {
-            "config": dataclasses.asdict(self.config),
+            "config": config_record(self.config),
             "seed": self.seeds[r],
             "step": self.step,
             "critic": unstack(self.critic),
@@ -492,7 +498,8 @@ class StackedPolicy:
     calling the object maps observations ``[R, M, ...]`` to actions ``[R, M]`` (the
     :data:`rgvlm.evaluation.rollout.ActFn` contract). ``temperature`` 0 acts greedily (argmax);
     above 0 it samples from ``softmax(logits / temperature)`` with its own generator seeded by
-    ``seed``, so a sampled rollout is reproducible.
+    ``seed``, so a sampled rollout is reproducible. ``config.precision`` "bf16" computes the
+    logits under bfloat16 autocast (as the run was trained).
     """
 
     def __init__(self, config: IQLConfig, policy_states: Sequence[Mapping[str, torch.Tensor]],
@@ -514,7 +521,9 @@ class StackedPolicy:
 
     @torch.no_grad()
     def __call__(self, grid: torch.Tensor, carry: torch.Tensor, mission: torch.Tensor) -> torch.Tensor:
-        logits = self._logits(self.params, grid.to(self.device), carry.to(self.device), mission.to(self.device))
+        with precision_context(self.config.precision, self.device):
+            logits = self._logits(self.params, grid.to(self.device), carry.to(self.device), mission.to(self.device))
+        logits = logits.float()  # a no-op in fp32; bf16 logits are sampled in fp32 like the others
         if self.temperature == 0.0:
             return logits.argmax(dim=-1)
         probs = torch.softmax(logits / self.temperature, dim=-1)

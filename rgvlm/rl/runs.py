@@ -23,7 +23,6 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ from rgvlm.config import replace_checked
 from rgvlm.data.storage import OfflineDataset, write_json_atomic
 from rgvlm.progress import Progress
 from rgvlm.rl.diagnostics import CriticProbe, discounted_returns, holdout_mask
-from rgvlm.rl.iql import LOOP_FIELDS, REWARD_SCALES, IQLConfig, IQLLearner, save_state_atomic
+from rgvlm.rl.iql import LOOP_FIELDS, REWARD_SCALES, IQLConfig, IQLLearner, config_record, save_state_atomic
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy, save_multirun
 
 
@@ -69,7 +68,7 @@ def run_fingerprint(config: IQLConfig, rewards: np.ndarray, dataset: OfflineData
     """What a run's result depends on; a checkpoint is resumed only if this matches.
     ``bc_weights`` marks a behaviour-cloning baseline (its policy's per-transition weights)."""
     data = hashlib.sha256(json.dumps(dataset.manifest, sort_keys=True).encode()).hexdigest()
-    config_dict = asdict(config)
+    config_dict = config_record(config)
     # How long and how often to log or checkpoint do not change the updates themselves.
     for key in LOOP_FIELDS:
         config_dict.pop(key)
