@@ -163,7 +163,8 @@ def test_a_push_killed_midway_resumes_with_only_what_is_missing(tiny_pipeline, p
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while len(objects(root)) < 3 and push.poll() is None:
             time.sleep(0.02)
-        os.killpg(push.pid, signal.SIGKILL)  # dvc and every worker it started
+        if push.poll() is None:
+            os.killpg(push.pid, signal.SIGKILL)  # dvc and every worker it started
         push.wait()
         killed_s = time.perf_counter() - started
         assert push.returncode == -signal.SIGKILL, "the push ended before it was killed: raise WRITE_DELAY_S"
