@@ -87,7 +87,14 @@ restore-data: setup
 	fi
 
 # The README's headline block is generated from the report's metrics (rgvlm/readme.py): refreshed here.
+# With a DVC remote configured, what it holds is pulled first, so that `dvc repro` recomputes only the
+# stages whose outputs it lacks (--allow-missing: a remote with only part of the cache, e.g. data/ and
+# the labels, is fine); a failed pull is said and the stages are recomputed. No remote: `dvc repro` alone.
 reproduce: restore-data
+	@if [ -n "$$($(BIN)/dvc remote list)" ]; then \
+		$(BIN)/dvc pull --allow-missing && echo "pulled what the DVC remote has; dvc repro runs what is left" || \
+		echo "dvc pull failed (above): every stage whose outputs are missing or stale is recomputed"; \
+	fi
 	$(BIN)/dvc repro
 	$(BIN)/python -m rgvlm.readme
 

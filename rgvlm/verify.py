@@ -25,6 +25,13 @@ compared and ONE table is printed (``--output PATH`` also writes it as Markdown)
   reports/metrics/peer.json holds training losses and timings, no estimate with an interval: the
   d3rlpy peers' results are compared through their evaluation.json rows (``d3rlpy_*``).
 
+When exact outputs differ, the installed package versions each run recorded (the executed
+notebooks' ``metadata.rgvlm.environment``, :func:`rgvlm.pipeline.environment_record`) are compared
+too, and every package whose version differs is named, in the table (rows of kind ``version``) and
+in the verdict ("numpy 2.1.0 here, 2.0.2 in the committed run"): the usual cause of a bit-level
+difference on a machine of the same kind. The committed run's notebooks are DVC-cached outputs,
+read by their hash in the ref's dvc.lock from the local DVC cache, else from the default remote.
+
 Exit status: 0 agree, 1 differs, 2 a file is missing (the message names the path and the ref).
 """
 
@@ -85,13 +92,21 @@ OLD_KEYS = {"reward_set": "method"}
 LEVEL = 0.95
 
 
+#: Where the stages' executed notebooks lie (rgvlm.pipeline.EXECUTED_NOTEBOOKS, relative to the root):
+#: each records the environment that ran its stage.
+EXECUTED_NOTEBOOKS = "outputs/notebooks/"
+
+
 class VerifyError(RuntimeError):
     """A file the comparison needs is missing (or git cannot read it)."""
 
 
 @dataclass
 class Row:
-    kind: str  # "exact", "interval", or "new": in the working tree only (a method added since the ref), not compared
+    # "exact", "interval", "new": in the working tree only (a method added since the ref), not compared, or
+    # "version": a package version the two runs recorded differently (said when exact outputs differ;
+    # it explains a difference, it does not decide the verdict)
+    kind: str
     item: str
     committed: Any
     regenerated: Any
@@ -103,6 +118,8 @@ class Row:
 class Report:
     ref: str
     rows: list[Row] = field(default_factory=list)
+    #: Why the recorded versions could not be compared (a notebook missing from both caches); "" if they were.
+    versions_unknown: str = ""
 
     @property
     def exact_differ(self) -> list[Row]:
@@ -128,6 +145,21 @@ class Report:
     def new(self) -> list[Row]:
         return [r for r in self.rows if r.kind == "new"]
 
+    @property
+    def versions(self) -> list[Row]:
+        return [r for r in self.rows if r.kind == "version"]
+
+    def version_note(self) -> str:
+        """What the recorded versions say about exact outputs that differ ("" when none differ)."""
+        if not self.exact_differ:
+            return ""
+        if self.versions:
+            return ("; recorded versions differ: " + ", ".join(
+                f"{r.item} {r.regenerated} here, {r.committed} in the committed run" for r in self.versions))
+        if self.versions_unknown:
+            return f"; recorded versions not compared: {self.versions_unknown}"
+        return "; the two runs recorded the same package versions"
+
     def verdict(self) -> str:
         exact = [r for r in self.rows if r.kind == "exact"]
         new = f"; {len(self.new)} values new since {self.ref} (not compared)" if self.new else ""
@@ -135,7 +167,7 @@ class Report:
                 f"{len(exact) - len(self.exact_differ)}/{len(exact)} exact values identical; "
                 f"{len(self.trained) - len(self.trained_outside)}/{len(self.trained)} trained numbers within their "
                 f"intervals, {len(self.trained_outside)} outside (at most {self.allowed_outside} allowed: the "
-                f"{LEVEL:.0%} upper bound of Binomial({len(self.trained)}, {1 - LEVEL:.2f})){new}")
+                f"{LEVEL:.0%} upper bound of Binomial({len(self.trained)}, {1 - LEVEL:.2f})){new}{self.version_note()}")
 
 
 def allowed_outside(n: int, p: float = 0.05, level: float = 0.95) -> int:
@@ -312,6 +344,74 @@ def compare_trained(root: Path, ref: str) -> list[Row]:
     return rows
 
 
+def _environment(text: str, where: str) -> dict[str, Any] | None:
+    """An executed notebook's environment record (None: a notebook from before the records)."""
+    try:
+        record = json.loads(text).get("metadata", {}).get("rgvlm", {}).get("environment")
+    except (ValueError, AttributeError) as error:
+        raise VerifyError(f"{where} is not a notebook: {error}") from error
+    return record if isinstance(record, dict) else None
+
+
+def _cached_text(repo, md5: str) -> str:
+    """A DVC object by its hash: from the local cache of ``repo`` (a dvc.repo.Repo), else its default
+    remote (the committed run's executed notebooks are cached outputs, not in git)."""
+    for cache in (repo.cache.local, repo.cache.legacy):  # DVC 3 hashes, then DVC 2's
+        path = Path(cache.oid_to_path(md5))
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    try:
+        remote = repo.cloud.get_remote_odb(None, "verify")
+        with remote.fs.open(remote.oid_to_path(md5), "rb") as file:
+            return file.read().decode("utf-8")
+    # Any failure of a remote's client (DVC's, an fsspec backend's, its network library's own errors)
+    # means only that the versions cannot be compared: said in the verdict, never fatal to the check.
+    except Exception as error:  # noqa: BLE001
+        raise VerifyError(f"object {md5} is in neither the DVC cache nor the default remote "
+                          f"({type(error).__name__}: {error})") from error
+
+
+def compare_versions(root: Path, ref: str, lock_at_ref: dict) -> tuple[list[Row], str]:
+    """The package versions (and Python) recorded by the executed notebooks of the stages whose
+    outputs are exact, committed (at ``ref``, through the DVC cache) against regenerated (the working
+    tree): one ``version`` row per package that differs, with the stages where it does; and why the
+    records could not be read ("" when they were)."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    notebooks = [(stage, path, md5) for stage in EXACT_LOCK_OUTS
+                 for path, md5 in _lock_outs(lock_at_ref, stage).items() if path.startswith(EXECUTED_NOTEBOOKS) and md5]
+    try:
+        repo = Repo(str(root))
+    except DvcException as error:
+        return [], f"{root} is not a DVC repository ({error})"
+    old: dict[str, dict[str, str]] = {}  # package -> stage -> version, committed
+    new: dict[str, dict[str, str]] = {}
+    with repo:
+        for stage, path, md5 in notebooks:
+            try:
+                committed = _environment(_cached_text(repo, md5), f"committed ({ref}) {path}")
+                regenerated = _environment(regenerated_text(root, ref, path), f"regenerated {path}")
+            except VerifyError as error:
+                return [], f"{path}: {error}"
+            if committed is None or regenerated is None:
+                return [], f"{path} ({'committed' if committed is None else 'regenerated'}) records no environment"
+            for record, into in ((committed, old), (regenerated, new)):
+                for name, version in {"python": record.get("python"), **record.get("packages", {})}.items():
+                    into.setdefault(name, {})[stage] = version
+    if not notebooks:
+        return [], f"the dvc.lock at {ref} lists no executed notebook of the exact stages"
+    rows = []
+    for name in sorted(set(old) | set(new)):
+        stages = [st for st in EXACT_LOCK_OUTS if old.get(name, {}).get(st, _MISSING) != new.get(name, {}).get(st, _MISSING)]
+        if stages:
+            a = sorted({str(old.get(name, {}).get(st, "(not installed)")) for st in stages})
+            b = sorted({str(new.get(name, {}).get(st, "(not installed)")) for st in stages})
+            rows.append(Row("version", name, "/".join(a), "/".join(b), False,
+                            f"a cause to look at (recorded by {', '.join(stages)})"))
+    return rows, ""
+
+
 def compare(root: Path | str = ".", ref: str = "HEAD") -> Report:
     """Every comparison of the committed results at ``ref`` with the working tree at ``root``."""
     root = Path(root)
@@ -327,6 +427,9 @@ def compare(root: Path | str = ".", ref: str = "HEAD") -> Report:
         except (KeyError, TypeError, AttributeError, ValueError) as error:
             raise VerifyError(f"{what} (committed at ref {ref} or regenerated) does not have the expected layout: "
                               f"{type(error).__name__}: {error}") from error
+    if report.exact_differ:  # only then: a version that differs is the first thing to look at
+        versions, report.versions_unknown = compare_versions(root, ref, lock_at_ref)
+        report.rows += versions
     return report
 
 

@@ -4,50 +4,32 @@ The server is Python's own `http.server` on 127.0.0.1 (GET and HEAD only: nothin
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.tiny_project import run
+from tests.tiny_project import PULLED_FOLDERS, digest, published_repository, reader_clone, run
 
 pytestmark = pytest.mark.slow
 
 
-def digest(root: Path, folder: str) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted((root / folder).rglob("*")) if p.is_file()}
-
-
 def test_pull_from_a_read_only_http_remote_then_repro_does_nothing(tiny_pipeline, tmp_path):
     project, env, _ = tiny_pipeline
-    # What an author publishes: the repository (git) and the DVC cache (files/md5/..) as static files.
-    published = tmp_path / "published"
-    run(["git", "clone", "-q", str(project), str(published)], tmp_path, env)  # a snapshot of the repo
-    for name in ("dvc.lock", "data.dvc"):
-        (published / name).write_bytes((project / name).read_bytes())
-    for folder in ("reports",):  # cache: false outputs travel in git
-        run(["cp", "-r", str(project / folder), str(published)], tmp_path, env)
-    run(["git", "add", "-A"], published, env)
-    run(["git", "commit", "-qm", "reproduced", "--allow-empty"], published, env)
-
+    published = published_repository(project, tmp_path / "published", env)
     server = subprocess.Popen([sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1",
                                "--directory", str(project / ".dvc" / "cache")],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = server.stdout.readline()  # "Serving HTTP on 127.0.0.1 port N (http://127.0.0.1:N/) ..."
         port = int(line.split(" port ")[1].split()[0])
-        clone = tmp_path / "reader"
-        run(["git", "clone", "-q", str(published), str(clone)], tmp_path, env)
-        reader_env = {**env, "PYTHONPATH": str(clone), "DVC_SITE_CACHE_DIR": str(clone / ".cache" / "dvc-site")}
+        clone, reader_env = reader_clone(published, tmp_path / "reader", env)
         run(["dvc", "remote", "add", "-d", "--local", "published", f"http://127.0.0.1:{port}/"], clone, reader_env)
         started = time.perf_counter()
         run(["dvc", "pull", "-q"], clone, reader_env)
         pulled_s = time.perf_counter() - started
-        for folder in ("data", "outputs/labels", "outputs/rewards", "outputs/models", "outputs/lvlm_cache"):
+        for folder in PULLED_FOLDERS:
             assert digest(clone, folder) == digest(project, folder), folder
         repro = run(["dvc", "repro"], clone, reader_env)
         assert "Running stage" not in repro.stdout + repro.stderr, repro.stdout[-2000:]

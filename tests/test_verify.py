@@ -4,6 +4,7 @@ working tree changed as a reproduction would change it."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -254,3 +255,105 @@ def test_paired_differences_are_compared_by_their_intervals(repo):
     edit(repo, verify.EVALUATION, move)
     outside = verify.compare(repo).trained_outside
     assert [r.item for r in outside] == ["paired policy=sampled split=fresh k=1 row=oracle reference=sparse difference"]
+
+
+# -- recorded package versions, named when exact outputs differ ----------------------------------
+def notebook(versions: dict[str, str], python: str = "3.11.7") -> bytes:
+    """An executed notebook as rgvlm.pipeline leaves it: the environment record in its metadata."""
+    record = {"python": python, "implementation": "CPython", "platform": "Linux", "packages": versions}
+    return json.dumps({"cells": [], "metadata": {"rgvlm": {"environment": record}}, "nbformat": 4,
+                       "nbformat_minor": 5}).encode()
+
+
+@pytest.fixture
+def dvc_repo(repo, tmp_path_factory, monkeypatch):
+    """``repo`` as a DVC repository whose exact stages' executed notebooks are cached outputs in
+    dvc.lock: plant(committed, regenerated[, where]) puts the committed notebooks in the DVC cache
+    (or, where="remote", only in a directory remote), commits their hashes, and writes the
+    regenerated ones into the working tree."""
+    import hashlib
+
+    from dvc.repo import Repo
+
+    # DVC's loggers write to the sys.stdout/stderr of whichever test first imported dvc (pytest's
+    # capture, closed since): to pytest's own log capture instead, through the root logger.
+    for name in ("dvc", "dvc_objects", "dvc_data"):
+        monkeypatch.setattr(logging.getLogger(name), "handlers", [])
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path_factory.mktemp("dvc-site")))
+    Repo.init(str(repo)).close()
+
+    def plant(committed: bytes, regenerated: bytes, where: str = "cache") -> None:
+        md5 = hashlib.md5(committed).hexdigest()
+        with Repo(str(repo)) as dvc:
+            cached = Path(dvc.cache.local.oid_to_path(md5))
+        if where == "remote":
+            store = tmp_path_factory.mktemp("remote")
+            (repo / ".dvc" / "config").write_text(f"[core]\n    remote = store\n['remote \"store\"']\n    url = {store}\n")
+            cached = store / "files" / "md5" / md5[:2] / md5[2:]
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(committed)
+
+        def change(lock):
+            for stage in verify.EXACT_LOCK_OUTS:
+                lock["stages"][stage]["outs"].append({"path": f"outputs/notebooks/{stage}.ipynb", "md5": md5})
+        edit(repo, "dvc.lock", change)
+        for stage in verify.EXACT_LOCK_OUTS:
+            (repo / "outputs" / "notebooks").mkdir(parents=True, exist_ok=True)
+            (repo / "outputs" / "notebooks" / f"{stage}.ipynb").write_bytes(regenerated)
+        git(repo, "add", "dvc.lock", ".dvc")
+        git(repo, "commit", "-q", "-m", "notebooks cached")
+    return plant
+
+
+VERSIONS = {"numpy": "2.0.2", "minigrid": "3.2.0", "gymnasium": "1.4.0"}
+
+
+def test_exact_outputs_that_differ_name_the_package_versions_that_differ(repo, dvc_repo, capsys):
+    dvc_repo(notebook(VERSIONS), notebook({**VERSIONS, "numpy": "2.1.0"}))
+    edit(repo, "reports/metrics/dataset.json", lambda obj: obj.update(spearman=0.4))
+    assert verify.main(["--root", str(repo)]) == 1
+    captured = capsys.readouterr()
+    assert "| DIFFERS | version | numpy | 2.0.2 | 2.1.0 | a cause to look at (recorded by dataset_card, " in captured.out
+    assert "recorded versions differ: numpy 2.1.0 here, 2.0.2 in the committed run" in captured.err
+    assert "minigrid" not in captured.out and "python" not in captured.err  # the same in both runs: not named
+
+
+def test_a_python_or_a_package_only_one_run_had_is_named(repo, dvc_repo):
+    dvc_repo(notebook(VERSIONS), notebook({**VERSIONS, "pillow": "12.0.0"}, python="3.12.1"))
+    edit(repo, "reports/metrics/dataset.json", lambda obj: obj.update(spearman=0.4))
+    report = verify.compare(repo)
+    assert {(r.item, r.committed, r.regenerated) for r in report.versions} == {
+        ("pillow", "(not installed)", "12.0.0"), ("python", "3.11.7", "3.12.1")}
+    assert "python 3.12.1 here, 3.11.7 in the committed run" in report.verdict()
+
+
+def test_the_same_versions_are_said_to_be_the_same(repo, dvc_repo):
+    dvc_repo(notebook(VERSIONS), notebook(VERSIONS))
+    edit(repo, "reports/metrics/dataset.json", lambda obj: obj.update(spearman=0.4))
+    report = verify.compare(repo)
+    assert not report.ok and report.versions == []
+    assert report.verdict().endswith("; the two runs recorded the same package versions")
+
+
+def test_versions_are_not_compared_when_exact_outputs_agree(repo, dvc_repo, capsys):
+    dvc_repo(notebook(VERSIONS), notebook({**VERSIONS, "numpy": "2.1.0"}))
+    assert verify.main(["--root", str(repo)]) == 0
+    assert "version" not in capsys.readouterr().out.split("\n")[0] and verify.compare(repo).versions == []
+
+
+def test_the_committed_records_are_read_from_the_default_remote(repo, dvc_repo):
+    dvc_repo(notebook(VERSIONS), notebook({**VERSIONS, "numpy": "2.1.0"}), where="remote")
+    edit(repo, "reports/metrics/dataset.json", lambda obj: obj.update(spearman=0.4))
+    assert [(r.item, r.committed, r.regenerated) for r in verify.compare(repo).versions] == [("numpy", "2.0.2", "2.1.0")]
+
+
+def test_records_in_no_cache_are_said_to_be_unavailable(repo, dvc_repo):
+    dvc_repo(notebook(VERSIONS), notebook(VERSIONS))
+    for cached in (repo / ".dvc" / "cache").rglob("*"):
+        if cached.is_file():
+            cached.unlink()
+    edit(repo, "reports/metrics/dataset.json", lambda obj: obj.update(spearman=0.4))
+    verdict = verify.compare(repo).verdict()
+    assert "recorded versions not compared: outputs/notebooks/dataset_card.ipynb: object " in verdict
+    assert "in neither the DVC cache nor the default remote" in verdict

@@ -5,6 +5,7 @@ and the stages read a whole params.yaml)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -17,6 +18,8 @@ from rgvlm.params import load_profile, write_params
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "profiles" / "tiny.yaml"
+#: Where a reproduced run's cached outputs lie: what a pull from a remote must bring back byte for byte.
+PULLED_FOLDERS = ("data", "outputs/labels", "outputs/rewards", "outputs/models", "outputs/lvlm_cache")
 
 
 def tiny_params() -> dict:
@@ -70,3 +73,29 @@ def tiny_project(dst: Path) -> tuple[Path, dict, subprocess.CompletedProcess]:
     """:func:`tiny_clone` with `dvc repro` run once: ``dst``, its environment, the repro's result."""
     env = tiny_clone(dst)
     return dst, env, run(["dvc", "repro"], dst, env)
+
+
+def digest(root: Path, folder: str) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``root / folder``."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((root / folder).rglob("*")) if p.is_file()}
+
+
+def published_repository(project: Path, dst: Path, env: dict) -> Path:
+    """What an author publishes beside the DVC cache: a snapshot of ``project``'s git repository in
+    ``dst`` with its dvc.lock, data.dvc and reports/ (the `cache: false` outputs travel in git)
+    committed. A reader's ``git clone`` of it then has everything but the cached outputs."""
+    run(["git", "clone", "-q", str(project), str(dst)], dst.parent, env)
+    for name in ("dvc.lock", "data.dvc"):
+        (dst / name).write_bytes((project / name).read_bytes())
+    run(["cp", "-r", str(project / "reports"), str(dst)], dst.parent, env)
+    run(["git", "add", "-A"], dst, env)
+    run(["git", "commit", "-qm", "reproduced", "--allow-empty"], dst, env)
+    return dst
+
+
+def reader_clone(published: Path, dst: Path, env: dict) -> tuple[Path, dict]:
+    """A reader's fresh ``git clone`` of :func:`published_repository` in ``dst`` and the environment
+    to run commands in there (its own package on PYTHONPATH, its own DVC site cache)."""
+    run(["git", "clone", "-q", str(published), str(dst)], dst.parent, env)
+    return dst, {**env, "PYTHONPATH": str(dst), "DVC_SITE_CACHE_DIR": str(dst / ".cache" / "dvc-site")}
