@@ -68,6 +68,50 @@ def test_decoy_episodes_do_a_wrong_subtask_competently():
     assert ended_on_decoy >= 8
 
 
+def test_detour_episodes_do_a_wrong_version_of_each_subtask_before_the_right_one():
+    """A detour episode is the bot with a detour before every sub-task: a wrong version of it,
+    done competently (its effect holds while the real sub-task is still the current one), then
+    the real one; it runs to success or the time limit, so it is longer than the expert's."""
+    cfg = dataset_config({**TINY_DATASET, "mixture": {"detour": 1.0}})
+    env_cfg = env_config({"room_size": 5})
+    detours, reached, successes, extra_steps = 0, 0, 0, 0
+    for k in (1, 3):
+        for index in range(6):
+            record = collect_episode(env_cfg, cfg, k, index, "detour")
+            again = collect_episode(env_cfg, cfg, k, index, "detour")
+            assert again.actions == record.actions  # deterministic in its arguments
+            expert = collect_episode(env_cfg, cfg, k, index, "expert")
+            assert expert.seed == record.seed and expert.mission == record.mission  # the same layout
+            assert [p for p, _ in record.detours] == sorted({p for p, _ in record.detours})  # one per sub-task
+            held = {p: False for p, _ in record.detours}
+            env = make_env(record.env_id, **env_cfg.kwargs())
+            reset_quietly(env, record.seed)
+            u = env.unwrapped
+            for _, decoy in record.detours:
+                decoy.reset_verifier(u)
+            for action in record.actions:
+                env.step(action)
+                for progress, decoy in record.detours:
+                    if u.instrs.progress == progress and u.instrs.leaf_holds(decoy):
+                        held[progress] = True
+            for progress, decoy in record.detours:
+                assert decoy.surface(u) not in record.subtasks
+            # A detour reaches its wrong effect while its sub-task is current, unless the bot's path
+            # to it happened to do the real sub-task on the way (e.g. through the mission's door).
+            assert all(held[p] or u.instrs.progress > p for p in held), held
+            detours += len(record.detours)
+            reached += sum(held.values())
+            if record.terminals[-1]:
+                successes += 1
+                assert len(record.actions) >= len(expert.actions)
+                extra_steps += len(record.actions) - len(expert.actions)
+            else:
+                assert len(record.actions) == u.max_steps  # only the time limit ends it
+            env.close()
+    assert detours >= 20 and reached >= 0.8 * detours and successes >= 8
+    assert extra_steps >= 10 * successes  # the detours cost steps: a dozen or more a sub-task
+
+
 def test_card_lists_the_decoy_kind_only_where_the_mixture_uses_it(tmp_path, tiny_dataset):
     from rgvlm.data.card import dataset_card
 
