@@ -112,6 +112,16 @@ def test_detour_episodes_do_a_wrong_version_of_each_subtask_before_the_right_one
     assert extra_steps >= 10 * successes  # the detours cost steps: a dozen or more a sub-task
 
 
+def test_a_bot_that_replans_for_ever_is_a_bot_failure():
+    """On this layout (default env, k = 6, index 9) BabyAI's bot, carrying an object past a
+    blocker during a detour, once replanned for ever; a bounded number of path searches per
+    step makes that a bot failure (rebuild, else a random step), so the episode ends."""
+    cfg = dataset_config({**TINY_DATASET, "mixture": {"detour": 1.0}})
+    env_cfg = env_config({"room_size": 5, "steps_per_subtask": 48})
+    record = collect_episode(env_cfg, cfg, 6, 9, "detour")
+    assert record.bot_failures > 0 and len(record.actions) == 48 * 7  # ran to the time limit
+
+
 def test_card_lists_the_decoy_kind_only_where_the_mixture_uses_it(tmp_path, tiny_dataset):
     from rgvlm.data.card import dataset_card
 
