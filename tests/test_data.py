@@ -144,6 +144,33 @@ def test_decoy_subtask_is_another_one_whose_effect_does_not_hold():
     env.close()
 
 
+def test_decoy_subtask_while_carrying_names_no_carried_object():
+    """Mid-episode (a detour's next sub-task), the agent may carry an object: BabyAI cannot
+    describe it (it looks for it on the grid), so no decoy names it, and the mission's own
+    sub-tasks are not re-described (which would fail and rebind their verifiers)."""
+    from rgvlm.envs import SuiteBot
+
+    env = make_env(env_id_for(3), room_size=5)
+    checked = 0
+    for seed in range(10):
+        reset_quietly(env, seed)
+        u = env.unwrapped
+        bot = SuiteBot(env)
+        for _ in range(60):
+            if u.carrying is not None:
+                break
+            env.step(bot.replan())
+        if u.carrying is None or u.instrs.progress >= len(u.instrs.leaves):
+            continue
+        decoy = decoy_subtask(env, np.random.default_rng(seed))
+        carried = (u.carrying.type, u.carrying.color)
+        if decoy is not None and hasattr(decoy, "desc_move"):
+            assert carried not in {(d.type, d.color) for d in (decoy.desc_move, decoy.desc_fixed)}
+        checked += 1
+    env.close()
+    assert checked >= 3
+
+
 def replay_final_env(env_cfg, record):
     env = make_env(record.env_id, **env_cfg.kwargs())
     reset_quietly(env, record.seed)
