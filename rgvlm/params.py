@@ -27,7 +27,7 @@ import yaml
 from rgvlm.config import Config, ParamError, as_section, param  # ParamError: what callers catch
 from rgvlm.envs import CLAUSE_VOCABULARY, MAX_CLAUSE_WORDS, MAX_SUBTASKS, MIN_SUBTASKS
 
-MIXTURE_KINDS = ("expert", "noisy", "partial", "decoy")
+MIXTURE_KINDS = ("expert", "noisy", "partial", "decoy", "detour")
 SPLITS = ("seen", "fresh")
 EXPERT_VIEWS = ("agent", "state")
 #: Behaviour-cloning baselines: "bc" imitates every dataset action, "bc_success" only those of

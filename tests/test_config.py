@@ -107,7 +107,7 @@ def test_values_are_kept_as_the_sections_saved_them_before():
     # Lists become tuples; a mixture lists every kind; one episodes_per_k is every split's.
     dataset = dataset_config(DATASET)
     assert dataset.ks == (1, 2) and dataset.wander_steps == (1, 2)
-    assert dataset.mixture == {"expert": 1.0, "noisy": 0.0, "partial": 0.0, "decoy": 0.0}
+    assert dataset.mixture == {"expert": 1.0, "noisy": 0.0, "partial": 0.0, "decoy": 0.0, "detour": 0.0}
 
 
 def test_the_two_segment_methods_share_their_fields():

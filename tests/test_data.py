@@ -68,6 +68,60 @@ def test_decoy_episodes_do_a_wrong_subtask_competently():
     assert ended_on_decoy >= 8
 
 
+def test_detour_episodes_do_a_wrong_version_of_each_subtask_before_the_right_one():
+    """A detour episode is the bot with a detour before every sub-task: a wrong version of it,
+    done competently (its effect holds while the real sub-task is still the current one), then
+    the real one; it runs to success or the time limit, so it is longer than the expert's."""
+    cfg = dataset_config({**TINY_DATASET, "mixture": {"detour": 1.0}})
+    env_cfg = env_config({"room_size": 5})
+    detours, reached, successes, extra_steps = 0, 0, 0, 0
+    for k in (1, 3):
+        for index in range(6):
+            record = collect_episode(env_cfg, cfg, k, index, "detour")
+            again = collect_episode(env_cfg, cfg, k, index, "detour")
+            assert again.actions == record.actions  # deterministic in its arguments
+            expert = collect_episode(env_cfg, cfg, k, index, "expert")
+            assert expert.seed == record.seed and expert.mission == record.mission  # the same layout
+            assert [p for p, _ in record.detours] == sorted({p for p, _ in record.detours})  # one per sub-task
+            held = {p: False for p, _ in record.detours}
+            env = make_env(record.env_id, **env_cfg.kwargs())
+            reset_quietly(env, record.seed)
+            u = env.unwrapped
+            for _, decoy in record.detours:
+                decoy.reset_verifier(u)
+            for action in record.actions:
+                env.step(action)
+                for progress, decoy in record.detours:
+                    if u.instrs.progress == progress and u.instrs.leaf_holds(decoy):
+                        held[progress] = True
+            for progress, decoy in record.detours:
+                assert decoy.surface(u) not in record.subtasks
+            # A detour reaches its wrong effect while its sub-task is current, unless the bot's path
+            # to it happened to do the real sub-task on the way (e.g. through the mission's door).
+            assert all(held[p] or u.instrs.progress > p for p in held), held
+            detours += len(record.detours)
+            reached += sum(held.values())
+            if record.terminals[-1]:
+                successes += 1
+                assert len(record.actions) >= len(expert.actions)
+                extra_steps += len(record.actions) - len(expert.actions)
+            else:
+                assert len(record.actions) == u.max_steps  # only the time limit ends it
+            env.close()
+    assert detours >= 20 and reached >= 0.8 * detours and successes >= 8
+    assert extra_steps >= 10 * successes  # the detours cost steps: a dozen or more a sub-task
+
+
+def test_a_bot_that_replans_for_ever_is_a_bot_failure():
+    """On this layout (default env, k = 6, index 9) BabyAI's bot, carrying an object past a
+    blocker during a detour, once replanned for ever; a bounded number of path searches per
+    step makes that a bot failure (rebuild, else a random step), so the episode ends."""
+    cfg = dataset_config({**TINY_DATASET, "mixture": {"detour": 1.0}})
+    env_cfg = env_config({"room_size": 5, "steps_per_subtask": 48})
+    record = collect_episode(env_cfg, cfg, 6, 9, "detour")
+    assert record.bot_failures > 0 and len(record.actions) == 48 * 7  # ran to the time limit
+
+
 def test_card_lists_the_decoy_kind_only_where_the_mixture_uses_it(tmp_path, tiny_dataset):
     from rgvlm.data.card import dataset_card
 
@@ -88,6 +142,33 @@ def test_decoy_subtask_is_another_one_whose_effect_does_not_hold():
         assert decoy.surface(env) not in env.unwrapped.subtasks
         assert not instrs.leaf_holds(decoy)
     env.close()
+
+
+def test_decoy_subtask_while_carrying_names_no_carried_object():
+    """Mid-episode (a detour's next sub-task), the agent may carry an object: BabyAI cannot
+    describe it (it looks for it on the grid), so no decoy names it, and the mission's own
+    sub-tasks are not re-described (which would fail and rebind their verifiers)."""
+    from rgvlm.envs import SuiteBot
+
+    env = make_env(env_id_for(3), room_size=5)
+    checked = 0
+    for seed in range(10):
+        reset_quietly(env, seed)
+        u = env.unwrapped
+        bot = SuiteBot(env)
+        for _ in range(60):
+            if u.carrying is not None:
+                break
+            env.step(bot.replan())
+        if u.carrying is None or u.instrs.progress >= len(u.instrs.leaves):
+            continue
+        decoy = decoy_subtask(env, np.random.default_rng(seed))
+        carried = (u.carrying.type, u.carrying.color)
+        if decoy is not None and hasattr(decoy, "desc_move"):
+            assert carried not in {(d.type, d.color) for d in (decoy.desc_move, decoy.desc_fixed)}
+        checked += 1
+    env.close()
+    assert checked >= 3
 
 
 def replay_final_env(env_cfg, record):

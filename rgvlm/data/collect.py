@@ -12,6 +12,13 @@
   :func:`rgvlm.envs.suite.decoy_subtask`), cut once that decoy's effect holds (a time-out).
   Unlike random steps, this mistake is systematic and costs the mission a detour, so
   behaviour cloning copies it and only a reward that credits sub-tasks tells it apart.
+- ``detour``: the bot, but before every sub-task it first competently does a wrong version of
+  it (a decoy, as above, where the layout has one), then the right one; runs until success or
+  the time limit. The mistake is systematic and is *not* cut short: every later state is still
+  the bot's, so the detour's only cost is the time it takes -- a dozen or more steps, which a
+  discounted return sees (unlike a single random step, undone one step later) and which, at
+  the time limit, costs sub-tasks. Where detour episodes are the majority, behaviour cloning
+  takes the detour too.
 
 The mixture makes the reward signal, not imitation, decide what IQL learns. Each episode
 draws its randomness from its own generator seeded by (dataset seed, k, index), so the
@@ -51,6 +58,7 @@ class EpisodeRecord:
     progress: list[int] = field(default_factory=list)
     bot_failures: int = 0
     decoy: object = None  # a decoy episode's wrong sub-task (not stored in the dataset)
+    detours: list = field(default_factory=list)  # a detour episode's (progress, wrong sub-task) pairs (not stored)
 
 
 def episode_kinds(config: DatasetConfig, k: int) -> list[str]:
@@ -70,12 +78,13 @@ class _Expert:
     """The bot plus recovery: if BabyAI's bot trips over a state noise put it in, it is
     rebuilt from the current state; if that fails too, the step is random."""
 
-    def __init__(self, env, state_view: bool, decoy=None):
+    def __init__(self, env, state_view: bool, decoy=None, failures: int = 0):
         self.env = env
         self.state_view = state_view
         self.decoy = decoy
+        self.decoy_at: int | None = None  # a detour's sub-task (the mission's progress when it began)
         self.bot = self._new_bot()
-        self.failures = 0
+        self.failures = failures
 
     def _new_bot(self):
         if self.decoy is None:
@@ -110,20 +119,25 @@ def collect_episode(env_config: EnvConfig, config: DatasetConfig, k: int, index:
     stop_expert_at = int(rng.integers(0, k)) if kind in ("partial", "decoy") else k
     wander_left = int(rng.integers(config.wander_steps[0], config.wander_steps[1] + 1))
     wandering = kind == "partial"
+    detoured: set[int] = set()  # the sub-tasks (by progress) a detour episode has made its detour before
     taken: int | None = None
     while True:
         grid, carry = encode_observation(env)
         record.grids.append(grid)
         record.carries.append(carry)
+        if kind == "detour":
+            expert, switched = _detour_expert(env, expert, detoured, rng)
+            if switched:
+                taken = None
+                if expert.decoy is not None:
+                    record.detours.append((expert.decoy_at, expert.decoy))
         if kind == "decoy" and u.instrs.progress >= stop_expert_at and not wandering:
             if expert.decoy is None:
                 decoy = decoy_subtask(env, rng)
                 if decoy is None:  # no wrong version exists here: end as a partial episode
                     wandering = True
                 else:
-                    failures = expert.failures
-                    expert = _Expert(env, expert.state_view, decoy=decoy)
-                    expert.failures = failures
+                    expert = _Expert(env, expert.state_view, decoy=decoy, failures=expert.failures)
                     record.decoy = decoy
                     taken = None
             elif u.instrs.leaf_holds(expert.decoy):
@@ -153,6 +167,27 @@ def collect_episode(env_config: EnvConfig, config: DatasetConfig, k: int, index:
     record.bot_failures = expert.failures
     env.close()
     return record
+
+
+def _detour_expert(env, expert: _Expert, detoured: set[int], rng: np.random.Generator) -> tuple[_Expert, bool]:
+    """A detour episode's bot for this step, and whether it changed: a decoy of the current
+    sub-task once per sub-task (before the right one), back to the mission once the decoy's
+    effect holds (or once the mission moved on by itself)."""
+    instrs = env.unwrapped.instrs
+    progress = instrs.progress
+    if expert.decoy is not None:
+        if not instrs.leaf_holds(expert.decoy) and progress == expert.decoy_at:
+            return expert, False
+        return _Expert(env, expert.state_view, failures=expert.failures), True
+    if progress in detoured or progress >= len(instrs.leaves):
+        return expert, False
+    detoured.add(progress)
+    decoy = decoy_subtask(env, rng)
+    if decoy is None:  # no wrong version exists here: straight to the right one
+        return expert, False
+    detour = _Expert(env, expert.state_view, decoy=decoy, failures=expert.failures)
+    detour.decoy_at = progress
+    return detour, True
 
 
 def pack_episodes(records: list[EpisodeRecord]) -> tuple[list[dict], dict[str, np.ndarray]]:
@@ -204,12 +239,16 @@ def collect_dataset(env_config: EnvConfig, config: DatasetConfig, workers: int =
     return episodes, arrays, stats
 
 
+#: Episode kinds added after datasets had been committed: a manifest names them only when used.
+LATER_KINDS = ("decoy", "detour")
+
+
 def params_record(env_config: EnvConfig, config: DatasetConfig) -> dict:
     """The parameters a dataset was built from, as stored in its manifest."""
     dataset = {
         "seed": config.seed, "ks": list(config.ks), "episodes_per_k": config.episodes_per_k,
         # Kinds added later are recorded only when used, so older manifests keep their bytes.
-        "mixture": {kind: share for kind, share in config.mixture.items() if kind != "decoy" or share},
+        "mixture": {kind: share for kind, share in config.mixture.items() if kind not in LATER_KINDS or share},
         "noise_epsilon": config.noise_epsilon,
         "wander_steps": list(config.wander_steps),
     }

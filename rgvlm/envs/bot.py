@@ -25,6 +25,19 @@ from minigrid.utils.baby_ai_bot import BabyAIBot
 from rgvlm.envs.suite import OrderedInstr
 
 
+class BotStuck(RuntimeError):
+    """BabyAI's bot kept replanning without choosing an action (see :data:`MAX_SEARCHES_PER_STEP`)."""
+
+
+#: Path searches one :meth:`SuiteBot.replan` may make. BabyAI's ``replan`` loops over its
+#: subgoals until one suggests an action; carrying an object past a blocker, its subgoals can
+#: push each other for ever (seen in a ``detour`` episode at k = 6). Counting searches, not
+#: seconds, keeps the dataset a function of its parameters alone; an ordinary step makes a
+#: handful. A stuck bot raises :class:`BotStuck`, which the collector treats as any other bot
+#: failure (rebuild the bot, else a random step).
+MAX_SEARCHES_PER_STEP = 1000
+
+
 class SuiteBot(BabyAIBot):
     """A BabyAI bot for :class:`~rgvlm.envs.suite.OrderedSubtasksLevel` missions.
 
@@ -38,6 +51,7 @@ class SuiteBot(BabyAIBot):
             raise TypeError(f"SuiteBot needs an OrderedInstr mission, got {type(instrs).__name__}")
         self._planned_for = instrs.progress
         self.state_view = bool(state_view)
+        self._searches = 0  # path searches in the current replan (and in construction)
         super().__init__(env)
         if self.state_view:
             self._process_obs()
@@ -72,7 +86,14 @@ class SuiteBot(BabyAIBot):
             return
         super()._process_instr(instr)
 
+    def _breadth_first_search(self, *args, **kwargs):
+        self._searches += 1
+        if self._searches > MAX_SEARCHES_PER_STEP:
+            raise BotStuck(f"{MAX_SEARCHES_PER_STEP} path searches in one replan")
+        return super()._breadth_first_search(*args, **kwargs)
+
     def replan(self, action_taken=None):
+        self._searches = 0
         instrs = self.mission.unwrapped.instrs
         if instrs.progress != self._planned_for:
             # The last action finished the sub-task the plan was for: start the next one.

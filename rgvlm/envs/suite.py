@@ -279,8 +279,12 @@ def decoy_subtask(env, rng: np.random.Generator) -> OpenInstr | PutNextInstr | N
         move, fixed = (real.desc_move.type, real.desc_move.color), (real.desc_fixed.type, real.desc_fixed.color)
         others = [(obj.type, obj.color) for obj in objects if (obj.type, obj.color) not in (move, fixed)]
         pairs = [(other, fixed) for other in others] + [(move, other) for other in others]
-        candidates = [PutNextInstr(ObjDesc(*a), ObjDesc(*b)) for a, b in pairs]
-    asked = set(instrs.subtask_texts(u))  # a later sub-task done early is progress, not a mistake
+        carried = (u.carrying.type, u.carrying.color) if u.carrying is not None else None
+        candidates = [PutNextInstr(ObjDesc(*a), ObjDesc(*b)) for a, b in pairs if carried not in (a, b)]
+    # A later sub-task done early is progress, not a mistake. Read from the mission string, not
+    # re-described: describing a leaf re-finds its objects on the grid, which fails (and rebinds
+    # the verifier) while the agent carries one of them.
+    asked = set(u.mission.split(SUBTASK_SEPARATOR))
     viable = []
     for leaf in candidates:
         leaf.reset_verifier(u)
