@@ -36,15 +36,15 @@ def test_what_no_stage_depends_on_imports_nothing_of_rgvlm():
 def test_checker_catches_a_planted_omission(tmp_path):
     stages = copy.deepcopy(RAW)
     label = stages["label"]["do"]["deps"]
-    label[label.index("rgvlm/rewards")] = "rgvlm/rewards/rg_vlm.py"  # every other rewards module goes missing
+    label[label.index("rgvlm/rewards")] = "rgvlm/methods/rg_vlm.py"  # every other rewards module goes missing
     label.remove("rgvlm/sandbox.py")  # only VLM-CaR runs it, through its module (imported by name)
     stages["train"]["deps"] = [d for d in stages["train"]["deps"] if d != "rgvlm/rl"]  # a directory dep
     planted = tmp_path / "dvc.yaml"
     planted.write_text(yaml.safe_dump({"stages": stages}))
 
     missing = check(planted)
-    assert "rgvlm/sandbox.py" in missing["label@vlm_car"] and "rgvlm/rewards/vlm_car.py" in missing["label@vlm_car"]
-    assert "rgvlm/rewards/erl_vlm.py" in missing["label@erl_vlm"] and "rgvlm/rewards/vlm_car.py" not in missing["label@erl_vlm"]
+    assert "rgvlm/sandbox.py" in missing["label@vlm_car"] and "rgvlm/methods/vlm_car.py" in missing["label@vlm_car"]
+    assert "rgvlm/methods/erl_vlm.py" in missing["label@erl_vlm"] and "rgvlm/methods/vlm_car.py" not in missing["label@erl_vlm"]
     assert "rgvlm/sandbox.py" not in missing["label@rg_vlm"] and "rgvlm/rewards/label_stage.py" in missing["label@rg_vlm"]
     assert {"rgvlm/rl/iql.py", "rgvlm/rl/runs.py"} <= set(missing["train"])
     assert all(m.startswith("rgvlm/rl/") for m in missing["train"])
