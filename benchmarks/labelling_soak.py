@@ -66,11 +66,7 @@ from rgvlm.data.storage import write_json_atomic
 from rgvlm.params import labelling_config
 from rgvlm.testing.fault_server import FaultSchedule, FaultServer, answer_text
 from rgvlm.vlm import cached_clients
-from rgvlm.vlm.base import (
-    FailurePolicy,  # noqa: F401 - imported by cached_clients: not timed
-    LVLMError,
-    LVLMRequest,
-)
+from rgvlm.vlm.base import LVLMError, LVLMRequest
 from rgvlm.vlm.cache import ResponseCache, request_key
 
 MODEL = "soak-model"
