@@ -105,6 +105,8 @@ def test_a_new_method_touches_five_files_and_its_label_stage_runs(tmp_path):
     root = tmp_path / "rgvlm"
     root.mkdir()
     env = tiny_clone(root)
+    run(["git", "add", "-A"], root, env)  # the project as its user has it (data.dvc of the built data/)
+    run(["git", "commit", "-qm", "data built"], root, env)
     stages_before = run(["dvc", "stage", "list", "--name-only"], root, env).stdout.split()
 
     (root / "rgvlm" / "methods" / f"{NAME}.py").write_text(MODULE)
