@@ -64,7 +64,6 @@ from PIL import Image
 from rgvlm import paths
 from rgvlm.data.storage import write_json_atomic
 from rgvlm.params import labelling_config
-from rgvlm.rewards.base import FailurePolicy  # noqa: F401 - imported by cached_clients: not timed
 from rgvlm.testing.fault_server import FaultSchedule, FaultServer, answer_text
 from rgvlm.vlm import cached_clients
 from rgvlm.vlm.base import LVLMError, LVLMRequest

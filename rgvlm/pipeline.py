@@ -19,6 +19,7 @@ to this process's stderr, the terminal of ``dvc repro``, not to the notebook (:m
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import re
 import sys
@@ -59,15 +60,56 @@ def _interpolate(value: Any, context: dict[str, Any], where: str) -> Any:
     return _REFERENCE.sub(lookup, value)
 
 
-def expand_stages(stages: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def literal_assignments(path: Path) -> dict[str, Any]:
+    """The top-level literal assignments of a Python file, as DVC reads a ``.py`` vars file
+    (anything not a literal is skipped, as DVC skips it)."""
+    found: dict[str, Any] = {}
+    for node in ast.parse(path.read_text(), filename=str(path)).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if len(targets) != 1 or not isinstance(targets[0], ast.Name) or node.value is None:
+            continue
+        try:
+            found[targets[0].id] = ast.literal_eval(node.value)
+        except ValueError:
+            continue
+    return found
+
+
+def load_vars(entries: list[Any], base: Path) -> dict[str, Any]:
+    """The variables of dvc.yaml's ``vars`` (files relative to ``base``, ``PATH:KEY,...`` picking
+    keys; inline mappings) as DVC reads them, for what the runner interpolates: the ``label``
+    stage's ``foreach: ${METHOD_TABLE}`` (params.yaml, DVC's default vars, is used by no stage)."""
+    variables: dict[str, Any] = {}
+    for entry in entries:
+        if isinstance(entry, dict):
+            variables.update(entry)
+            continue
+        file, _, keys = str(entry).partition(":")
+        path = base / file
+        loaded = literal_assignments(path) if path.suffix == ".py" else yaml.safe_load(path.read_text()) or {}
+        picked = [key.strip() for key in keys.split(",")] if keys else list(loaded)
+        missing = [key for key in picked if key not in loaded]
+        if missing:
+            raise SystemExit(f"dvc.yaml vars {entry!r}: {path} defines no {', '.join(missing)}")
+        variables.update({key: loaded[key] for key in picked})
+    return variables
+
+
+def expand_stages(stages: dict[str, Any], variables: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Every stage of ``dvc.yaml`` under the name DVC gives it: a ``foreach`` stage ``NAME`` (over
-    a list or a dict) becomes one stage ``NAME@KEY`` per key, its ``do`` interpolated."""
+    a list or a dict, written out or a ``${VAR}`` of ``variables``) becomes one stage ``NAME@KEY``
+    per key, its ``do`` interpolated."""
     expanded: dict[str, dict[str, Any]] = {}
     for name, spec in stages.items():
         if "foreach" not in spec:
             expanded[name] = spec
             continue
         items = spec["foreach"]
+        if isinstance(items, str):
+            reference = _REFERENCE.fullmatch(items.strip())
+            if reference is None or reference.group(1) not in (variables or {}):
+                raise SystemExit(f"stage {name}: foreach {items!r} is neither a list, a mapping nor a ${{VAR}} of vars")
+            items = variables[reference.group(1)]
         pairs = items.items() if isinstance(items, dict) else ((str(item), item) for item in items)
         for key, item in pairs:
             expanded[f"{name}@{key}"] = _interpolate(spec["do"], {"key": key, "item": item}, f"stage {name}@{key}")
@@ -76,7 +118,8 @@ def expand_stages(stages: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def load_stages(dvc_yaml: Path = paths.DVC_YAML) -> dict[str, dict[str, Any]]:
     """Every stage of ``dvc_yaml``, foreach stages expanded (:func:`expand_stages`)."""
-    return expand_stages(yaml.safe_load(dvc_yaml.read_text())["stages"])
+    spec = yaml.safe_load(dvc_yaml.read_text())
+    return expand_stages(spec["stages"], load_vars(spec.get("vars", []), dvc_yaml.parent))
 
 
 def stage_spec(stage: str, dvc_yaml: Path = paths.DVC_YAML) -> dict[str, Any]:

@@ -16,6 +16,10 @@ import yaml
 
 from rgvlm import paths
 from rgvlm.config import Config, ParamError
+from rgvlm.methods.erl_vlm import ERLVLMConfig
+from rgvlm.methods.erl_vlm import config_from_params as erl_vlm_config
+from rgvlm.methods.rl_vlm_f import RLVLMFConfig
+from rgvlm.methods.vlm_car import config_from_params as vlm_car_config
 from rgvlm.params import (
     EXTENDS,
     WRITTEN,
@@ -30,12 +34,8 @@ from rgvlm.params import (
     train_config,
 )
 from rgvlm.profiles import main as profiles_main
-from rgvlm.rewards.erl_vlm import ERLVLMConfig
-from rgvlm.rewards.erl_vlm import config_from_params as erl_vlm_config
 from rgvlm.rewards.registry import METHODS
-from rgvlm.rewards.rl_vlm_f import RLVLMFConfig
 from rgvlm.rewards.segments import SegmentMethodConfig
-from rgvlm.rewards.vlm_car import config_from_params as vlm_car_config
 from rgvlm.sections import check_params, register_section, section_checkers
 
 DATASET = {"seed": 0, "ks": [1, 2], "episodes_per_k": 3, "mixture": {"expert": 1.0}, "noise_epsilon": 0.1,

@@ -12,10 +12,10 @@ import yaml
 from rgvlm import paths
 from rgvlm.deps import NOT_DEPS, check, imported_by_name, imported_names, notebook_modules, stage_missing
 from rgvlm.pipeline import load_stages
+from rgvlm.rewards.registry import LABELLED_METHODS
 
 STAGES = load_stages()
 RAW = yaml.safe_load(paths.DVC_YAML.read_text())["stages"]
-STAGES_METHODS = tuple(RAW["label"]["foreach"])
 
 
 @pytest.mark.parametrize("stage", list(STAGES))
@@ -36,19 +36,22 @@ def test_what_no_stage_depends_on_imports_nothing_of_rgvlm():
 def test_checker_catches_a_planted_omission(tmp_path):
     stages = copy.deepcopy(RAW)
     label = stages["label"]["do"]["deps"]
-    label[label.index("rgvlm/rewards")] = "rgvlm/rewards/rg_vlm.py"  # every other rewards module goes missing
+    label.remove("rgvlm/rewards")  # every rewards module goes missing
+    label[label.index("rgvlm/methods")] = "rgvlm/methods/rg_vlm.py"  # every other method's module too
     label.remove("rgvlm/sandbox.py")  # only VLM-CaR runs it, through its module (imported by name)
     stages["train"]["deps"] = [d for d in stages["train"]["deps"] if d != "rgvlm/rl"]  # a directory dep
     planted = tmp_path / "dvc.yaml"
-    planted.write_text(yaml.safe_dump({"stages": stages}))
+    # The label stage's foreach reads the registry of this tree (a vars path relative to dvc.yaml's folder).
+    registry = paths.ROOT / "rgvlm" / "rewards" / "registry.py"
+    planted.write_text(yaml.safe_dump({"vars": [f"{registry}:METHOD_TABLE"], "stages": stages}))
 
     missing = check(planted)
-    assert "rgvlm/sandbox.py" in missing["label@vlm_car"] and "rgvlm/rewards/vlm_car.py" in missing["label@vlm_car"]
-    assert "rgvlm/rewards/erl_vlm.py" in missing["label@erl_vlm"] and "rgvlm/rewards/vlm_car.py" not in missing["label@erl_vlm"]
+    assert "rgvlm/sandbox.py" in missing["label@vlm_car"] and "rgvlm/methods/vlm_car.py" in missing["label@vlm_car"]
+    assert "rgvlm/methods/erl_vlm.py" in missing["label@erl_vlm"] and "rgvlm/methods/vlm_car.py" not in missing["label@erl_vlm"]
     assert "rgvlm/sandbox.py" not in missing["label@rg_vlm"] and "rgvlm/rewards/label_stage.py" in missing["label@rg_vlm"]
     assert {"rgvlm/rl/iql.py", "rgvlm/rl/runs.py"} <= set(missing["train"])
     assert all(m.startswith("rgvlm/rl/") for m in missing["train"])
-    assert set(missing) == {f"label@{method}" for method in STAGES_METHODS} | {"train"}
+    assert set(missing) == {f"label@{method}" for method in LABELLED_METHODS} | {"train"}
 
 
 def test_closure_follows_relative_imports_packages_and_lazy_imports(tmp_path):

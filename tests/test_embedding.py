@@ -10,9 +10,7 @@ import pytest
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
 
 from rgvlm.data.storage import OfflineDataset
-from rgvlm.params import ParamError
-from rgvlm.rewards.describe import describe_observation, observation_facts
-from rgvlm.rewards.embedding import (
+from rgvlm.methods.embedding import (
     EmbeddingConfig,
     MiniLMTextEncoder,
     config_from_params,
@@ -20,6 +18,8 @@ from rgvlm.rewards.embedding import (
     label_embedding,
     vlm_rm_reward,
 )
+from rgvlm.params import ParamError
+from rgvlm.rewards.describe import describe_observation, observation_facts
 from rgvlm.rl.missions import split_mission
 
 

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from rgvlm.params import ParamError
-from rgvlm.rewards.erl_vlm import (
+from rgvlm.methods.erl_vlm import (
     ERLVLMConfig,
     RatingTruth,
     config_from_params,
     label_erl_vlm,
     parse_rating,
 )
+from rgvlm.params import ParamError
 from rgvlm.rewards.reward_model import load_reward_model, save_reward_model
 from rgvlm.rewards.segments import SegmentFacts
 from rgvlm.vlm.base import LVLMRequest

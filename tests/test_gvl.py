@@ -11,9 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rgvlm.evaluation.label_quality import value_order_correlation
-from rgvlm.params import ParamError, labelling_config
-from rgvlm.rewards.base import LabellingFailed, load_rewards, save_rewards
-from rgvlm.rewards.gvl import (
+from rgvlm.methods.gvl import (
     GVLConfig,
     ProgressTruth,
     config_from_params,
@@ -24,7 +22,9 @@ from rgvlm.rewards.gvl import (
     parse_completion,
     window_frames,
 )
-from rgvlm.vlm import cached_clients
+from rgvlm.params import ParamError, labelling_config
+from rgvlm.rewards.base import LabellingFailed, load_rewards, save_rewards
+from rgvlm.vlm import cached_clients, failure_policy
 from rgvlm.vlm.base import LVLMResponse
 from rgvlm.vlm.cache import CachedClient, ResponseCache
 from rgvlm.vlm.scripted import ScriptedAnnotator, ScriptedNoise, ScriptedTruth
@@ -188,11 +188,14 @@ def test_malformed_answers_are_reasked_then_interpolated_and_the_failure_rate_is
     result, stats = label_gvl(tiny_dataset, bad, bad, GVLConfig(window_length=16, max_reasks=2), needs_images=False)
     assert stats["fallback_windows"] == stats["windows"] and stats["reasks"] == 2 * stats["windows"]
     assert np.all(result.rewards == 0.0) and np.all(result.values == 0.0)  # nothing known: the anchor's 0
-    stage1, stage2, _ = cached_clients(labelling_config({"scripted": {"malformed_rate": 1.0}}), tmp_path / "gvl")
+    broken = labelling_config({"scripted": {"malformed_rate": 1.0}})
+    stage1, stage2, _ = cached_clients(broken, tmp_path / "gvl")
     with pytest.raises(LabellingFailed, match=r"^gvl: .* windows \(100\.0%\)"):
-        label_gvl(tiny_dataset, stage1, stage2, CONFIG, needs_images=False)
+        label_gvl(tiny_dataset, stage1, stage2, CONFIG, needs_images=False,
+                  failure_policy=failure_policy(broken, tmp_path / "gvl"))
     stage1, stage2, _ = cached_clients(labelling_config({}), tmp_path / "default")
-    _, stats = label_gvl(tiny_dataset, stage1, stage2, CONFIG, needs_images=False)
+    _, stats = label_gvl(tiny_dataset, stage1, stage2, CONFIG, needs_images=False,
+                         failure_policy=failure_policy(labelling_config({}), tmp_path / "default"))
     assert stats["fallback_windows"] <= 0.05 * stats["windows"]
 
 

@@ -12,11 +12,11 @@ import shutil
 
 import pytest
 
-from rgvlm.rewards.erl_vlm import parse_rating
+from rgvlm.methods.erl_vlm import parse_rating
+from rgvlm.methods.rg_vlm import RGVLMConfig, label_rg_vlm
+from rgvlm.methods.rl_vlm_f import parse_preference
+from rgvlm.methods.vlm_car import DECOMPOSE_NOTE, PROGRAM_NOTE, parse_decomposition, parse_program
 from rgvlm.rewards.queries import ask_with_reasks, invalid_answer_note
-from rgvlm.rewards.rg_vlm import RGVLMConfig, label_rg_vlm
-from rgvlm.rewards.rl_vlm_f import parse_preference
-from rgvlm.rewards.vlm_car import DECOMPOSE_NOTE, PROGRAM_NOTE, parse_decomposition, parse_program
 from rgvlm.vlm.base import LVLMRequest, LVLMResponse
 from rgvlm.vlm.cache import CachedClient, ResponseCache
 from rgvlm.vlm.parsing import MAX_ANSWER_CHARS

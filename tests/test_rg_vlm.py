@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rgvlm.methods.rg_vlm import RGVLMConfig, config_from_params, episode_windows, label_rg_vlm
 from rgvlm.params import ParamError
 from rgvlm.rewards.queries import frame_indices
-from rgvlm.rewards.rg_vlm import RGVLMConfig, config_from_params, episode_windows, label_rg_vlm
 from rgvlm.vlm.cache import CachedClient, ResponseCache
 from rgvlm.vlm.scripted import ScriptedAnnotator, ScriptedNoise
 

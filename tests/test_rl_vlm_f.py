@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from rgvlm.params import ParamError
-from rgvlm.rewards.rl_vlm_f import (
+from rgvlm.methods.rl_vlm_f import (
     CANNOT_TELL,
     PreferenceTruth,
     RLVLMFConfig,
@@ -16,6 +15,7 @@ from rgvlm.rewards.rl_vlm_f import (
     label_rl_vlm_f,
     parse_preference,
 )
+from rgvlm.params import ParamError
 from rgvlm.rewards.segments import SegmentFacts
 from rgvlm.vlm.base import LVLMRequest
 from rgvlm.vlm.cache import CachedClient, ResponseCache

@@ -17,9 +17,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from PIL import Image  # noqa: E402
 
+from rgvlm.methods.rg_vlm import RGVLMConfig, label_rg_vlm  # noqa: E402
 from rgvlm.params import ParamError, labelling_config  # noqa: E402
 from rgvlm.rewards.registry import LVLM_SECTION  # noqa: E402
-from rgvlm.rewards.rg_vlm import RGVLMConfig, label_rg_vlm  # noqa: E402
 from rgvlm.vlm.base import LVLMError, LVLMRequest  # noqa: E402
 from rgvlm.vlm.cache import CachedClient, ResponseCache, request_key  # noqa: E402
 from rgvlm.vlm.parsing import parse_scores  # noqa: E402
@@ -164,7 +164,7 @@ def test_scripted_token_probs_never_fail_and_follow_the_noise_model(tiny_dataset
 
 
 def test_erl_vlm_reads_its_ratings_from_token_probs(tiny_dataset):
-    from rgvlm.rewards.erl_vlm import ERLVLMConfig, label_erl_vlm
+    from rgvlm.methods.erl_vlm import ERLVLMConfig, label_erl_vlm
     from tests.test_erl_vlm import mission_table
 
     annotator = ScriptedAnnotator(ScriptedNoise(malformed_rate=1.0), scoring="token_probs")

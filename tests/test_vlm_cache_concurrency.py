@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 
-from rgvlm.rewards.rg_vlm import RGVLMConfig, label_rg_vlm
+from rgvlm.methods.rg_vlm import RGVLMConfig, label_rg_vlm
 from rgvlm.vlm.base import LVLMRequest, LVLMResponse
 from rgvlm.vlm.cache import CachedClient, ResponseCache
 from rgvlm.vlm.scripted import ScriptedAnnotator, ScriptedNoise
@@ -22,7 +22,7 @@ CHILD = textwrap.dedent(
     """
     import json, os, sys, time
     from rgvlm.data import load_dataset
-    from rgvlm.rewards.rg_vlm import RGVLMConfig, label_rg_vlm
+    from rgvlm.methods.rg_vlm import RGVLMConfig, label_rg_vlm
     from rgvlm.vlm.cache import CachedClient, ResponseCache
     from rgvlm.vlm.scripted import ScriptedAnnotator, ScriptedNoise
 

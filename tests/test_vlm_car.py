@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 
 from rgvlm.envs import NUM_ACTIONS, encode_observation, make_env, reset_quietly
-from rgvlm.params import ParamError
-from rgvlm.rewards.oracle import oracle_rewards
-from rgvlm.rewards.rg_vlm import RGVLMConfig, label_rg_vlm
-from rgvlm.rewards.vlm_car import (
+from rgvlm.methods.rg_vlm import RGVLMConfig, label_rg_vlm
+from rgvlm.methods.vlm_car import (
     DecompositionTruth,
     ProgramTruth,
     VLMCaRConfig,
@@ -22,6 +20,8 @@ from rgvlm.rewards.vlm_car import (
     random_rollout,
     scripted_program,
 )
+from rgvlm.params import ParamError
+from rgvlm.rewards.oracle import oracle_rewards
 from rgvlm.sandbox import SandboxLimits
 from rgvlm.vlm.cache import CachedClient, ResponseCache
 from rgvlm.vlm.scripted import ScriptedAnnotator, ScriptedNoise

@@ -16,9 +16,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rgvlm.rewards.erl_vlm import parse_rating
-from rgvlm.rewards.rl_vlm_f import parse_preference
-from rgvlm.rewards.vlm_car import normalise_subtask, parse_decomposition, parse_program
+from rgvlm.methods.erl_vlm import parse_rating
+from rgvlm.methods.rl_vlm_f import parse_preference
+from rgvlm.methods.vlm_car import normalise_subtask, parse_decomposition, parse_program
 from rgvlm.vlm.parsing import ERRORS, MAX_ANSWER_CHARS, parse_scores
 
 FAST = settings(max_examples=200, deadline=None)

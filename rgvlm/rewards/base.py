@@ -12,11 +12,14 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rgvlm.data.storage import write_json_atomic, write_npy_atomic
+
+if TYPE_CHECKING:
+    from rgvlm.vlm.base import FailurePolicy
 
 
 @dataclass
@@ -49,24 +52,14 @@ class LabellingFailed(RuntimeError):
     """A labelling stage ended with more queries unanswered than ``labelling.max_failure_rate`` allows."""
 
 
-@dataclass(frozen=True)
-class FailurePolicy:
-    """How many queries may end without a usable answer (after every re-ask, so they get the
-    fallback or are dropped) before a labelling stage fails, and where the raw answers are,
-    for the message. :func:`rgvlm.vlm.cached_clients` attaches it to the clients it builds."""
-
-    max_failure_rate: float
-    raw_answers: str
-
-
-def check_failure_rate(method: str, failed: int, total: int, reasons: Mapping[str, int], client: Any,
-                       unit: str = "queries") -> None:
-    """Raise :class:`LabellingFailed` when ``failed / total`` is above the client's
-    :class:`FailurePolicy` (none attached: no limit, as for a bare backend in a notebook cell).
+def check_failure_rate(method: str, failed: int, total: int, reasons: Mapping[str, int],
+                       policy: FailurePolicy | None, unit: str = "queries") -> None:
+    """Raise :class:`LabellingFailed` when ``failed / total`` is above ``policy`` (the one the
+    labelling stage hands the method's ``label``; None: no limit, as for a method called on a bare
+    backend in a notebook cell).
 
     ``reasons`` counts every rejected answer by the parser's reason, re-asks included: what a
     user needs to decide whether the prompt, the model or the parser is at fault."""
-    policy = getattr(client, "failure_policy", None)
     if policy is None or total <= 0 or failed / total <= policy.max_failure_rate:
         return
     counts = ", ".join(f"{reason}: {count}" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]))

@@ -1,6 +1,6 @@
 """Plain-English descriptions of a symbolic observation, for the text-embedding reward.
 
-The embedding reward (:mod:`rgvlm.rewards.embedding`) compares a state with the mission in
+The embedding reward (:mod:`rgvlm.methods.embedding`) compares a state with the mission in
 a sentence encoder's space. Its default path has no image model (none can be downloaded
 here), so the state is first *written out* in the mission's own vocabulary, then embedded
 with the same all-MiniLM-L6-v2 that embeds the mission. This module writes that text.

@@ -97,13 +97,13 @@ def label_with(method: RewardMethod, config: Any, lvlm: Any, dataset: OfflineDat
     through the response cache in ``cache_dir``; the method writes its own files into ``out_dir``.
     The result's cost is the stage's cost record (calls, hits, tokens, time, USD estimate)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    clients = usage = None
+    clients = usage = policy = None
     if lvlm is not None:
-        from rgvlm.vlm import cached_clients
+        from rgvlm.vlm import cached_clients, failure_policy
 
         stage1, stage2, usage = cached_clients(lvlm, cache_dir)  # fails here on a bad backend setting
-        clients = (stage1, stage2)
-    result, stats = method.label(dataset, clients, config, out_dir)
+        clients, policy = (stage1, stage2), failure_policy(lvlm, cache_dir)
+    result, stats = method.label(dataset, clients, config, out_dir, policy)
     if usage is not None:
         from rgvlm.rewards.queries import labelling_cost
 

@@ -224,7 +224,7 @@ def reward_model_record(model: RewardEnsemble) -> dict[str, Any]:
 
 
 def label_with_reward_model(method: str, label_method: Any, dataset: OfflineDataset, clients: tuple[Any, Any],
-                            config: Any, out_dir: Path) -> tuple[Any, dict[str, Any]]:
+                            config: Any, out_dir: Path, failure_policy: Any) -> tuple[Any, dict[str, Any]]:
     """The labelling stage's entry of ERL-VLM and RL-VLM-F (:mod:`rgvlm.rewards.registry`):
     ``label_method`` (``label_erl_vlm`` or ``label_rl_vlm_f``) trains a reward model on the
     LVLM's answers and relabels every transition; the model goes to ``out_dir/reward_model.pt``."""
@@ -232,7 +232,7 @@ def label_with_reward_model(method: str, label_method: Any, dataset: OfflineData
 
     stage1, stage2 = clients
     result, stats, model = label_method(dataset, stage1, stage2, config, needs_images=stage1.backend != "scripted",
-                                        mission_table=embed_missions(dataset))
+                                        mission_table=embed_missions(dataset), failure_policy=failure_policy)
     save_reward_model(out_dir / "reward_model.pt", model,
                       {"method": method, "mission_encoder": ENCODER_NAME, "config": result.provenance["config"]})
     return result, stats

@@ -225,7 +225,7 @@ def build_tiny_vlm(kind: str, directory: Path) -> Path:
 def build_tiny_clip(directory: Path) -> Path:
     """Build a tiny random ``CLIPModel`` + ``CLIPProcessor``, save them under ``directory``, return it.
 
-    For the embedding reward's CLIP path (``rgvlm.rewards.embedding``): it loads back by path
+    For the embedding reward's CLIP path (``rgvlm.methods.embedding``): it loads back by path
     with ``AutoModel`` / ``AutoProcessor`` (``local_files_only``), like a real CLIP checkpoint.
     Nothing is downloaded: the tokenizer is a byte-level BPE trained on ``_SENTENCES`` that
     wraps every text in ``<s> ... </s>`` (CLIP pools the text at its end-of-text token, found

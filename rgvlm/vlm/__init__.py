@@ -7,8 +7,10 @@ present) before any labelling starts.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rgvlm.params import LabellingConfig, ParamError
-from rgvlm.vlm.base import LVLMClient, LVLMError, LVLMRequest, LVLMResponse
+from rgvlm.vlm.base import FailurePolicy, LVLMClient, LVLMError, LVLMRequest, LVLMResponse
 from rgvlm.vlm.cache import UsageCounter
 
 
@@ -56,20 +58,23 @@ def make_clients(config: LabellingConfig) -> tuple[LVLMClient, LVLMClient]:
 
 def cached_clients(config: LabellingConfig, cache_dir) -> tuple[LVLMClient, LVLMClient, UsageCounter]:
     """:func:`make_clients`, each answering through the response cache in ``cache_dir``, and
-    the counter of calls, hits and tokens both share (what a labelling stage's cost reports).
-
-    The clients carry ``labelling.max_failure_rate``: a labelling method that ends with more
-    queries unanswered fails, naming the cache directory where the raw answers are."""
-    from rgvlm.rewards.base import FailurePolicy
+    the counter of calls, hits and tokens both share (what a labelling stage's cost reports)."""
     from rgvlm.vlm.cache import CachedClient, ResponseCache, UsageCounter
 
     stage1, stage2 = make_clients(config)
     usage = UsageCounter()
     cache = ResponseCache(cache_dir)
-    policy = FailurePolicy(config.max_failure_rate, str(cache.root))
-    cached1 = CachedClient(stage1, cache, usage, failure_policy=policy)
-    cached2 = cached1 if stage2 is stage1 else CachedClient(stage2, cache, usage, failure_policy=policy)
+    cached1 = CachedClient(stage1, cache, usage)
+    cached2 = cached1 if stage2 is stage1 else CachedClient(stage2, cache, usage)
     return cached1, cached2, usage
 
 
-__all__ = ["LVLMClient", "LVLMError", "LVLMRequest", "LVLMResponse", "cached_clients", "make_clients"]
+def failure_policy(config: LabellingConfig, cache_dir) -> FailurePolicy:
+    """``labelling.max_failure_rate`` for clients answering through the response cache in
+    ``cache_dir``: a labelling method handed it fails when more queries end unanswered, naming
+    that directory, where the raw answers are."""
+    return FailurePolicy(config.max_failure_rate, str(Path(cache_dir)))
+
+
+__all__ = ["FailurePolicy", "LVLMClient", "LVLMError", "LVLMRequest", "LVLMResponse", "cached_clients",
+           "failure_policy", "make_clients"]

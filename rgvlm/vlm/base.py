@@ -41,6 +41,18 @@ class LVLMResponse:
     meta: dict[str, Any] = field(default_factory=dict)  # e.g. retries, latency, finish reason
 
 
+@dataclass(frozen=True)
+class FailurePolicy:
+    """How many queries may end without a usable answer (after every re-ask, so they get the
+    fallback or are dropped) before a labelling stage fails (``labelling.max_failure_rate``), and
+    where the raw answers are, for the message. Built by :func:`rgvlm.vlm.failure_policy`, handed
+    by the labelling stage to the method's ``label`` and enforced by
+    :func:`rgvlm.rewards.base.check_failure_rate`."""
+
+    max_failure_rate: float
+    raw_answers: str  # the response cache's directory
+
+
 class LVLMError(RuntimeError):
     """A backend could not produce an answer (after its retries)."""
 

@@ -248,7 +248,7 @@ class CachedClient:
     waited for instead of asked (see the module docstring)."""
 
     def __init__(self, client: LVLMClient, cache: ResponseCache, usage: UsageCounter | None = None,
-                 chunk_size: int | None = None, poll_s: float = 0.05, failure_policy: Any = None):
+                 chunk_size: int | None = None, poll_s: float = 0.05):
         # A backend that hands over each answer as it arrives (the OpenAI client) has every
         # answer stored at once, so its chunks only bound claims and the wait for a chunk's
         # slowest request: four rounds of max_concurrency keep its workers busy. Others'
@@ -264,7 +264,6 @@ class CachedClient:
         self.usage = usage or UsageCounter()
         self.backend, self.model = client.backend, client.model
         self.poll_s = poll_s
-        self.failure_policy = failure_policy  # a FailurePolicy the labelling code enforces
         self.waited_for_others = 0  # answers another process was asking when this one needed them
 
     def generation_settings(self) -> dict[str, Any]:

@@ -60,7 +60,7 @@ from rgvlm.rewards.queries import (
     load_templates,
     provenance_record,
 )
-from rgvlm.vlm.base import LVLMClient, LVLMRequest
+from rgvlm.vlm.base import FailurePolicy, LVLMClient, LVLMRequest
 from rgvlm.vlm.parsing import Number, parse_json_list
 from rgvlm.vlm.scripted import ScriptedNoise
 from rgvlm.vlm.token_probs import AnswerTemplate
@@ -195,7 +195,7 @@ def interpolate_progress(length: int, known: dict[int, float]) -> np.ndarray:
 
 
 def label_gvl(dataset: OfflineDataset, stage1: LVLMClient, stage2: LVLMClient, config: GVLConfig = GVLConfig(),
-              needs_images: bool = True) -> tuple[RewardResult, dict]:
+              needs_images: bool = True, failure_policy: FailurePolicy | None = None) -> tuple[RewardResult, dict]:
     """Label every transition; returns the reward set (with its progress series as ``values``) and
     the labelling statistics."""
     started = time.perf_counter()
@@ -253,7 +253,7 @@ def label_gvl(dataset: OfflineDataset, stage1: LVLMClient, stage2: LVLMClient, c
     answerer = stage2 if config.two_stage else stage1
     answers = ask_with_reasks(answerer, requests, lambda i, text: parse_completion(text, len(shown[i])),
                               lambda i, detail: invalid_answer_note(detail, reminder(i)), config.max_reasks)
-    check_failure_rate("gvl", answers.failed, len(windows), answers.errors, answerer, "windows")
+    check_failure_rate("gvl", answers.failed, len(windows), answers.errors, failure_policy, "windows")
     # Under labelling.scoring: token_probs each percentage is read from the distribution over the
     # template's candidates (its expectation or argmax), not parsed.
     completions = [read if read is not None else parsed
@@ -292,10 +292,11 @@ def label_gvl(dataset: OfflineDataset, stage1: LVLMClient, stage2: LVLMClient, c
 
 
 def label(dataset: OfflineDataset, clients: tuple[LVLMClient, LVLMClient], config: GVLConfig,
-          out_dir: Path) -> tuple[RewardResult, dict]:
+          out_dir: Path, failure_policy: FailurePolicy | None = None) -> tuple[RewardResult, dict]:
     """The labelling stage's entry (:mod:`rgvlm.rewards.registry`)."""
     stage1, stage2 = clients
-    return label_gvl(dataset, stage1, stage2, config, needs_images=stage1.backend != "scripted")
+    return label_gvl(dataset, stage1, stage2, config, needs_images=stage1.backend != "scripted",
+                     failure_policy=failure_policy)
 
 
 def diagnostic(dataset: OfflineDataset, result: RewardResult, out_dir: Path) -> Any:

@@ -82,7 +82,7 @@ from rgvlm.rewards.queries import (
     provenance_record,
 )
 from rgvlm.sandbox import SandboxLimits, run_checks
-from rgvlm.vlm.base import LVLMClient, LVLMRequest
+from rgvlm.vlm.base import FailurePolicy, LVLMClient, LVLMRequest
 from rgvlm.vlm.parsing import MAX_ANSWER_CHARS, distinct, json_values
 from rgvlm.vlm.scripted import ScriptedNoise
 
@@ -699,6 +699,7 @@ def label_vlm_car(
     client: LVLMClient,
     config: VLMCaRConfig = VLMCaRConfig(),
     needs_images: bool = True,
+    failure_policy: FailurePolicy | None = None,
 ) -> tuple[RewardResult, dict]:
     """Label every transition with VLM-CaR (see the module docstring).
 
@@ -717,7 +718,7 @@ def label_vlm_car(
     # Answers that never parsed; programs that parsed but failed verification are the method's
     # own filtering (regenerated, then dropped), recorded in "program_failures", not counted here.
     check_failure_rate("vlm_car", decompositions.failed + programs.failed, len(missions) + programs.asks,
-                       decompositions.errors + programs.errors, client, "decomposition and program queries")
+                       decompositions.errors + programs.errors, failure_policy, "decomposition and program queries")
     accepted = programs.accepted()
     rewards = progress_rewards(dataset, verifier, decomposition, accepted)
 
@@ -759,11 +760,12 @@ def label_vlm_car(
 
 
 def label(dataset: OfflineDataset, clients: tuple[LVLMClient, LVLMClient], config: VLMCaRConfig,
-          out_dir: Path) -> tuple[RewardResult, dict]:
+          out_dir: Path, failure_policy: FailurePolicy | None = None) -> tuple[RewardResult, dict]:
     """The labelling stage's entry (:mod:`rgvlm.rewards.registry`): one model (the stage-1 client)
     writes decompositions and programs; their record goes to ``out_dir/programs.json``."""
     client = clients[0]
-    result, stats = label_vlm_car(dataset, client, config, needs_images=client.backend != "scripted")
+    result, stats = label_vlm_car(dataset, client, config, needs_images=client.backend != "scripted",
+                                  failure_policy=failure_policy)
     write_json_atomic(out_dir / "programs.json",
                       {"programs": stats.pop("programs"), "decompositions": stats.pop("decompositions")})
     return result, stats

@@ -67,7 +67,7 @@ from rgvlm.rewards.segments import (
     segment_frames,
     segment_steps,
 )
-from rgvlm.vlm.base import LVLMClient
+from rgvlm.vlm.base import FailurePolicy, LVLMClient
 from rgvlm.vlm.scripted import ScriptedNoise
 from rgvlm.vlm.token_probs import AnswerTemplate
 
@@ -186,6 +186,7 @@ def label_erl_vlm(
     config: ERLVLMConfig = ERLVLMConfig(),
     needs_images: bool = True,
     mission_table: torch.Tensor | np.ndarray | None = None,
+    failure_policy: FailurePolicy | None = None,
 ) -> tuple[RewardResult, dict[str, Any], RewardEnsemble]:
     """Rate segments, fit the reward model, relabel every transition.
 
@@ -221,7 +222,7 @@ def label_erl_vlm(
                             lambda _: AnswerTemplate(("Rating: ", ""), names))
     scored = sum(read is not None for read in answers.token_values)
     ratings, errors, reasks = answers.values, answers.errors, answers.reasks
-    check_failure_rate("erl_vlm", answers.failed, len(queries), errors, stage2, "segments")
+    check_failure_rate("erl_vlm", answers.failed, len(queries), errors, failure_policy, "segments")
     kept = [i for i, r in enumerate(ratings) if r is not None]
     labels = np.array([ratings[i] for i in kept], dtype=np.int64)
     steps, mask = segment_steps(dataset, [segments[i] for i in kept], config.segment_length)
@@ -249,7 +250,7 @@ def label_erl_vlm(
 
 
 def label(dataset: OfflineDataset, clients: tuple[LVLMClient, LVLMClient], config: ERLVLMConfig,
-          out_dir: Path) -> tuple[RewardResult, dict[str, Any]]:
+          out_dir: Path, failure_policy: FailurePolicy | None = None) -> tuple[RewardResult, dict[str, Any]]:
     """The labelling stage's entry (:mod:`rgvlm.rewards.registry`); the reward model goes to
     ``out_dir/reward_model.pt``."""
-    return label_with_reward_model("erl_vlm", label_erl_vlm, dataset, clients, config, out_dir)
+    return label_with_reward_model("erl_vlm", label_erl_vlm, dataset, clients, config, out_dir, failure_policy)

@@ -45,7 +45,7 @@ from rgvlm.rewards.queries import (
     numbered_actions,
     provenance_record,
 )
-from rgvlm.vlm.base import LVLMClient
+from rgvlm.vlm.base import FailurePolicy, LVLMClient
 from rgvlm.vlm.parsing import SCORE_MAX, parse_scores
 from rgvlm.vlm.scripted import SegmentTruth
 from rgvlm.vlm.token_probs import AnswerTemplate
@@ -89,6 +89,7 @@ def label_rg_vlm(
     stage2: LVLMClient,
     config: RGVLMConfig = RGVLMConfig(),
     needs_images: bool = True,
+    failure_policy: FailurePolicy | None = None,
 ) -> tuple[RewardResult, dict]:
     """Label every transition; returns the reward set and the labelling statistics."""
     started = time.perf_counter()
@@ -137,7 +138,7 @@ def label_rg_vlm(
     scores = [read if read is not None else parsed
               for parsed, read in zip(answers.values, answers.token_values, strict=True)]
     scored = sum(read is not None for read in answers.token_values)
-    check_failure_rate("rg_vlm", fallbacks, len(windows), errors, stage2, "windows")
+    check_failure_rate("rg_vlm", fallbacks, len(windows), errors, failure_policy, "windows")
 
     total = np.zeros(dataset.num_transitions, dtype=np.float64)
     count = np.zeros(dataset.num_transitions, dtype=np.int64)
@@ -162,8 +163,9 @@ def label_rg_vlm(
 
 
 def label(dataset: OfflineDataset, clients: tuple[LVLMClient, LVLMClient], config: RGVLMConfig,
-          out_dir: Path) -> tuple[RewardResult, dict]:
+          out_dir: Path, failure_policy: FailurePolicy | None = None) -> tuple[RewardResult, dict]:
     """The labelling stage's entry (:mod:`rgvlm.rewards.registry`)."""
     stage1, stage2 = clients
-    return label_rg_vlm(dataset, stage1, stage2, config, needs_images=stage1.backend != "scripted")
+    return label_rg_vlm(dataset, stage1, stage2, config, needs_images=stage1.backend != "scripted",
+                        failure_policy=failure_policy)
 

@@ -61,7 +61,7 @@ from rgvlm.rewards.segments import (
     segment_frames,
     segment_steps,
 )
-from rgvlm.vlm.base import LVLMClient
+from rgvlm.vlm.base import FailurePolicy, LVLMClient
 from rgvlm.vlm.scripted import ScriptedNoise
 
 CANNOT_TELL = -1
@@ -154,6 +154,7 @@ def label_rl_vlm_f(
     config: RLVLMFConfig = RLVLMFConfig(),
     needs_images: bool = True,
     mission_table: torch.Tensor | np.ndarray | None = None,
+    failure_policy: FailurePolicy | None = None,
 ) -> tuple[RewardResult, dict[str, Any], RewardEnsemble]:
     """Compare segment pairs, fit the Bradley-Terry ensemble, relabel every transition.
 
@@ -190,7 +191,7 @@ def label_rl_vlm_f(
                           lambda _, text: parse_preference(text),
                           lambda _, detail: invalid_answer_note(detail, reminder), config.max_reasks)
     answers, errors, reasks = asked.values, asked.errors, asked.reasks
-    check_failure_rate("rl_vlm_f", asked.failed, len(queries), errors, stage2, "pairs")
+    check_failure_rate("rl_vlm_f", asked.failed, len(queries), errors, failure_policy, "pairs")
     kept = [i for i, a in enumerate(answers) if a in (0, 1)]
     preferences = np.array([answers[i] for i in kept], dtype=np.float32)
     steps0, mask0 = segment_steps(dataset, [firsts[i] for i in kept], config.segment_length)
@@ -218,7 +219,7 @@ def label_rl_vlm_f(
 
 
 def label(dataset: OfflineDataset, clients: tuple[LVLMClient, LVLMClient], config: RLVLMFConfig,
-          out_dir: Path) -> tuple[RewardResult, dict[str, Any]]:
+          out_dir: Path, failure_policy: FailurePolicy | None = None) -> tuple[RewardResult, dict[str, Any]]:
     """The labelling stage's entry (:mod:`rgvlm.rewards.registry`); the reward model goes to
     ``out_dir/reward_model.pt``."""
-    return label_with_reward_model("rl_vlm_f", label_rl_vlm_f, dataset, clients, config, out_dir)
+    return label_with_reward_model("rl_vlm_f", label_rl_vlm_f, dataset, clients, config, out_dir, failure_policy)

@@ -445,8 +445,10 @@ def label_embedding(dataset: OfflineDataset, config: EmbeddingConfig = Embedding
     return RewardResult(METHOD, rewards, provenance=provenance, cost=cost), stats
 
 
-def label(dataset: OfflineDataset, clients: None, config: EmbeddingConfig, out_dir: Path) -> tuple[RewardResult, dict]:
-    """The labelling stage's entry (:mod:`rgvlm.rewards.registry`); no LVLM (``clients`` is None)."""
+def label(dataset: OfflineDataset, clients: None, config: EmbeddingConfig, out_dir: Path,
+          failure_policy: None = None) -> tuple[RewardResult, dict]:
+    """The labelling stage's entry (:mod:`rgvlm.rewards.registry`); no LVLM (``clients`` and
+    ``failure_policy`` are None)."""
     return label_embedding(dataset, config)
 
 
