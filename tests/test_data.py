@@ -94,8 +94,6 @@ def test_detour_episodes_do_a_wrong_version_of_each_subtask_before_the_right_one
                 for progress, decoy in record.detours:
                     if u.instrs.progress == progress and u.instrs.leaf_holds(decoy):
                         held[progress] = True
-            for progress, decoy in record.detours:
-                assert decoy.surface(u) not in record.subtasks
             # A detour reaches its wrong effect while its sub-task is current, unless the bot's path
             # to it happened to do the real sub-task on the way (e.g. through the mission's door).
             assert all(held[p] or u.instrs.progress > p for p in held), held
