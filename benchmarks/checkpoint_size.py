@@ -16,15 +16,14 @@ written ``--repeats`` times, alternately, to the same folder; medians are report
 
 ``tensor_bytes`` is the floor: the parameters, target critic and Adam state exact resume needs.
 
-    python benchmarks/checkpoint_size.py                     # the CPU profile (params.yaml)
-    python benchmarks/checkpoint_size.py --params profiles/gpu.yaml --seconds-per-update 0.02
+    python -m benchmarks.checkpoint_size                     # the CPU profile (params.yaml)
+    python -m benchmarks.checkpoint_size --params profiles/gpu.yaml --seconds-per-update 0.02
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,16 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rgvlm.data.collect import collect_dataset, params_record  # noqa: E402
-from rgvlm.data.storage import load_dataset, save_dataset, write_json_atomic  # noqa: E402
-from rgvlm.params import dataset_config, env_config, load_params, train_config  # noqa: E402
-from rgvlm.rl.diagnostics import DIAGNOSTIC_NAMES  # noqa: E402
-from rgvlm.rl.iql import save_state_atomic  # noqa: E402
-from rgvlm.rl.multirun import METRIC_NAMES, DeviceTransitions, MultiRunIQL, save_multirun, tensor_bytes  # noqa: E402
-from rgvlm.rl.runs import baseline_weights, iql_config_for, run_fingerprint  # noqa: E402
+from rgvlm.data.collect import collect_dataset, params_record
+from rgvlm.data.storage import load_dataset, save_dataset, write_json_atomic
+from rgvlm.params import dataset_config, env_config, load_params, train_config
+from rgvlm.paths import ROOT
+from rgvlm.rl.diagnostics import DIAGNOSTIC_NAMES
+from rgvlm.rl.iql import save_state_atomic
+from rgvlm.rl.multirun import METRIC_NAMES, MultiRunIQL, save_multirun, tensor_bytes
+from rgvlm.rl.runs import run_fingerprint
+from rgvlm.rl.training import TrainingJob, baseline_weights, iql_config_for
 
 
 def save_before(trainer: MultiRunIQL, path: Path, extra: dict) -> None:
@@ -79,19 +77,19 @@ def main(argv: list[str] | None = None) -> int:
     data = load_dataset(work / "data")
     iql = iql_config_for(data, config.iql)
 
-    runs = [(name, seed) for name in config.trained for seed in config.seeds_for(name)]
-    names = list(config.trained)
     rng = np.random.default_rng(0)
     rewards = {name: rng.random(data.num_transitions).astype(np.float32) for name in config.reward_sets}
     rewards.update({name: rewards[config.reward_sets[0]] for name in config.baselines})
+    # Random mission vectors and no held-out episodes: a checkpoint's size does not depend on them.
     table = torch.randn(len(data.missions), iql.mission_slots, iql.mission_embed_dim)
-    transitions = DeviceTransitions(data, [rewards[n] for n in names], table, "cpu",
-                                    bc_weights=[baseline_weights(data, b) for b in config.baselines])
-    trainer = MultiRunIQL(iql, [s for _, s in runs], [names.index(n) for n, _ in runs],
-                          bc_rows=[config.baselines.index(n) + 1 if n in config.baselines else None for n, _ in runs])
+    stack = TrainingJob(data, {name: rewards[name] for name in config.trained},
+                        {name: config.seeds_for(name) for name in config.trained}, iql,
+                        baselines={b: baseline_weights(data, b) for b in config.baselines}, mission_table=table,
+                        holdout=np.zeros(data.num_transitions, dtype=bool), probe=False).build()
+    trainer, runs = stack.trainer, stack.runs
     started = time.perf_counter()
     for _ in range(args.steps):
-        trainer.train_step(transitions)
+        trainer.train_step(stack.data)
     seconds_per_update = args.seconds_per_update or (time.perf_counter() - started) / max(args.steps, 1)
 
     last = max(range(iql.checkpoint_every, iql.num_steps, iql.checkpoint_every), default=iql.checkpoint_every)

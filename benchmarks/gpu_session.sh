@@ -13,10 +13,10 @@
 #
 # Steps (each skipped, saying so, when too little of the budget is left):
 #   1. the CUDA tests (tests/test_multirun.py, whose CUDA-graph test skips without a GPU);
-#   2. IQL throughput on CUDA, eager stack vs one run at a time (benchmarks/iql_throughput.py);
+#   2. IQL throughput on CUDA, eager stack vs one run at a time (python -m benchmarks.iql_throughput);
 #   3. the learning question no CPU budget answers: sparse, oracle and filtered BC, 5 training
 #      seeds each, trained for as many updates as LEARN_LIMIT seconds allow on the validation
-#      split (experiments/learning.py --time-limit-s), evaluated every EVAL_EVERY updates and where
+#      split (python -m experiments.learning --time-limit-s), evaluated every EVAL_EVERY updates and where
 #      it stops (one evaluation, 6,000 CPU-stepped episodes, takes a minute or two);
 #   4. throughput with torch.compile and CUDA graphs (compiling can take minutes: last).
 #
@@ -72,21 +72,21 @@ step cuda_tests 120 30 $PY -m pytest -q -p no:cacheprovider tests/test_multirun.
 
 # 2. Throughput, eager.
 if [ -f data/manifest.json ]; then
-  step throughput 90 30 $PY benchmarks/iql_throughput.py --device "$DEVICE" --runs "$RUNS" --steps "$STEPS" \
+  step throughput 90 30 $PY -m benchmarks.iql_throughput --device "$DEVICE" --runs "$RUNS" --steps "$STEPS" \
     --out "$OUT/iql_throughput_$DEVICE.json"
 else
   say "SKIP throughput: no data/ (smoke run)"
 fi
 
 # 3. Many updates on the validation split: does the oracle's lead over sparse open with training?
-step learning 330 60 $PY experiments/learning.py --name "gpu_updates_$DEVICE" --out "$OUT" \
+step learning 330 60 $PY -m experiments.learning --name "gpu_updates_$DEVICE" --out "$OUT" \
   --data-root /tmp/gpu_session_data "${DATA_ARGS[@]}" --reward-sets sparse oracle bc_success --seeds $SEEDS \
   --variant "$VARIANT" --steps "$LEARN_STEPS" --eval-every "$EVAL_EVERY" --time-limit-s "$LEARN_LIMIT" \
   --ks $KS --episodes "$EPISODES" --temperatures 0.5
 
 # 4. Throughput with torch.compile (and CUDA graphs on a GPU).
 if [ -f data/manifest.json ] && [ "$DEVICE" = cuda ]; then
-  step throughput_compiled 200 60 $PY benchmarks/iql_throughput.py --device cuda --runs "$RUNS" --steps "$STEPS" \
+  step throughput_compiled 200 60 $PY -m benchmarks.iql_throughput --device cuda --runs "$RUNS" --steps "$STEPS" \
     --compile --chunk-sizes --out "$OUT/iql_throughput_cuda_compiled.json"
 fi
 say "done in $(($(date +%s) - START))s; files: $(ls "$OUT" | tr '\n' ' ')"

@@ -33,9 +33,9 @@ operators by self time go to the report and, as a table, to ``reports/benchmarks
 
 Written to ``reports/benchmarks/iql_throughput.json``.
 
-    python benchmarks/iql_throughput.py --runs 25 --steps 20             # CPU
-    python benchmarks/iql_throughput.py --runs 41 --steps 20 --precision fp32 bf16  # and bf16
-    python benchmarks/iql_throughput.py --runs 25 --steps 200 --compile  # GPU: adds (c) and (d)
+    python -m benchmarks.iql_throughput --runs 25 --steps 20             # CPU
+    python -m benchmarks.iql_throughput --runs 41 --steps 20 --precision fp32 bf16  # and bf16
+    python -m benchmarks.iql_throughput --runs 25 --steps 200 --compile  # GPU: adds (c) and (d)
 """
 
 from __future__ import annotations
@@ -54,15 +54,13 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rgvlm.data import load_dataset  # noqa: E402
-from rgvlm.data.storage import write_json_atomic  # noqa: E402
-from rgvlm.params import PRECISIONS, load_params, resolve_device, train_config  # noqa: E402
-from rgvlm.rl.iql import IQLLearner, TransitionBatch, bf16_native  # noqa: E402
-from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, sample_indices  # noqa: E402
-from rgvlm.rl.runs import iql_config_for  # noqa: E402
+from rgvlm.data import load_dataset
+from rgvlm.data.storage import write_json_atomic
+from rgvlm.params import PRECISIONS, load_params, resolve_device, train_config
+from rgvlm.paths import ROOT
+from rgvlm.rl.iql import IQLLearner, TransitionBatch, bf16_native
+from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, sample_indices
+from rgvlm.rl.training import TrainingJob, iql_config_for
 
 
 def synchronize(device: torch.device) -> None:
@@ -70,9 +68,11 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_stack(config, seeds, data, device, steps, warmup, **flags) -> float:
-    """Run-updates per second of the stacked trainer."""
-    trainer = MultiRunIQL(config, seeds, [0] * len(seeds), device=device, **flags)
+def time_stack(job: TrainingJob, data: DeviceTransitions, steps, warmup, **changes) -> float:
+    """Run-updates per second of the stacked trainer of ``job`` with ``changes`` (its config, its
+    trainer's flags), on the shared ``data``."""
+    trainer = dataclasses.replace(job, **changes).build(data).trainer
+    device, seeds = trainer.device, trainer.seeds
     for _ in range(warmup):  # compilation and graph capture happen here
         trainer.update(trainer.sample(data))
     synchronize(device)
@@ -251,34 +251,33 @@ def main(argv: list[str] | None = None) -> int:
     # Random mission vectors: the encoder's cost does not depend on their values.
     table = torch.randn(len(dataset.missions), config.mission_slots, config.mission_embed_dim,
                         generator=torch.Generator().manual_seed(0))
-    data = DeviceTransitions(dataset, [np.zeros(dataset.num_transitions, np.float32)], table, device,
-                             n_step=config.n_step, gamma=config.gamma)  # the profile's n-step targets
     seeds = list(range(args.runs))
+    # One reward row for every run, every transition sampled (no held-out episodes), the profile's n-step targets.
+    job = TrainingJob(dataset, {"zeros": np.zeros(dataset.num_transitions, np.float32)}, seeds, config, device,
+                      mission_table=table, holdout=np.zeros(dataset.num_transitions, dtype=bool), probe=False)
+    data = job.transitions()
 
     results = {"eager": time_eager(config, seeds, data, device, args.steps, args.warmup)}
-    results["stack"] = time_stack(config, seeds, data, device, args.steps, args.warmup)
+    results["stack"] = time_stack(job, data, args.steps, args.warmup)
     # The profile's encoder sharing and the other one (train.shared_encoder), at each chunk size.
     other = dataclasses.replace(config, shared_encoder=not config.shared_encoder)
     other_name = "own_encoders" if config.shared_encoder else "shared_encoder"
-    results[f"stack_{other_name}"] = time_stack(other, seeds, data, device, args.steps, args.warmup)
+    results[f"stack_{other_name}"] = time_stack(job, data, args.steps, args.warmup, config=other)
     for chunk in args.chunk_sizes:
-        results[f"stack_chunk{chunk}"] = time_stack(config, seeds, data, device, args.steps, args.warmup,
-                                                    chunk_size=chunk)
-        results[f"stack_chunk{chunk}_{other_name}"] = time_stack(other, seeds, data, device, args.steps,
-                                                                 args.warmup, chunk_size=chunk)
+        results[f"stack_chunk{chunk}"] = time_stack(job, data, args.steps, args.warmup, chunk_size=chunk)
+        results[f"stack_chunk{chunk}_{other_name}"] = time_stack(job, data, args.steps, args.warmup, config=other,
+                                                                 chunk_size=chunk)
     lower = [p for p in args.precision if p != config.precision]
     for precision in lower:
-        results[f"stack_{precision}"] = time_stack(dataclasses.replace(config, precision=precision), seeds, data,
-                                                   device, args.steps, args.warmup)
+        with_precision = dataclasses.replace(config, precision=precision)
+        results[f"stack_{precision}"] = time_stack(job, data, args.steps, args.warmup, config=with_precision)
         for chunk in args.chunk_sizes:
-            results[f"stack_chunk{chunk}_{precision}"] = time_stack(
-                dataclasses.replace(config, precision=precision), seeds, data, device, args.steps, args.warmup,
-                chunk_size=chunk)
+            results[f"stack_chunk{chunk}_{precision}"] = time_stack(job, data, args.steps, args.warmup,
+                                                                    config=with_precision, chunk_size=chunk)
     if args.compile:
-        results["stack_compiled"] = time_stack(config, seeds, data, device, args.steps, args.warmup, compile=True)
+        results["stack_compiled"] = time_stack(job, data, args.steps, args.warmup, compile=True)
         if device.type == "cuda":
-            results["stack_cuda_graphs"] = time_stack(config, seeds, data, device, args.steps, args.warmup,
-                                                      cuda_graphs=True)
+            results["stack_cuda_graphs"] = time_stack(job, data, args.steps, args.warmup, cuda_graphs=True)
     if args.d3rlpy:
         from rgvlm.peer.d3rlpy_baseline import Conversion, time_updates, to_mdp_dataset
 
@@ -289,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             timed = time_updates(algo, converted, args.steps * 5, args.warmup, config.batch_size, hidden, config.lr)
             results[f"d3rlpy_{algo}"] = timed["updates_per_s"]
     # The roofline of the committed network (the rows above with the params file's encoder sharing).
-    trainer = MultiRunIQL(config, seeds, [0] * len(seeds), device=device)
+    trainer = job.build(data).trainer
     trainer.update(trainer.sample(data))
     total_flops = update_flops(trainer, data)
     per_run = total_flops / len(seeds)
@@ -304,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     if lower:
         trainers = {config.precision: trainer}
         for precision in lower:
-            trainers[precision] = MultiRunIQL(dataclasses.replace(config, precision=precision), seeds,
-                                              [0] * len(seeds), device=device)
+            trainers[precision] = dataclasses.replace(
+                job, config=dataclasses.replace(config, precision=precision)).build(data).trainer
             trainers[precision].update(trainers[precision].sample(data))
         blocks_by_precision = interleaved_blocks(trainers, data, device, args.roofline_blocks,
                                                  max(1, args.steps // args.roofline_blocks))
@@ -363,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         # Every stacked variant against every d3rlpy algorithm: "<stack row>/<d3rlpy row>".
         "stack_vs_d3rlpy": {f"{s}/{d}": round(results[s] / results[d], 3) for s in results if s.startswith("stack")
                             for d in results if d.startswith("d3rlpy")},
-        "command": "python benchmarks/iql_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.iql_throughput " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     write_json_atomic(Path(args.out), report)
     print(json.dumps({k: report[k] for k in ("device", "runs", "run_updates_per_s", "speedup_vs_eager",

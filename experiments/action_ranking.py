@@ -23,9 +23,9 @@ On the held-out episodes of the critic diagnostic (never trained on), for every 
 * ``weight_bot`` / ``weight_random``: mean advantage weight min(exp(beta A), clip) of each:
   how much the policy step actually down-weights random actions.
 
-    python experiments/action_ranking.py [--models outputs/models] [--out reports/tuning/action_ranking.json]
+    python -m experiments.action_ranking [--models outputs/models] [--out reports/tuning/action_ranking.json]
 
-Reads the runs' dataset (``data/``, or the one ``experiments/learning.py --save-models`` names)
+Reads the runs' dataset (``data/``, or the one ``python -m experiments.learning --save-models`` names)
 and its collection parameters from its manifest; writes JSON and prints a table. CPU, minutes.
 """
 
@@ -33,26 +33,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rgvlm import paths  # noqa: E402
-from rgvlm.data import load_dataset  # noqa: E402
-from rgvlm.data.storage import OfflineDataset, write_json_atomic  # noqa: E402
-from rgvlm.envs.seeds import dataset_seed  # noqa: E402
-from rgvlm.evaluation.label_quality import auroc  # noqa: E402
-from rgvlm.params import dataset_config  # noqa: E402
-from rgvlm.rl.diagnostics import holdout_mask  # noqa: E402
-from rgvlm.rl.iql import _gather_actions, advantage_weights  # noqa: E402
-from rgvlm.rl.missions import mission_embedder  # noqa: E402
-from rgvlm.rl.runs import load_learner  # noqa: E402
+from experiments.cli import command
+from rgvlm import paths
+from rgvlm.data import load_dataset
+from rgvlm.data.storage import OfflineDataset, write_json_atomic
+from rgvlm.envs.seeds import dataset_seed
+from rgvlm.evaluation.label_quality import auroc
+from rgvlm.params import dataset_config
+from rgvlm.rl.diagnostics import holdout_mask
+from rgvlm.rl.iql import _gather_actions, advantage_weights
+from rgvlm.rl.missions import mission_embedder
+from rgvlm.rl.runs import load_learner
 
 
 def random_action_mask(dataset: OfflineDataset, base_seed: int, wander_steps: tuple[int, int]) -> np.ndarray:
@@ -112,12 +109,12 @@ def run_scores(learner, grid, carry, mission, action, beta: float, clip: float) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, default=paths.MODELS)
-    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "tuning" / "action_ranking.json")
+    parser.add_argument("--out", type=Path, default=paths.REPORTS / "tuning" / "action_ranking.json")
     args = parser.parse_args(argv)
 
     runs_record = json.loads((args.models / "runs.json").read_text())
     iql = runs_record["iql"]
-    # The pipeline's runs were trained on data/; experiments/learning.py --save-models names its dataset.
+    # The pipeline's runs were trained on data/; python -m experiments.learning --save-models names its dataset.
     dataset = load_dataset(Path(runs_record.get("data", paths.DATA)))
     data_cfg = dataset_config(dataset.manifest["dataset"])
     random = random_action_mask(dataset, data_cfg.seed, tuple(data_cfg.wander_steps))
@@ -166,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = frame.drop(columns="seed").groupby("reward_set", sort=False).agg(["mean", "min", "max"])
     print(summary.round(2).to_string())
     write_json_atomic(args.out, {
-        "command": "python experiments/action_ranking.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command("action_ranking", argv),
         "models": str(args.models), "held_out": {"expert": int(expert.sum()), "partial": int(partial.sum()),
                                                  "partial_random": int((partial & random).sum())},
         "beta": iql["beta"], "runs": rows,

@@ -12,14 +12,13 @@ settings of each algorithm, losses and wall times (training updates per second).
 d3rlpy is not a project dependency; install it with the commands in
 ``rgvlm.peer.d3rlpy_baseline.INSTALL_COMMANDS``.
 
-    python experiments/d3rlpy_peer.py --data outputs/experiments/data/19c918a080f7 --steps 2000
-    python experiments/d3rlpy_peer.py --data /tmp/tiny --steps 20 --seeds 0 --episodes 2 --ks 1 --out /tmp/peer.json
+    python -m experiments.d3rlpy_peer --data outputs/experiments/data/19c918a080f7 --steps 2000
+    python -m experiments.d3rlpy_peer --data /tmp/tiny --steps 20 --seeds 0 --episodes 2 --ks 1 --out /tmp/peer.json
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -27,16 +26,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rgvlm import paths  # noqa: E402
-from rgvlm.data import load_dataset  # noqa: E402
-from rgvlm.data.storage import write_json_atomic  # noqa: E402
-from rgvlm.envs.seeds import fresh_seed, validation_seed  # noqa: E402
-from rgvlm.evaluation import EvalEpisode, summarize  # noqa: E402
-from rgvlm.params import EnvConfig  # noqa: E402
-from rgvlm.peer.d3rlpy_baseline import (  # noqa: E402
+from experiments.cli import command
+from rgvlm import paths
+from rgvlm.data import load_dataset
+from rgvlm.data.storage import write_json_atomic
+from rgvlm.envs.seeds import fresh_seed, validation_seed
+from rgvlm.evaluation import EvalEpisode, summarize
+from rgvlm.params import EnvConfig
+from rgvlm.peer.d3rlpy_baseline import (
     INSTALL_COMMANDS,
     SAMPLING,
     Conversion,
@@ -44,7 +41,7 @@ from rgvlm.peer.d3rlpy_baseline import (  # noqa: E402
     to_mdp_dataset,
     train_and_evaluate,
 )
-from rgvlm.rl.missions import MissionEmbedder  # noqa: E402
+from rgvlm.rl.missions import MissionEmbedder
 
 
 def reward_set(data, name: str, rewards_dir: Path) -> np.ndarray:
@@ -88,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="storage of the converted observations (float16: half the memory, features exact)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: two threads on a busy 2-core CPU were 20x slower)")
-    parser.add_argument("--out", default=str(ROOT / "reports" / "tuning" / "d3rlpy_peer.json"))
+    parser.add_argument("--out", default=str(paths.REPORTS / "tuning" / "d3rlpy_peer.json"))
     args = parser.parse_args(argv)
 
     d3rlpy = require_d3rlpy()
@@ -96,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     data_dir = Path(args.data)
     if not data_dir.is_absolute() and not data_dir.exists():
-        data_dir = ROOT / data_dir
+        data_dir = paths.ROOT / data_dir
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     data = load_dataset(data_dir)
@@ -126,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     updates = {m: round(float(np.mean([r["updates_per_second"] for r in runs if r["reward_set"] == m])), 2)
                for m in settings}
     write_json_atomic(Path(args.out), {
-        "command": "python experiments/d3rlpy_peer.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command("d3rlpy_peer", argv),
         "d3rlpy": d3rlpy.__version__,
         "install": list(INSTALL_COMMANDS),
         "split": args.split + (" (rgvlm.envs.seeds.validation_seed; never the evaluation seeds)"
@@ -151,4 +148,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

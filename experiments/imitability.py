@@ -14,14 +14,13 @@ of one subset of the k = 1 episodes, for many epochs, and reports:
   with another episode's mission (about 0: the policy ignores its goal);
 * completion of validation k = 1 missions (greedy), split by sub-task kind (open / put).
 
-    python experiments/imitability.py --name imitability_agent_view
-    python experiments/imitability.py --name imitability_state_view --dataset expert_view=state
+    python -m experiments.imitability --name imitability_agent_view
+    python -m experiments.imitability --name imitability_state_view --dataset expert_view=state
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -29,19 +28,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from experiments.learning import build_dataset, parse_overrides  # noqa: E402
-from rgvlm.data import load_dataset  # noqa: E402
-from rgvlm.data.storage import write_json_atomic  # noqa: E402
-from rgvlm.envs.seeds import validation_seed  # noqa: E402
-from rgvlm.evaluation import EvalEpisode, rollout  # noqa: E402
-from rgvlm.params import EnvConfig, load_params, train_config  # noqa: E402
-from rgvlm.rewards import sparse_rewards  # noqa: E402
-from rgvlm.rl.missions import mission_embedder  # noqa: E402
-from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy  # noqa: E402
-from rgvlm.rl.runs import iql_config_for  # noqa: E402
+from experiments.cli import add_params_options, build_dataset, checked_params, command, parse_overrides
+from rgvlm import paths
+from rgvlm.data import load_dataset
+from rgvlm.data.storage import write_json_atomic
+from rgvlm.envs.seeds import validation_seed
+from rgvlm.evaluation import EvalEpisode
+from rgvlm.evaluation.stack import evaluate_stack
+from rgvlm.params import EnvConfig, train_config
+from rgvlm.rewards import sparse_rewards
+from rgvlm.rl.missions import mission_embedder
+from rgvlm.rl.training import TrainingJob, baseline_weights, iql_config_for, learner_missions
 
 PICKUP, DROP = 3, 4  # MiniGrid's action indices
 
@@ -67,35 +64,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=100, help="training seed (not the pipeline's)")
     parser.add_argument("--episodes", type=int, default=60, help="validation episodes")
+    parser.add_argument("--out", type=Path, default=paths.REPORTS / "tuning", help="where <name>.json goes")
+    parser.add_argument("--data-root", type=Path, default=paths.OUTPUTS / "experiments" / "data",
+                        help="the cache of collected datasets")
+    add_params_options(parser)
     args = parser.parse_args(argv)
+    params = checked_params(args)
 
-    data = load_dataset(build_dataset(parse_overrides(args.env), parse_overrides(args.dataset)))
-    train = train_config({**load_params()["train"], **parse_overrides(args.variant)})
+    data = load_dataset(build_dataset(parse_overrides(args.env), parse_overrides(args.dataset), args.data_root, params))
+    train = train_config({**params["train"], **parse_overrides(args.variant)})
     config = iql_config_for(data, train.iql)
-    embedder = mission_embedder(config.mission_encoder)
-    table = torch.as_tensor(embedder.embed(data.missions))
+    table, observation_rows = learner_missions(data, config)
     env_config = EnvConfig(**data.manifest["env"])
     episodes = [EvalEpisode(args.k, "validation", validation_seed(0, i)) for i in range(args.episodes)]
     results = []
     for subset in args.subsets:
         mask = subset_mask(data, subset, args.k)
-        # Holding out everything else makes the sampler draw only from the subset.
-        transitions = DeviceTransitions(data, [sparse_rewards(data).rewards], table, "cpu", holdout=~mask)
-        trainer = MultiRunIQL(config, [args.seed], bc_rows=[0])
+        # One plain behaviour-cloning run (its critic, unused, on the sparse reward); holding out
+        # everything else makes the sampler draw only from the subset.
+        stack = TrainingJob(data, {"bc": sparse_rewards(data).rewards}, [args.seed], config,
+                            baselines={"bc": baseline_weights(data, "bc")}, mission_table=table,
+                            observation_missions=observation_rows, holdout=~mask, probe=False).build()
         started = time.perf_counter()
-        while trainer.step < args.steps:
-            trainer.train_step(transitions)
+        stack.train(args.steps, progress=False)
         seconds = time.perf_counter() - started
-        policy = StackedPolicy(config, [trainer.run_state(0)["policy"]], temperature=0.0, seed=0)
+        policy = stack.policy(temperature=0.0, seed=0)
         index = np.flatnonzero(mask)
         grid = torch.as_tensor(data.obs_grid[data.obs_index[index]])[None]
         carry = torch.as_tensor(data.obs_carry[data.obs_index[index]])[None]
-        mission = table[torch.as_tensor(data.mission_of_step[index])][None]
+        # The missions the networks read at those states (the remaining ones with train.mission_view remaining).
+        rows = data.mission_of_step[index] if observation_rows is None else observation_rows[data.obs_index[index]]
+        mission = table[torch.as_tensor(rows)][None]
         swapped = mission[:, np.random.default_rng(0).permutation(index.size)]
         with torch.no_grad():
             greedy, greedy_swapped = policy(grid, carry, mission)[0].numpy(), policy(grid, carry, swapped)[0].numpy()
         actions = data.actions[index]
-        records = pd.DataFrame(rollout(policy, episodes, env_config, embedder.embed)[0])
+        records = pd.DataFrame(evaluate_stack(stack, episodes, env_config))
         records["kind"] = records["mission"].str.split().str[0]
         by_kind = records.groupby("kind")["completion"].agg(["mean", "size"])
         results.append({
@@ -110,15 +114,15 @@ def main(argv: list[str] | None = None) -> int:
                                               for kind, row in by_kind.iterrows()},
         })
         print(results[-1], flush=True)
-    write_json_atomic(ROOT / "reports" / "tuning" / f"{args.name}.json", {
-        "command": "python experiments/imitability.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    write_json_atomic(args.out / f"{args.name}.json", {
+        "command": command("imitability", argv),
         "split": "training transitions (fit) and validation layouts (completion; never the evaluation seeds)",
         "dataset": {key: data.manifest[key] for key in ("env", "dataset", "num_episodes", "num_transitions")},
-        "mission_encoder": embedder.name, "train_overrides": args.variant, "steps": args.steps, "k": args.k,
+        "mission_encoder": mission_embedder(config.mission_encoder).name, "train_overrides": args.variant, "steps": args.steps, "k": args.k,
         "results": results,
     })
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

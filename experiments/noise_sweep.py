@@ -12,37 +12,31 @@ in one stack, and rolls every run out on the fresh evaluation layouts. Writes
 report). The scripted annotator is not an LVLM: this measures what label quality does to the
 policy, not any LVLM.
 
-    python experiments/noise_sweep.py --levels 0:0 1:0.1 2:0.3 4:0.5 --seeds 0 1 2 --episodes 30 --temperature 0.5
+    python -m experiments.noise_sweep --levels 0:0 1:0.1 2:0.3 4:0.5 --seeds 0 1 2 --episodes 30 --temperature 0.5
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rgvlm import paths  # noqa: E402
-from rgvlm.data import load_dataset  # noqa: E402
-from rgvlm.data.storage import write_json_atomic  # noqa: E402
-from rgvlm.evaluation import evaluation_episodes, rollout, summarize  # noqa: E402
-from rgvlm.evaluation.label_quality import label_quality  # noqa: E402
-from rgvlm.params import EnvConfig, labelling_config, load_params, train_config  # noqa: E402
-from rgvlm.plots import METRIC_LABELS, save_figure  # noqa: E402
-from rgvlm.rewards import fuse, sparse_rewards  # noqa: E402
-from rgvlm.rewards.registry import LVLM_SECTION, METHODS, PAPER_METHOD  # noqa: E402
-from rgvlm.rl.diagnostics import holdout_mask  # noqa: E402
-from rgvlm.rl.missions import mission_embedder  # noqa: E402
-from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy  # noqa: E402
-from rgvlm.rl.runs import iql_config_for, scale_rewards  # noqa: E402
-from rgvlm.vlm import cached_clients  # noqa: E402
+from experiments.cli import add_params_options, checked_params, command
+from rgvlm import paths
+from rgvlm.data import load_dataset
+from rgvlm.data.storage import write_json_atomic
+from rgvlm.evaluation import evaluation_episodes, summarize
+from rgvlm.evaluation.label_quality import label_quality
+from rgvlm.evaluation.stack import evaluate_stack
+from rgvlm.params import EnvConfig, labelling_config, train_config
+from rgvlm.plots import METRIC_LABELS, save_figure
+from rgvlm.rewards import fuse, sparse_rewards
+from rgvlm.rewards.registry import LVLM_SECTION, METHODS, PAPER_METHOD
+from rgvlm.rl.training import TrainingJob, iql_config_for
+from rgvlm.vlm import cached_clients
 
 
 def parse_level(text: str) -> tuple[float, float]:
@@ -63,11 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="updates per run (default: train.num_steps)")
     parser.add_argument("--episodes", type=int, default=30, help="fresh evaluation episodes per k")
     parser.add_argument("--temperature", type=float, default=1.0, help="of the (sampled) evaluation policy")
+    parser.add_argument("--data", type=Path, default=paths.DATA, help="the dataset to relabel")
+    parser.add_argument("--cache", type=Path, default=paths.OUTPUTS / "experiments" / "noise_sweep",
+                        help="the scripted annotator's response caches, one per level")
+    parser.add_argument("--out", type=Path, default=paths.REPORTS / "tuning",
+                        help="where noise_sweep.json and noise_sweep.png go (the report links them from reports/tuning)")
+    add_params_options(parser)
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
-    params = load_params()
-    data = load_dataset(paths.DATA)
+    params = checked_params(args)
+    data = load_dataset(args.data)
     sparse = sparse_rewards(data)
     levels = [parse_level(text) for text in args.levels]
     reward_sets, quality = {}, []
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.methods:
             # One cache per level, shared by the methods (their queries never share a key); RG-VLM's
             # level caches are the ones the sweep wrote before it relabelled other methods.
-            cache = paths.OUTPUTS / "experiments" / "noise_sweep" / f"cache_sd{sd:g}_mis{mis:g}"
+            cache = args.cache / f"cache_sd{sd:g}_mis{mis:g}"
             stage1, stage2, _ = cached_clients(config, cache)
             method = METHODS[name]
             out_dir = cache / f"{name}_files"
@@ -94,27 +94,21 @@ def main(argv: list[str] | None = None) -> int:
 
     train = train_config(params["train"])
     config = iql_config_for(data, dataclasses.replace(train.iql, num_steps=args.steps) if args.steps else train.iql)
-    names = list(reward_sets)
-    runs = [(name, seed) for name in names for seed in args.seeds]
-    embedder = mission_embedder(config.mission_encoder)  # as the networks read missions
-    table = torch.as_tensor(embedder.embed(data.missions))
-    # Scaled as the pipeline's train stage scales every reward set (rgvlm.rl.runs.train_runs).
-    scaled = [scale_rewards(data, rewards, config.reward_scale, config.gamma) for rewards in reward_sets.values()]
-    transitions = DeviceTransitions(data, scaled, table, "cpu",
-                                    holdout=holdout_mask(data, config.holdout_fraction),
-                                    n_step=config.n_step, gamma=config.gamma)
-    trainer = MultiRunIQL(config, [seed for _, seed in runs], [names.index(name) for name, _ in runs])
-    while trainer.step < config.num_steps:
-        trainer.train_step(transitions)
-        if trainer.step % 500 == 0:
-            print(f"step {trainer.step}/{config.num_steps}, {time.perf_counter() - started:.0f}s", flush=True)
-    policy = StackedPolicy(config, [trainer.run_state(r)["policy"] for r in range(len(runs))],
-                           temperature=args.temperature, seed=0)
+    # Each (reward set, level) is one reward set of the stack; its name only has to be unique.
+    keys = {f"{name} [{level}]": (name, level) for name, level in reward_sets}
+    stack = TrainingJob(data, {key: reward_sets[keys[key]] for key in keys}, args.seeds, config, probe=False).build()
+
+    def report(step: int) -> None:
+        if step % 500 == 0:
+            print(f"step {step}/{config.num_steps}, {time.perf_counter() - started:.0f}s", flush=True)
+
+    stack.train(config.num_steps, on_step=report, progress=False)
     evaluation = params["evaluation"]
     episodes = evaluation_episodes(data, tuple(evaluation["ks"]), ("fresh",), args.episodes, evaluation["seed"])
-    per_run = rollout(policy, episodes, EnvConfig(**data.manifest["env"]), embedder.embed, num_runs=len(runs))
-    records = [{**r, "reward_set": name[0], "level": name[1], "run_seed": seed, "policy": "sampled"}
-               for (name, seed), run_records in zip(runs, per_run, strict=True) for r in run_records]
+    records = evaluate_stack(stack, episodes, EnvConfig(**data.manifest["env"]), {"sampled": args.temperature})
+    for record in records:  # the stack's name of the set -> the method's and the level's
+        record["reward_set"], record["level"] = keys[record["reward_set"]]
+    names = list(reward_sets)
     frame = pd.DataFrame(records)
     summary = pd.concat([summarize(group, samples=2000, seed=0).assign(level=level)
                          for level, group in frame.groupby("level")], ignore_index=True)
@@ -139,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     fig.suptitle("Label noise -> policy: the scripted annotator (NOT an LVLM) at several noise levels, IQL, "
                  f"{len(args.seeds)} seeds, {args.episodes} fresh episodes per k", fontsize="medium")
     fig.tight_layout()
-    save_figure(fig, paths.REPORTS / "tuning" / "noise_sweep.png")
-    write_json_atomic(paths.REPORTS / "tuning" / "noise_sweep.json", {
-        "command": "python experiments/noise_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    save_figure(fig, args.out / "noise_sweep.png")
+    write_json_atomic(args.out / "noise_sweep.json", {
+        "command": command("noise_sweep", argv),
         "labels_by": "scripted annotator (privileged ground truth + noise; not an LVLM)",
         "lambda": args.lam, "training_seeds": args.seeds, "iql_num_steps": config.num_steps,
         "episodes_per_k": args.episodes, "policy": f"sampled, temperature {args.temperature}",
@@ -153,4 +147,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

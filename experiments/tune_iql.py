@@ -7,35 +7,32 @@ Trains one multi-run stack per variant (the ``train`` section of ``params.yaml``
 out every ``--eval-every`` updates on validation layouts (``rgvlm.envs.seeds.validation_seed``:
 neither in the dataset nor among the fresh evaluation seeds). Writes
 ``reports/tuning/<name>.json``: completion per (variant, reward set, step, k), mean over
-training seeds with a bootstrap 95% interval.
+training seeds with a bootstrap 95% interval. Every stack is built as the pipeline's ``train`` stage
+builds its own (rgvlm.rl.training: rewards scaled, the critic diagnostic's episodes held out, the
+variant's n-step targets and mission view).
 
-    python experiments/tune_iql.py --name length --steps 6000 --eval-every 2000
-    python experiments/tune_iql.py --name temperature --variant tau=0.9,beta=10 --variant tau=0.7,beta=3
+    python -m experiments.tune_iql --name length --steps 6000 --eval-every 2000
+    python -m experiments.tune_iql --name temperature --variant tau=0.9,beta=10 --variant tau=0.7,beta=3
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rgvlm import paths  # noqa: E402
-from rgvlm.data import load_dataset  # noqa: E402
-from rgvlm.data.storage import write_json_atomic  # noqa: E402
-from rgvlm.envs.seeds import validation_seed  # noqa: E402
-from rgvlm.evaluation import EvalEpisode, rollout, summarize  # noqa: E402
-from rgvlm.params import EnvConfig, load_params, train_config  # noqa: E402
-from rgvlm.rewards import load_rewards  # noqa: E402
-from rgvlm.rl.missions import mission_embedder  # noqa: E402
-from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy  # noqa: E402
-from rgvlm.rl.runs import iql_config_for  # noqa: E402
+from experiments.cli import add_params_options, checked_params, command
+from rgvlm import paths
+from rgvlm.data import load_dataset
+from rgvlm.data.storage import write_json_atomic
+from rgvlm.envs.seeds import validation_seed
+from rgvlm.evaluation import EvalEpisode, summarize
+from rgvlm.evaluation.stack import evaluate_stack
+from rgvlm.params import EnvConfig, train_config
+from rgvlm.rewards import load_rewards
+from rgvlm.rl.training import TrainingJob, iql_config_for
 
 
 def parse_variant(text: str) -> dict:
@@ -57,33 +54,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=2000)
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--episodes", type=int, default=10, help="validation episodes per k")
+    parser.add_argument("--data", type=Path, default=paths.DATA, help="the dataset the reward sets label")
+    parser.add_argument("--rewards", type=Path, default=paths.REWARDS, help="the rewards stage's output")
+    parser.add_argument("--out", type=Path, default=paths.REPORTS / "tuning", help="where <name>.json goes")
+    add_params_options(parser)
     args = parser.parse_args(argv)
+    params = checked_params(args)
 
-    data = load_dataset(paths.DATA)
+    data = load_dataset(args.data)
     env_config = EnvConfig(**data.manifest["env"])
-    rewards = [load_rewards(paths.REWARDS, name).rewards for name in args.reward_sets]
+    rewards = {name: load_rewards(args.rewards, name).rewards for name in args.reward_sets}
     episodes = [EvalEpisode(k, "validation", validation_seed(0, i)) for k in args.ks for i in range(args.episodes)]
-    runs = [(name, seed) for name in args.reward_sets for seed in args.seeds]
-    base = load_params()["train"]
+    base = params["train"]
     records, timings = [], {}
     for variant_text in args.variant or [""]:
         overrides = parse_variant(variant_text)
         train = train_config({**base, **overrides})
         config = iql_config_for(data, train.iql)
-        embedder = mission_embedder(config.mission_encoder)  # as the variant's networks read missions
-        transitions = DeviceTransitions(data, rewards, torch.as_tensor(embedder.embed(data.missions)), "cpu")
-        trainer = MultiRunIQL(config, [seed for _, seed in runs], [args.reward_sets.index(n) for n, _ in runs])
+        stack = TrainingJob(data, rewards, args.seeds, config, probe=False).build()
         started = time.perf_counter()
-        while trainer.step < args.steps:
-            trainer.update(trainer.sample(transitions))
-            if trainer.step % args.eval_every == 0 or trainer.step == args.steps:
-                policy = StackedPolicy(config, [trainer.run_state(r)["policy"] for r in range(len(runs))])
-                per_run = rollout(policy, episodes, env_config, embedder.embed, num_runs=len(runs))
-                for (name, seed), run_records in zip(runs, per_run, strict=True):
-                    records += [{**r, "reward_set": name, "run_seed": seed, "variant": variant_text or "base",
-                                 "updates": trainer.step} for r in run_records]
-                print(f"{variant_text or 'base'}: step {trainer.step}, "
-                      f"{time.perf_counter() - started:.0f}s", flush=True)
+        while stack.step < args.steps:
+            stack.train(min((stack.step // args.eval_every + 1) * args.eval_every, args.steps), progress=False)
+            records += evaluate_stack(stack, episodes, env_config,
+                                      tags={"variant": variant_text or "base", "updates": stack.step})
+            print(f"{variant_text or 'base'}: step {stack.step}, {time.perf_counter() - started:.0f}s", flush=True)
         timings[variant_text or "base"] = round(time.perf_counter() - started, 1)
     frame = pd.DataFrame(records)
     tables = []
@@ -91,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarize(group, samples=2000, seed=0)
         tables.append(summary.assign(variant=variant, updates=int(updates)))
     summary = pd.concat(tables, ignore_index=True)
-    write_json_atomic(ROOT / "reports" / "tuning" / f"{args.name}.json", {
-        "command": "python experiments/tune_iql.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    write_json_atomic(args.out / f"{args.name}.json", {
+        "command": command("tune_iql", argv),
         "split": "validation (rgvlm.envs.seeds.validation_seed; never the evaluation seeds)",
         "training_seeds": args.seeds, "base_train": base, "seconds": timings,
         "summary": summary.to_dict("records"),
@@ -102,4 +96,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -41,7 +41,8 @@ from rgvlm.rewards import load_rewards
 from rgvlm.rl.diagnostics import DIAGNOSTIC_NAMES
 from rgvlm.rl.iql import config_record
 from rgvlm.rl.missions import mission_embedder
-from rgvlm.rl.runs import baseline_weights, checkpoint_summary, iql_config_for, learner_missions, train_runs
+from rgvlm.rl.runs import checkpoint_summary, train_runs
+from rgvlm.rl.training import baseline_weights, iql_config_for, learner_missions
 
 config = train_config(train)
 device = resolve_device(config.device)

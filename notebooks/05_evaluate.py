@@ -55,7 +55,7 @@ from rgvlm.evaluation.chaining import chaining_tables, subtask_outcomes
 from rgvlm.evaluation.paired import PER_LAYOUT_FILE
 from rgvlm.params import EnvConfig, evaluation_config, resolve_device
 from rgvlm.rewards import load_rewards
-from rgvlm.rl.runs import BASELINE_DESCRIPTIONS
+from rgvlm.rl.training import BASELINE_DESCRIPTIONS
 
 config = evaluation_config(evaluation)
 device = resolve_device(config.device)

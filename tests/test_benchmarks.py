@@ -26,7 +26,7 @@ def test_stack_flops_per_run_equal_an_eager_learners_and_its_networks_add_up(tin
     profile's entity encoder: with the conv encoder the stack's count is higher (vmapped
     convolution_backward also computes the input's gradient, which the eager learner skips)."""
     from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL
-    from rgvlm.rl.runs import iql_config_for
+    from rgvlm.rl.training import iql_config_for
 
     bench = _load("iql_throughput")
     config = iql_config_for(tiny_dataset, {"batch_size": 8, "n_step": 2, "gamma": 0.9, "encoder": "entities"})

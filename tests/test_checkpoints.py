@@ -15,12 +15,12 @@ from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, save_multirun
 from rgvlm.rl.runs import (
     STACK_CHECKPOINT,
     checkpoint_summary,
-    iql_config_for,
     load_learner,
     load_stacked_policy,
     run_fingerprint,
     train_runs,
 )
+from rgvlm.rl.training import iql_config_for
 
 HYPER = dict(batch_size=16, hidden_dim=32, num_layers=1, conv_channels=0, egocentric=True, obs_feature_dim=8,
              mission_feature_dim=8, state_feature_dim=16, slot_dim=8, lr=1e-3, log_every=5, checkpoint_every=10)

@@ -118,7 +118,8 @@ def test_the_two_segment_methods_share_their_fields():
 
 
 def test_iql_config_is_built_and_checked_once_on_its_way_to_the_trainer(tiny_dataset, tmp_path, monkeypatch):
-    from rgvlm.rl.runs import iql_config_for, train_runs
+    from rgvlm.rl.runs import train_runs
+    from rgvlm.rl.training import iql_config_for
 
     built = []
     check_fields = IQLConfig.__post_init__

@@ -14,7 +14,8 @@ from rgvlm.rl.diagnostics import CriticProbe, discounted_returns, holdout_mask
 from rgvlm.rl.iql import IQLConfig, IQLLearner, TransitionBatch, advantage_weights, advantages, encoder_spec
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy
 from rgvlm.rl.networks import EntityStateEncoder
-from rgvlm.rl.runs import baseline_weights, iql_config_for, scale_rewards, train_runs
+from rgvlm.rl.runs import train_runs
+from rgvlm.rl.training import baseline_weights, iql_config_for, scale_rewards
 from tests.test_iql import SMALL, _random_dataset
 
 ENTITIES = dict(SMALL, encoder="entities", entity_dim=8, max_entities=4, patch=1, slot_dim=8, mission_feature_dim=8,

@@ -10,7 +10,8 @@ import torch
 
 from rgvlm.rl.iql import IQLConfig, IQLLearner, TransitionBatch
 from rgvlm.rl.multirun import MultiRunIQL, sample_indices, splitmix64
-from rgvlm.rl.runs import STACK_CHECKPOINT, iql_config_for, load_learner, load_stacked_policy, run_paths, train_runs
+from rgvlm.rl.runs import STACK_CHECKPOINT, load_learner, load_stacked_policy, run_paths, train_runs
+from rgvlm.rl.training import iql_config_for
 from tests.test_iql import SMALL, _random_dataset
 
 # The CPU profile's encoder (egocentric one-hot + Linear), shrunk.

@@ -181,7 +181,8 @@ def test_lvlm_queries_report_answers_and_cache_hits(captured, tmp_path):
 
 
 def test_training_reports_updates_per_second_and_eta(captured, tiny_dataset, tmp_path):
-    from rgvlm.rl.runs import iql_config_for, train_runs
+    from rgvlm.rl.runs import train_runs
+    from rgvlm.rl.training import iql_config_for
 
     hyper = dict(batch_size=8, hidden_dim=8, num_layers=1, conv_channels=0, egocentric=True, obs_feature_dim=8,
                  mission_feature_dim=8, state_feature_dim=8, slot_dim=8, log_every=2, num_steps=4)

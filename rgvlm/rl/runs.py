@@ -28,35 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rgvlm.config import replace_checked
 from rgvlm.data.storage import OfflineDataset, write_json_atomic
-from rgvlm.progress import Progress
-from rgvlm.rl.diagnostics import CriticProbe, discounted_returns, holdout_mask
-from rgvlm.rl.iql import LOOP_FIELDS, REWARD_SCALES, IQLConfig, IQLLearner, config_record, save_state_atomic
-from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL, StackedPolicy, save_multirun
-
-
-def iql_config_for(dataset: OfflineDataset, hyperparameters: IQLConfig | Mapping) -> IQLConfig:
-    """The IQL config with the grid shape taken from the dataset itself.
-
-    ``hyperparameters`` is the checked ``train_config(...).iql`` (only the grid and the rules
-    between fields are checked again: the rest was checked once, with the ``train`` section) or
-    a mapping of IQLConfig fields (checked here)."""
-    height, width = dataset.obs_grid.shape[1:3]
-    grid = {"grid_height": int(height), "grid_width": int(width)}
-    if isinstance(hyperparameters, IQLConfig):
-        return replace_checked(hyperparameters, **grid)
-    return IQLConfig(**{**hyperparameters, **grid})
-
-
-def learner_missions(dataset: OfflineDataset, config: IQLConfig) -> tuple[torch.Tensor, np.ndarray | None]:
-    """The mission table the runs read (``config.mission_encoder``) and, with ``config.mission_view``
-    ``remaining``, each observation's row of it (see :func:`rgvlm.rl.missions.observation_missions`;
-    None: every transition reads its episode's mission, ``dataset.mission_of_step``)."""
-    from rgvlm.rl.missions import mission_embedder, observation_missions
-
-    strings, rows = observation_missions(dataset, config.mission_view)
-    return torch.as_tensor(mission_embedder(config.mission_encoder, device="cpu").embed(strings)), rows
+from rgvlm.rl.iql import LOOP_FIELDS, IQLConfig, IQLLearner, config_record, save_state_atomic
+from rgvlm.rl.multirun import StackedPolicy, save_multirun
+from rgvlm.rl.training import TrainingJob
 
 
 def _sha256(array: np.ndarray) -> str:
@@ -77,23 +52,6 @@ def run_fingerprint(config: IQLConfig, rewards: np.ndarray, dataset: OfflineData
             "policy": policy}
 
 
-BASELINE_DESCRIPTIONS = {
-    "bc": "behaviour cloning on every dataset action (no reward), same networks and stack as IQL",
-    "bc_success": "filtered behaviour cloning: actions of successful episodes only, same networks and stack",
-}
-
-
-def baseline_weights(dataset: OfflineDataset, name: str) -> np.ndarray:
-    """Per-transition policy weights of a behaviour-cloning baseline (``rgvlm.params.BASELINES``):
-    ``bc`` imitates every action, ``bc_success`` only those of successful episodes."""
-    if name == "bc":
-        return np.ones(dataset.num_transitions, dtype=np.float32)
-    if name == "bc_success":
-        success = np.array([float(e["success"]) for e in dataset.episodes], dtype=np.float32)
-        return success[dataset.episode_of_step]
-    raise ValueError(f"baseline {name!r}: expected bc or bc_success")
-
-
 def run_paths(models_dir: Path, reward_set: str, seed: int) -> tuple[Path, Path, Path]:
     """(checkpoint, fingerprint, training log) of one run."""
     base = models_dir / reward_set / f"seed{seed}"
@@ -110,24 +68,6 @@ def _finished(models_dir: Path, reward_set: str, seed: int, fingerprint: dict, n
     if json.loads(fingerprint_path.read_text()) != fingerprint:
         return False
     return int(torch.load(checkpoint, map_location="cpu", weights_only=True)["step"]) == num_steps
-
-
-def scale_rewards(dataset: OfflineDataset, rewards: np.ndarray, mode: str, gamma: float) -> np.ndarray:
-    """A reward set as the learner sees it. ``"return_range"`` divides it by the range (max - min)
-    of its discounted returns-to-go over the dataset, the targets the critic fits: the IQL
-    paper's return normalisation, taken over what a discounted critic sees. Every reward set
-    then has critic targets in a range of width 1 (a 0/1 sparse reward is unchanged), so one
-    ``beta`` means the same for all of them, and a dense reward whose returns reach several
-    units does not turn the critic's errors into several-times larger advantages, which
-    ``exp(beta * A)`` turns into a few spiking weights. A constant reward set is left as is."""
-    rewards = np.asarray(rewards, dtype=np.float32)
-    if mode not in REWARD_SCALES:
-        raise ValueError(f"reward scale {mode!r}: expected one of {', '.join(REWARD_SCALES)}")
-    if mode == "none":
-        return rewards
-    returns = discounted_returns(dataset, rewards, gamma)
-    width = float(returns.max() - returns.min()) if returns.size else 0.0
-    return rewards if width <= 0.0 else (rewards / width).astype(np.float32)
 
 
 def train_runs(
@@ -180,18 +120,10 @@ def _train_stack(dataset, mission_table, reward_sets, todo, fingerprints, config
                  compile, cuda_graphs, on_log, bc_weights, observation_missions) -> dict:
     """Train the runs ``todo`` as one stack; returns what its checkpoints cost (see
     :func:`_checkpoint_report`)."""
-    names = list(dict.fromkeys(name for name, _ in todo))
-    baselines = [name for name in names if name in bc_weights]
-    holdout = holdout_mask(dataset, config.holdout_fraction)
-    rewards = [scale_rewards(dataset, reward_sets[name], config.reward_scale, config.gamma) for name in names]
-    data = DeviceTransitions(dataset, rewards, mission_table, device,
-                             bc_weights=[bc_weights[name] for name in baselines], holdout=holdout,
-                             n_step=config.n_step, gamma=config.gamma, observation_missions=observation_missions)
-    # Row 0 of data.bc_weights is all ones; baseline b's weights are row b + 1.
-    trainer = MultiRunIQL(config, [seed for _, seed in todo], [names.index(name) for name, _ in todo],
-                          device=device, compile=compile, cuda_graphs=cuda_graphs,
-                          bc_rows=[baselines.index(name) + 1 if name in bc_weights else None for name, _ in todo])
-    probe = CriticProbe(dataset, data, rewards, holdout, config.gamma) if holdout.any() else None
+    stack = TrainingJob(dataset, reward_sets, (), config, device, baselines=bc_weights, runs=todo, compile=compile,
+                        cuda_graphs=cuda_graphs, mission_table=mission_table,
+                        observation_missions=observation_missions).build()
+    trainer = stack.trainer
     stack_path = models_dir / STACK_CHECKPOINT
     identity = [{"reward_set": name, **fingerprints[(name, seed)]} for name, seed in todo]
     log: list[dict] = []
@@ -203,38 +135,24 @@ def _train_stack(dataset, mission_table, reward_sets, todo, fingerprints, config
             log = [row for row in state["extra"]["log"] if row["step"] <= trainer.step]
             written["resumed_from"] = trainer.step
         del state
-    tick, tick_step = time.perf_counter(), trainer.step
     last_write = time.monotonic()  # the interval counts from the start (or resume) of this stack
-    # Updates/s and ETA of the stack in the terminal (rgvlm.progress; a resumed stack counts from its step).
-    with Progress(f"IQL updates, {len(todo)} runs in one stack", config.num_steps, "updates",
-                  initial=trainer.step) as bar:
-        while trainer.step < config.num_steps:
-            metrics = trainer.train_step(data)
-            step = trainer.step
-            if (config.log_every and step % config.log_every == 0) or step == config.num_steps:
-                probing = probe is not None and (step == config.num_steps
-                                                 or (config.checkpoint_every and step % config.checkpoint_every == 0))
-                if probing:
-                    metrics = {**metrics, **probe(trainer)}
-                values = torch.stack(list(metrics.values())).cpu()  # one host sync per log step
-                now = time.perf_counter()
-                rate = (step - tick_step) / max(now - tick, 1e-9)  # stack updates per second
-                rows = [{"reward_set": name, "seed": seed, "step": step,
-                         **{k: float(values[i, r]) for i, k in enumerate(metrics)},
-                         "updates_per_s": rate, "run_updates_per_s": rate * len(todo)}
-                        for r, (name, seed) in enumerate(todo)]
-                log += rows
-                if on_log is not None:
-                    on_log(rows)
-                tick, tick_step = time.perf_counter(), step
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.num_steps:
-                if time.monotonic() - last_write >= config.checkpoint_interval_s:
-                    cost = save_multirun(trainer, stack_path, {"runs": identity, "log": log})
-                    written["stack"].append({"step": step, **cost})
-                    last_write = time.monotonic()
-                else:
-                    written["skipped"] += 1
-            bar.set(step)
+
+    def checkpoint(step: int) -> None:
+        nonlocal last_write
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.num_steps:
+            if time.monotonic() - last_write >= config.checkpoint_interval_s:
+                cost = save_multirun(trainer, stack_path, {"runs": identity, "log": log})
+                written["stack"].append({"step": step, **cost})
+                last_write = time.monotonic()
+            else:
+                written["skipped"] += 1
+
+    def logged(rows: list[dict]) -> None:  # before checkpoint() runs: a checkpoint holds its step's rows
+        log.extend(rows)
+        if on_log is not None:
+            on_log(rows)
+
+    stack.train(config.num_steps, on_log=logged, on_step=checkpoint)
     # Export each run, then drop the stack: a crash in between leaves the stack to resume from.
     start, exported = time.perf_counter(), 0
     for r, (name, seed) in enumerate(todo):
