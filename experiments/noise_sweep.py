@@ -36,7 +36,7 @@ from rgvlm.plots import METRIC_LABELS, save_figure
 from rgvlm.rewards import fuse, sparse_rewards
 from rgvlm.rewards.registry import LVLM_SECTION, METHODS, PAPER_METHOD
 from rgvlm.rl.training import TrainingJob, iql_config_for
-from rgvlm.vlm import cached_clients
+from rgvlm.vlm import cached_clients, failure_policy
 
 
 def parse_level(text: str) -> tuple[float, float]:
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             method = METHODS[name]
             out_dir = cache / f"{name}_files"
             out_dir.mkdir(parents=True, exist_ok=True)
-            dense, _ = method.label(data, (stage1, stage2), method.config_from_params(params[name]), out_dir)
+            dense, _ = method.label(data, (stage1, stage2), method.config_from_params(params[name]), out_dir,
+                                    failure_policy(config, cache))  # the label stage's limit, as in the pipeline
             reward_sets[(name, level)] = dense.rewards
             if name == PAPER_METHOD:
                 reward_sets[(f"sparse+{name}@{args.lam:g}", level)] = fuse(sparse, dense, args.lam).rewards
