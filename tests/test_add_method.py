@@ -130,9 +130,13 @@ def test_a_new_method_touches_five_files_and_its_label_stage_runs(tmp_path):
     assert "every stage's deps cover" in run(["python", "-m", "rgvlm.deps"], root, env).stdout
     run(["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", f"tests/test_{NAME}.py"], root, env)
 
+    lock_file = root / "dvc.lock"  # the committed run's, for the default profile, if there is one
+    before = yaml.safe_load(lock_file.read_text())["stages"] if lock_file.exists() else {}
     run(["dvc", "repro", f"label@{NAME}"], root, env)
-    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
-    assert set(lock) == {f"label@{NAME}"}  # it ran, alone (data/ is committed, nothing upstream)
+    lock = yaml.safe_load(lock_file.read_text())["stages"]
+    # It ran, alone (data/ is committed, nothing upstream): only its own entry is new.
+    assert set(lock) - set(before) == {f"label@{NAME}"}
+    assert all(lock[name] == entry for name, entry in before.items())
     assert lock[f"label@{NAME}"]["params"]["params.yaml"][NAME] == {"success_reward": 2.0}
     assert "up to date" in run(["dvc", "status", f"label@{NAME}"], root, env).stdout
 
