@@ -76,7 +76,10 @@ def test_learning_evaluates_on_schedule_saves_models_and_action_ranking_reads_th
     ranked = json.loads(ranking.read_text())
     assert len(ranked["runs"]) == 6 and set(ranked["summary"]) == {"sparse", "oracle", "bc_success"}
     assert _in_unit_interval(run["q_agree_expert"] for run in ranked["runs"])
-    assert _in_unit_interval(run["weight_bot"] / run["weight_bot"] for run in ranked["runs"])  # finite, > 0
+    # Mean advantage weights of the held-out partial episodes' bot and random steps: positive, or
+    # NaN where the tiny profile's few held-out episodes have no such step.
+    weights = np.array([run[key] for run in ranked["runs"] for key in ("weight_bot", "weight_random")], dtype=float)
+    assert np.all(np.isnan(weights) | (weights > 0))
 
 
 @pytest.mark.slow
