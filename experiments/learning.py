@@ -33,10 +33,11 @@ import torch
 from experiments.cli import add_params_options, build_dataset, checked_params, command, parse_overrides
 from rgvlm import paths
 from rgvlm.data import load_dataset
-from rgvlm.data.storage import write_json_atomic
+from rgvlm.data.storage import write_bytes_atomic, write_json_atomic
 from rgvlm.envs.seeds import validation_seed
 from rgvlm.evaluation import EvalEpisode, summarize
 from rgvlm.evaluation.chaining import chaining_tables, diagnose
+from rgvlm.evaluation.paired import decide, paired_differences, per_layout_table
 from rgvlm.evaluation.stack import evaluate_stack
 from rgvlm.params import EnvConfig, resolve_device, train_config
 from rgvlm.rewards import oracle_rewards, sparse_rewards
@@ -157,15 +158,32 @@ def main(argv: list[str] | None = None) -> int:
     for (variant, updates, policy), group in frame.groupby(["variant", "updates", "policy"]):
         tables.append(summarize(group, samples=2000, seed=0).assign(variant=variant, updates=int(updates), policy=policy))
     summary = pd.concat(tables, ignore_index=True)
+    # Every row, every training seed and every k met the same validation layouts: compare the rows
+    # of each variant's last evaluation paired by layout (rgvlm.evaluation.paired), Holm over the
+    # variant's family, and keep the per-layout cells so any other contrast can be recomputed.
+    final = frame[frame["updates"] == frame.groupby("variant")["updates"].transform("max")]
+    paired = pd.concat([decide(paired_differences(group, measure="subtasks", seed=0)).assign(variant=variant)
+                        for variant, group in final.groupby("variant")], ignore_index=True)
+    layouts = pd.concat([per_layout_table(group).assign(variant=variant) for variant, group in final.groupby("variant")],
+                        ignore_index=True)
+    write_bytes_atomic(args.out / f"{args.name}_per_layout.csv",
+                       layouts.to_csv(index=False, float_format="%.6g").encode())
     write_json_atomic(args.out / f"{args.name}.json", {
         "command": command("learning", argv),
         "split": "validation (rgvlm.envs.seeds.validation_seed; never the evaluation seeds)",
         "dataset": {k: data.manifest[k] for k in ("env", "dataset", "num_episodes", "num_transitions")},
         "training_seeds": args.seeds, "base_train": base, "seconds": timings,
         "summary": summary.to_dict("records"), "critic": diagnostics, "chaining": chaining,
+        "paired": paired.to_dict("records"), "per_layout": f"{args.name}_per_layout.csv",
     })
     print(summary.pivot_table(index=["variant", "updates", "policy", "reward_set"], columns="k",
                               values="completion_mean").round(3).to_string())
+    if not paired.empty:
+        paired["cell"] = paired.apply(lambda r: f"{r.difference:+.2f} [{r.low:+.2f},{r.high:+.2f}]"
+                                      f"{'*' if r.verdict != 'not resolved' else ''}", axis=1)
+        print("paired by layout, sub-tasks done (* resolved, Holm over the variant's tests)")
+        print(paired.pivot_table(index=["variant", "policy", "row", "reference"], columns="k", values="cell",
+                                 aggfunc="first").to_string())
     return 0
 
 

@@ -744,9 +744,10 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
                          "row's own reward on episodes held out from training (about 0: the critic learned nothing); ",
                          Code("v_return_corr_success"), ": the same on the held-out episodes that succeeded, where "
                          "the data's return is near the best one that IQL's V estimates (a fitted critic scores near "
-                         "1 there). ", Code("adv_weight_gt2"), " / ", Code("adv_weight_p90"), ": share of advantage "
-                         "weights exp(beta A) above 2, and their 90th percentile (all about 1: IQL's policy step is "
-                         "behaviour cloning). BC rows' critics train on the sparse reward and do not steer their "
+                         "1 there). ", Code("adv_weight_gt2"), " / ", Code("adv_weight_p90"), " / ",
+                         Code("adv_weight_p10"), ": share of advantage weights exp(beta A) above 2, and their 90th and "
+                         "10th percentiles (all about 1: IQL's policy step is behaviour cloning; a low 10th "
+                         "percentile: the critic discounts some of the data's actions). BC rows' critics train on the sparse reward and do not steer their "
                          "policies. Source: ", Code("reports/metrics/training.csv"), ".")]
     quality_path = metrics_dir / "label_quality.json"
     if quality_path.exists():

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from experiments.cli import build_dataset
@@ -67,6 +68,16 @@ def test_learning_evaluates_on_schedule_saves_models_and_action_ranking_reads_th
     assert len(result["critic"]) == 3 * 2 * 2
     assert all(-1.0 <= r["v_return_corr"] <= 1.0 and r["adv_weight_p90"] > 0 for r in result["critic"])
     assert result["chaining"]  # the last evaluation's episodes were replayed
+    assert all(0 < r["adv_weight_p10"] <= r["adv_weight_p90"] for r in result["critic"])
+    # The last evaluation's rows paired by layout against sparse, with Holm's verdicts, and the
+    # per-layout cells they were computed from.
+    contrasts = {(r["variant"], r["policy"], r["row"], r["reference"], r["k"]) for r in result["paired"]}
+    assert contrasts == {("base", policy, row, "sparse", 1) for policy in ("greedy", "sampled@0.5")
+                         for row in ("oracle", "bc_success")}
+    assert all(r["num_layouts"] == 2 and r["low"] <= r["difference"] <= r["high"]
+               and r["verdict"] in ("above", "below", "not resolved") for r in result["paired"])
+    layouts = pd.read_csv(tmp_path / result["per_layout"])
+    assert len(layouts) == 3 * 2 * 2 and set(layouts["num_seeds"]) == {2}
     # --save-models: the pipeline's layout, which action_ranking reads.
     runs = json.loads((models / "base" / "runs.json").read_text())
     assert [tuple(run) for run in runs["runs"]] == [(n, s) for n in ("sparse", "oracle", "bc_success") for s in (0, 1)]

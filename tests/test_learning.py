@@ -293,6 +293,7 @@ def test_critic_probe_matches_a_direct_computation(inputs, shared_encoder, advan
             adv = q.min(dim=1).values.gather(1, transitions.action[index][:, None]).squeeze(1) - out["v"]
         weights = advantage_weights(adv, config.beta, config.adv_clip)
         assert float(result["adv_weight_p90"][r]) == pytest.approx(float(weights.quantile(0.9)), abs=1e-4)
+        assert float(result["adv_weight_p10"][r]) == pytest.approx(float(weights.quantile(0.1)), abs=1e-4)
         assert float(result["adv_weight_gt2"][r]) == pytest.approx(float((weights > 2).float().mean()), abs=1e-6)
 
 

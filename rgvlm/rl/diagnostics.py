@@ -15,9 +15,11 @@ to ask of an IQL run:
   estimates, so this is the cleaner test of fit: a critic that fits scores near 1 here even
   where failed noisy episodes (return 0 while V is high) hold ``v_return_corr`` down.
 * the spread of the advantage weights ``min(exp(beta * A), clip)`` on the same transitions:
-  ``adv_weight_gt2`` (the share of weights above 2) and ``adv_weight_p90`` (their 90th
-  percentile). If every weight is about 1, IQL's policy step is behaviour cloning whatever
-  the reward.
+  ``adv_weight_gt2`` (the share of weights above 2), ``adv_weight_p90`` (their 90th
+  percentile) and ``adv_weight_p10`` (their 10th). If every weight is about 1, IQL's policy step
+  is behaviour cloning whatever the reward. The low tail matters where the data's mistakes are
+  systematic: at a branch point (where a detour and the right path part) a critic that ranks
+  actions gives the wrong branch a weight well below 1, while the 90th percentile can stay near 1.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from rgvlm.data.storage import OfflineDataset
 from rgvlm.rl.iql import _gather_actions, advantage_weights, advantages
 from rgvlm.rl.multirun import DeviceTransitions, MultiRunIQL
 
-DIAGNOSTIC_NAMES = ("v_return_corr", "v_return_corr_success", "adv_weight_gt2", "adv_weight_p90")
+DIAGNOSTIC_NAMES = ("v_return_corr", "v_return_corr_success", "adv_weight_gt2", "adv_weight_p90", "adv_weight_p10")
 
 
 def holdout_mask(dataset: OfflineDataset, fraction: float, seed: int = 0) -> np.ndarray:
@@ -128,6 +130,7 @@ class CriticProbe:
                                       if int(self.succeeded.sum()) > 1 else torch.full_like(v[:, 0], float("nan"))),
             "adv_weight_gt2": (weights > 2.0).float().mean(1),
             "adv_weight_p90": weights.quantile(0.9, dim=1),
+            "adv_weight_p10": weights.quantile(0.1, dim=1),
         }
 
 
