@@ -418,6 +418,27 @@ def cost_table(metrics_dir: Path) -> Table | None:
     return Table(("method", "labels by", *keys), tuple(rows)) if rows else None
 
 
+#: VLM-CaR's verification counts (rgvlm.methods.vlm_car), in the order the report shows them.
+VLM_CAR_COUNTS = (("missions", "missions"), ("decompositions_misread", "decompositions misread (vs the true sub-tasks)"),
+                  ("subtasks", "distinct sub-tasks"), ("program_queries", "program queries"),
+                  ("regenerations", "programs regenerated after a failed check"),
+                  ("subtask_drops", "(mission, sub-task) pairs dropped (their program failed there)"),
+                  ("failed_programs", "sub-tasks dropped (no program passed)"),
+                  ("accepted_programs", "programs accepted"))
+
+
+def vlm_car_table(metrics_dir: Path) -> Table | None:
+    """VLM-CaR's own verification at work: what its checks caught, regenerated and dropped."""
+    path = metrics_dir / "labelling_vlm_car.json"
+    if not path.exists():
+        return None
+    cost = json.loads(path.read_text())["cost"]
+    failures = ", ".join(f"{rule} {n}" for rule, n in sorted(cost.get("program_failures", {}).items())) or "none"
+    rows = [(label, str(cost.get(key, "-"))) for key, label in VLM_CAR_COUNTS]
+    rows.insert(5, ("failed checks, by rule", failures))  # after the regenerations they caused
+    return Table(("VLM-CaR verification", "count"), tuple(rows))
+
+
 def critic_table(log: pd.DataFrame) -> Table | None:
     """Per trained row: the critic diagnostic at the last probed update, mean [min, max] over seeds
     (None when no diagnostic was logged)."""
@@ -769,6 +790,16 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
                          "values; this is its adaptation to rewards): about 0 for an uninformative reward, toward 1 "
                          "for one that pays expert steps above the typical step. Source: ",
                          Code("reports/metrics/label_quality.json"), ".")]
+    verification = vlm_car_table(metrics_dir)
+    if verification:
+        blocks += [_heading(3, "VLM-CaR's verification"),
+                   _para("VLM-CaR checks its own programs (expert trajectories must be completed, random rollouts "
+                         "must not be) and regenerates a failing one with the failure fed back; what its checks "
+                         "cannot see stays in its labels. With the scripted annotator its decompositions and programs "
+                         "are wrong in an LVLM's ways at the ", Code("misattribution"), " rate (docs/methods.md, "
+                         "\"The scripted annotator's noise, per method\"). Source: ",
+                         Code("reports/metrics/labelling_vlm_car.json"), "."),
+                   verification]
     costs = cost_table(metrics_dir)
     if costs:
         blocks += [_heading(2, "Labelling cost per method"), costs,

@@ -48,10 +48,15 @@ def test_readme_shows_what_index_html_shows(rendered_report):
     assert {"sparse", "rg_vlm", "bc", "bc_success", "d3rlpy_bc", "d3rlpy_cql", "oracle"} <= {
         row[0] for row in readme.tables[0][1:]}  # the baselines' and the d3rlpy peer's rows too
     headings = [line for line in (rendered_report / "README.md").read_text().splitlines() if line.startswith("#")]
-    for wanted in ("Label quality", "Labelling cost", "Did each critic learn", "Provenance", "Dataset card",
+    for wanted in ("Label quality", "VLM-CaR's verification", "Labelling cost", "Did each critic learn", "Provenance", "Dataset card",
                    "Reward-set parameters", "Training and evaluation parameters"):
         assert any(wanted in h for h in headings), wanted
     assert "scripted annotator (privileged ground truth + noise; not an LVLM)" in readme.text
+    # VLM-CaR's verification at work, as its labelling metrics count it.
+    car = json.loads((ROOT / "reports" / "metrics" / "labelling_vlm_car.json").read_text())["cost"]
+    verification = next(t for t in readme.tables if t[0] == ["VLM-CaR verification", "count"])
+    assert ["programs regenerated after a failed check", str(car["regenerations"])] in verification
+    assert ["sub-tasks dropped (no program passed)", str(car["failed_programs"])] in verification
     # The noise sweep trains its own runs: the report states how, so they are not read as the default run's.
     sweep = json.loads((ROOT / "reports" / "tuning" / "noise_sweep.json").read_text())
     assert (f"{len(sweep['training_seeds'])} training seeds, {sweep['iql_num_steps']:,} IQL updates per run, "

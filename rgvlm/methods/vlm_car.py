@@ -42,8 +42,12 @@ The LVLM is asked a handful of times instead of once per transition:
    (``prompts/vlm_car_feedback.txt``), up to ``max_regenerations`` times per sub-task. Rules
    are evaluated with the failing programs of the round left out, so the final set is
    exactly the set that was checked. A program that still fails is recorded and its
-   sub-task dropped: it contributes no reward, and the mission's other sub-tasks keep their
-   order without it.
+   sub-task dropped from the missions where the rules still blame it (everywhere, when it
+   never ran): it contributes no reward there, and those missions' other sub-tasks keep their
+   order without it. One program serves every mission that lists its sub-task text (one
+   query), but each mission's set is judged on its own, as the paper judges each task's: a
+   mission whose decomposition is wrong loses the sub-task without taking it from the
+   missions where the program passes.
 4. Dense reward of a transition = the increase of that ordered, latched progress (number of
    leading sub-tasks of the episode's decomposition completed), computed by the accepted
    programs: the oracle's definition with programs in place of the privileged progress.
@@ -195,40 +199,120 @@ def parse_program(text: Any) -> ParsedAnswer:
 
 
 # -- the scripted annotator's side (privileged; NOT an LVLM) ------------------------------
+# With the noise knob ``misattribution`` the scripted annotator gets VLM-CaR wrong in the ways an
+# LVLM does (docs/methods.md, "The scripted annotator's noise, per method"): a sub-task read with
+# the wrong object, dropped or out of order in a decomposition, and check programs that test the
+# wrong object or colour, the wrong relation, an off-by-one distance, or that can never fire.
+# Some of these the method's verification catches (a program that never fires fails the expert
+# rule and is regenerated; a misread sub-task's programs fail it until the sub-task is dropped),
+# some it cannot (a diagonal "next to" holds on every expert trajectory too).
 _OPEN = re.compile(r"^open the (\w+) door$")
 _PUT = re.compile(r"^put the (\w+) (\w+) next to the (\w+) (\w+)$")
 SWAP_TYPE = {"ball": "key", "key": "ball", "box": "ball"}
+#: The kinds of wrong program, per sub-task kind, drawn uniformly.
+PROGRAM_MISTAKES = {
+    "open": ("wrong_colour", "agent_next_to_door", "never_fires"),
+    "put": ("wrong_target_colour", "wrong_moved_colour", "wrong_target_type", "diagonal_counts", "off_by_one",
+            "never_fires"),
+}
+#: The kinds of misread sub-task in a decomposition, drawn uniformly.
+DECOMPOSITION_MISTAKES = ("wrong_object", "dropped", "swapped_with_next")
+
+
+def _other_colour(colour: str, rng: np.random.Generator, avoid: str | None = None) -> str:
+    return str(rng.choice([c for c in COLOUR_NAMES if c not in (colour, avoid)]))
+
+
+def _wrong_objects(words: tuple[str, str, str, str], kind: str, rng: np.random.Generator) -> tuple[str, ...]:
+    """(moved colour, moved type, target colour, target type) of a put-next with one part wrong;
+    never an object "next to" itself."""
+    colour_a, type_a, colour_b, type_b = words
+    if kind == "wrong_target_colour":
+        colour_b = _other_colour(colour_b, rng, avoid=colour_a if type_a == type_b else None)
+    elif kind == "wrong_moved_colour":
+        colour_a = _other_colour(colour_a, rng, avoid=colour_b if type_a == type_b else None)
+    else:
+        type_b = SWAP_TYPE.get(type_b, type_b)
+        if (colour_a, type_a) == (colour_b, type_b):
+            colour_b = _other_colour(colour_b, rng)
+    return colour_a, type_a, colour_b, type_b
 
 
 def scripted_program(subtask: str, bug_rng: np.random.Generator | None = None) -> str:
     """The check program for one of the suite's sub-task texts, over the observation API.
 
-    With ``bug_rng`` it is a plausible but wrong program: the door of another colour; or,
-    for "put next to", another colour of the target, another colour of the moved object,
-    or the other object type of the target. Unknown texts get a program that returns False.
+    With ``bug_rng`` it is a plausible but wrong program, of a kind of :data:`PROGRAM_MISTAKES`
+    drawn uniformly: for "open": the door of another colour, "the agent is next to the door", or
+    a door state the API never reports ("opened"); for "put next to": another colour of the target
+    or of the moved object, the other object type of the target, diagonal cells counted as next
+    to, a distance of 2 accepted, or a test that the agent carries the object it placed (never
+    true once it is placed). Unknown texts get a program that returns False.
     """
     text = normalise_subtask(subtask)
+    head = f"def check(obs):\n    # Sub-task: {text}\n"
     if match := _OPEN.match(text):
         colour = match.group(1)
-        if bug_rng is not None:
-            colour = str(bug_rng.choice([c for c in COLOUR_NAMES if c != colour]))
-        return (f"def check(obs):\n    # Sub-task: {text}\n"
-                f"    return obs.is_open({colour!r})\n")
+        kind = str(bug_rng.choice(PROGRAM_MISTAKES["open"])) if bug_rng is not None else None
+        if kind == "wrong_colour":
+            colour = _other_colour(colour, bug_rng)
+        if kind == "agent_next_to_door":
+            return head + f"    return obs.adjacent(obs.agent, obs.door({colour!r}))\n"
+        if kind == "never_fires":
+            return head + (f"    door = obs.door({colour!r})\n"
+                           f"    return door is not None and door['state'] == 'opened'\n")
+        return head + f"    return obs.is_open({colour!r})\n"
     if match := _PUT.match(text):
-        colour_a, type_a, colour_b, type_b = match.groups()
-        if bug_rng is not None:
-            bug = int(bug_rng.integers(3))
-            if bug == 0:
-                colour_b = str(bug_rng.choice([c for c in COLOUR_NAMES if c != colour_b]))
-            elif bug == 1:
-                colour_a = str(bug_rng.choice([c for c in COLOUR_NAMES if c != colour_a]))
-            else:
-                type_b = SWAP_TYPE.get(type_b, type_b)
-        return (f"def check(obs):\n    # Sub-task: {text}\n"
-                f"    moved = obs.find({type_a!r}, {colour_a!r})  # None while the agent carries it\n"
-                f"    target = obs.find({type_b!r}, {colour_b!r})\n"
-                f"    return obs.adjacent(moved, target)\n")
+        words = match.groups()
+        kind = str(bug_rng.choice(PROGRAM_MISTAKES["put"])) if bug_rng is not None else None
+        if kind in ("wrong_target_colour", "wrong_moved_colour", "wrong_target_type"):
+            words = _wrong_objects(words, kind, bug_rng)
+        colour_a, type_a, colour_b, type_b = words
+        find = (f"    moved = obs.find({type_a!r}, {colour_a!r})  # None while the agent carries it\n"
+                f"    target = obs.find({type_b!r}, {colour_b!r})\n")
+        if kind in ("diagonal_counts", "off_by_one"):
+            distance = ("max(abs(moved['x'] - target['x']), abs(moved['y'] - target['y'])) == 1"
+                        if kind == "diagonal_counts" else "abs(moved['x'] - target['x']) + abs(moved['y'] - target['y']) <= 2")
+            return head + find + ("    if moved is None or target is None:\n        return False\n"
+                                  f"    return {distance}\n")
+        if kind == "never_fires":
+            return head + find + f"    return obs.carrying_is({type_a!r}, {colour_a!r}) and obs.adjacent(moved, target)\n"
+        return head + find + "    return obs.adjacent(moved, target)\n"
     return f"def check(obs):\n    # Sub-task not understood: {text}\n    return False\n"
+
+
+def misread_subtask(subtask: str, rng: np.random.Generator) -> str:
+    """The sub-task text with the wrong object: another door colour, or one part of a put-next
+    (the target's or the moved object's colour, the target's type) wrong. Unknown texts stay."""
+    text = normalise_subtask(subtask)
+    if match := _OPEN.match(text):
+        return f"open the {_other_colour(match.group(1), rng)} door"
+    if match := _PUT.match(text):
+        kind = str(rng.choice(("wrong_target_colour", "wrong_moved_colour", "wrong_target_type")))
+        colour_a, type_a, colour_b, type_b = _wrong_objects(match.groups(), kind, rng)
+        return f"put the {colour_a} {type_a} next to the {colour_b} {type_b}"
+    return text
+
+
+def misread_decomposition(subtasks: tuple[str, ...], rng: np.random.Generator, rate: float) -> list[str]:
+    """The decomposition as an LVLM may answer it: each sub-task, with probability ``rate``, is
+    misread in a way of :data:`DECOMPOSITION_MISTAKES` drawn uniformly -- with the wrong object
+    (:func:`misread_subtask`), dropped, or swapped with the next one (the last one: the wrong
+    object instead)."""
+    out = list(subtasks)
+    i = 0
+    while i < len(out):
+        if rng.random() < rate:
+            kind = str(rng.choice(DECOMPOSITION_MISTAKES))
+            if kind == "dropped":
+                del out[i]
+                continue
+            if kind == "swapped_with_next" and i + 1 < len(out):
+                out[i], out[i + 1] = out[i + 1], out[i]
+                i += 2  # the pair is read; the moved sub-task is not misread twice
+                continue
+            out[i] = misread_subtask(out[i], rng)
+        i += 1
+    return out
 
 
 @dataclass(frozen=True)
@@ -236,8 +320,10 @@ class DecompositionTruth:
     """Privileged answer to a decomposition query: the mission's true sub-tasks.
 
     Noise: with ``malformed_rate`` the answer is malformed (prose without a list, a JSON
-    object instead of a list, or an empty list), which the parser rejects and re-asks.
-    ``score_sd`` and ``misattribution`` do not apply (no scores; the order is the truth's).
+    object instead of a list, or an empty list), which the parser rejects and re-asks;
+    otherwise each sub-task is misread with probability ``misattribution``
+    (:func:`misread_decomposition`: the wrong object, dropped, or out of order), which the
+    programs' verification may or may not catch. ``score_sd`` does not apply.
     """
 
     subtasks: tuple[str, ...]
@@ -250,7 +336,7 @@ class DecompositionTruth:
             if kind == 1:
                 return json.dumps({"subtasks": list(self.subtasks)})
             return "[]"
-        return json.dumps(list(self.subtasks))
+        return json.dumps(misread_decomposition(self.subtasks, rng, noise.misattribution))
 
 
 @dataclass(frozen=True)
@@ -259,8 +345,8 @@ class ProgramTruth:
 
     Noise: with ``malformed_rate`` the answer holds no usable code (prose, or a code block
     with a syntax error), which the parser rejects and re-asks; otherwise, with
-    ``misattribution``, the program checks the wrong door or object
-    (:func:`scripted_program` with a bug), which verification must catch. Regeneration
+    ``misattribution``, the program is wrong in one of the ways of :data:`PROGRAM_MISTAKES`
+    (:func:`scripted_program` with a bug), which verification may catch. Regeneration
     prompts differ (they carry the feedback), so every regeneration draws afresh.
     ``score_sd`` does not apply.
     """
@@ -544,13 +630,15 @@ class ProgramVerifier:
         return np.stack([self.evaluations[(s, sources[s])].holds(ids[1:]) for s in sequence])
 
     def rule_failures(self, active: dict[str, list[str]], sources: dict[str, str | None],
-                      reasons: dict[str, tuple[str, str]]) -> None:
+                      reasons: dict[str, tuple[str, str]]) -> dict[str, set[str]]:
         """Add to ``reasons`` (sub-task -> (category, feedback text)) the programs the expert
-        and random rules blame, for the missions' ``active`` sub-tasks. Sub-tasks already in
-        ``reasons`` (failing in the sandbox) are left out of the sets: they are regenerated anyway."""
+        and random rules blame, for the missions' ``active`` sub-tasks, and return where each
+        was blamed (sub-task -> missions). Sub-tasks already in ``reasons`` (failing in the
+        sandbox) are left out of the sets: they are regenerated anyway."""
         config = self.config
         expert_runs: Counter[str] = Counter()
         expert_fails: dict[str, list[str]] = {}
+        blamed_in: dict[str, set[str]] = {}
         for mission, chosen in self.experts_by_mission.items():
             sequence = [s for s in active[mission] if s not in reasons]
             for t in chosen:
@@ -564,15 +652,18 @@ class ProgramVerifier:
                     expert_fails.setdefault(stalled, []).append(
                         f"on the expert trajectory of episode {episode} ('{mission}') it never returned True "
                         "after the previous sub-tasks were complete")
+                    blamed_in.setdefault(stalled, set()).add(mission)
                     if done > 0 and holds[done].any():
                         expert_fails.setdefault(sequence[done - 1], []).append(
                             f"on the expert trajectory of episode {episode} ('{mission}') it returned True only "
                             f"after the next sub-task ('{stalled}') had already been done")
+                        blamed_in.setdefault(sequence[done - 1], set()).add(mission)
         for s, failures in expert_fails.items():
             success = 1.0 - len(failures) / max(expert_runs[s], 1)
             if success < config.expert_min_success and s not in reasons:
                 reasons[s] = ("expert", f"{failures[0]} (expert trajectories completed: {success:.0%}, "
                                         f"required: {config.expert_min_success:.0%})")
+        blamed_in = {s: missions for s, missions in blamed_in.items() if reasons.get(s, ("",))[0] == "expert"}
 
         # Random rule (public code): too many random rollouts complete random_min_subtasks sub-tasks.
         for mission, chosen in self.randoms_by_mission.items():
@@ -586,12 +677,15 @@ class ProgramVerifier:
                 continue
             for position, s in enumerate(sequence):
                 own = float(np.mean(reached > position))
+                if own > config.max_random_success and (s not in reasons or reasons[s][0] == "random"):
+                    blamed_in.setdefault(s, set()).add(mission)
                 if own > config.max_random_success and s not in reasons:
                     reasons[s] = ("random", (
                         f"with the programs of the other sub-tasks, {share:.0%} of random-action trajectories complete "
                         f"at least {config.random_min_subtasks} sub-tasks of '{mission}' (allowed: "
                         f"{config.max_random_success:.0%}); this sub-task is complete on {own:.0%} of them, so "
                         "the program is probably too permissive"))
+        return blamed_in
 
 
 @dataclass
@@ -600,7 +694,12 @@ class ProgramSearch:
 
     records: dict[str, dict[str, Any]]  # per sub-task: status, final source, every attempt with its failure
     sources: dict[str, str | None]  # the latest program of each sub-task (None: no parseable answer)
-    dropped: set[str]  # sub-tasks whose programs failed for good
+    # Sub-task -> the missions where its programs failed for good: it gives no reward there. A
+    # sub-task text is shared by the missions that list it (one program query), but verification
+    # judges each mission's set, as the paper verifies each task's: a mission whose decomposition
+    # is wrong loses the sub-task without taking it from the missions where its program passes.
+    dropped_in: dict[str, set[str]]
+    listed_in: dict[str, set[str]]  # sub-task -> the missions whose decomposition lists it
     asks: int = 0  # program queries, re-asks not counted
     queries: int = 0  # program queries, re-asks counted
     reasks: int = 0
@@ -608,23 +707,39 @@ class ProgramSearch:
     errors: Counter[str] = field(default_factory=Counter)  # rejected program answers by reason
     regenerations: int = 0
 
+    @property
+    def dropped(self) -> set[str]:
+        """Sub-tasks whose programs failed for good in every mission that lists them."""
+        return {s for s, missions in self.dropped_in.items() if missions >= self.listed_in[s]}
+
     def accepted(self) -> dict[str, str]:
-        """Sub-task -> source of every accepted program."""
-        return {s: source for s, source in self.sources.items() if s not in self.dropped}
+        """Sub-task -> source of every program accepted in at least one mission."""
+        dropped = self.dropped
+        return {s: source for s, source in self.sources.items() if s not in dropped}
+
+    def active(self, decomposition: dict[str, tuple[str, ...] | None]) -> dict[str, list[str]]:
+        """Mission -> its sub-tasks that still have a program there, in order."""
+        return {m: [s for s in d if m not in self.dropped_in.get(s, ())] for m, d in decomposition.items() if d}
 
 
 def write_programs(client: LVLMClient, config: VLMCaRConfig, templates: dict[str, str], subtasks: list[str],
                    decomposition: dict[str, tuple[str, ...] | None], verifier: ProgramVerifier) -> ProgramSearch:
     """Stage 2 with verification: a program per sub-task, regenerated with the failure fed back
-    until it passes or its regenerations run out (then its sub-task is dropped)."""
+    until it passes or its regenerations run out (then its sub-task is dropped from the missions
+    where it still fails)."""
     base_prompts = {s: templates["program"].format(api=API_DOC, subtask=s) for s in subtasks}
-    search = ProgramSearch({s: {"status": None, "source": None, "attempts": []} for s in subtasks}, {}, set())
+    listed_in: dict[str, set[str]] = {s: set() for s in subtasks}
+    for mission, d in decomposition.items():
+        for s in d or ():
+            listed_in[s].add(mission)
+    search = ProgramSearch({s: {"status": None, "source": None, "attempts": []} for s in subtasks}, {}, {}, listed_in)
     feedback: dict[str, str] = {}  # what to append to the next query of a sub-task
     to_ask = list(subtasks)
     recheck = False
     # Each round asks for the programs that need one (if any), then verifies every set again:
     # a dropped sub-task changes the sets it was part of, so they are re-verified even when
-    # nothing new was asked. Every round either spends a regeneration or drops a sub-task.
+    # nothing new was asked. Every round either spends a regeneration or drops a sub-task from
+    # at least one mission.
     while to_ask or recheck:
         outcomes: dict[str, _Evaluation | None] = {}
         if to_ask:
@@ -648,12 +763,12 @@ def write_programs(client: LVLMClient, config: VLMCaRConfig, templates: dict[str
             elif not outcome.ok:
                 reasons[s] = (f"sandbox_{outcome.error_kind}",
                               f"it failed when run ({outcome.error_kind}): {outcome.message}")
-        active = {m: [s for s in d if s not in search.dropped] for m, d in decomposition.items() if d}
-        verifier.rule_failures(active, search.sources, reasons)
+        blamed_in = verifier.rule_failures(search.active(decomposition), search.sources, reasons)
 
         to_ask, recheck = [], False
+        dropped = search.dropped
         for s in subtasks:
-            if s in search.dropped:
+            if s in dropped:
                 continue
             record = search.records[s]
             if s in outcomes:  # a new program this round
@@ -666,25 +781,28 @@ def write_programs(client: LVLMClient, config: VLMCaRConfig, templates: dict[str
                 feedback[s] = templates["feedback"].format(attempts=_attempts_text(record["attempts"]))
                 to_ask.append(s)
                 search.regenerations += 1
-            else:
-                search.dropped.add(s)
+            else:  # where the rules blamed it; a program that never ran is dropped everywhere
+                search.dropped_in.setdefault(s, set()).update(blamed_in.get(s, listed_in[s]))
                 recheck = True
+    dropped = search.dropped
     for s in subtasks:
-        search.records[s]["status"] = "failed" if s in search.dropped else "accepted"
-        search.records[s]["source"] = None if s in search.dropped else search.sources[s]
+        search.records[s]["status"] = "failed" if s in dropped else "accepted"
+        search.records[s]["source"] = None if s in dropped else search.sources[s]
+        search.records[s]["dropped_in_missions"] = len(search.dropped_in.get(s, ()))
     return search
 
 
 # -- 3. reward ----------------------------------------------------------------------------
-def progress_rewards(dataset: OfflineDataset, verifier: ProgramVerifier,
-                     decomposition: dict[str, tuple[str, ...] | None], accepted: dict[str, str]) -> np.ndarray:
+def progress_rewards(dataset: OfflineDataset, verifier: ProgramVerifier, active: dict[str, list[str]],
+                     accepted: dict[str, str]) -> np.ndarray:
     """Dense reward: the increase of ordered, latched progress by the ``accepted`` programs on
-    each dataset episode (sub-tasks without one are left out, the others keep their order)."""
+    each dataset episode, over its mission's ``active`` sub-tasks (those dropped there are left
+    out, the others keep their order)."""
     rewards = np.zeros(dataset.num_transitions, dtype=np.float32)
     for trajectory in verifier.trajectories:
         if trajectory.episode is None:
             continue
-        sequence = [s for s in decomposition[trajectory.mission] if s in accepted]
+        sequence = active.get(trajectory.mission, [])
         if not sequence:
             continue
         after = progress_curve(verifier.holds(sequence, accepted, trajectory.ids))
@@ -720,15 +838,19 @@ def label_vlm_car(
     check_failure_rate("vlm_car", decompositions.failed + programs.failed, len(missions) + programs.asks,
                        decompositions.errors + programs.errors, failure_policy, "decomposition and program queries")
     accepted = programs.accepted()
-    rewards = progress_rewards(dataset, verifier, decomposition, accepted)
+    rewards = progress_rewards(dataset, verifier, programs.active(decomposition), accepted)
 
     failure_categories = Counter(a["failure"]["category"] for r in programs.records.values() for a in r["attempts"]
                                  if a["failure"])
+    # Against the benchmark's true sub-tasks (privileged; absent from a dataset that lacks them).
+    truth = {e["mission"]: tuple(e["subtasks"]) for e in dataset.episodes if e.get("subtasks")}
     stats = {
         "missions": len(missions),
         "decomposition_queries": decompositions.queries,
         "decomposition_reasks": decompositions.reasks,
         "failed_decompositions": decompositions.failed,
+        "decompositions_misread": (sum(tuple(decomposition[m] or ()) != truth[m] for m in missions)
+                                   if set(truth) >= set(missions) else None),
         "decomposition_errors": dict(sorted(decompositions.errors.items())),
         "subtasks": len(subtasks),
         "program_queries": programs.queries,
@@ -737,7 +859,8 @@ def label_vlm_car(
         "program_errors": dict(sorted(programs.errors.items())),
         "regenerations": programs.regenerations,
         "accepted_programs": len(accepted),
-        "failed_programs": len(subtasks) - len(accepted),
+        "failed_programs": len(subtasks) - len(accepted),  # sub-tasks dropped in every mission that lists them
+        "subtask_drops": sum(len(m) for m in programs.dropped_in.values()),  # (mission, sub-task) pairs dropped
         "program_failures": dict(sorted(failure_categories.items())),
         "sandbox_calls": verifier.sandbox_calls,
         "sandbox_failures": dict(sorted(verifier.sandbox_failures.items())),

@@ -81,6 +81,12 @@ class ScriptedTruth(Protocol):
     def scripted_answer(self, rng: np.random.Generator, noise: ScriptedNoise) -> str: ...
 
 
+#: Part of the cache key: a change to what the annotator answers for the same prompt and noise
+#: must not be served from answers cached before it. 2: VLM-CaR's decompositions and programs are
+#: wrong in an LVLM's ways under ``misattribution`` (rgvlm.methods.vlm_car).
+ANNOTATOR_VERSION = 2
+
+
 class ScriptedAnnotator:
     """A stand-in for an LVLM that reads the privileged ground truth (see module docstring)."""
 
@@ -94,7 +100,7 @@ class ScriptedAnnotator:
         self.scoring, self.token_reduce = scoring, token_reduce
 
     def generation_settings(self) -> dict[str, Any]:
-        return {"annotator_version": 1, **asdict(self.noise), **self._scoring_settings}
+        return {"annotator_version": ANNOTATOR_VERSION, **asdict(self.noise), **self._scoring_settings}
 
     def _rng(self, request: LVLMRequest) -> np.random.Generator:
         digest = hashlib.sha256(request.prompt.encode("utf-8")).digest()
