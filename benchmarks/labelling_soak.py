@@ -62,7 +62,7 @@ import numpy as np
 from PIL import Image
 
 from rgvlm import paths
-from rgvlm.data.storage import write_json_atomic
+from rgvlm.atomic import write_json_atomic
 from rgvlm.params import labelling_config
 from rgvlm.testing.fault_server import FaultSchedule, FaultServer, answer_text
 from rgvlm.vlm import cached_clients

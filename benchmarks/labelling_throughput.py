@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from rgvlm import paths
-from rgvlm.data.storage import write_json_atomic
+from rgvlm.atomic import write_json_atomic
 from rgvlm.testing.tiny_models import build_tiny_vlm
 from rgvlm.vlm.base import LVLMRequest
 from rgvlm.vlm.cache import CachedClient, ResponseCache

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from rgvlm import paths
-from rgvlm.data.storage import write_json_atomic
+from rgvlm.atomic import write_json_atomic
 
 #: Where relabelling runs keep their summaries and reward files, and their LVLM answers.
 RELABEL_OUTPUTS = paths.OUTPUTS / "relabel"
