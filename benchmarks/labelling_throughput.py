@@ -38,10 +38,10 @@ from PIL import Image
 
 from rgvlm import paths
 from rgvlm.atomic import write_json_atomic
-from rgvlm.testing.tiny_models import build_tiny_vlm
 from rgvlm.vlm.base import LVLMRequest
 from rgvlm.vlm.cache import CachedClient, ResponseCache
 from rgvlm.vlm.openai_backend import OpenAIClient
+from tests.support.tiny_models import build_tiny_vlm
 
 
 def png(seed: int) -> bytes:

@@ -261,7 +261,7 @@ def test_the_frames_reach_a_real_model(imported, root, tmp_path, monkeypatch):
     windows may fall back)."""
     from rgvlm.data.frames import StoredFrames
     from rgvlm.relabel import relabel
-    from rgvlm.testing.tiny_models import build_tiny_vlm
+    from tests.support.tiny_models import build_tiny_vlm
 
     shown = []
     original = StoredFrames.frames

@@ -180,7 +180,7 @@ def test_stored_frames_are_read_as_they_are():
 def test_relabel_with_a_tiny_local_vlm(gotolocal, minari_root, tmp_path):
     """The transformers backend on a tiny random LLaVA built offline: frames rendered by replay go
     into a real model. Its answers are noise, so every window falls back (allowed here)."""
-    from rgvlm.testing.tiny_models import build_tiny_vlm
+    from tests.support.tiny_models import build_tiny_vlm
 
     model = build_tiny_vlm("llava", tmp_path / "tiny-llava")
     params = {
