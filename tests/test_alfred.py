@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from rgvlm.data.__main__ import main as data_main
-from rgvlm.data.foreign import from_minari
+from rgvlm.data.minari_import import from_minari
 from rgvlm.data.minari_store import open_minari
 from rgvlm.relabel import main as relabel_main
 

@@ -19,8 +19,8 @@ import pytest
 from minari import DataCollector
 from minigrid.utils.baby_ai_bot import BabyAIBot
 
-from rgvlm.data.foreign import MINIGRID_ACTION_WORDS, from_minari
 from rgvlm.data.frames import EnvReplay, ReplayDiverged, ReplayEpisode, StoredFrames
+from rgvlm.data.minari_import import MINIGRID_ACTION_WORDS, from_minari
 from rgvlm.data.minari_store import open_minari
 from rgvlm.envs import render_frame, reset_quietly
 from rgvlm.envs.learner import MISSION_CHARSET
