@@ -155,10 +155,10 @@ test-fast: setup
 
 # Every stage's deps in dvc.yaml cover the rgvlm modules its notebook imports (also a test).
 check-deps: setup
-	$(BIN)/python -m rgvlm.deps
+	$(BIN)/python -m tools.dvc_deps
 
 lint: setup
-	$(BIN)/ruff check rgvlm tests benchmarks experiments notebooks/*.py
+	$(BIN)/ruff check rgvlm tests benchmarks experiments tools notebooks/*.py
 
 # JupyterLab on the project, with the venv as its kernel (add --allow-root when running as root).
 lab: setup

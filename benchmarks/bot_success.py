@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from rgvlm import paths
-from rgvlm.data.storage import write_json_atomic
+from rgvlm.atomic import write_json_atomic
 from rgvlm.envs import MAX_SUBTASKS, SuiteBot, env_id_for, make_env, reset_quietly
 from rgvlm.envs.seeds import validation_seed
 from rgvlm.params import EXPERT_VIEWS

@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rgvlm.atomic import write_json_atomic
 from rgvlm.data.collect import collect_dataset, params_record
-from rgvlm.data.storage import load_dataset, save_dataset, write_json_atomic
+from rgvlm.data.storage import load_dataset, save_dataset
 from rgvlm.params import dataset_config, env_config, load_params, train_config
 from rgvlm.paths import ROOT
 from rgvlm.rl.diagnostics import DIAGNOSTIC_NAMES

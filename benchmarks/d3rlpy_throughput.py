@@ -31,8 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rgvlm.atomic import write_json_atomic  # noqa: E402
 from rgvlm.data import load_dataset  # noqa: E402
-from rgvlm.data.storage import write_json_atomic  # noqa: E402
 from rgvlm.peer.d3rlpy_baseline import (  # noqa: E402
     INSTALL_COMMANDS,
     Conversion,

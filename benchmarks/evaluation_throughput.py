@@ -44,7 +44,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rgvlm.data.storage import write_json_atomic  # noqa: E402
+from rgvlm.atomic import write_json_atomic  # noqa: E402
 from rgvlm.envs import grid_shape  # noqa: E402
 from rgvlm.envs.seeds import fresh_seed  # noqa: E402
 from rgvlm.evaluation.rollout import EvalEpisode, evaluate_policies, rollout  # noqa: E402

@@ -54,8 +54,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from rgvlm.atomic import write_json_atomic
 from rgvlm.data import load_dataset
-from rgvlm.data.storage import write_json_atomic
 from rgvlm.params import PRECISIONS, load_params, resolve_device, train_config
 from rgvlm.paths import ROOT
 from rgvlm.rl.iql import IQLLearner, TransitionBatch, bf16_native

@@ -4,7 +4,7 @@ label stage builds them, against a local server that injects faults and restarts
     python benchmarks/labelling_soak.py [--requests 10000] [--concurrency 32] [--fault-rate 0.05]
         [--max-retries 1] [--timeout-s 5] [--latency-ms 20] [--no-restart] [--seed 0] [--out PATH]
 
-The server (:class:`rgvlm.testing.fault_server.FaultServer`) decides every request from the prompt
+The server (:class:`tests.support.fault_server.FaultServer`) decides every request from the prompt
 and the attempt's number alone: with probability ``--fault-rate`` a fault (HTTP 500 or 503, 429 with
 Retry-After, the connection dropped mid-body, a body that is not JSON, no answer before the client's
 timeout), else the prompt's one answer; once half the requests the schedule calls for have arrived
@@ -62,12 +62,12 @@ import numpy as np
 from PIL import Image
 
 from rgvlm import paths
-from rgvlm.data.storage import write_json_atomic
+from rgvlm.atomic import write_json_atomic
 from rgvlm.params import labelling_config
-from rgvlm.testing.fault_server import FaultSchedule, FaultServer, answer_text
 from rgvlm.vlm import cached_clients
 from rgvlm.vlm.base import LVLMError, LVLMRequest
 from rgvlm.vlm.cache import ResponseCache, request_key
+from tests.support.fault_server import FaultSchedule, FaultServer, answer_text
 
 MODEL = "soak-model"
 # The client's failure reason for each kind the server logs.

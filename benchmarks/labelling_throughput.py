@@ -37,11 +37,11 @@ import numpy as np
 from PIL import Image
 
 from rgvlm import paths
-from rgvlm.data.storage import write_json_atomic
-from rgvlm.testing.tiny_models import build_tiny_vlm
+from rgvlm.atomic import write_json_atomic
 from rgvlm.vlm.base import LVLMRequest
 from rgvlm.vlm.cache import CachedClient, ResponseCache
 from rgvlm.vlm.openai_backend import OpenAIClient
+from tests.support.tiny_models import build_tiny_vlm
 
 
 def png(seed: int) -> bytes:

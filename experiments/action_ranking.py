@@ -41,8 +41,9 @@ import torch
 
 from experiments.cli import command
 from rgvlm import paths
+from rgvlm.atomic import write_json_atomic
 from rgvlm.data import load_dataset
-from rgvlm.data.storage import OfflineDataset, write_json_atomic
+from rgvlm.data.storage import OfflineDataset
 from rgvlm.envs.seeds import dataset_seed
 from rgvlm.evaluation.label_quality import auroc
 from rgvlm.params import dataset_config

@@ -28,8 +28,8 @@ import torch
 
 from experiments.cli import command
 from rgvlm import paths
+from rgvlm.atomic import write_json_atomic
 from rgvlm.data import load_dataset
-from rgvlm.data.storage import write_json_atomic
 from rgvlm.envs.seeds import fresh_seed, validation_seed
 from rgvlm.evaluation import EvalEpisode, summarize
 from rgvlm.params import EnvConfig

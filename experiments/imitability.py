@@ -30,8 +30,8 @@ import torch
 
 from experiments.cli import add_params_options, build_dataset, checked_params, command, parse_overrides
 from rgvlm import paths
+from rgvlm.atomic import write_json_atomic
 from rgvlm.data import load_dataset
-from rgvlm.data.storage import write_json_atomic
 from rgvlm.envs.seeds import validation_seed
 from rgvlm.evaluation import EvalEpisode
 from rgvlm.evaluation.stack import evaluate_stack

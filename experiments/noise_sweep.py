@@ -26,8 +26,8 @@ import pandas as pd
 
 from experiments.cli import add_params_options, checked_params, command
 from rgvlm import paths
+from rgvlm.atomic import write_json_atomic
 from rgvlm.data import load_dataset
-from rgvlm.data.storage import write_json_atomic
 from rgvlm.evaluation import evaluation_episodes, summarize
 from rgvlm.evaluation.label_quality import label_quality
 from rgvlm.evaluation.stack import evaluate_stack

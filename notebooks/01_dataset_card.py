@@ -34,11 +34,11 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from rgvlm import paths
+from rgvlm.atomic import write_json_atomic
 from rgvlm.data import load_dataset
 from rgvlm.data.card import dataset_card, episode_table
 from rgvlm.data.collect import check_dataset_params
 from rgvlm.data.replay import replay_dataset_episode
-from rgvlm.data.storage import write_json_atomic
 from rgvlm.params import dataset_config, env_config
 
 check_dataset_params(load_dataset(paths.DATA).manifest, env_config(env), dataset_config(dataset))

@@ -42,7 +42,7 @@ for result in results:
 # (`rgvlm/evaluation/label_quality.py`).
 
 # %%
-from rgvlm.data.storage import write_json_atomic
+from rgvlm.atomic import write_json_atomic
 from rgvlm.evaluation.label_quality import label_quality
 
 quality = {r.reward_set: {**label_quality(data, r.rewards, r.values), "provenance": r.provenance} for r in results}

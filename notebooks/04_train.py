@@ -34,8 +34,8 @@ train = load_params()["train"]
 import pandas as pd
 
 from rgvlm import paths
+from rgvlm.atomic import write_json_atomic
 from rgvlm.data import load_dataset
-from rgvlm.data.storage import write_json_atomic
 from rgvlm.params import resolve_device, train_config
 from rgvlm.rewards import load_rewards
 from rgvlm.rl.diagnostics import DIAGNOSTIC_NAMES

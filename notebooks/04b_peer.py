@@ -20,8 +20,8 @@ import pandas as pd
 import torch
 
 from rgvlm import paths
+from rgvlm.atomic import write_json_atomic
 from rgvlm.data import load_dataset
-from rgvlm.data.storage import write_json_atomic
 from rgvlm.evaluation import evaluation_episodes
 from rgvlm.params import EnvConfig, evaluation_config
 from rgvlm.peer.d3rlpy_baseline import Conversion, peer_config, require_d3rlpy, to_mdp_dataset, train_and_evaluate

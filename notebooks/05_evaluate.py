@@ -40,8 +40,8 @@ import json
 import pandas as pd
 
 from rgvlm import paths
+from rgvlm.atomic import write_json_atomic
 from rgvlm.data import load_dataset
-from rgvlm.data.storage import write_json_atomic
 from rgvlm.evaluation import (
     evaluate_policies,
     evaluation_episodes,

@@ -22,7 +22,7 @@ import json
 import pandas as pd
 
 from rgvlm import paths
-from rgvlm.data.storage import write_json_atomic
+from rgvlm.atomic import write_json_atomic
 from rgvlm.params import ParamError
 from rgvlm.plots import (
     dataset_reference,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from rgvlm.atomic import write_bytes_atomic
 from rgvlm.config import Config, ParamError, as_section, param  # ParamError: what callers catch
 from rgvlm.envs import CLAUSE_VOCABULARY, MAX_CLAUSE_WORDS, MAX_SUBTASKS, MIN_SUBTASKS
 
@@ -244,14 +244,7 @@ def write_params(params: Mapping[str, Any], path: str | Path, header: str = "") 
     """Write merged parameters to ``path`` atomically (DVC never reads a half-written file)."""
     path = Path(path)
     text = WRITTEN + "\n" + "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + dump(params)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 # -- sections -------------------------------------------------------------------------

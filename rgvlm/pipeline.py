@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from rgvlm import paths, progress
-from rgvlm.data.storage import write_bytes_atomic
+from rgvlm.atomic import write_bytes_atomic
 from rgvlm.params import ParamError, load_params
 
 EXECUTED_NOTEBOOKS = paths.OUTPUTS / "notebooks"
@@ -190,8 +190,8 @@ def sweep_stage_outputs(spec: dict[str, Any]) -> list[Path]:
     temporaries of atomic writes (a torn ``_stack.pt`` checkpoint, an answer being written) and
     LVLM-cache claims whose process is gone. Outputs marked ``persist`` (the LVLM caches, the
     models) are kept by DVC across runs, so without this a crash's debris is cached and pushed.
-    Live writers' files stay (see :func:`rgvlm.data.storage.sweep_debris`)."""
-    from rgvlm.data.storage import sweep_debris
+    Live writers' files stay (see :func:`rgvlm.atomic.sweep_debris`)."""
+    from rgvlm.atomic import sweep_debris
     from rgvlm.vlm.cache import ResponseCache
 
     removed: list[Path] = []

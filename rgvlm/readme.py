@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from rgvlm import paths
-from rgvlm.data.storage import write_bytes_atomic
+from rgvlm.atomic import write_bytes_atomic
 from rgvlm.params import load_params
 from rgvlm.plots import _with_subtasks
 from rgvlm.report import lvlm_label

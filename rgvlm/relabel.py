@@ -9,7 +9,7 @@ backend of the params file, checked before anything is read. The episodes are la
 the same code as ``label@<method>`` (:func:`rgvlm.rewards.label_stage.label_with`: the same
 backends, response cache, parsers and re-asks); the frames come from replaying each episode
 through ``recover_environment()`` when the observations are not images, else from the image
-observations (:mod:`rgvlm.data.foreign`, ``--frames``).
+observations (:mod:`rgvlm.data.minari_import`, ``--frames``).
 
 Writes:
 
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from rgvlm import paths
-from rgvlm.data.storage import write_json_atomic
+from rgvlm.atomic import write_json_atomic
 
 #: Where relabelling runs keep their summaries and reward files, and their LVLM answers.
 RELABEL_OUTPUTS = paths.OUTPUTS / "relabel"
@@ -88,7 +88,7 @@ def relabel(source: str | Path, method_name: str, params: dict[str, Any], output
             action_names: tuple[str, ...] | None = None, cache_dir: Path | None = None,
             out_dir: Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Relabel ``source`` with ``method_name`` (module docstring); returns the summary it writes."""
-    from rgvlm.data.foreign import from_minari
+    from rgvlm.data.minari_import import from_minari
     from rgvlm.data.minari_store import check_writable, open_minari, write_minari
     from rgvlm.envs import LEARNER_ENV_ID
     from rgvlm.evaluation.label_quality import label_quality
@@ -132,7 +132,7 @@ def relabel(source: str | Path, method_name: str, params: dict[str, Any], output
     rewards = quantise_rewards(result.rewards)  # the same bytes as the reward file beside it
     save_rewards(out_dir, result)
     buffers, extras = relabelled_buffers(mdataset, rewards, dataset.episode_steps)
-    # The source's own action words travel with it (rgvlm.data.foreign reads them).
+    # The source's own action words travel with it (rgvlm.data.minari_import reads them).
     carried = {key: mdataset.storage.metadata[key] for key in ("action_names",) if key in mdataset.storage.metadata}
     write_minari(
         output_id, buffers, env=out_spec, observation_space=mdataset.observation_space,

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from rgvlm import paths
-from rgvlm.data.storage import write_bytes_atomic
+from rgvlm.atomic import write_bytes_atomic
 from rgvlm.evaluation.paired import ALPHA, PER_LAYOUT_FILE, decide
 from rgvlm.params import MIXTURE_KINDS
 from rgvlm.plots import BASELINE_ROWS, METRIC_LABELS, SPLIT_TITLES, reward_set_order

@@ -127,7 +127,7 @@ def test_a_new_method_touches_five_files_and_its_label_stage_runs(tmp_path):
     stages = run(["dvc", "stage", "list", "--name-only"], root, env).stdout.split()
     assert stages == [*stages_before[:stages_before.index("rewards")], f"label@{NAME}", *stages_before[
         stages_before.index("rewards"):]]  # the stage follows from the entry, after the other methods'
-    assert "every stage's deps cover" in run(["python", "-m", "rgvlm.deps"], root, env).stdout
+    assert "every stage's deps cover" in run(["python", "-m", "tools.dvc_deps"], root, env).stdout
     run(["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", f"tests/test_{NAME}.py"], root, env)
 
     lock_file = root / "dvc.lock"  # the committed run's, for the default profile, if there is one

@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from rgvlm.data.__main__ import main as data_main
-from rgvlm.data.foreign import from_minari
+from rgvlm.data.minari_import import from_minari
 from rgvlm.data.minari_store import open_minari
 from rgvlm.relabel import main as relabel_main
 
@@ -261,7 +261,7 @@ def test_the_frames_reach_a_real_model(imported, root, tmp_path, monkeypatch):
     windows may fall back)."""
     from rgvlm.data.frames import StoredFrames
     from rgvlm.relabel import relabel
-    from rgvlm.testing.tiny_models import build_tiny_vlm
+    from tests.support.tiny_models import build_tiny_vlm
 
     shown = []
     original = StoredFrames.frames

@@ -167,7 +167,7 @@ def test_the_config_layer_imports_nothing_from_rl():
 
 
 def test_no_module_imports_a_private_name_of_the_params_module():
-    files = [p for top in ("rgvlm", "tests", "benchmarks", "experiments", "notebooks")
+    files = [p for top in ("rgvlm", "tests", "benchmarks", "experiments", "tools", "notebooks")
              for p in (paths.ROOT / top).rglob("*.py")]
     assert len(files) > 50
     for path in files:
@@ -440,7 +440,7 @@ def test_learning_takes_set_params_before_any_work(monkeypatch):
 
 def test_no_file_reads_a_profile_without_the_loader():
     """A profile is an overlay now: read whole with yaml or copied over params.yaml, it is wrong."""
-    files = [p for top in ("rgvlm", "tests", "benchmarks", "experiments", "notebooks") for p in (paths.ROOT / top).rglob("*.py")]
+    files = [p for top in ("rgvlm", "tests", "benchmarks", "experiments", "tools", "notebooks") for p in (paths.ROOT / top).rglob("*.py")]
     files += [paths.ROOT / "Makefile", paths.ROOT / "benchmarks" / "gpu_session.sh"]
     for path in files:
         if path == Path(__file__).resolve():

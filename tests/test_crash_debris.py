@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from rgvlm.data.storage import is_temporary
+from rgvlm.atomic import is_temporary
 from tests.tiny_project import run, tiny_clone
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rgvlm.data.storage import FOREIGN_TMP_AGE_S, sweep_debris, temp_prefix, write_bytes_atomic
+from rgvlm.atomic import FOREIGN_TMP_AGE_S, sweep_debris, temp_prefix, write_bytes_atomic
 from rgvlm.pipeline import stage_outputs, stage_spec, sweep_stage_outputs
 from rgvlm.rl.iql import save_state_atomic
 from rgvlm.vlm.cache import ResponseCache

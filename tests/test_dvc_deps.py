@@ -1,4 +1,4 @@
-"""Every stage's deps in dvc.yaml cover the rgvlm modules its notebook imports (rgvlm.deps)."""
+"""Every stage's deps in dvc.yaml cover the rgvlm modules its notebook imports (tools/dvc_deps.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from rgvlm import paths
-from rgvlm.deps import NOT_DEPS, check, imported_by_name, imported_names, notebook_modules, stage_missing
 from rgvlm.pipeline import load_stages
 from rgvlm.rewards.registry import LABELLED_METHODS
+from tools.dvc_deps import NOT_DEPS, check, imported_by_name, imported_names, notebook_modules, stage_missing
 
 STAGES = load_stages()
 RAW = yaml.safe_load(paths.DVC_YAML.read_text())["stages"]

@@ -182,7 +182,7 @@ def _first_episodes(dataset: OfflineDataset, n: int) -> OfflineDataset:
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    from rgvlm.testing.tiny_models import build_tiny_clip
+    from tests.support.tiny_models import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 

@@ -25,7 +25,7 @@ from rgvlm.rl.networks import (
     EncoderSpec,
     ValueNetwork,
 )
-from rgvlm.testing.eager import load_checkpoint, make_uniform_sampler, train
+from tests.support.eager import load_checkpoint, make_uniform_sampler, train
 
 # Tiny networks so that the whole file runs in seconds on 2 CPU cores.
 SMALL = dict(

@@ -11,9 +11,9 @@ from collections import Counter
 
 import pytest
 
-from rgvlm.testing.fault_server import FAULTS, FaultSchedule, FaultServer, answer_text
 from rgvlm.vlm.base import LVLMError, LVLMRequest
 from rgvlm.vlm.openai_backend import OpenAIClient
+from tests.support.fault_server import FAULTS, FaultSchedule, FaultServer, answer_text
 from tests.test_benchmarks import _load  # the benchmarks' loader, one home
 
 

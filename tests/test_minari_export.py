@@ -115,7 +115,7 @@ def test_open_minari_names_what_it_tried(minari_root):
 def test_d3rlpy_trains_on_the_export(tiny_dataset, minari_root):
     """Minari -> the dataset view -> the project's d3rlpy conversion -> one DiscreteCQL update."""
     pytest.importorskip("d3rlpy")
-    from rgvlm.data.foreign import from_minari
+    from rgvlm.data.minari_import import from_minari
     from rgvlm.peer import to_mdp_dataset
     from rgvlm.peer.d3rlpy_baseline import train_d3rlpy
 
@@ -132,9 +132,9 @@ def test_d3rlpy_trains_on_the_export(tiny_dataset, minari_root):
 
 @pytest.mark.parametrize("method", ["rg_vlm", "vlm_car"])
 def test_relabelling_the_export_gives_the_pipelines_labels(tiny_dataset, minari_root, tmp_path, method):
-    """The export read back (rgvlm.data.foreign) labels exactly as data/ does in label@<method>."""
+    """The export read back (rgvlm.data.minari_import) labels exactly as data/ does in label@<method>."""
     from rgvlm import paths
-    from rgvlm.data.foreign import from_minari
+    from rgvlm.data.minari_import import from_minari
     from rgvlm.params import load_profile
     from rgvlm.rewards.label_stage import check_method, label_with
 

@@ -19,8 +19,8 @@ import pytest
 from minari import DataCollector
 from minigrid.utils.baby_ai_bot import BabyAIBot
 
-from rgvlm.data.foreign import MINIGRID_ACTION_WORDS, from_minari
 from rgvlm.data.frames import EnvReplay, ReplayDiverged, ReplayEpisode, StoredFrames
+from rgvlm.data.minari_import import MINIGRID_ACTION_WORDS, from_minari
 from rgvlm.data.minari_store import open_minari
 from rgvlm.envs import render_frame, reset_quietly
 from rgvlm.envs.learner import MISSION_CHARSET
@@ -180,7 +180,7 @@ def test_stored_frames_are_read_as_they_are():
 def test_relabel_with_a_tiny_local_vlm(gotolocal, minari_root, tmp_path):
     """The transformers backend on a tiny random LLaVA built offline: frames rendered by replay go
     into a real model. Its answers are noise, so every window falls back (allowed here)."""
-    from rgvlm.testing.tiny_models import build_tiny_vlm
+    from tests.support.tiny_models import build_tiny_vlm
 
     model = build_tiny_vlm("llava", tmp_path / "tiny-llava")
     params = {

@@ -1,5 +1,5 @@
 """Token-probability scoring (rgvlm.vlm.token_probs): the mechanics on tiny local models built
-offline (rgvlm/testing/tiny_models.py), the cache, the scripted annotator, RG-VLM and ERL-VLM
+offline (tests/support/tiny_models.py), the cache, the scripted annotator, RG-VLM and ERL-VLM
 end to end, the OpenAI backend's logprobs against a local HTTP server, and the params."""
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def requests(template: AnswerTemplate | None = None) -> list[LVLMRequest]:
 
 @pytest.fixture(scope="module", params=["llava", "idefics3", "qwen2_vl"])
 def tiny(request, tmp_path_factory):
-    from rgvlm.testing.tiny_models import build_tiny_vlm
     from rgvlm.vlm.transformers_backend import TransformersClient
+    from tests.support.tiny_models import build_tiny_vlm
 
     path = build_tiny_vlm(request.param, tmp_path_factory.mktemp("tiny") / request.param)
     return TransformersClient(str(path), device="cpu", batch_size=16, max_new_tokens=4, scoring="token_probs")

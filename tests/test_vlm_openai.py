@@ -13,9 +13,9 @@ from collections.abc import Callable
 import pytest
 from PIL import Image
 
-from rgvlm.testing.chat_server import Action, FakeServer, completion, ok
 from rgvlm.vlm.base import LVLMClient, LVLMError, LVLMRequest, LVLMResponse
 from rgvlm.vlm.openai_backend import OpenAIClient
+from tests.support.chat_server import Action, FakeServer, completion, ok
 
 KEY_ENV = "RGVLM_TEST_OPENAI_KEY"
 KEY = "sk-test-123"

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rgvlm.testing.tiny_models import build_tiny_vlm
 from rgvlm.vlm.base import LVLMRequest
 from rgvlm.vlm.cache import CachedClient, ResponseCache
 from rgvlm.vlm.openai_backend import OpenAIClient
+from tests.support.tiny_models import build_tiny_vlm
 
 pytestmark = pytest.mark.slow
 

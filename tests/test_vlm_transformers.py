@@ -1,4 +1,4 @@
-"""The local transformers backend, on tiny random VLMs built offline (rgvlm/testing/tiny_models.py)."""
+"""The local transformers backend, on tiny random VLMs built offline (tests/support/tiny_models.py)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ pytest.importorskip("PIL")
 
 from PIL import Image  # noqa: E402
 
-from rgvlm.testing.tiny_models import KINDS, build_tiny_vlm  # noqa: E402
 from rgvlm.vlm.base import LVLMClient, LVLMError, LVLMRequest  # noqa: E402
 from rgvlm.vlm.transformers_backend import TransformersClient  # noqa: E402
+from tests.support.tiny_models import KINDS, build_tiny_vlm  # noqa: E402
 
 MAX_NEW = 6
 

@@ -18,7 +18,7 @@ Minari episode per trajectory:
 - sub-tasks: the sub-goals of ``plan.high_pddl`` in order, without the ``NoOp`` ALFRED appends
   at the end; worded by the annotation's ``high_descs`` (one per sub-goal; ``subtasks="plan"``:
   from the sub-goal's ``discrete_action`` instead, e.g. "pick up the apple"). Stored per episode
-  as the metadata ``subtasks``, which :func:`rgvlm.data.foreign.from_minari` reads.
+  as the metadata ``subtasks``, which :func:`rgvlm.data.minari_import.from_minari` reads.
 - ground truth, the ``infos``: ``progress`` (sub-goals done, T + 1 values, 0 at the start),
   ``completed`` and ``num_subtasks``. A low action's sub-goal is done when the next low action
   belongs to a later sub-goal (its ``high_idx`` is higher); the last action completes the last

@@ -55,6 +55,9 @@ def register_suite() -> None:
                 kwargs={"num_subtasks": k},
             )
     if LEARNER_ENV_ID not in gym.registry:
+        # The entry point is recorded in the environment spec of every Minari export of the dataset
+        # (make export-minari, relabelled copies), and recover_environment() imports it by this path:
+        # moving or renaming rgvlm/envs/learner.py would break the datasets exported before.
         gym.register(id=LEARNER_ENV_ID, entry_point="rgvlm.envs.learner:LearnerEnv")
 
 

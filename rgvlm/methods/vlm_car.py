@@ -73,8 +73,9 @@ from typing import Any
 import numpy as np
 
 from rgvlm import paths
+from rgvlm.atomic import write_json_atomic
 from rgvlm.config import Config, param
-from rgvlm.data.storage import OfflineDataset, write_json_atomic
+from rgvlm.data.storage import OfflineDataset
 from rgvlm.rewards.base import RewardResult, check_failure_rate
 from rgvlm.rewards.observation_api import API_DOC, API_VERSION, COLOUR_NAMES, trajectory_data
 from rgvlm.rewards.queries import (

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rgvlm.data.storage import write_json_atomic, write_npy_atomic
+from rgvlm.atomic import write_json_atomic, write_npy_atomic
 
 if TYPE_CHECKING:
     from rgvlm.vlm.base import FailurePolicy

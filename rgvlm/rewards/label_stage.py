@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from rgvlm import paths
-from rgvlm.data.storage import OfflineDataset, load_dataset, write_json_atomic
+from rgvlm.atomic import write_json_atomic
+from rgvlm.data.storage import OfflineDataset, load_dataset
 from rgvlm.params import ParamError, load_params
 from rgvlm.rewards.base import RewardResult, save_rewards
 from rgvlm.rewards.registry import LVLM_SECTION, METHODS, RewardMethod

@@ -81,7 +81,7 @@ def png_bytes(frame: np.ndarray) -> bytes:
 def episode_pngs(dataset: OfflineDataset, episode: int, times: Sequence[int], tile_size: int) -> list[bytes]:
     """PNG frames of the observations ``times`` (sorted) of one dataset episode, in that order,
     rendered by replaying the episode once. A dataset read from elsewhere brings its own frame
-    source as ``dataset.frames`` (:class:`rgvlm.data.foreign.ForeignDataset`; looked up by name so
+    source as ``dataset.frames`` (:class:`rgvlm.data.minari_import.ForeignDataset`; looked up by name so
     that the labelling stages import nothing of the Minari reader)."""
     own = getattr(dataset, "frames", None)
     if own is not None:

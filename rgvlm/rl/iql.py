@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 # The config (fields, allowed values) lives in the config layer, which imports nothing from rgvlm.rl.
-from rgvlm.data.storage import temp_prefix
+from rgvlm.atomic import temp_prefix
 from rgvlm.params import REWARD_SCALES, IQLConfig
 from rgvlm.rl.networks import DiscreteCritic, DiscretePolicy, EncoderSpec, ValueNetwork
 
@@ -464,7 +464,7 @@ def save_state_atomic(state: Mapping[str, Any], path: str | os.PathLike[str]) ->
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    # Named after this process (rgvlm.data.storage.temp_prefix): a crash mid-write leaves a torn
+    # Named after this process (rgvlm.atomic.temp_prefix): a crash mid-write leaves a torn
     # temporary inside outputs/models (a persist output), which the next stage start sweeps.
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=temp_prefix(Path(path)), suffix=".tmp")
     try:

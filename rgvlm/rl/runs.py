@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rgvlm.data.storage import OfflineDataset, write_json_atomic
+from rgvlm.atomic import write_json_atomic
+from rgvlm.data.storage import OfflineDataset
 from rgvlm.rl.iql import LOOP_FIELDS, IQLConfig, IQLLearner, config_record, save_state_atomic
 from rgvlm.rl.multirun import StackedPolicy, save_multirun
 from rgvlm.rl.training import TrainingJob

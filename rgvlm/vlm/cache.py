@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rgvlm.data.storage import canonical_json, sweep_debris, write_bytes_atomic, writer_alive
+from rgvlm.atomic import canonical_json, sweep_debris, write_bytes_atomic, writer_alive
 from rgvlm.progress import Progress
 from rgvlm.vlm.base import LVLMClient, LVLMError, LVLMRequest, LVLMResponse
 

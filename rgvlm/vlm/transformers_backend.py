@@ -21,7 +21,7 @@ library`` or ``VIDEO_PROCESSOR_MAPPING ... _extra_content``). The client then bu
 processor class from ``AutoImageProcessor`` + ``AutoTokenizer`` with no video processor (images
 work, videos do not) and takes the chat template from the tokenizer or the repository's
 ``chat_template.jinja`` / ``chat_template.json``. This path is tested with a tiny random
-Qwen2-VL built offline (``rgvlm/testing/tiny_models.py``), not with real Qwen weights.
+Qwen2-VL built offline (``tests/support/tiny_models.py``), not with real Qwen weights.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ tests of the OpenAI client and the labelling soak (``benchmarks/labelling_soak.p
   can close the listening socket and every connection, and listen again on the same port.
 - :class:`FakeServer`: a :class:`ChatServer` whose answers a ``behaviour(payload, headers)``
   callback chooses (:data:`Action`).
-- :class:`rgvlm.testing.fault_server.FaultServer`: one that injects faults on a seeded schedule.
+- :class:`tests.support.fault_server.FaultServer`: one that injects faults on a seeded schedule.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ but one is known: a ``label@<method>`` stage runs the module of the registered m
 
 A dep covers a module when it is the module's file or a directory above it (``rgvlm/rewards``).
 The modules in :data:`NOT_DEPS` are followed (what they import counts) but never required.
-``python -m rgvlm.deps`` prints each stage's missing modules and exits 1 when there are any.
+``python -m tools.dvc_deps`` (``make check-deps``) prints each stage's missing modules and exits 1 when there are any.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from rgvlm.testing.chat_server import ChatHandler, ChatServer, completion, prompt_of
+from tests.support.chat_server import ChatHandler, ChatServer, completion, prompt_of
 
 FAULTS = ("500", "503", "429", "drop", "malformed", "slow")
 
