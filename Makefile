@@ -32,7 +32,7 @@ export PYGAME_HIDE_SUPPORT_PROMPT := 1
 # Which lock the venv was made from (tests/test_lock.py checks the venv against it; empty: none).
 export RGVLM_LOCK := $(LOCK)
 
-.PHONY: setup lock data restore-data reproduce verify readme test test-fast check-deps lint lab notebooks clean-outputs export-minari sweep device-wheels profile
+.PHONY: setup lock data restore-data reproduce verify readme test test-fast check-deps lint lab notebooks clean-outputs export-minari sweep noise-sweep device-wheels profile
 space := $(subst ,, )
 
 setup: $(STAMP)
@@ -127,6 +127,14 @@ sweep: setup
 	$(BIN)/dvc exp run --queue -S '$(PARAM)=$(VALUES)'
 	$(BIN)/dvc exp run --run-all
 	$(BIN)/dvc exp show --no-pager --md --drop '.*' --keep 'Experiment|$(SWEEP_COLUMNS)'
+
+# The noise sweep (docs/methods.md "The noise sweep"): how good must an LVLM's labels be before they
+# help? Its stage lives in optional/dvc.yaml, outside the default `dvc repro` (about 4.5 h on 2 cores
+# at the CPU profile's params.yaml noise_sweep section); then the report stage again, which reads the
+# sweep's results from reports/tuning/ (no DVC dependency: one would pull the sweep into `dvc repro`).
+noise-sweep: restore-data
+	$(BIN)/dvc repro optional/dvc.yaml:noise_sweep
+	$(BIN)/dvc repro --force --single-item report
 
 # A profile (profiles/NAME.yaml: only what differs from params.yaml) written out merged as params.yaml,
 # where DVC reads parameters; checked by every section's checker first (docs/configuration.md).

@@ -34,6 +34,12 @@ from rgvlm.atomic import write_bytes_atomic
 from rgvlm.params import ParamError, load_params
 
 EXECUTED_NOTEBOOKS = paths.OUTPUTS / "notebooks"
+#: Stages outside the default ``dvc repro``, in their own pipeline file (``dvc repro`` with no
+#: target reproduces ``dvc.yaml`` alone): the noise sweep. ``dvc repro optional/dvc.yaml:<stage>``
+#: runs one; no stage of ``dvc.yaml`` depends on their outputs (that would pull them into it).
+OPTIONAL_DVC_YAML = paths.ROOT / "optional" / "dvc.yaml"
+#: Every pipeline file the runner knows, the default one first.
+PIPELINE_FILES = (paths.DVC_YAML, OPTIONAL_DVC_YAML)
 #: What a foreach stage's notebook gets its key as.
 FOREACH_KEY_PARAMETER = "method"
 _REFERENCE = re.compile(r"\$\{\s*([^}]*?)\s*\}")
@@ -116,17 +122,37 @@ def expand_stages(stages: dict[str, Any], variables: dict[str, Any] | None = Non
     return expanded
 
 
-def load_stages(dvc_yaml: Path = paths.DVC_YAML) -> dict[str, dict[str, Any]]:
-    """Every stage of ``dvc_yaml``, foreach stages expanded (:func:`expand_stages`)."""
+def load_stages(dvc_yaml: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Every stage of ``dvc_yaml``, foreach stages expanded (:func:`expand_stages`); None: of every
+    pipeline file (:data:`PIPELINE_FILES`), whose stage names must differ. The runner reads paths
+    relative to the repository root, so a pipeline file in a subfolder sets ``wdir`` to the root."""
+    if dvc_yaml is None:
+        stages: dict[str, dict[str, Any]] = {}
+        for path in (p for p in PIPELINE_FILES if p.exists()):
+            found = load_stages(path)
+            twice = sorted(set(stages) & set(found))
+            if twice:
+                raise SystemExit(f"stage(s) {', '.join(twice)} of {path} are also in another pipeline file: the "
+                                 "runner addresses stages by name")
+            stages.update(found)
+        return stages
     spec = yaml.safe_load(dvc_yaml.read_text())
-    return expand_stages(spec["stages"], load_vars(spec.get("vars", []), dvc_yaml.parent))
+    stages = expand_stages(spec["stages"], load_vars(spec.get("vars", []), dvc_yaml.parent))
+    base, root = dvc_yaml.parent.resolve(), paths.ROOT.resolve()
+    for name, stage in stages.items() if base.is_relative_to(root) else ():
+        if (base / stage.get("wdir", ".")).resolve() != root:
+            raise SystemExit(f"stage {name!r} of {dvc_yaml}: wdir {stage.get('wdir', '.')!r} is not the repository "
+                             "root; the runner reads every path relative to it (set wdir so that it is)")
+    return stages
 
 
-def stage_spec(stage: str, dvc_yaml: Path = paths.DVC_YAML) -> dict[str, Any]:
-    """The stage's entry in ``dvc.yaml`` (a ``foreach`` stage's ``NAME@KEY``: its expansion)."""
+def stage_spec(stage: str, dvc_yaml: Path | None = None) -> dict[str, Any]:
+    """The stage's entry in its pipeline file (a ``foreach`` stage's ``NAME@KEY``: its expansion);
+    ``dvc_yaml`` None: looked up in every pipeline file (:func:`load_stages`)."""
     stages = load_stages(dvc_yaml)
     if stage not in stages:
-        raise SystemExit(f"stage {stage!r} is not in {dvc_yaml}; stages: {', '.join(stages)}")
+        where = dvc_yaml or ", ".join(str(p.relative_to(paths.ROOT)) for p in PIPELINE_FILES)
+        raise SystemExit(f"stage {stage!r} is not in {where}; stages: {', '.join(stages)}")
     return stages[stage]
 
 
@@ -297,7 +323,8 @@ def run_stage(stage: str, params_path: Path = paths.PARAMS) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rgvlm.pipeline", description=__doc__)
-    parser.add_argument("stage", help="a stage name from dvc.yaml (NAME@KEY for a foreach stage, e.g. label@rg_vlm)")
+    parser.add_argument("stage", help="a stage name from dvc.yaml or optional/dvc.yaml (NAME@KEY for a foreach stage, "
+                                      "e.g. label@rg_vlm)")
     parser.add_argument("--params", default=str(paths.PARAMS), help="parameters file")
     args = parser.parse_args(argv)
     try:

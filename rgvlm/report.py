@@ -103,7 +103,7 @@ def _signed(value: float) -> str:
     return f"{value:+.3f}"
 
 
-def _difference_text(row: pd.Series) -> str:
+def _difference_text(row: pd.Series | dict) -> str:
     return f"{_signed(row['difference'])} [{_signed(row['low'])}, {_signed(row['high'])}]"
 
 
@@ -592,10 +592,6 @@ def figure_captions(policy: str, split: str, headline: str, policies: list[str],
             "complete a sub-task (both need privileged ground truth), and VOC on the expert episodes (needs none). "
             "Read: which methods' labels carry the task's progress at all; a method near 0 cannot be expected to "
             "help the policy."),
-        "noise_sweep.png": (
-            "Label noise against the policy: completion of IQL trained on labels from the scripted annotator at "
-            "several noise levels, beside the label quality of each level. Read: how much label quality a gain "
-            "over Sparse needs."),
     }
     for name in policies:
         if name != policy:
@@ -604,6 +600,86 @@ def figure_captions(policy: str, split: str, headline: str, policies: list[str],
                 f"and styles as Figure 4 left. Read: how much the choice of evaluation policy moves every row (the "
                 f"claims use the {policy} policy).")
     return captions
+
+
+def _sweep_settings(sweep: dict) -> str:
+    """The sweep's own training and evaluation settings, so that its rows are never read as the
+    default run's."""
+    split = sweep.get("split", "fresh")
+    return ", ".join(part for part in (
+        f"{len(sweep['training_seeds'])} training seeds" if "training_seeds" in sweep else "",
+        f"{sweep['iql_num_steps']:,} IQL updates per run" if "iql_num_steps" in sweep else "",
+        f"{sweep['episodes_per_k']} {split} episodes per k" if "episodes_per_k" in sweep else "",
+        f"{sweep['policy']} policy" if "policy" in sweep else "") if part)
+
+
+NOISE_SWEEP_CAPTION = (
+    "The noise sweep (labels by the scripted annotator, not an LVLM): each (row, noise level)'s completion gain "
+    "over Sparse, paired by layout and averaged over k, with its 95% interval, against the labels' quality: "
+    "Spearman with ground-truth progress (left), AUROC and VOC. Filled markers: a method's own labels; hollow: "
+    "sparse + lambda x them; colour: the method, marker: the noise level. Line: least squares over the filled "
+    "points, with its 95% band from a bootstrap over layouts and training seeds that refits the line on every "
+    "resample. Read: where the line crosses 0 is how good labels must be before they help; points below 0 hurt.")
+
+
+def noise_sweep_blocks(sweep: dict, figure: Any) -> list[Block]:
+    """The noise sweep's section, from ``reports/tuning/noise_sweep.json`` (the stage ``noise_sweep``
+    of ``optional/dvc.yaml``, outside ``dvc repro``: the report reads whatever result is there, fresh
+    or not). ``figure``: the report's figure block maker."""
+    heading = _heading(2, "Label noise -> policy (how good must labels be?)")
+    if "fits" not in sweep:  # a sweep made before the stage (experiments/noise_sweep.py): no paired statistics
+        methods = list(dict.fromkeys(q.get("method", "rg_vlm") for q in sweep["label_quality"]))
+        levels = "; ".join(f"{q.get('method', 'rg_vlm')} {q['level']}: AUROC {q['auroc_completion']:.3f}, "
+                           f"Spearman {q['spearman_progress']:.3f}" + (f", VOC {q['voc']:.3f}" if "voc" in q else "")
+                           for q in sweep["label_quality"])
+        trained = ", ".join(f"{m} and sparse+{m}" if m == "rg_vlm" else m for m in methods)
+        return [heading,
+                _para(f"An earlier sweep, made before the noise_sweep stage (no paired statistics, not sized to "
+                      f"resolve a difference of .05): IQL trained on {trained} from labels of the scripted annotator "
+                      f"(not an LVLM) at several noise levels, its own runs ({_sweep_settings(sweep)}), not the "
+                      f"default run's; label quality per level: {levels}. Made by ", Code(sweep["command"]), " (",
+                      Code("reports/tuning/noise_sweep.json"), "). ", Code("make noise-sweep"), " reruns it as the "
+                      "stage (outside ", Code("dvc repro"), ")."),
+                *figure("noise_sweep.png", "tuning",
+                        "The earlier noise sweep: completion of IQL trained on labels from the scripted annotator "
+                        "(not an LVLM) at several noise levels, by k, beside each level's label quality. Read: how "
+                        "much label quality a gain over Sparse needs; overlapping intervals say nothing about a "
+                        "difference (the rows share layouts).")]
+    params = sweep.get("params", {}).get("noise_sweep", {})
+    roles = {lv["level"]: lv["role"] for lv in sweep["levels"]}
+    levels = ", ".join(f"{lv}" + (f" ({role})" if role else "") for lv, role in roles.items())
+    fused = sorted({g["row"] for g in sweep["gains"] if g["fused"]})
+    ks = ", ".join(map(str, sweep.get("ks", [])))
+    fits = sweep["fits"]
+    blocks: list[Block] = [
+        heading,
+        _para(Bold("The sweep's own runs, not the default run's: "),
+              f"every method that asks the LVLM ({', '.join(params.get('methods', []))}) relabelled the dataset "
+              f"through the scripted annotator (not an LVLM) at the noise levels {levels} (score_sd, misattribution); "
+              f"IQL trained on each (method, level){', on ' + ', '.join(fused) if fused else ''} and on sparse, in "
+              f"one stack on the same seeds ({_sweep_settings(sweep)}), every run rolled out on the same layouts. "
+              f"A gain is a (row, level)'s completion minus sparse's, paired by layout and averaged over k = {ks}. "
+              "Made by ", Code("make noise-sweep"), " (the stage noise_sweep of ", Code("optional/dvc.yaml"),
+              ", outside ", Code("dvc repro"), "); source ", Code("reports/tuning/noise_sweep.json"), ", every number "
+              "recomputable from ", Code(sweep.get("per_layout", "reports/tuning/noise_sweep_per_layout.csv")), " (",
+              Link("docs/statistics.md", "../docs/statistics.md"), ", \"The noise sweep\")."),
+        _para(Bold("How good must the labels be? "), "Least squares of the gain on the labels' quality over the "
+              "methods' own rows (not the fusions), 95% intervals from a bootstrap over layouts and training seeds "
+              "that refits the line on every resample: ",
+              "; ".join(f"on {fit['x_label']}: {fit.get('words', fit.get('note', ''))}" for fit in fits.values()),
+              ". Label quality is measured once, on the whole dataset: its own sampling error is not in the intervals."),
+        Table(("noise-free - default level", "difference in completion [95% interval]", "Holm p", "verdict"),
+              tuple((Code(e["row"]), _difference_text(e), f"{e['p_holm']:.3g}" if e["p_holm"] >= 1e-3 else "< 0.001",
+                     e["verdict"])
+                    for e in sweep["noise_effect"])),
+        Table(("row", "noise level", "Spearman", "AUROC", "VOC", "gain over sparse [95% interval]", "verdict"),
+              tuple((Code(g["row"]), g["level"], _number(g.get("spearman_progress")), _number(g.get("auroc_completion")),
+                     _number(g.get("voc")), _difference_text(g), g["verdict"]) for g in sweep["gains"])),
+        _para(f"The family decided with Holm's correction: {sweep['family']}; a difference is resolved (above, below) "
+              f"when its adjusted p-value is below {ALPHA} and its 95% interval excludes 0, else not resolved."),
+        *figure("noise_sweep.png", "tuning", NOISE_SWEEP_CAPTION),
+    ]
+    return blocks
 
 
 def _chaining_blocks(chaining: dict[str, list[dict]], policy: str, split: str) -> list[Block]:
@@ -642,12 +718,12 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
     captions = figure_captions(policy, split, headline, policies, interval_words)
     placed: list[str] = []
 
-    def figure(name: str, folder: str = "figures") -> list[Block]:
+    def figure(name: str, folder: str = "figures", caption: str | None = None) -> list[Block]:
         """The figure with its caption, if the report stage drew it."""
         if folder == "figures" and name not in figures:
             return []
         placed.append(name)
-        return [Figure(f"{folder}/{name}", name, captions.get(name, name))]
+        return [Figure(f"{folder}/{name}", name, caption or captions.get(name, name))]
 
     notebooks = sorted(p.name for p in (reports_dir / "notebooks").glob("*.html"))
     blocks: list[Block] = [_heading(1, "rgvlm report"), _para(Bold(title))]
@@ -733,26 +809,7 @@ def report_blocks(metrics_dir: Path = paths.METRICS, reports_dir: Path = paths.R
                         "episodes per (run, split, k). Source: ", Code("reports/metrics/evaluation.json"), "."))
     sweep_path = reports_dir / "tuning" / "noise_sweep.json"
     if sweep_path.exists():
-        sweep = json.loads(sweep_path.read_text())
-        # Sweeps before gvl relabelled RG-VLM only, and their records carry no method or VOC.
-        methods = list(dict.fromkeys(q.get("method", "rg_vlm") for q in sweep["label_quality"]))
-        levels = "; ".join(f"{q.get('method', 'rg_vlm')} {q['level']}: AUROC {q['auroc_completion']:.3f}, "
-                           f"Spearman {q['spearman_progress']:.3f}" + (f", VOC {q['voc']:.3f}" if "voc" in q else "")
-                           for q in sweep["label_quality"])
-        trained = ", ".join(f"{m} and sparse+{m}" if m == "rg_vlm" else m for m in methods)
-        # Its training settings, so the sweep's rows are never read as the default run's.
-        settings = ", ".join(part for part in (
-            f"{len(sweep['training_seeds'])} training seeds" if "training_seeds" in sweep else "",
-            f"{sweep['iql_num_steps']:,} IQL updates per run" if "iql_num_steps" in sweep else "",
-            f"{sweep['episodes_per_k']} fresh episodes per k" if "episodes_per_k" in sweep else "",
-            f"{sweep['policy']} policy" if "policy" in sweep else "") if part)
-        blocks += [_heading(2, "Label noise -> policy (how good must labels be?)"),
-                   _para(f"IQL trained on {trained} from labels of the scripted annotator (not an LVLM) at "
-                         f"several noise levels ({settings}); label quality per level: {levels}. Made by ",
-                         Code(sweep["command"]),
-                         " (", Code("reports/tuning/noise_sweep.json"), "; outside ", Code("dvc repro"),
-                         ": it trains as many runs again)."),
-                   *figure("noise_sweep.png", "tuning")]
+        blocks += noise_sweep_blocks(json.loads(sweep_path.read_text()), figure)
     training_path = metrics_dir / "training.csv"
     if training_path.exists():
         critic = critic_table(pd.read_csv(training_path))

@@ -4,7 +4,7 @@
 any work: each section through its checker (a bad value raises :class:`ParamError` naming the
 dotted key, the value and what is allowed), a section no checker owns is an error naming it, and
 then the rules between sections that are both at hand (the report's fusion, split and policy
-against ``rewards`` and ``evaluation``). The pipeline's stage runner, the experiments and
+against ``rewards`` and ``evaluation``; the noise sweep's levels against ``labelling``). The pipeline's stage runner, the experiments and
 ``python -m rgvlm.profiles`` all come in through here.
 
 Where the checkers live:
@@ -12,6 +12,7 @@ Where the checkers live:
 - the pipeline's own sections (``env``, ``dataset``, ``labelling``, ``rewards``, ``train``,
   ``evaluation``, ``report``): :mod:`rgvlm.params`;
 - the peer baseline's ``peer``: :mod:`rgvlm.peer.d3rlpy_baseline`;
+- the noise sweep's ``noise_sweep`` (the stage outside the default ``dvc repro``): :mod:`rgvlm.noise_sweep`;
 - every labelled reward method's section (``rg_vlm``, ``vlm_car``, ...): the method's own module
   (its ``config_from_params``), found through the methods' registry
   (:data:`rgvlm.rewards.registry.METHODS`), so a method added there brings its section with it;
@@ -43,6 +44,7 @@ CORE_SECTIONS: dict[str, str] = {
     "peer": "rgvlm.peer.d3rlpy_baseline:peer_config",
     "evaluation": "rgvlm.params:evaluation_config",
     "report": "rgvlm.params:report_config",
+    "noise_sweep": "rgvlm.noise_sweep:noise_sweep_config",
 }
 
 _REGISTERED: dict[str, Checker | str] = {}
@@ -77,7 +79,7 @@ def section_checkers() -> dict[str, Checker | str]:
     for name, checker in _REGISTERED.items():
         checkers.setdefault(name, checker)
     order = ("env", "dataset", "labelling", *(m.section for m in METHODS.values()), "rewards", "train", "peer",
-             "evaluation", "report")
+             "evaluation", "report", "noise_sweep")
     return {name: checkers[name] for name in sorted(checkers, key=lambda n: (order.index(n) if n in order else len(order), n))}
 
 
@@ -145,4 +147,14 @@ def _report_against_rewards(configs: dict[str, Any]) -> None:
                          f"one of the fused lambdas (rewards.fusion.lambdas: {', '.join(map(str, rewards.fusion_lambdas))})")
 
 
-CROSS_SECTION_RULES: tuple[Callable[[dict[str, Any]], None], ...] = (_report_against_evaluation, _report_against_rewards)
+def _noise_sweep_against_labelling(configs: dict[str, Any]) -> None:
+    sweep, labelling = configs.get("noise_sweep"), configs.get("labelling")
+    if sweep is None or labelling is None:
+        return
+    from rgvlm.noise_sweep import check_levels_against_labelling
+
+    check_levels_against_labelling(sweep, labelling)
+
+
+CROSS_SECTION_RULES: tuple[Callable[[dict[str, Any]], None], ...] = (
+    _report_against_evaluation, _report_against_rewards, _noise_sweep_against_labelling)

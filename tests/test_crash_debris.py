@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from rgvlm.atomic import is_temporary
-from tests.tiny_project import run, tiny_clone
+from tests.tiny_project import default_status, run, tiny_clone
 
 pytestmark = pytest.mark.slow
 
@@ -121,4 +121,4 @@ def test_repro_killed_mid_label_and_mid_checkpoint_leaves_no_debris(tiny_pipelin
         text = manifest.read_text()
         assert ".tmp" not in text and ".claim" not in text, f"{manifest} records debris"
     assert digest(dst) == digest(reference)
-    assert "up to date" in run(["dvc", "status"], dst, env).stdout
+    assert "up to date" in default_status(dst, env)

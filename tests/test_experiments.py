@@ -1,12 +1,11 @@
 """Every experiment (``python -m experiments.<name>``) end to end on the tiny profile: a few updates,
 one or two seeds, a few episodes, everything written into a temporary folder. Smoke tests: they
-check the structure and the sanity of what each writes, not its numbers. The noise sweep's output
-feeds the report stage, so its test renders the report's section from it."""
+check the structure and the sanity of what each writes, not its numbers. (The noise sweep is a
+pipeline stage now, outside the default `dvc repro`: tests/test_noise_sweep.py.)"""
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,40 +127,6 @@ def test_tune_iql_trains_each_variant_on_the_rewards_stage_output(tiny_data, tmp
     assert rows == {(v, u, n, k) for v in ("tau=0.8", "beta=10") for u in (2, 4) for n in ("sparse", "oracle")
                     for k in (1, 2)}
     assert _in_unit_interval(r["completion_mean"] for r in result["summary"])
-
-
-@pytest.mark.slow
-def test_noise_sweep_writes_what_the_report_reads(tiny_data, tmp_path):
-    from experiments import noise_sweep
-    from rgvlm.report import build_report
-    from rgvlm.rewards import fused_name
-
-    out = tmp_path / "reports"
-    argv = [*TINY, "--data", str(tiny_data), "--cache", str(tmp_path / "cache"), "--out", str(out / "tuning"),
-            "--levels", "0:0", "2:0.3", "--methods", "rg_vlm", "--seeds", "0", "--steps", "4", "--episodes", "1",
-            "--temperature", "0.5"]
-    assert noise_sweep.main(argv) == 0
-    sweep = json.loads((out / "tuning" / "noise_sweep.json").read_text())
-    # What rgvlm.report reads from it.
-    assert sweep["training_seeds"] == [0] and sweep["iql_num_steps"] == 4 and sweep["episodes_per_k"] == 1
-    assert sweep["policy"] == "sampled, temperature 0.5" and sweep["command"].startswith("python -m experiments.noise_sweep")
-    assert [(q["method"], q["level"]) for q in sweep["label_quality"]] == [("rg_vlm", "sd=0, mis=0"),
-                                                                            ("rg_vlm", "sd=2, mis=0.3")]
-    for q in sweep["label_quality"]:
-        assert _in_unit_interval([q["auroc_completion"]]) and -1 <= q["spearman_progress"] <= 1 and -1 <= q["voc"] <= 1
-    ks = load_profile("tiny")["evaluation"]["ks"]
-    rows = {(r["reward_set"], r["level"], r["k"]) for r in sweep["summary"]}
-    assert rows == {(name, level, k) for name in ("rg_vlm", "sparse+rg_vlm@1") for level in ("sd=0, mis=0", "sd=2, mis=0.3")
-                    for k in ks}
-    assert _in_unit_interval(r["completion_mean"] for r in sweep["summary"])
-    assert (out / "tuning" / "noise_sweep.png").stat().st_size > 0
-    # The report's section, rendered from it beside the committed metrics.
-    shutil.copytree(ROOT / "reports" / "figures", out / "figures")
-    report = load_profile(ROOT / "params.yaml")["report"]
-    _, markdown = build_report(ROOT / "reports" / "metrics", out, headline=fused_name("rg_vlm", float(report["headline_lambda"])),
-                               split=report["split"], policy=report["policy"])
-    assert "Label noise -> policy" in markdown and "python -m experiments.noise_sweep" in markdown
-    assert "rg_vlm sd=2, mis=0.3: AUROC" in markdown and "4 IQL updates per run" in markdown
 
 
 @pytest.mark.slow

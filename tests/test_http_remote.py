@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.tiny_project import PULLED_FOLDERS, digest, published_repository, reader_clone, run
+from tests.tiny_project import PULLED_FOLDERS, default_status, digest, published_repository, reader_clone, run
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def test_pull_from_a_read_only_http_remote_then_repro_does_nothing(tiny_pipeline
             assert digest(clone, folder) == digest(project, folder), folder
         repro = run(["dvc", "repro"], clone, reader_env)
         assert "Running stage" not in repro.stdout + repro.stderr, repro.stdout[-2000:]
-        assert "up to date" in run(["dvc", "status"], clone, reader_env).stdout
+        assert "up to date" in default_status(clone, reader_env)
         print(f"dvc pull over HTTP: {pulled_s:.1f}s")
     finally:
         server.terminate()

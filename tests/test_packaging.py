@@ -29,7 +29,7 @@ def test_environment_yml_mirrors_pyproject():
 
 
 def test_notebooks_are_paired_parameterised_and_in_sync():
-    for name, stage in load_stages(ROOT / "dvc.yaml").items():
+    for name, stage in load_stages().items():
         notebooks = [d for d in stage["deps"] if d.endswith(".ipynb")]
         assert len(notebooks) == 1, name
         ipynb = ROOT / notebooks[0]
@@ -49,7 +49,7 @@ def test_stages_declare_existing_params_and_profiles_share_sections():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     tiny = load_params(ROOT / "profiles" / "tiny.yaml")  # the overlay, merged
     assert set(params) == set(tiny)
-    for name, stage in load_stages(ROOT / "dvc.yaml").items():
+    for name, stage in load_stages().items():
         assert stage["cmd"] == f"python -m rgvlm.pipeline {name}"
         for key in stage.get("params", []):
             assert key.split(".")[0] in params, (name, key)

@@ -17,7 +17,7 @@ from rgvlm.evaluation import paired_differences, records_from_per_layout, summar
 from rgvlm.rewards.registry import LABELLED_METHODS as LABELLED
 from rgvlm.rewards.registry import METHODS
 from tests.report_pages import assert_same_report
-from tests.tiny_project import run, tiny_params
+from tests.tiny_project import default_status, run, tiny_params
 
 
 def _tiny_run_counts() -> tuple[int, int]:
@@ -137,7 +137,7 @@ def test_second_repro_does_nothing(project):
     dst, env, _ = project
     again = run(["dvc", "repro"], dst, env)
     assert "Running stage" not in again.stdout
-    assert "up to date" in run(["dvc", "status"], dst, env).stdout
+    assert "up to date" in default_status(dst, env)
 
 
 def test_bad_parameter_fails_before_the_kernel_starts(project):
@@ -164,7 +164,7 @@ def test_dvc_remote_round_trip_is_bit_identical(project, tmp_path):
             shutil.rmtree(dst / folder)
         run(["dvc", "pull", "-q"], dst, env)
         assert tree_digest(dst / "data", dst / "outputs") == before
-        assert "up to date" in run(["dvc", "status"], dst, env).stdout
+        assert "up to date" in default_status(dst, env)
     finally:
         run(["dvc", "remote", "remove", "shared"], dst, env)
 
@@ -225,4 +225,4 @@ def test_a_method_params_change_reruns_that_method_labelling_and_what_follows_on
         (dst / "params.yaml").write_text(original)
     assert ran_stages(changed) == {"label@erl_vlm", "rewards", "train", "peer", "evaluate", "report"}
     run(["dvc", "repro"], dst, env)  # back to the profile's labels
-    assert "up to date" in run(["dvc", "status"], dst, env).stdout
+    assert "up to date" in default_status(dst, env)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_project import PULLED_FOLDERS, digest, published_repository, reader_clone, run
+from tests.tiny_project import PULLED_FOLDERS, default_status, digest, published_repository, reader_clone, run
 
 pytestmark = pytest.mark.slow
 
@@ -119,7 +119,7 @@ def assert_pulled(clone: Path, project: Path, env: dict) -> None:
         assert digest(clone, folder) == digest(project, folder), folder
     repro = run(["dvc", "repro"], clone, env)
     assert "Running stage" not in repro.stdout + repro.stderr, repro.stdout[-2000:]
-    assert "up to date" in run(["dvc", "status"], clone, env).stdout
+    assert "up to date" in default_status(clone, env)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from rgvlm.report import figure4_metrics
 from rgvlm.rewards import fused_name
 from rgvlm.rewards.registry import LABELLED_METHODS
-from tests.tiny_project import run
+from tests.tiny_project import default_status, run
 
 pytestmark = pytest.mark.slow
 FIGURE4 = "reports/figure4.json"
@@ -36,7 +36,7 @@ def back_to_baseline(dst, env) -> None:
     """The workspace as the baseline commit and its dvc.lock have it (after an experiment was applied to it)."""
     run(["git", "reset", "-q", "--hard"], dst, env)
     run(["dvc", "checkout", "--force", "-q"], dst, env)
-    assert "up to date" in run(["dvc", "status"], dst, env).stdout
+    assert "up to date" in default_status(dst, env)
 
 
 def experiments(dst, env) -> dict[str, dict]:

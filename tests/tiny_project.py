@@ -27,6 +27,16 @@ def tiny_params() -> dict:
     return load_profile(TINY)
 
 
+#: The default pipeline's files: what `dvc repro` reproduces and these tests bring up to date. A plain
+#: `dvc status` also lists the stages of optional/dvc.yaml (outside `dvc repro`, never run here).
+DEFAULT_PIPELINE = ("dvc.yaml", "data.dvc")
+
+
+def default_status(cwd: Path, env: dict) -> str:
+    """`dvc status` of the default pipeline (:data:`DEFAULT_PIPELINE`): its stdout."""
+    return run(["dvc", "status", *DEFAULT_PIPELINE], cwd, env).stdout
+
+
 def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:

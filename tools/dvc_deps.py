@@ -6,8 +6,9 @@ submodule), relative imports, imports inside functions (they may run) and the ``
 every package on the way. Imports under ``if TYPE_CHECKING:`` never run and are skipped, and so
 is a module with no statements (an empty ``__init__.py`` runs nothing; once it has code, the
 stages that import through it must list it). Dynamic imports (``import_module``) are not seen,
-but one is known: a ``label@<method>`` stage runs the module of the registered method
-(:mod:`rgvlm.rewards.registry`), so that module and its imports count for that stage.
+but two are known: a ``label@<method>`` stage runs the module of the registered method
+(:mod:`rgvlm.rewards.registry`), so that module and its imports count for that stage, and the
+``noise_sweep`` stage (``optional/dvc.yaml``) runs those of every method that asks the LVLM.
 
 A dep covers a module when it is the module's file or a directory above it (``rgvlm/rewards``).
 The modules in :data:`NOT_DEPS` are followed (what they import counts) but never required.
@@ -121,10 +122,13 @@ def missing_deps(deps: list, modules: set[str]) -> list[str]:
 
 
 def imported_by_name(stage: str) -> set[str]:
-    """The modules the stage's notebook imports by name: a ``label@<method>`` stage's method module."""
+    """The modules the stage's notebook imports by name: a ``label@<method>`` stage's method module;
+    the noise sweep's, the module of every method that asks the LVLM (any may be in its params)."""
     from rgvlm.rewards.registry import METHODS
 
     key = stage.partition("@")[2]
+    if stage == "noise_sweep":
+        return {method.module for method in METHODS.values() if method.uses_lvlm}
     return {METHODS[key].module} if key in METHODS else set()
 
 
@@ -136,8 +140,9 @@ def stage_missing(spec: dict, root: Path = paths.ROOT, by_name: set[str] = froze
     return missing_deps(deps, modules)
 
 
-def check(dvc_yaml: Path = paths.DVC_YAML, root: Path = paths.ROOT) -> dict[str, list[str]]:
-    """``{stage: missing modules}`` for every stage of ``dvc_yaml`` (foreach stages expanded) that misses any."""
+def check(dvc_yaml: Path | None = None, root: Path = paths.ROOT) -> dict[str, list[str]]:
+    """``{stage: missing modules}`` for every stage of ``dvc_yaml`` (None: of every pipeline file,
+    ``optional/dvc.yaml`` too; foreach stages expanded) that misses any."""
     from rgvlm.pipeline import load_stages
 
     missing = {stage: stage_missing(spec, root, imported_by_name(stage)) for stage, spec in load_stages(dvc_yaml).items()}
