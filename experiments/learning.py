@@ -162,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     # of each variant's last evaluation paired by layout (rgvlm.evaluation.paired), Holm over the
     # variant's family, and keep the per-layout cells so any other contrast can be recomputed.
     final = frame[frame["updates"] == frame.groupby("variant")["updates"].transform("max")]
+    by_variant = list(final.groupby("variant"))
     paired = pd.concat([decide(paired_differences(group, measure="subtasks", seed=0)).assign(variant=variant)
-                        for variant, group in final.groupby("variant")], ignore_index=True)
-    layouts = pd.concat([per_layout_table(group).assign(variant=variant) for variant, group in final.groupby("variant")],
+                        for variant, group in by_variant], ignore_index=True)
+    layouts = pd.concat([per_layout_table(group).assign(variant=variant) for variant, group in by_variant],
                         ignore_index=True)
     write_bytes_atomic(args.out / f"{args.name}_per_layout.csv",
                        layouts.to_csv(index=False, float_format="%.6g").encode())
